@@ -1,0 +1,164 @@
+"""Per-channel standardisation, fitted on the training split only.
+
+The scaler is a plain value object: it does no I/O and is saved inside the
+artifact as JSON (``to_dict`` / ``from_dict``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stream_ae.errors import ArtifactError, DataError
+
+# Below this standard deviation a channel counts as constant. Its scale is then
+# 1.0 (not the tiny std) so that a later change shows in the channel's raw
+# units instead of being blown up by a near-zero divisor.
+MIN_STD = 1e-6
+
+
+class ChannelScaler:
+    """Standardise each channel: ``(x - mean) / scale``.
+
+    Statistics are accumulated in float64 and ignore NaN, so missing readings
+    in the training split do not poison the fit. ``partial_fit`` may be called
+    on successive chunks (Chan's parallel update); ``fit`` starts afresh.
+
+    Parameters
+    ----------
+    min_std
+        Channels whose standard deviation is at or below this value are treated
+        as constant and get ``scale = 1.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.array([[1.0, 5.0], [3.0, 5.0], [np.nan, 5.0]], dtype=np.float32)
+    >>> scaler = ChannelScaler().fit(rows)
+    >>> scaler.mean.tolist(), scaler.scale.tolist()
+    ([2.0, 5.0], [1.0, 1.0])
+    >>> scaler.transform(np.array([[4.0, 6.0]], dtype=np.float32))
+    array([[2., 1.]], dtype=float32)
+    >>> ChannelScaler.from_dict(scaler.to_dict()).scale.tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, min_std: float = MIN_STD):
+        self.min_std = float(min_std)
+        self.count: np.ndarray | None = None  # (C,) float64, finite values seen
+        self._mean: np.ndarray | None = None  # (C,) float64 running mean
+        self._m2: np.ndarray | None = None  # (C,) float64 sum of squared deviations
+
+    # -- fitting -----------------------------------------------------------
+    def fit(self, rows: np.ndarray) -> "ChannelScaler":
+        """Fit on ``rows`` (N, C), replacing any earlier statistics."""
+        self.count = self._mean = self._m2 = None
+        return self.partial_fit(rows)
+
+    def partial_fit(self, rows: np.ndarray) -> "ChannelScaler":
+        """Add the finite values of ``rows`` (N, C) to the statistics."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2:
+            raise DataError(f"ChannelScaler expects rows of shape (N, C), got shape {x.shape}")
+        if self.count is not None and x.shape[1] != self.count.shape[0]:
+            raise DataError(
+                f"ChannelScaler was fitted on {self.count.shape[0]} channels, got rows with {x.shape[1]}"
+            )
+        finite = np.isfinite(x)  # (N, C)
+        n_b = finite.sum(axis=0).astype(np.float64)  # (C,)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_b = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n_b, 1.0)
+            m2_b = (np.where(finite, x - mean_b, 0.0) ** 2).sum(axis=0)
+        if self.count is None:
+            self.count, self._mean, self._m2 = n_b, mean_b, m2_b
+            return self
+        n_a, mean_a, m2_a = self.count, self._mean, self._m2
+        n = n_a + n_b
+        safe_n = np.maximum(n, 1.0)
+        delta = mean_b - mean_a
+        self._mean = mean_a + delta * n_b / safe_n
+        self._m2 = m2_a + m2_b + delta**2 * n_a * n_b / safe_n
+        self.count = n
+        return self
+
+    # -- fitted statistics ------------------------------------------------
+    def _require_fitted(self) -> None:
+        if self.count is None:
+            raise DataError("ChannelScaler is not fitted: call fit(rows) on the training split first")
+        empty = np.flatnonzero(self.count == 0)
+        if empty.size:
+            raise DataError(
+                f"channel(s) at position {empty.tolist()} have no finite value in the training "
+                "split; drop those channels (Layout.channels) or widen the training period"
+            )
+
+    @property
+    def n_channels(self) -> int:
+        self._require_fitted()
+        return int(self.count.shape[0])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(C,) float64 mean of each channel."""
+        self._require_fitted()
+        return self._mean.copy()
+
+    @property
+    def std(self) -> np.ndarray:
+        """(C,) float64 population standard deviation of each channel."""
+        self._require_fitted()
+        return np.sqrt(np.maximum(self._m2, 0.0) / self.count)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """(C,) float64 divisor: the std, or 1.0 for constant channels."""
+        std = self.std
+        return np.where(std > self.min_std, std, 1.0)
+
+    # -- use ------------------------------------------------------------------
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        """Scale ``rows`` (..., C) to float32; NaN stays NaN."""
+        x = np.asarray(rows, dtype=np.float32)
+        if x.shape[-1] != self.n_channels:
+            raise DataError(
+                f"ChannelScaler was fitted on {self.n_channels} channels, got data with {x.shape[-1]}"
+            )
+        mean = self._mean.astype(np.float32)
+        scale = self.scale.astype(np.float32)
+        return (x - mean) / scale
+
+    def inverse_transform(self, scaled: np.ndarray) -> np.ndarray:
+        """Undo ``transform``: back to raw units, float32."""
+        x = np.asarray(scaled, dtype=np.float32)
+        return x * self.scale.astype(np.float32) + self._mean.astype(np.float32)
+
+    # -- persistence ----------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-safe state (plain floats and lists)."""
+        self._require_fitted()
+        return {
+            "min_std": self.min_std,
+            "count": self.count.tolist(),
+            "mean": self._mean.tolist(),
+            "m2": self._m2.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChannelScaler":
+        """Rebuild a fitted scaler from ``to_dict`` output."""
+        expected = {"min_std", "count", "mean", "m2"}
+        if not isinstance(d, dict) or set(d) != expected:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ArtifactError(f"scaler state must have keys {sorted(expected)}, got {got}")
+        arrays = [np.asarray(d[k], dtype=np.float64) for k in ("count", "mean", "m2")]
+        if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+            raise ArtifactError("scaler state has count/mean/m2 of different lengths")
+        if not all(np.isfinite(a).all() for a in arrays) or not math.isfinite(float(d["min_std"])):
+            raise ArtifactError("scaler state holds non-finite numbers; the artifact is corrupt")
+        scaler = cls(min_std=float(d["min_std"]))
+        scaler.count, scaler._mean, scaler._m2 = arrays
+        return scaler
+
+    def __repr__(self) -> str:
+        n = "unfitted" if self.count is None else f"{self.count.shape[0]} channels"
+        return f"ChannelScaler({n}, min_std={self.min_std})"
