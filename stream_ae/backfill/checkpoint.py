@@ -1,0 +1,110 @@
+"""Backfill checkpoints: what a re-run needs to resume exactly where a killed run stopped.
+
+One JSON file per shard, ``<out>/_checkpoints/shard-<i>-of-<n>.json``, rewritten
+atomically after every completed fragment. It holds the completed fragments, every
+entity's windower and threshold state, the counters, and the identity of the run
+(artifact version, archive fingerprint, arguments) so that a checkpoint is never
+applied to a different run.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.fs as pafs
+
+from stream_ae.backfill.output import write_bytes_atomic
+from stream_ae.errors import ArtifactError, ConfigError
+
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "_checkpoints"
+
+
+def checkpoint_path(out_root: str, shard: tuple[int, int]) -> str:
+    """Where shard ``(i, n)`` keeps its checkpoint.
+
+    Examples
+    --------
+    >>> checkpoint_path("/data/scores", (1, 3))
+    '/data/scores/_checkpoints/shard-1-of-3.json'
+    """
+    i, n = shard
+    return posixpath.join(out_root, CHECKPOINT_DIR, f"shard-{i}-of-{n}.json")
+
+
+@dataclass
+class Counters:
+    """Running totals of one shard, carried over resumes."""
+
+    rows_read: int = 0
+    windows_scored: int = 0
+    anomalies: int = 0
+    duplicates_dropped: int = 0
+
+
+@dataclass
+class Checkpoint:
+    """The resumable state of one shard of a backfill."""
+
+    artifact_version: str
+    archive: dict                       # {"uri", "fingerprint", "fragments"}
+    args: dict                          # start, end, shard, layout, batch_rows
+    completed: list[str] = field(default_factory=list)      # fragment keys, in order
+    entities: dict[str, dict] = field(default_factory=dict)  # name -> {"windower", "threshold"}
+    counters: Counters = field(default_factory=Counters)
+    output_files: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    def check_matches(self, artifact_version: str, archive: dict, args: dict, path: str) -> None:
+        """Raise if this checkpoint belongs to another run than the one asked for."""
+        hint = f"Re-run with restart=True (--restart) to start over, or remove {path}."
+        if self.artifact_version != artifact_version:
+            raise ArtifactError(
+                f"checkpoint {path} was written with model version {self.artifact_version!r}, "
+                f"but this run uses {artifact_version!r}. {hint}")
+        if self.archive != archive:
+            raise ConfigError(
+                f"checkpoint {path} was written for archive {self.archive['uri']!r} "
+                f"({self.archive['fragments']} files), which differs from "
+                f"{archive['uri']!r} ({archive['fragments']} files) as it is now. {hint}")
+        diff = {k: (self.args.get(k), v) for k, v in args.items() if self.args.get(k) != v}
+        if diff:
+            listed = ", ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in diff.items())
+            raise ConfigError(f"checkpoint {path} was written with other arguments ({listed}). {hint}")
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, path: str) -> "Checkpoint":
+        try:
+            raw = json.loads(data)
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise ConfigError(
+                    f"checkpoint {path} has format {raw.get('format_version')!r}, this version "
+                    f"reads format {FORMAT_VERSION}; re-run with --restart.")
+            raw["counters"] = Counters(**raw["counters"])
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"checkpoint {path} is unreadable ({exc}); "
+                              "re-run with --restart to start over.") from exc
+
+
+def load_checkpoint(fs: pafs.FileSystem, path: str) -> Checkpoint | None:
+    """The checkpoint at ``path``, or None when there is none."""
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return Checkpoint.from_json(stream.read(), path)
+
+
+def save_checkpoint(fs: pafs.FileSystem, path: str, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint atomically (temporary name, then rename)."""
+    write_bytes_atomic(fs, path, checkpoint.to_json())
+
+
+def delete_checkpoint(fs: pafs.FileSystem, path: str) -> None:
+    """Forget a shard's progress (``--restart``)."""
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)

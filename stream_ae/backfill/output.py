@@ -1,0 +1,184 @@
+"""The scores dataset: its schema, one table per scored batch, and atomic Parquet parts.
+
+A part is written under a hidden temporary name in its final directory and renamed
+only once it is complete, so a dataset reader never sees half a file: pyarrow.dataset
+ignores names that start with ``.`` or ``_``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from stream_ae.errors import ConfigError
+
+TOP_K = 3
+
+SCORES_SCHEMA = pa.schema([
+    ("entity", pa.string()),
+    ("window_start", pa.timestamp("ns", tz="UTC")),
+    ("window_end", pa.timestamp("ns", tz="UTC")),
+    ("score", pa.float32()),
+    ("threshold", pa.float32()),
+    ("anomaly", pa.bool_()),
+    ("ready", pa.bool_()),
+    ("top_channels", pa.list_(pa.string())),
+    ("model_version", pa.dictionary(pa.int32(), pa.string())),
+])
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Split a local path or a URI (``s3://``, ``gs://``, ``file://``) into (filesystem, path).
+
+    Examples
+    --------
+    >>> fs, path = resolve_filesystem("/tmp/scores")
+    >>> type(fs).__name__, path
+    ('LocalFileSystem', '/tmp/scores')
+    """
+    uri = str(uri)
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri).replace(os.sep, "/")
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise ConfigError(f"cannot open {uri!r}: {exc}. Give a local path or a URI pyarrow "
+                          "understands (file://, s3://, gs://, hdfs://).") from exc
+    return fs, path.rstrip("/")
+
+
+def relative_dir(fragment_path: str, archive_root: str, partition: dict | None) -> str:
+    """The fragment's directory relative to the archive root ("" at the root).
+
+    Falls back to the hive directories ``k=v/...`` of its partition when the fragment
+    does not lie under the root as given (a URI spelled differently, a symlink).
+
+    Examples
+    --------
+    >>> relative_dir("/a/arch/date=2026-01-01/part-0.parquet", "/a/arch", {})
+    'date=2026-01-01'
+    >>> relative_dir("elsewhere/part-0.parquet", "/a/arch", {"date": "2026-01-01"})
+    'date=2026-01-01'
+    """
+    root = archive_root.rstrip("/") + "/"
+    path = str(fragment_path).replace(os.sep, "/")
+    if path.startswith(root):
+        return posixpath.dirname(path[len(root):])
+    return "/".join(f"{k}={v}" for k, v in (partition or {}).items())
+
+
+def part_name(shard: int, fragment_key: str) -> str:
+    """File name of the scores part for one input fragment and one shard.
+
+    Examples
+    --------
+    >>> part_name(0, "date=2026-01-01/part-0.parquet")
+    'part-0-7c9527d63e32728b.parquet'
+    """
+    digest = hashlib.sha1(fragment_key.encode("utf-8")).hexdigest()[:16]
+    return f"part-{shard}-{digest}.parquet"
+
+
+def scores_table(entity_names: np.ndarray, entity_codes: np.ndarray, start_ts: np.ndarray,
+                 end_ts: np.ndarray, score: np.ndarray, threshold: np.ndarray,
+                 anomaly: np.ndarray, channel_error: np.ndarray, channels: pa.Array,
+                 version: pa.Array) -> pa.Table:
+    """Build one scores table, vectorised (no per-window Python).
+
+    ``entity_names`` (E,) are the batch's entities, ``entity_codes`` (B,) index them;
+    ``channel_error`` is (B, C); ``channels`` a pyarrow string array (C,); ``version``
+    a one-element string array.
+    """
+    n = len(score)
+    k = min(TOP_K, channel_error.shape[1])
+    # stable sort on the negated errors: ties keep the channel order of the artifact
+    top = np.argsort(-channel_error, axis=1, kind="stable")[:, :k]          # (B, k)
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    top_channels = pa.ListArray.from_arrays(offsets, channels.take(pa.array(top.ravel())))
+    threshold = np.asarray(threshold, dtype=np.float32)
+    columns = [
+        pa.array(entity_names, type=pa.string()).take(pa.array(entity_codes)),
+        pa.array(start_ts, type=pa.timestamp("ns", tz="UTC")),
+        pa.array(end_ts, type=pa.timestamp("ns", tz="UTC")),
+        pa.array(np.asarray(score, dtype=np.float32)),
+        pa.array(threshold),  # NaN stays NaN (not null): "no threshold yet"
+        pa.array(np.asarray(anomaly, dtype=bool)),
+        pa.array(~np.isnan(threshold)),
+        top_channels,
+        pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), version),
+    ]
+    return pa.Table.from_arrays(columns, schema=SCORES_SCHEMA)
+
+
+@dataclass
+class AtomicPart:
+    """One Parquet part written batch by batch, visible only after :meth:`commit`.
+
+    Nothing is created until the first :meth:`write`; :meth:`commit` returns the final
+    path, or None when nothing was written. :meth:`abort` removes the temporary file.
+    """
+
+    fs: pafs.FileSystem
+    path: str
+
+    def __post_init__(self) -> None:
+        directory, name = posixpath.split(self.path)
+        self.tmp_path = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+            self._writer = pq.ParquetWriter(self.tmp_path, SCORES_SCHEMA, filesystem=self.fs,
+                                            compression="zstd")
+        self._writer.write_table(table)
+
+    def commit(self) -> str | None:
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._writer = None
+        self.fs.move(self.tmp_path, self.path)  # a rename on local disk: atomic
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            try:
+                self.fs.delete_file(self.tmp_path)
+            except FileNotFoundError:
+                pass
+
+
+def remove_stale_temp_files(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
+    """Delete this shard's temporary parts left by a killed run; returns how many."""
+    info = fs.get_file_info(out_root)
+    if info.type != pafs.FileType.Directory:
+        return 0
+    prefix = f".part-{shard}-"
+    stale = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
+             if f.type == pafs.FileType.File and f.base_name.startswith(prefix)
+             and f.base_name.endswith(".tmp")]
+    for path in stale:
+        fs.delete_file(path)
+    return len(stale)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a small file (a checkpoint) under a temporary name, then rename it into place."""
+    directory, name = posixpath.split(path)
+    fs.create_dir(directory, recursive=True)
+    tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(data)
+    fs.move(tmp, path)

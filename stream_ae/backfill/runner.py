@@ -1,0 +1,352 @@
+"""Score a Parquet archive with a trained artifact: the batch edge of the one scoring path.
+
+Fragments are read in a fixed order, record batch by record batch (memory stays bounded
+whatever the archive size). Each entity keeps one :class:`SeriesWindower` and one
+threshold started from the artifact's calibrated state, so the threshold moves along
+time exactly as it would in the stream. Every fragment becomes one atomic scores part
+in the same hive directory, followed by a checkpoint, so a killed run resumes exactly.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from stream_ae.backfill.checkpoint import (Checkpoint, Counters, checkpoint_path,
+                                           delete_checkpoint, load_checkpoint, save_checkpoint)
+from stream_ae.backfill.output import (AtomicPart, part_name, relative_dir,
+                                       remove_stale_temp_files, resolve_filesystem, scores_table)
+from stream_ae.errors import ConfigError, DataError
+
+DEFAULT_BATCH_ROWS = 262_144
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did. Totals include fragments completed by earlier (resumed) runs;
+    ``seconds`` and ``windows_per_s`` are this run's."""
+
+    rows_read: int                # rows of this shard's entities
+    windows_scored: int
+    anomalies: int
+    duplicates_dropped: int
+    seconds: float
+    windows_per_s: float
+    output_files: list[str]
+    fragments_done: int           # scored by this run
+    fragments_resumed: int        # already done by an earlier run
+    fragments_other_shards: int   # skipped unread: hive-partitioned by another shard's entity
+    complete: bool                # False when stopped by max_fragments
+    shard: tuple[int, int]
+    model_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_shard(shard) -> tuple[int, int]:
+    """``(i, n)`` from a tuple or an ``"i/n"`` string, checked: 0 <= i < n.
+
+    Examples
+    --------
+    >>> parse_shard("2/3")
+    (2, 3)
+    >>> parse_shard((3, 3))
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.ConfigError: shard 3/3 is out of range: give i/n with 0 <= i < n (e.g. 0/3, 1/3, 2/3)
+    """
+    try:
+        i, n = (int(x) for x in (shard.split("/") if isinstance(shard, str) else shard))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"shard must be 'i/n' (e.g. 0/4), got {shard!r}") from exc
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"shard {i}/{n} is out of range: give i/n with 0 <= i < n "
+                          f"(e.g. 0/3, 1/3, 2/3)")
+    return i, n
+
+
+def shard_of(entity: str, n: int) -> int:
+    """The shard that owns an entity: a hash stable across processes and machines.
+
+    Examples
+    --------
+    >>> shard_of("pump-7", 1), shard_of("pump-7", 3) == shard_of("pump-7", 3)
+    (0, True)
+    """
+    return zlib.crc32(str(entity).encode("utf-8")) % n
+
+
+@dataclass
+class _Entity:
+    windower: object
+    threshold: object
+
+
+@dataclass
+class _Run:
+    """The state of one shard while it runs (per-entity state, counters, scorer)."""
+
+    artifact: object
+    scorer: object
+    layout: object
+    shard: tuple[int, int]
+    entities: dict = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    _mine: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from stream_ae.thresholds import ThresholdSpec, build_threshold
+        self._build_threshold = build_threshold
+        self._threshold_spec = ThresholdSpec.from_dict(self.artifact.threshold["spec"])
+        self._channels = pa.array(list(self.artifact.channels), type=pa.string())
+        self._version = pa.array([self.artifact.version], type=pa.string())
+
+    # -- per-entity state --------------------------------------------------------------
+    def entity(self, name: str) -> _Entity:
+        state = self.entities.get(name)
+        if state is None:
+            from stream_ae.data.windows import SeriesWindower
+            threshold = self._build_threshold(self._threshold_spec)
+            threshold.load_state_dict(copy.deepcopy(self.artifact.threshold["state"]))
+            state = _Entity(SeriesWindower(self.artifact.window, len(self.artifact.channels)),
+                            threshold)
+            self.entities[name] = state
+        return state
+
+    def is_mine(self, name: str) -> bool:
+        mine = self._mine.get(name)
+        if mine is None:
+            mine = self._mine[name] = shard_of(name, self.shard[1]) == self.shard[0]
+        return mine
+
+    def state_dict(self) -> dict:
+        return {name: {"windower": e.windower.state_dict(), "threshold": e.threshold.state_dict()}
+                for name, e in self.entities.items()}
+
+    def load_state_dict(self, states: dict) -> None:
+        for name, d in states.items():
+            state = self.entity(name)
+            state.windower.load_state_dict(d["windower"])
+            state.threshold.load_state_dict(d["threshold"])
+
+    # -- one record batch --------------------------------------------------------------
+    def score_batch(self, rows) -> pa.Table | None:
+        """Window, score and threshold one record batch; the scores table or None."""
+        codes, names = pd.factorize(rows.entity, use_na_sentinel=False)   # (N,), (E,)
+        mine = np.fromiter((self.is_mine(str(e)) for e in names), bool, len(names))
+        ts, values = rows.ts, rows.values                                  # (N,), (N, C)
+        if not mine.all():
+            keep = mine[codes]
+            codes, ts, values = codes[keep], ts[keep], values[keep]
+        if len(codes) == 0:
+            return None
+        self.counters.rows_read += len(codes)
+        if len(codes) > 1 and (np.diff(codes) < 0).any():   # entities interleaved: group them
+            order = np.argsort(codes, kind="stable")          # stable: time order kept per entity
+            codes, ts, values = codes[order], ts[order], values[order]
+        bounds = np.searchsorted(codes, np.arange(len(names) + 1))
+
+        pushed, starts, offset = [], [], 0
+        for code in np.flatnonzero(np.diff(bounds)):
+            lo, hi = bounds[code], bounds[code + 1]
+            name = str(names[code])
+            batch = self.entity(name).windower.push(ts[lo:hi], values[lo:hi])
+            if len(batch.rejected):
+                self._check_rejected(rows.source, name, ts[lo:hi], batch)
+            if len(batch.starts):
+                pushed.append((name, batch))
+                starts.append(batch.starts + offset)
+                offset += len(batch.rows)
+        if not pushed:
+            return None
+
+        all_rows = pushed[0][1].rows if len(pushed) == 1 else np.concatenate(
+            [b.rows for _, b in pushed])                                   # (M, C)
+        scored = self.scorer.score_rows(all_rows, np.concatenate(starts))  # one model call
+        flags, values_used, lo = [], [], 0
+        for name, batch in pushed:
+            hi = lo + len(batch.starts)
+            f, v = self.entities[name].threshold.step_many(scored.score[lo:hi])
+            flags.append(f)
+            values_used.append(v)
+            lo = hi
+        anomaly = np.concatenate(flags)
+        self.counters.windows_scored += len(anomaly)
+        self.counters.anomalies += int(anomaly.sum())
+        counts = [len(b.starts) for _, b in pushed]
+        return scores_table(
+            entity_names=np.array([n for n, _ in pushed], dtype=object),
+            entity_codes=np.repeat(np.arange(len(pushed)), counts),
+            start_ts=np.concatenate([b.start_ts for _, b in pushed]),
+            end_ts=np.concatenate([b.end_ts for _, b in pushed]),
+            score=scored.score, threshold=np.concatenate(values_used), anomaly=anomaly,
+            channel_error=scored.channel_error, channels=self._channels, version=self._version)
+
+    def _check_rejected(self, source: str, name: str, ts: np.ndarray, batch) -> None:
+        late = batch.rejected[batch.reasons == "out_of_order"]
+        if len(late):
+            when = pd.Timestamp(int(ts[late[0]]), tz="UTC").isoformat()
+            raise DataError(
+                f"{source}: entity {name!r} has {len(late)} reading(s) older than an earlier one "
+                f"(first at {self.layout.timestamp}={when}); a backfill archive must be sorted by "
+                f"{self.layout.timestamp!r} within each entity. Sort the files (e.g. by "
+                f"[{self.layout.entity!r}, {self.layout.timestamp!r}]) and re-run.")
+        self.counters.duplicates_dropped += len(batch.rejected)
+
+
+def _archive_identity(history, fs, root: str, uri: str) -> tuple[dict, list[str]]:
+    """Fingerprint of the archive as it is now (fragment paths and sizes) and fragment keys."""
+    fragments = history.fragments()
+    keys = [_fragment_key(f, root) for f in fragments]
+    try:
+        sizes = [info.size for info in fs.get_file_info([str(f.path) for f in fragments])]
+    except (OSError, TypeError, ValueError):
+        sizes = [None] * len(fragments)   # a filesystem that cannot tell: paths only
+    digest = hashlib.sha1("\n".join(f"{k}:{s}" for k, s in zip(keys, sizes)).encode()).hexdigest()
+    return {"uri": uri, "fingerprint": digest, "fragments": len(fragments)}, keys
+
+
+def _fragment_key(fragment, root: str) -> str:
+    base = str(fragment.path).replace("\\", "/").rsplit("/", 1)[-1]
+    rel = relative_dir(fragment.path, root, getattr(fragment, "partition", None))
+    return f"{rel}/{base}" if rel else base
+
+
+def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
+                 device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
+                 layout=None, restart: bool = False,
+                 max_fragments: int | None = None) -> BackfillReport:
+    """Score every window of a Parquet archive and write a scores dataset partitioned like it.
+
+    Parameters
+    ----------
+    archive : str
+        Local path or URI (``s3://...``) of a Parquet dataset (hive partitions allowed),
+        sorted by timestamp within each entity.
+    artifact_path : str
+        A model artifact directory (``models/<version>``).
+    out : str
+        Root of the scores dataset; input ``<archive>/date=X/part-0.parquet`` gives
+        ``<out>/date=X/part-<i>-<hash>.parquet``. Checkpoints live in ``<out>/_checkpoints/``.
+    shard : (int, int) or "i/n"
+        Score only the entities with ``crc32(entity) % n == i``; the n shards together equal
+        an unsharded run. Each shard may run on its own worker, into the same ``out``.
+    start, end : optional
+        Time bounds passed to :meth:`History.open`.
+    device : str
+        Torch device for the model ("auto", "cpu", "cuda", ...).
+    batch_rows : int
+        Rows per record batch read (memory bound; also the unit of one model call).
+    progress : bool
+        Show a tqdm bar (rows, windows, windows/s).
+    layout : Layout, optional
+        Column layout of the archive; default: the artifact's.
+    restart : bool
+        Forget this shard's checkpoint and start over.
+    max_fragments : int, optional
+        Stop after scoring this many fragments (the next run resumes from there).
+
+    Returns
+    -------
+    BackfillReport
+
+    Raises
+    ------
+    SchemaMismatch
+        The archive's channels differ from the model's.
+    DataError
+        An entity's readings go back in time within the archive (file, entity and column named).
+    ArtifactError, ConfigError
+        A checkpoint from another model version or other arguments exists (use ``restart``).
+    """
+    from stream_ae.artifact import check_channels, load_artifact
+    from stream_ae.data.history import History
+    from stream_ae.scoring import Scorer
+
+    shard = parse_shard(shard)
+    if int(batch_rows) < 1:
+        raise ConfigError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    t0 = time.perf_counter()
+    artifact = load_artifact(artifact_path)
+    layout = artifact.layout if layout is None else layout
+    history = History.open(str(archive), layout=layout, start=start, end=end)
+    check_channels(artifact, history.channels)
+
+    in_fs, in_root = resolve_filesystem(str(archive))
+    out_fs, out_root = resolve_filesystem(str(out))
+    identity, keys = _archive_identity(history, in_fs, in_root, str(archive))
+    args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
+            "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows)}
+    ckpt_path = checkpoint_path(out_root, shard)
+    if restart:
+        delete_checkpoint(out_fs, ckpt_path)
+    checkpoint = load_checkpoint(out_fs, ckpt_path)
+    run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device), layout=layout,
+               shard=shard)
+    if checkpoint is None:
+        checkpoint = Checkpoint(artifact.version, identity, args)
+    else:
+        checkpoint.check_matches(artifact.version, identity, args, ckpt_path)
+        run.load_state_dict(checkpoint.entities)
+        run.counters = checkpoint.counters
+    remove_stale_temp_files(out_fs, out_root, shard[0])
+
+    done = set(checkpoint.completed)
+    todo = [(f, k) for f, k in zip(history.fragments(), keys) if k not in done]
+    resumed = len(keys) - len(todo)
+    windows_before, scored, other_shards = run.counters.windows_scored, 0, 0
+    bar = tqdm(total=history.count_rows() if not resumed else None, unit="row", unit_scale=True,
+               disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
+    try:
+        for fragment, key in todo:
+            if max_fragments is not None and scored >= max_fragments:
+                break
+            owner = (getattr(fragment, "partition", None) or {}).get(layout.entity)
+            if owner is not None and not run.is_mine(str(owner)):
+                other_shards += 1          # hive-partitioned by entity: skip unread
+                continue
+            rel = key.rsplit("/", 1)[0] if "/" in key else ""
+            path = "/".join(p for p in (out_root, rel, part_name(shard[0], key)) if p)
+            part = AtomicPart(out_fs, path)
+            try:
+                for rows in history.iter_rows(fragment, batch_rows=int(batch_rows)):
+                    table = run.score_batch(rows)
+                    if table is not None:
+                        part.write(table)
+                    bar.update(len(rows.ts))
+                    rate = (run.counters.windows_scored - windows_before) / max(
+                        time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(windows=run.counters.windows_scored, win_s=f"{rate:,.0f}",
+                                    refresh=False)
+                written = part.commit()
+            except BaseException:
+                part.abort()
+                raise
+            if written is not None and written not in checkpoint.output_files:
+                checkpoint.output_files.append(written)
+            checkpoint.completed.append(key)
+            checkpoint.entities = run.state_dict()
+            checkpoint.counters = run.counters
+            save_checkpoint(out_fs, ckpt_path, checkpoint)
+            scored += 1
+    finally:
+        bar.close()
+
+    seconds = time.perf_counter() - t0
+    c = run.counters
+    return BackfillReport(
+        rows_read=c.rows_read, windows_scored=c.windows_scored, anomalies=c.anomalies,
+        duplicates_dropped=c.duplicates_dropped, seconds=round(seconds, 3),
+        windows_per_s=round((c.windows_scored - windows_before) / max(seconds, 1e-9), 1),
+        output_files=list(checkpoint.output_files), fragments_done=scored,
+        fragments_resumed=resumed, fragments_other_shards=other_shards,
+        complete=len(checkpoint.completed) + other_shards == len(keys), shard=shard,
+        model_version=artifact.version)

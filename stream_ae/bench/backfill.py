@@ -1,0 +1,173 @@
+"""Backfill benchmark: windows/s and peak memory on synthetic archives of 1 M and 10 M rows.
+
+Each backfill runs in a fresh subprocess (CPU, 2 torch threads) so its peak resident memory
+is its own (``os.wait4`` rusage of that child). The model is the default conv configuration,
+trained for one short epoch: scoring speed depends on the architecture, not on how well it
+was trained. Archives and the model are cached under ``out_dir``.
+
+Run it with ``python -m stream_ae.bench.backfill --rows 1000000 --json bench-out/backfill.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ENTITIES = 10
+CHANNELS = 8
+STEP_S = 10
+ROWS_PER_DAY = 86_400 // STEP_S          # per entity
+TORCH_THREADS = 2
+TARGET_WINDOWS_PER_S = 60_000
+TARGET_PEAK_RSS_MIB = 1536
+
+
+def ensure_archive(out_dir: Path, rows: int) -> Path:
+    """A hive-by-date archive of ``rows`` rows (10 entities x 8 channels, one reading / 10 s)."""
+    root = out_dir / f"archive-{rows}"
+    done = out_dir / f"archive-{rows}.done"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    per_entity = rows // ENTITIES
+    rng = np.random.default_rng(0)
+    t0 = np.datetime64("2026-01-01T00:00:00", "ns").astype(np.int64)
+    freq = rng.uniform(0.5, 3.0, (ENTITIES, CHANNELS)) * 2 * np.pi / ROWS_PER_DAY * 24  # (E, C)
+    names = [f"unit-{e:03d}" for e in range(ENTITIES)]
+    for day, lo in enumerate(range(0, per_entity, ROWS_PER_DAY)):
+        n = min(ROWS_PER_DAY, per_entity - lo)
+        k = np.arange(lo, lo + n)                                             # (n,)
+        ts = t0 + k.astype(np.int64) * STEP_S * 1_000_000_000
+        values = np.sin(k[None, :, None] * freq[:, None, :])                  # (E, n, C)
+        values = (values + rng.normal(0, 0.1, values.shape)).astype(np.float32)
+        columns = {"entity": pa.array(np.repeat(names, n)),
+                   "timestamp": pa.array(np.tile(ts, ENTITIES), pa.timestamp("ns", tz="UTC"))}
+        flat = values.reshape(ENTITIES * n, CHANNELS)
+        columns.update({f"ch{c}": pa.array(flat[:, c]) for c in range(CHANNELS)})
+        date = str(np.datetime64(int(ts[0]), "ns").astype("datetime64[D]"))
+        (root / f"date={date}").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns), root / f"date={date}" / "part-0.parquet")
+    done.write_text(json.dumps({"rows": per_entity * ENTITIES}))
+    return root
+
+
+def _configs():
+    """The default conv preset (presets.py), or the ModelConfig defaults until it exists; hop 1."""
+    from stream_ae.data.windows import WindowSpec
+    from stream_ae.models.config import ModelConfig
+    from stream_ae.thresholds import ThresholdSpec
+    try:
+        from stream_ae.presets import PRESETS
+    except ImportError:
+        return ModelConfig(), WindowSpec(length=60, hop=1), ThresholdSpec(), "ModelConfig defaults"
+    preset = PRESETS["conv"]
+    window = preset.window.__class__(**{**preset.window.to_dict(), "hop": 1})
+    return preset.model, window, preset.threshold, "presets.PRESETS['conv']"
+
+
+def ensure_artifact(out_dir: Path, archive: Path) -> tuple[Path, str]:
+    """Train the default conv model briefly (1 epoch, 20 k windows) once; reuse it after."""
+    from stream_ae.artifact import save_artifact
+    from stream_ae.training import TrainConfig, train
+
+    model, window, threshold, source = _configs()
+    marker = out_dir / "bench-model.json"
+    if marker.exists():
+        saved = json.loads(marker.read_text())
+        if Path(saved["path"]).is_dir() and saved["source"] == source:
+            return Path(saved["path"]), source
+    from stream_ae.data.layout import Layout
+    artifact = train(str(archive), Layout(), window, model,
+                     TrainConfig(epochs=1, max_windows=20_000, device="cpu",
+                                 num_threads=TORCH_THREADS, progress=False), threshold)
+    path = save_artifact(artifact, out_dir / "bench-models")
+    marker.write_text(json.dumps({"path": str(path), "source": source}))
+    return path, source
+
+
+def _child(archive: str, artifact: str, out: str, report_path: str) -> None:
+    """Body of the measured subprocess: one backfill, its report written as JSON."""
+    import torch
+
+    from stream_ae.backfill import run_backfill
+    torch.set_num_threads(TORCH_THREADS)
+    report = run_backfill(archive, artifact, out, device="cpu", progress=False, restart=True)
+    Path(report_path).write_text(json.dumps(report.to_dict()))
+
+
+def measure(archive: Path, artifact: Path, out: Path) -> dict:
+    """Run one backfill in a fresh subprocess; its report plus wall time and peak RSS."""
+    shutil.rmtree(out, ignore_errors=True)
+    report_path = out.parent / f"{out.name}.report.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(TORCH_THREADS)}
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "stream_ae.bench.backfill", "--child",
+                              str(archive), str(artifact), str(out), str(report_path)], env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"benchmark backfill failed with exit code {child.returncode}")
+    report = json.loads(report_path.read_text())
+    return {"rows": report["rows_read"], "windows": report["windows_scored"],
+            "backfill_seconds": report["seconds"], "windows_per_s": report["windows_per_s"],
+            "process_seconds": round(wall, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),   # ru_maxrss is in KiB on Linux
+            "output_files": len(report["output_files"])}
+
+
+def run_backfill_bench(rows=(1_000_000, 10_000_000), out_dir="bench-out", json_path=None) -> dict:
+    """Benchmark the backfill for each archive size; print and return the figures as JSON."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archives = {n: ensure_archive(out_dir, int(n)) for n in rows}
+    artifact, source = ensure_artifact(out_dir, archives[min(rows)])
+    from stream_ae.artifact import load_artifact
+    art = load_artifact(artifact)
+    runs = [measure(archives[n], artifact, out_dir / f"scores-{n}") for n in rows]
+    result = {
+        "bench": "backfill", "device": "cpu", "torch_threads": TORCH_THREADS,
+        "model": {"source": source, "version": art.version, **art.model.to_dict()},
+        "window": art.window.to_dict(), "entities": ENTITIES, "channels": CHANNELS,
+        "note": "model trained for 1 epoch on 20k windows: scoring speed does not depend on "
+                "training quality",
+        "runs": runs,
+        "targets": {"windows_per_s": TARGET_WINDOWS_PER_S, "peak_rss_mib": TARGET_PEAK_RSS_MIB},
+        "meets_targets": all(r["windows_per_s"] >= TARGET_WINDOWS_PER_S
+                             and r["peak_rss_mib"] < TARGET_PEAK_RSS_MIB for r in runs),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stream_ae.bench.backfill",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=4, metavar=("ARCHIVE", "ARTIFACT", "OUT", "REPORT"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--out-dir", default="bench-out")
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+    run_backfill_bench(tuple(args.rows), args.out_dir, args.json_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
