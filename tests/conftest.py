@@ -1,0 +1,53 @@
+"""Shared fixtures: one Kafka-compatible broker per test session, uuid-named topics.
+
+The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else testcontainers' Kafka if Docker
+answers, else the embedded Tansu binary (see stream_ae/stream/broker.py). Tests that use
+it are marked ``kafka``; they skip, saying why, when no broker can be had.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from stream_ae.stream.broker import BrokerUnavailable, create_topics, delete_topics, running_broker
+
+SESSION_TIMEOUT_MS = 3000   # Tansu joins a group in ~half of this; Kafka accepts it too
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A running broker (``.bootstrap``, ``.kind``) shared by the whole session."""
+    try:
+        with running_broker() as b:
+            yield b
+    except BrokerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def topic_factory(broker):
+    """``make(partitions=1, compact=False) -> name``: a fresh topic, deleted at teardown."""
+    made: list[str] = []
+
+    def make(partitions: int = 1, compact: bool = False, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        create_topics(broker.bootstrap, {name: partitions}, compact={name} if compact else ())
+        made.append(name)
+        return name
+
+    yield make
+    delete_topics(broker.bootstrap, made)
+
+
+@pytest.fixture
+def kafka_config(broker):
+    """Consumer settings for tests: fresh group id, ``earliest``, short session timeout."""
+    return {
+        "bootstrap_servers": broker.bootstrap,
+        "group_id": f"g-{uuid.uuid4().hex[:12]}",
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 3,
+        "enable_auto_commit": False,
+    }
