@@ -1,0 +1,379 @@
+"""Message contracts on the wire: readings in, alerts and dead letters out.
+
+The msgspec Structs below are the single definition of every message. The JSON Schema
+files in ``schemas/`` are generated from them (``python -m stream_ae.stream.codec
+--write-schemas schemas/``) and a test fails when the two drift apart.
+
+Rules a producer must follow (see docs/schemas.md):
+
+* ``ts`` is either an RFC 3339 string *with* an offset (``2024-05-01T12:00:00.5Z``,
+  microsecond precision, finer digits are rounded) or an integer of **epoch
+  milliseconds** UTC. Both become int64 nanoseconds since the epoch.
+* a missing value is ``null``. ``NaN``/``Infinity`` tokens (what Python's
+  ``json.dumps`` writes for float NaN) and numbers beyond float32 range are rejected as
+  ``non_finite``: a sensor that cannot measure should say so with ``null``.
+* unknown top-level fields are rejected (``unknown_field``) unless the decoder is built
+  with ``unknown_fields="ignore"``: a field this version does not know may change the
+  meaning of the others, and the dead letter keeps the bytes for a replay after upgrade.
+
+Decoding never raises: each bad message becomes a :class:`DeadLetter`.
+
+>>> ok, bad = decode_readings([b'{"entity": "pump-1", "ts": 1000, "values": {"p": 1.5}}',
+...                            b'{"entity": "pump-1", "ts": 1000}'])
+>>> ok[0].entity, ok[0].ts_ns, ok[0].values
+('pump-1', 1000000000, {'p': 1.5})
+>>> bad[0].reason, bad[0].detail
+('malformed', 'Object missing required field `values`')
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal
+
+import msgspec
+import numpy as np
+from msgspec import Meta
+
+SCHEMA_VERSION = 1
+Reason = Literal[
+    "malformed", "unknown_field", "non_finite", "oversized",          # the codec's own
+    "missing_channel", "unknown_channel", "entity_limit",              # checked by the runner
+    "late", "out_of_order", "duplicate",                               # ordering, by the runner
+]
+REASONS: tuple[str, ...] = Reason.__args__
+Severity = Literal["info", "warning", "critical"]
+AlertState = Literal["open", "update", "resolved"]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_F32_MAX = float(np.finfo(np.float32).max)
+_MAX_EPOCH_MS = (2**63 - 1) // 1_000_000          # keeps ts_ns inside int64
+Timestamp = Annotated[dt.datetime, Meta(tz=True, description="RFC 3339 with an offset")]
+EpochMs = Annotated[int, Meta(ge=0, le=_MAX_EPOCH_MS, description="epoch milliseconds, UTC")]
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION, description="message schema version")]
+
+
+class Reading(msgspec.Struct, forbid_unknown_fields=True):
+    """One sensor reading: an entity's channel values at one instant."""
+
+    entity: Annotated[Name, Meta(description="the machine / sensor group; also the Kafka key")]
+    ts: Timestamp | EpochMs
+    values: Annotated[dict[Name, float | None],
+                      Meta(description="channel name -> value; null = not measured")]
+    schema_version: Version = SCHEMA_VERSION
+
+
+class _LenientReading(Reading, forbid_unknown_fields=False):
+    """Same contract, extra top-level fields ignored."""
+
+
+class ChannelShare(msgspec.Struct, forbid_unknown_fields=True):
+    """A channel's share of the window's reconstruction error."""
+
+    channel: Name
+    share: Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class Alert(msgspec.Struct, forbid_unknown_fields=True):
+    """An alert lifecycle event. ``event_id`` is deterministic: a replay yields the same id."""
+
+    event_id: Annotated[str, Meta(min_length=1, description="unique per event; dedup key")]
+    alert_id: Annotated[str, Meta(min_length=1, description="shared by all events of one alert")]
+    entity: Name
+    model_version: Annotated[str, Meta(min_length=1)]
+    state: AlertState
+    started_at: Timestamp
+    at: Annotated[Timestamp, Meta(description="time of the reading that caused this event")]
+    score: float
+    threshold: float
+    severity: Severity
+    top_channels: list[ChannelShare]
+    sequence: Annotated[int, Meta(ge=0, description="0 for open, +1 per event of this alert")]
+    schema_version: Version = SCHEMA_VERSION
+
+
+class DeadLetter(msgspec.Struct, forbid_unknown_fields=True):
+    """A message the service could not use, with the original bytes for a replay."""
+
+    reason: Reason
+    detail: Annotated[str, Meta(description="what is wrong, for a human")]
+    original: Annotated[bytes, Meta(description="the record value, base64")]
+    received_at: Timestamp
+    original_key: bytes | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    source_timestamp_ms: int | None = None
+    entity: str | None = None
+    schema_version: Version = SCHEMA_VERSION
+
+
+class DecodedReading(msgspec.Struct, gc=False):
+    """A valid reading, ready for the windower. ``message`` is the record it came from."""
+
+    entity: str
+    ts_ns: int
+    values: dict[str, float | None]
+    message: Any = None
+
+
+def datetime_to_ns(t: dt.datetime) -> int:
+    """Nanoseconds since the epoch of an aware datetime.
+
+    >>> datetime_to_ns(dt.datetime(1970, 1, 1, 0, 0, 1, 5, tzinfo=dt.timezone.utc))
+    1000005000
+    """
+    d = t - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+
+
+def ns_to_datetime(ns: int) -> dt.datetime:
+    """UTC datetime of epoch nanoseconds (microsecond precision).
+
+    >>> ns_to_datetime(1_500_000_000).isoformat()
+    '1970-01-01T00:00:01.500000+00:00'
+    """
+    return _EPOCH + dt.timedelta(microseconds=int(ns) // 1_000)
+
+
+def _record_fields(message: Any) -> tuple[Any, dict]:
+    """(value, source fields) of a kafka ConsumerRecord-like object, or of raw bytes."""
+    if message is None or isinstance(message, (bytes, bytearray, memoryview)):
+        return message, {}
+    return getattr(message, "value", None), {
+        "original_key": getattr(message, "key", None),
+        "source_topic": getattr(message, "topic", None),
+        "source_partition": getattr(message, "partition", None),
+        "source_offset": getattr(message, "offset", None),
+        "source_timestamp_ms": getattr(message, "timestamp", None),
+    }
+
+
+def dead_letter(message: Any, reason: str, detail: str, *, entity: str | None = None,
+                received_at: dt.datetime | None = None) -> DeadLetter:
+    """Build a dead letter for a record, raw bytes or :class:`DecodedReading`."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown dead-letter reason {reason!r}; use one of {REASONS}")
+    if isinstance(message, DecodedReading):
+        entity = entity if entity is not None else message.entity
+        message = message.message
+    value, source = _record_fields(message)
+    key = source.get("original_key")
+    if isinstance(key, str):
+        source["original_key"] = key.encode()
+    if isinstance(value, str):
+        value = value.encode()
+    return DeadLetter(reason=reason, detail=detail, original=bytes(value or b""),
+                      received_at=received_at or dt.datetime.now(dt.timezone.utc),
+                      entity=entity, **source)
+
+
+def _non_finite_tokens(data: bytes) -> bool:
+    """True when ``data`` is JSON apart from NaN / Infinity tokens (slow path, errors only)."""
+    seen = []
+    try:
+        json.loads(data, parse_constant=seen.append)
+    except ValueError:       # JSONDecodeError and UnicodeDecodeError
+        return False
+    return bool(seen)
+
+
+class ReadingDecoder:
+    """Validating reading decoder; keep one per consumer (the msgspec decoder is reused).
+
+    Parameters
+    ----------
+    max_bytes : int
+        Larger record values are dead-lettered as ``oversized`` before parsing.
+    unknown_fields : {"reject", "ignore"}
+        Policy for top-level fields this schema version does not define.
+    """
+
+    def __init__(self, max_bytes: int = 65_536, unknown_fields: str = "reject"):
+        if unknown_fields not in ("reject", "ignore"):
+            raise ValueError(f"unknown_fields must be 'reject' or 'ignore', not {unknown_fields!r}")
+        self.max_bytes = max_bytes
+        self.unknown_fields = unknown_fields
+        self._decoder = msgspec.json.Decoder(Reading if unknown_fields == "reject" else _LenientReading)
+
+    def decode(self, messages: Iterable[Any]) -> tuple[list[DecodedReading], list[DeadLetter]]:
+        """Decode records (ConsumerRecord-like with ``.value``, or bytes); never raises."""
+        ok: list[DecodedReading] = []
+        bad: list[DeadLetter] = []
+        decode = self._decoder.decode
+        for message in messages:
+            value = message if isinstance(message, (bytes, bytearray, memoryview)) \
+                else getattr(message, "value", None)
+            if value is None:
+                bad.append(dead_letter(message, "malformed", "record value is null (tombstone)"))
+                continue
+            if len(value) > self.max_bytes:
+                bad.append(dead_letter(message, "oversized",
+                                       f"{len(value)} bytes > max_message_bytes {self.max_bytes}"))
+                continue
+            try:
+                r = decode(value)
+            except msgspec.ValidationError as exc:
+                bad.append(dead_letter(message, _validation_reason(str(exc)), str(exc)))
+                continue
+            except msgspec.DecodeError as exc:
+                reason = "non_finite" if _non_finite_tokens(value) else "malformed"
+                detail = ("NaN/Infinity is not JSON; send null for a missing value"
+                          if reason == "non_finite" else str(exc))
+                bad.append(dead_letter(message, reason, detail))
+                continue
+            for name, v in r.values.items():
+                if v is not None and not -_F32_MAX <= v <= _F32_MAX:
+                    bad.append(dead_letter(message, "non_finite",
+                                           f"channel {name!r} value {v!r} is outside float32 range",
+                                           entity=r.entity))
+                    break
+            else:
+                ts = r.ts
+                ts_ns = ts * 1_000_000 if type(ts) is int else datetime_to_ns(ts)
+                ok.append(DecodedReading(r.entity, ts_ns, r.values, message))
+        return ok, bad
+
+
+def _validation_reason(msg: str) -> str:
+    if msg.startswith("Object contains unknown field"):
+        return "unknown_field"
+    if msg.startswith("Number out of range"):     # e.g. 1e999, which would be inf
+        return "non_finite"
+    return "malformed"
+
+
+_DEFAULT_DECODER = ReadingDecoder()
+
+
+def decode_readings(messages: Iterable[Any], *, max_bytes: int | None = None,
+                    unknown_fields: str = "reject") -> tuple[list[DecodedReading], list[DeadLetter]]:
+    """Decode a batch of records into valid readings and dead letters (never raises)."""
+    if max_bytes is None and unknown_fields == "reject":
+        return _DEFAULT_DECODER.decode(messages)
+    return ReadingDecoder(max_bytes or _DEFAULT_DECODER.max_bytes, unknown_fields).decode(messages)
+
+
+def values_to_row(values: dict[str, float | None], channels: tuple[str, ...]
+                  ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Order a reading's values by the model's channels.
+
+    Returns ``(row (C,) float32 with NaN for null or absent, missing names, unknown names)``;
+    whether a missing or unknown channel dead-letters the reading is the runner's policy.
+
+    >>> row, missing, unknown = values_to_row({"a": 1.0, "b": None, "z": 2.0}, ("a", "b", "c"))
+    >>> row.tolist(), missing, unknown
+    ([1.0, nan, nan], ['c'], ['z'])
+    """
+    row = np.array([values.get(c) for c in channels], dtype=np.float64).astype(np.float32)
+    missing = [c for c in channels if c not in values]
+    unknown = [k for k in values if k not in channels] if len(values) > len(channels) - len(missing) else []
+    return row, missing, unknown
+
+
+_ENCODER = msgspec.json.Encoder()
+_ALERT_DECODER = msgspec.json.Decoder(Alert)
+_DEAD_LETTER_DECODER = msgspec.json.Decoder(DeadLetter)
+
+
+def encode_reading(reading: Reading) -> bytes:
+    """JSON bytes of a reading (float NaN is written as null)."""
+    return _ENCODER.encode(reading)
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """JSON bytes of an alert event."""
+    return _ENCODER.encode(alert)
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """JSON bytes of a dead letter (``original`` and ``original_key`` as base64)."""
+    return _ENCODER.encode(letter)
+
+
+def decode_alert(data: bytes) -> Alert:
+    """Validate and decode an alert event; raises ``msgspec.ValidationError`` if invalid."""
+    return _ALERT_DECODER.decode(data)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    """Validate and decode a dead letter; raises ``msgspec.ValidationError`` if invalid."""
+    return _DEAD_LETTER_DECODER.decode(data)
+
+
+SCHEMAS: dict[str, type] = {"reading.v1.json": Reading, "alert.v1.json": Alert,
+                            "dead_letter.v1.json": DeadLetter}
+
+
+def schema_documents() -> dict[str, str]:
+    """File name -> JSON Schema text generated from the Structs (what ``schemas/`` holds)."""
+    docs = {}
+    for name, struct in SCHEMAS.items():
+        body = msgspec.json.schema(struct)
+        doc = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+               "$id": f"https://stream-ae.dev/schemas/{name}", **body}
+        docs[name] = json.dumps(doc, indent=2) + "\n"
+    return docs
+
+
+def stale_schemas(directory: str | Path) -> list[str]:
+    """Names of schema files in ``directory`` that are missing or differ from the Structs."""
+    root = Path(directory)
+    return [name for name, text in schema_documents().items()
+            if not (root / name).is_file() or (root / name).read_text() != text]
+
+
+def write_schemas(directory: str | Path) -> list[Path]:
+    """Write every schema file into ``directory``; returns the paths written."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in schema_documents().items():
+        (root / name).write_text(text)
+        paths.append(root / name)
+    return paths
+
+
+def _bench(n: int = 100_000) -> dict[str, float]:
+    """µs per reading: json.loads alone vs. decode + validate + ts conversion."""
+    import time
+    values = {f"ch{i}": 0.125 * i for i in range(8)}
+    blobs = [encode_reading(Reading(f"pump-{i % 50}", 1_700_000_000_000 + i, values))
+             for i in range(n)]
+    t0 = time.perf_counter()
+    for b in blobs:
+        json.loads(b)
+    t1 = time.perf_counter()
+    ok, _ = ReadingDecoder().decode(blobs)
+    t2 = time.perf_counter()
+    return {"bytes": len(blobs[0]), "json_loads_us": (t1 - t0) / n * 1e6,
+            "decode_validate_us": (t2 - t1) / n * 1e6, "decoded": len(ok)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stream_ae.stream.codec --write-schemas DIR | --check DIR | --bench``."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m stream_ae.stream.codec")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write-schemas", metavar="DIR", help="generate the JSON Schema files")
+    group.add_argument("--check", metavar="DIR", help="exit 1 if the files differ from the Structs")
+    group.add_argument("--bench", action="store_true", help="print decode cost per reading")
+    args = parser.parse_args(argv)
+    if args.write_schemas:
+        for path in write_schemas(args.write_schemas):
+            print(path)
+    elif args.check:
+        stale = stale_schemas(args.check)
+        if stale:
+            print(f"out of date in {args.check}: {', '.join(stale)}; run "
+                  f"python -m stream_ae.stream.codec --write-schemas {args.check}")
+            return 1
+    else:
+        print(json.dumps(_bench()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

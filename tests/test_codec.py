@@ -1,0 +1,220 @@
+"""Message contracts: readings decode or dead-letter, alerts and dead letters round-trip."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import re
+from collections import namedtuple
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from stream_ae.stream import codec
+from stream_ae.stream.codec import (Alert, ChannelShare, ReadingDecoder,
+                                    dead_letter, decode_alert, decode_dead_letter,
+                                    decode_readings, encode_alert, encode_dead_letter)
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+Record = namedtuple("Record", "topic partition offset timestamp key value")
+UTC = dt.timezone.utc
+
+
+def record(value, offset=7, key=b"pump-1"):
+    return Record("readings", 2, offset, 1_700_000_000_123, key, value)
+
+
+def reasons(values, **kw):
+    ok, bad = decode_readings([record(v) for v in values], **kw)
+    return [b.reason for b in bad], ok
+
+
+# ---- a small, generic JSON Schema check (the subset msgspec writes) ----------------------
+
+def conforms(instance, schema, root) -> bool:
+    if "$ref" in schema:
+        return conforms(instance, root["$defs"][schema["$ref"].rsplit("/", 1)[1]], root)
+    if "anyOf" in schema:
+        return any(conforms(instance, s, root) for s in schema["anyOf"])
+    if "enum" in schema and instance not in schema["enum"]:
+        return False
+    kind = schema.get("type")
+    checks = {"object": dict, "array": list, "string": str, "null": type(None),
+              "integer": int, "number": (int, float), "boolean": bool}
+    if kind and (not isinstance(instance, checks[kind])
+                 or (kind in ("integer", "number") and isinstance(instance, bool))):
+        return False
+    if kind in ("integer", "number") and not (
+            schema.get("minimum", -math.inf) <= instance <= schema.get("maximum", math.inf)):
+        return False
+    if kind == "string":
+        if len(instance) < schema.get("minLength", 0):
+            return False
+        if schema.get("format") == "date-time" and not re.fullmatch(
+                r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", instance):
+            return False
+        if schema.get("contentEncoding") == "base64":
+            base64.b64decode(instance, validate=True)
+    if kind == "array":
+        return all(conforms(x, schema.get("items", {}), root) for x in instance)
+    if kind == "object":
+        props = schema.get("properties", {})
+        if any(k not in instance for k in schema.get("required", [])):
+            return False
+        for k, v in instance.items():
+            if k in props:
+                if not conforms(v, props[k], root):
+                    return False
+            elif schema.get("additionalProperties") is False:
+                return False
+            elif isinstance(schema.get("additionalProperties"), dict) and \
+                    not conforms(v, schema["additionalProperties"], root):
+                return False
+    return True
+
+
+def schema(name):
+    return json.loads((SCHEMA_DIR / name).read_text())
+
+
+def sample_alert(**kw):
+    fields = dict(event_id="a1:0", alert_id="a1", entity="pump-1", model_version="20240501-1",
+                  state="open", started_at=dt.datetime(2024, 5, 1, 12, tzinfo=UTC),
+                  at=dt.datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC), score=3.5, threshold=1.25,
+                  severity="warning", sequence=0,
+                  top_channels=[ChannelShare("p", 0.7), ChannelShare("t", 0.3)])
+    return Alert(**{**fields, **kw})
+
+
+# ---- readings ----------------------------------------------------------------------------
+
+def test_valid_readings_decode_to_ns_timestamps_in_both_forms():
+    ok, bad = decode_readings([
+        record(b'{"entity": "pump-1", "ts": "2024-05-01T12:00:00.25Z", "values": {"p": 1, "t": null}}'),
+        record(b'{"entity": "pump-1", "ts": "2024-05-01T14:00:00.25+02:00", "values": {"p": 2.5}}'),
+        record(b'{"entity": "pump-2", "ts": 1714564800250, "values": {}, "schema_version": 1}'),
+    ])
+    assert bad == []
+    expected_ns = 1_714_564_800_250_000_000
+    assert [r.ts_ns for r in ok] == [expected_ns] * 3
+    assert ok[0].values == {"p": 1.0, "t": None}
+    assert ok[0].message.offset == 7          # the record travels with it for a dead letter
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"not json", "malformed"),
+    (b'{"entity": "pump-1", "ts": 1}', "malformed"),                                  # no values
+    (b'{"entity": "pump-1", "ts": "2024-05-01T12:00:00", "values": {}}', "malformed"),  # naive ts
+    (b'{"entity": "pump-1", "ts": 1.5, "values": {}}', "malformed"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {"p": "1.0"}}', "malformed"),
+    (b'{"entity": "", "ts": 1, "values": {}}', "malformed"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {}, "schema_version": 2}', "malformed"),
+    (b'\xff\xfe', "malformed"),
+    (None, "malformed"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {}, "unit": "bar"}', "unknown_field"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {"p": NaN}}', "non_finite"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {"p": -Infinity}}', "non_finite"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {"p": 1e999}}', "non_finite"),
+    (b'{"entity": "pump-1", "ts": 1, "values": {"p": 1e39}}', "non_finite"),     # > float32
+])
+def test_bad_readings_become_dead_letters_with_a_reason(value, reason):
+    got, ok = reasons([value])
+    assert (got, ok) == ([reason], [])
+
+
+def test_oversized_is_rejected_before_parsing():
+    blob = json.dumps({"entity": "e", "ts": 1, "values": {f"c{i}": 1.0 for i in range(50)}}).encode()
+    assert reasons([blob], max_bytes=100)[0] == ["oversized"]
+    assert reasons([blob], max_bytes=10_000)[0] == []
+
+
+def test_unknown_fields_can_be_ignored_by_policy():
+    blob = b'{"entity": "pump-1", "ts": 1, "values": {"p": 1}, "unit": "bar"}'
+    got, ok = reasons([blob], unknown_fields="ignore")
+    assert got == [] and ok[0].values == {"p": 1.0}
+
+
+def test_one_bad_message_does_not_stop_the_batch():
+    got, ok = reasons([b"{", b'{"entity": "a", "ts": 5, "values": {"x": 1}}', b"[]"])
+    assert got == ["malformed", "malformed"] and [r.entity for r in ok] == ["a"]
+
+
+def test_dead_letter_keeps_the_source_and_the_bytes():
+    raw = b'{"entity": "pump-1", "ts": 1, "values": {"p": NaN}}'
+    _, [letter] = decode_readings([record(raw, offset=42)])
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("readings", 2, 42)
+    assert letter.original == raw and letter.original_key == b"pump-1"
+    assert "null" in letter.detail                       # tells the producer what to send
+
+
+def test_runner_reason_codes_build_dead_letters_from_a_decoded_reading():
+    [reading], _ = decode_readings([record(b'{"entity": "pump-9", "ts": 1, "values": {"zz": 1}}')])
+    for reason in ("missing_channel", "unknown_channel", "late", "out_of_order", "duplicate",
+                   "entity_limit"):
+        letter = dead_letter(reading, reason, "detail")
+        assert (letter.reason, letter.entity, letter.source_offset) == (reason, "pump-9", 7)
+    with pytest.raises(ValueError, match="unknown dead-letter reason"):
+        dead_letter(reading, "mystery", "x")
+
+
+def test_values_to_row_orders_by_model_channels():
+    row, missing, unknown = codec.values_to_row({"b": 2.0, "a": None}, ("a", "b"))
+    assert np.isnan(row[0]) and row[1] == 2.0 and row.dtype == np.float32
+    assert (missing, unknown) == ([], [])
+
+
+# ---- outgoing messages and the schema files ----------------------------------------------
+
+def test_schema_files_match_the_structs():
+    assert codec.stale_schemas(SCHEMA_DIR) == [], \
+        "run: python -m stream_ae.stream.codec --write-schemas schemas/"
+
+
+def test_stale_schema_is_detected(tmp_path):
+    codec.write_schemas(tmp_path)
+    (tmp_path / "alert.v1.json").write_text("{}")
+    assert codec.stale_schemas(tmp_path) == ["alert.v1.json"]
+    assert codec.main(["--check", str(tmp_path)]) == 1
+
+
+def test_alert_round_trip_conforms_to_its_schema_file():
+    alert = sample_alert()
+    blob = encode_alert(alert)
+    assert decode_alert(blob) == alert
+    assert conforms(json.loads(blob), schema("alert.v1.json"), schema("alert.v1.json"))
+    bad = json.loads(blob) | {"severity": "apocalyptic"}
+    assert not conforms(bad, schema("alert.v1.json"), schema("alert.v1.json"))
+    with pytest.raises(msgspec.ValidationError):
+        decode_alert(json.dumps(bad).encode())
+
+
+def test_dead_letter_round_trip_conforms_to_its_schema_file():
+    _, [letter] = decode_readings([record(b"\x00binary\xff")])
+    blob = encode_dead_letter(letter)
+    assert decode_dead_letter(blob) == letter
+    doc = json.loads(blob)
+    assert base64.b64decode(doc["original"]) == b"\x00binary\xff"
+    assert conforms(doc, schema("dead_letter.v1.json"), schema("dead_letter.v1.json"))
+
+
+def test_reading_schema_file_accepts_what_the_decoder_accepts():
+    root = schema("reading.v1.json")
+    good = {"entity": "e", "ts": "2024-05-01T12:00:00Z", "values": {"a": 1.0, "b": None}}
+    assert conforms(good, root, root) and reasons([json.dumps(good).encode()])[0] == []
+    for bad in ({**good, "unit": "bar"}, {**good, "ts": True}, {"entity": "e", "ts": 1}):
+        assert not conforms(bad, root, root)
+        assert reasons([json.dumps(bad).encode()])[0] != []
+
+
+def test_nan_in_a_reading_is_written_as_null():
+    blob = codec.encode_reading(codec.Reading("e", 1, {"a": math.nan}))
+    [r], _ = decode_readings([blob])
+    assert r.values == {"a": None}
+
+
+def test_decoder_rejects_an_unknown_policy():
+    with pytest.raises(ValueError, match="reject"):
+        ReadingDecoder(unknown_fields="maybe")
