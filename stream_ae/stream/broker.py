@@ -81,7 +81,10 @@ def docker_available(timeout_s: float = 2.0) -> bool:
 
 @contextlib.contextmanager
 def _testcontainers_kafka() -> Iterator[str]:
-    from testcontainers.kafka import KafkaContainer
+    try:
+        from testcontainers.community.kafka import KafkaContainer    # testcontainers >= 4.14
+    except ImportError:
+        from testcontainers.kafka import KafkaContainer
     container = KafkaContainer().with_kraft()
     container.start()
     try:
