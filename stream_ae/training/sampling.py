@@ -1,0 +1,217 @@
+"""Bounded, time-split window sampling over a History.
+
+Two streaming passes, memory bounded by ``max_windows`` (not by the history):
+
+1. read timestamps: the time span, rows per entity;
+2. push every entity's rows through its own :class:`SeriesWindower` and keep
+   every ``stride``-th window (stride sampling with a seeded offset per entity,
+   so kept windows are spread evenly over entities and time).
+
+The train/validation split is BY TIME with one global cut timestamp::
+
+    cut = first_ts + (1 - val_fraction) * (last_ts - first_ts)
+
+Training windows end strictly before the cut, validation windows start at or
+after it, and windows straddling the cut are dropped. A global cut (rather than
+one per entity) also keeps plant-wide events that hit every entity at once
+from leaking out of the validation period into training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from stream_ae.data.history import to_ns
+from stream_ae.data.windows import SeriesWindower, WindowSpec
+from stream_ae.errors import ConfigError, DataError
+
+
+@dataclass
+class WindowSet:
+    """Windows stored compactly as rows + starts (overlapping windows share rows).
+
+    ``rows`` (N, C) float32, ``starts`` (B,) int64 (window b is
+    ``rows[starts[b] : starts[b] + length]``), ``start_ts`` / ``end_ts`` (B,) int64 ns
+    and ``entity`` (B,) object.
+    """
+
+    rows: np.ndarray
+    starts: np.ndarray
+    length: int
+    start_ts: np.ndarray
+    end_ts: np.ndarray
+    entity: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    @property
+    def windows(self) -> np.ndarray:
+        """(B, T, C) gathered copy of the windows (small sets only: tests, debugging)."""
+        return self.rows[self.starts[:, None] + np.arange(self.length)]
+
+    def with_rows(self, rows: np.ndarray) -> "WindowSet":
+        """Same windows over other rows of the same shape (e.g. scaled rows)."""
+        return WindowSet(rows, self.starts, self.length, self.start_ts, self.end_ts, self.entity)
+
+    @classmethod
+    def from_windows(cls, windows: np.ndarray) -> "WindowSet":
+        """Wrap a (B, T, C) array (no timestamps: they are set to -1)."""
+        w = np.asarray(windows, dtype=np.float32)
+        if w.ndim != 3:
+            raise DataError(f"windows must have shape (B, T, C), got {w.shape}")
+        b, t, c = w.shape
+        none = np.full(b, -1, np.int64)
+        return cls(w.reshape(b * t, c), np.arange(b, dtype=np.int64) * t, t, none, none.copy(),
+                   np.full(b, "", dtype=object))
+
+
+def iso_utc(ns: int) -> str:
+    """int ns since epoch -> ISO-8601 UTC string ending in Z."""
+    return pd.Timestamp(int(ns), tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def _chunks(history, channel_idx, start_ns, end_ns):
+    """Yield (entity, ts, values) per entity per batch, rows inside [start, end)."""
+    for rows in history.iter_rows():
+        keep = np.ones(rows.ts.shape[0], dtype=bool)
+        if start_ns is not None:
+            keep &= rows.ts >= start_ns
+        if end_ns is not None:
+            keep &= rows.ts < end_ns
+        if not keep.any():
+            continue
+        ent, ts, vals = rows.entity[keep], rows.ts[keep], rows.values[keep][:, channel_idx]
+        names, codes = np.unique(ent.astype(str), return_inverse=True)
+        order = np.argsort(codes, kind="stable")  # keeps each entity's reading order
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        for i, name in enumerate(names):
+            sel = order[bounds[i]:bounds[i + 1]]
+            yield str(name), ts[sel], vals[sel]
+
+
+def _compress(rows: np.ndarray, starts: np.ndarray, length: int):
+    """Keep only rows covered by the windows at ``starts``; return (rows, new starts)."""
+    cover = np.zeros(rows.shape[0] + 1, np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + length, -1)
+    covered = np.cumsum(cover[:-1]) > 0  # (M,)
+    new_index = np.cumsum(covered) - 1
+    return rows[covered], new_index[starts]
+
+
+class _Collector:
+    def __init__(self, length: int):
+        self.length = length
+        self.rows, self.starts, self.start_ts, self.end_ts, self.entity = [], [], [], [], []
+        self.n_rows = 0
+
+    def add(self, name, rows, starts, start_ts, end_ts):
+        if starts.size == 0:
+            return
+        kept, new_starts = _compress(rows, starts, self.length)
+        self.rows.append(kept)
+        self.starts.append(new_starts + self.n_rows)
+        self.n_rows += kept.shape[0]
+        self.start_ts.append(start_ts)
+        self.end_ts.append(end_ts)
+        self.entity.append(np.full(starts.size, name, dtype=object))
+
+    def build(self, n_channels: int) -> WindowSet:
+        if not self.starts:
+            empty = np.zeros(0, np.int64)
+            return WindowSet(np.zeros((0, n_channels), np.float32), empty, self.length, empty,
+                             empty.copy(), np.zeros(0, dtype=object))
+        cat = np.concatenate
+        return WindowSet(cat(self.rows).astype(np.float32, copy=False), cat(self.starts), self.length,
+                         cat(self.start_ts), cat(self.end_ts), cat(self.entity))
+
+
+def _subset(ws: WindowSet, keep: np.ndarray) -> WindowSet:
+    rows, starts = _compress(ws.rows, ws.starts[keep], ws.length)
+    return WindowSet(rows, starts, ws.length, ws.start_ts[keep], ws.end_ts[keep], ws.entity[keep])
+
+
+def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windows: int, seed: int,
+                   start=None, end=None, val_fraction: float = 0.2):
+    """Sample at most ``max_windows`` raw windows, split by time into train and validation.
+
+    Returns
+    -------
+    (train, val, stats)
+        Two :class:`WindowSet` of raw (unscaled) rows, and a JSON-safe dict: ``rows``,
+        ``entities``, ``span`` (first/last ISO UTC), ``cut``, ``windows`` (found per split,
+        straddling, kept, stride).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if max_windows < 2:
+        raise ConfigError(f"max_windows must be >= 2, got {max_windows}")
+    channels = tuple(channels if channels is not None else history.channels)
+    missing = [c for c in channels if c not in history.channels]
+    if missing:
+        raise DataError(f"channels {missing} are not in the history (it has {list(history.channels)})")
+    channel_idx = np.array([history.channels.index(c) for c in channels], dtype=np.int64)
+    start_ns = None if start is None else to_ns(start, "start")
+    end_ns = None if end is None else to_ns(end, "end")
+    length, hop = int(window_spec.length), int(window_spec.hop)
+
+    # pass 1: span and rows per entity
+    counts: dict[str, int] = {}
+    first, last = None, None
+    for name, ts, _ in _chunks(history, channel_idx, start_ns, end_ns):
+        counts[name] = counts.get(name, 0) + ts.size
+        lo, hi = int(ts.min()), int(ts.max())
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    if first is None:
+        raise DataError(f"the history has no rows between start={start} and end={end}; widen the period")
+    cut = first + int((1.0 - val_fraction) * (last - first))
+    estimate = sum(max(0, (n - length) // hop + 1) for n in counts.values())
+    stride = max(1, math.ceil(estimate / max_windows))
+    rng = np.random.default_rng(seed)
+    offsets = {name: int(rng.integers(stride)) for name in sorted(counts)}
+
+    # pass 2: windows
+    windowers: dict[str, SeriesWindower] = {}
+    seen = {name: 0 for name in counts}
+    found = {"train": 0, "val": 0, "straddling": 0}
+    out = {"train": _Collector(length), "val": _Collector(length)}
+    for name, ts, vals in _chunks(history, channel_idx, start_ns, end_ns):
+        windower = windowers.setdefault(name, SeriesWindower(window_spec, len(channels)))
+        batch = windower.push(ts, vals)
+        b = batch.starts.shape[0]
+        if b == 0:
+            continue
+        k = seen[name] + np.arange(b)
+        seen[name] += b
+        sampled = (k + offsets[name]) % stride == 0
+        is_train = batch.end_ts < cut
+        is_val = batch.start_ts >= cut
+        found["train"] += int(is_train.sum())
+        found["val"] += int(is_val.sum())
+        found["straddling"] += int(b - is_train.sum() - is_val.sum())
+        for split, mask in (("train", is_train & sampled), ("val", is_val & sampled)):
+            out[split].add(name, batch.rows, batch.starts[mask], batch.start_ts[mask], batch.end_ts[mask])
+    train, val = out["train"].build(len(channels)), out["val"].build(len(channels))
+
+    # stride sampling can overshoot by up to one window per entity: trim at random
+    excess = len(train) + len(val) - max_windows
+    if excess > 0:
+        drop = rng.choice(len(train) + len(val), size=excess, replace=False)
+        keep = np.ones(len(train) + len(val), dtype=bool)
+        keep[drop] = False
+        train, val = _subset(train, keep[:len(train)]), _subset(val, keep[len(train):])
+    stats = {
+        "rows": int(sum(counts.values())),
+        "entities": sorted(counts),
+        "span": {"first": iso_utc(first), "last": iso_utc(last)},
+        "cut": iso_utc(cut),
+        "windows": {"found_train": found["train"], "found_val": found["val"],
+                    "straddling": found["straddling"], "train": len(train), "val": len(val),
+                    "stride": stride},
+    }
+    return train, val, stats
