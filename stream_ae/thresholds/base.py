@@ -1,0 +1,245 @@
+"""Threshold contract: the spec saved in the artifact, the ABC every rule follows, the factory.
+
+A threshold turns a stream of anomaly scores into decisions, causally: the decision for a
+score uses only the scores before it, and a flagged score is never learned (the same
+protection as river's ``protect_anomaly_detector``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from stream_ae.errors import ArtifactError, ConfigError, DataError
+
+#: Fewest scores :meth:`Threshold.fit` accepts (and the smallest allowed ``warmup``).
+MIN_FIT_SCORES = 10
+STATE_FORMAT = 1
+KINDS = ("evt", "quantile")
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """Hyperparameters of a threshold rule, saved in the artifact.
+
+    Parameters
+    ----------
+    kind
+        ``"evt"`` (SPOT, peaks over threshold) or ``"quantile"`` (factor x running quantile).
+    q, level
+        evt: risk (probability of a normal score above the threshold) and the tail level.
+    quantile, factor
+        quantile: the threshold is ``factor * running quantile(quantile)``.
+    warmup
+        Scores needed before the threshold is ready, when it was not calibrated with ``fit``.
+    max_excess
+        evt: most recent peaks kept for the tail fit.
+    depth
+        evt: DSPOT drift handling; ``0`` is plain SPOT, ``d > 0`` thresholds the score minus
+        the mean of the last ``d`` normal scores.
+    window
+        quantile: ``None`` keeps a quantile over all learned scores (P²); an int keeps an
+        exact quantile over the last ``window`` learned scores.
+
+    Examples
+    --------
+    >>> spec = ThresholdSpec.from_dict({"kind": "quantile", "quantile": 0.99})
+    >>> spec.to_dict()["quantile"]
+    0.99
+    >>> ThresholdSpec.from_dict({"kind": "evt", "risk": 0.01})
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.ConfigError: unknown threshold setting(s): risk; valid: kind, q, level, quantile, factor, warmup, max_excess, depth, window
+    """
+
+    kind: str = "evt"
+    q: float = 1e-3
+    level: float = 0.98
+    quantile: float = 0.999
+    factor: float = 1.0
+    warmup: int = 100
+    max_excess: int = 500
+    depth: int = 0
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        if self.kind not in KINDS:
+            raise ConfigError(f"threshold kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("q", "level", "quantile", "factor"):
+            _check_number(name, getattr(self, name))
+        for name in ("warmup", "max_excess", "depth"):
+            _check_int(name, getattr(self, name))
+        _open_unit("q", self.q)
+        _open_unit("level", self.level)
+        _open_unit("quantile", self.quantile)
+        if self.q >= 1.0 - self.level:
+            raise ConfigError(
+                f"threshold q={self.q} must be smaller than 1 - level={1.0 - self.level:g}: "
+                "the anomaly quantile has to lie inside the fitted tail")
+        if not (self.factor > 0 and math.isfinite(self.factor)):
+            raise ConfigError(f"threshold factor must be a positive number, got {self.factor}")
+        if self.warmup < MIN_FIT_SCORES + self.depth:
+            raise ConfigError(
+                f"threshold warmup must be at least {MIN_FIT_SCORES + self.depth} "
+                f"({MIN_FIT_SCORES} + depth), got {self.warmup}")
+        if self.max_excess < 10:
+            raise ConfigError(f"threshold max_excess must be at least 10, got {self.max_excess}")
+        if self.depth < 0:
+            raise ConfigError(f"threshold depth must be >= 0 (0 disables drift handling), got {self.depth}")
+        if self.window is not None:
+            _check_int("window", self.window)
+            if self.window < 2:
+                raise ConfigError(f"threshold window must be None or >= 2, got {self.window}")
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict of every setting."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThresholdSpec":
+        """Build from a dict; unknown keys are a :class:`ConfigError`, missing keys take defaults."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"threshold spec must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown threshold setting(s): {', '.join(unknown)}; valid: {', '.join(names)}")
+        return cls(**d)
+
+
+def _check_number(name: str, x) -> None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ConfigError(f"threshold {name} must be a number, got {x!r}")
+
+
+def _check_int(name: str, x) -> None:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ConfigError(f"threshold {name} must be an integer, got {x!r}")
+
+
+def _open_unit(name: str, x: float) -> None:
+    if not 0.0 < x < 1.0:
+        raise ConfigError(f"threshold {name} must lie strictly between 0 and 1, got {x}")
+
+
+class Threshold(ABC):
+    """A causal, self-updating decision rule over anomaly scores.
+
+    ``step`` decides with the current value, then learns the score only if it was not
+    flagged. Until calibrated (``fit``) or warmed up (``spec.warmup`` scores), ``ready`` is
+    False, ``value`` is NaN and ``step`` returns False while learning.
+    """
+
+    spec: ThresholdSpec
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether decisions are made (False while warming up)."""
+
+    @property
+    @abstractmethod
+    def value(self) -> float:
+        """The threshold the next score is compared with (NaN while warming up)."""
+
+    @abstractmethod
+    def fit(self, scores) -> None:
+        """Calibrate from past (validation) scores, replacing any learned state."""
+
+    @abstractmethod
+    def step(self, score: float) -> bool:
+        """Decide whether ``score`` is anomalous (``score > value``), then learn it unless flagged."""
+
+    def step_many(self, scores) -> tuple[np.ndarray, np.ndarray]:
+        """Decide a batch in order: flags ``(B,)`` bool and the value each was compared with ``(B,)``.
+
+        Identical to calling :meth:`step` on each score in turn.
+        """
+        x = as_scores(scores)
+        flags = np.zeros(x.shape[0], dtype=bool)
+        values = np.empty(x.shape[0], dtype=np.float64)
+        for i, s in enumerate(x.tolist()):
+            values[i] = self.value
+            flags[i] = self.step(s)
+        return flags, values
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """JSON-safe state; :meth:`load_state_dict` restores it exactly."""
+
+    @abstractmethod
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a state from :meth:`state_dict`; later decisions equal the original's."""
+
+    def _check_state(self, d: dict, kind: str) -> None:
+        if not isinstance(d, dict) or d.get("kind") != kind or d.get("format") != STATE_FORMAT:
+            raise ArtifactError(
+                f"not a {kind} threshold state of format {STATE_FORMAT}: "
+                f"got kind={_get(d, 'kind')!r}, format={_get(d, 'format')!r}")
+        if d.get("spec") != self.spec.to_dict():
+            raise ArtifactError(
+                f"threshold state was saved with spec {d.get('spec')} but this threshold has "
+                f"{self.spec.to_dict()}; build the threshold from the saved spec")
+
+
+def _get(d, key):
+    return d.get(key) if isinstance(d, dict) else None
+
+
+def as_scores(scores) -> np.ndarray:
+    """Scores as a 1-D float64 array; NaN is a :class:`DataError` (a score must be a number)."""
+    x = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if np.isnan(x).any():
+        raise DataError(f"scores contain NaN at index {int(np.flatnonzero(np.isnan(x))[0])}; "
+                        "drop windows that could not be scored before thresholding")
+    return x
+
+
+def check_score(score) -> float:
+    """One score as a float; NaN is a :class:`DataError`."""
+    x = float(score)
+    if x != x:
+        raise DataError("score is NaN; drop windows that could not be scored before thresholding")
+    return x
+
+
+def float_or_none(x: float) -> float | None:
+    """JSON-safe float: NaN becomes None (floats round-trip exactly through JSON)."""
+    return None if x != x else float(x)
+
+
+def none_to_nan(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def build_threshold(spec: ThresholdSpec) -> Threshold:
+    """The threshold rule named by ``spec.kind``.
+
+    >>> build_threshold(ThresholdSpec(kind="quantile")).ready
+    False
+    """
+    from stream_ae.thresholds.evt import EvtThreshold
+    from stream_ae.thresholds.quantile import QuantileThreshold
+
+    return {"evt": EvtThreshold, "quantile": QuantileThreshold}[spec.kind](spec)
+
+
+def threshold_to_dict(threshold: Threshold) -> dict:
+    """``{"spec": ..., "state": ...}`` as stored in the artifact."""
+    return {"spec": threshold.spec.to_dict(), "state": threshold.state_dict()}
+
+
+def threshold_from_dict(d: dict) -> Threshold:
+    """Rebuild a threshold saved with :func:`threshold_to_dict`."""
+    if not isinstance(d, dict) or set(d) != {"spec", "state"}:
+        raise ArtifactError("a saved threshold must be a mapping with exactly the keys 'spec' and 'state'")
+    threshold = build_threshold(ThresholdSpec.from_dict(d["spec"]))
+    threshold.load_state_dict(d["state"])
+    return threshold
