@@ -1,0 +1,307 @@
+"""History: a validated, streaming view of a wide Parquet archive (file, directory or hive dataset).
+
+This is an edge module: it does I/O and hands out plain numpy :class:`Rows`; everything
+after it (windowing, scoring, thresholds) is pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from stream_ae.data.layout import Layout
+from stream_ae.errors import ConfigError, DataError
+
+_NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+@dataclass
+class Rows:
+    """One decoded record batch."""
+
+    entity: np.ndarray  # (N,) object (str)
+    ts: np.ndarray  # (N,) int64 ns since epoch UTC
+    values: np.ndarray  # (N, C) float32, channel order = History.channels; NaN = missing
+    source: str  # file the rows came from
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One Parquet file of the dataset and its hive partition values (as strings)."""
+
+    path: str
+    partition: dict[str, str]
+    _fragment: Any = field(repr=False, compare=False)
+
+
+def to_ns(when, name: str = "time") -> int:
+    """ISO string, datetime, numpy or pandas timestamp -> int ns since epoch UTC (naive = UTC).
+
+    >>> to_ns("1970-01-01T00:00:01")
+    1000000000
+    >>> to_ns(pd.Timestamp("1970-01-01 01:00:01", tz="Europe/Paris"))
+    1000000000
+    """
+    try:
+        stamp = pd.Timestamp(when)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}={when!r} is not a time; give an ISO string such as '2026-01-01T00:00:00Z'") from exc
+    if stamp is pd.NaT:
+        raise ConfigError(f"{name} is NaT; give a real time or None")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value)
+
+
+def _day(ns: int) -> str:
+    return str(np.datetime64(ns // _DAY_NS, "D"))
+
+
+def _suggest(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _open_dataset(uri: str) -> tuple[ds.FileSystemDataset, list[str]]:
+    """Open as Parquet with hive partitions read as strings; returns the dataset and partition keys."""
+    if "://" in uri:
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(uri)
+        except _ARROW_ERRORS as exc:
+            raise DataError(f"{uri}: cannot open this location ({exc})") from exc
+    else:
+        filesystem, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        info = filesystem.get_file_info(path)
+    except _ARROW_ERRORS as exc:
+        raise DataError(f"{uri}: cannot be read ({exc})") from exc
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{uri}: no such file or directory")
+    try:
+        if info.type == pafs.FileType.File:
+            return ds.dataset(path, filesystem=filesystem, format="parquet"), []
+        found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
+        keys = list(dict.fromkeys(k for f in found.get_fragments() for k in ds.get_partition_keys(f.partition_expression)))
+        if not keys:
+            return found, []
+        # hive values are read as strings so that an entity "007" stays "007"
+        as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
+        return ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings), keys
+    except _ARROW_ERRORS as exc:
+        raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
+
+
+class History:
+    """A validated view of a wide Parquet archive that streams :class:`Rows` in bounded memory.
+
+    Open it with :meth:`open`; the time range ``[start, end)`` and the ``entities`` list are
+    pushed down into the scan.
+    """
+
+    def __init__(self, uri, dataset, layout, channels, partition_keys, n_rows, start_ns, end_ns, entities):
+        self.uri = uri
+        self.layout = layout
+        self.channels: tuple[str, ...] = channels
+        self.partition_keys: tuple[str, ...] = tuple(partition_keys)
+        self.start_ns: int | None = start_ns
+        self.end_ns: int | None = end_ns
+        self.entities: tuple[str, ...] | None = entities
+        self._dataset = dataset
+        self._n_rows = n_rows
+        ts_type = dataset.schema.field(layout.timestamp).type
+        self._ts_unit = _NS_PER[ts_type.unit if pa.types.is_timestamp(ts_type) else layout.timestamp_unit]
+        self._filter = self._build_filter()
+
+    @classmethod
+    def open(cls, uri: str, layout: Layout = Layout(), start=None, end=None,
+             entities: Sequence[str] | None = None) -> "History":
+        """Open and validate; every problem is a :class:`DataError` naming the path and the column."""
+        uri = str(uri)
+        dataset, keys = _open_dataset(uri)
+        if not dataset.files:
+            raise DataError(f"{uri}: no Parquet files found")
+        schema = dataset.schema
+        names = schema.names
+        for role in ("entity", "timestamp"):
+            name = getattr(layout, role)
+            if name not in names:
+                raise DataError(
+                    f"{uri}: {role} column {name!r} not found; columns are {names}.{_suggest(name, names)}"
+                    f" Set Layout({role}=...) to the right name."
+                )
+        _check_timestamp(uri, layout, schema.field(layout.timestamp).type)
+        _check_entity(uri, layout.entity, schema.field(layout.entity).type)
+        if layout.channels is None:
+            skip = {layout.entity, layout.timestamp, *keys}
+            channels = tuple(f.name for f in schema if f.name not in skip and _is_numeric(f.type))
+            if not channels:
+                raise DataError(f"{uri}: no numeric channel columns besides {layout.entity!r} and {layout.timestamp!r}")
+        else:
+            channels = layout.channels
+        n_rows, dates = 0, set()
+        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+            n_rows += _check_fragment(fragment, layout, channels, keys)
+            dates.add(str(ds.get_partition_keys(fragment.partition_expression).get("date")))
+        if n_rows == 0:
+            raise DataError(f"{uri}: the dataset has no rows")
+        start_ns = None if start is None else to_ns(start, "start")
+        end_ns = None if end is None else to_ns(end, "end")
+        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+            raise ConfigError(f"start {start} is not before end {end}")
+        wanted = None if entities is None else tuple(str(e) for e in entities)
+        history = cls(uri, dataset, layout, channels, keys, n_rows, start_ns, end_ns, wanted)
+        if "date" in keys and all(_DATE.fullmatch(d) for d in dates):
+            history._filter = history._build_filter(prune_dates=True)
+        return history
+
+    def _build_filter(self, prune_dates: bool = False) -> ds.Expression | None:
+        ts_field, ts_type = pc.field(self.layout.timestamp), self._dataset.schema.field(self.layout.timestamp).type
+        terms = []
+        if prune_dates:  # skip whole date=YYYY-MM-DD partitions; a day's margin covers any time zone
+            if self.start_ns is not None:
+                terms.append(pc.field("date") >= _day(self.start_ns - _DAY_NS))
+            if self.end_ns is not None:
+                terms.append(pc.field("date") <= _day(self.end_ns + _DAY_NS))
+        if self.start_ns is not None:  # ts >= start  <=>  ts_unit >= ceil(start / unit)
+            terms.append(ts_field >= pa.scalar(-(-self.start_ns // self._ts_unit), type=ts_type))
+        if self.end_ns is not None:
+            terms.append(ts_field < pa.scalar(-(-self.end_ns // self._ts_unit), type=ts_type))
+        if self.entities is not None:
+            ent_type = self._dataset.schema.field(self.layout.entity).type
+            if pa.types.is_integer(ent_type):
+                try:
+                    wanted = pa.array([int(e) for e in self.entities], ent_type)
+                except (ValueError, OverflowError) as exc:
+                    raise ConfigError(f"{self.uri}: entity column {self.layout.entity!r} holds integers; "
+                                      f"entities {list(self.entities)} are not all integers") from exc
+            else:
+                wanted = pa.array(self.entities, pa.string())
+            terms.append(pc.field(self.layout.entity).isin(wanted))
+        expr = None
+        for term in terms:
+            expr = term if expr is None else expr & term
+        return expr
+
+    def fragments(self) -> list[Fragment]:
+        """Files (after partition pruning by the filters), sorted by path, with their hive partition values."""
+        found = self._dataset.get_fragments(filter=self._filter) if self._filter is not None else self._dataset.get_fragments()
+        out = []
+        for frag in sorted(found, key=lambda f: f.path):
+            keys = ds.get_partition_keys(frag.partition_expression)
+            out.append(Fragment(frag.path, {k: str(v) for k, v in keys.items()}, frag))
+        return out
+
+    def count_rows(self) -> int:
+        """Rows in range (from Parquet metadata when no time/entity filter is set)."""
+        if self._filter is None:
+            return self._n_rows
+        return self._dataset.count_rows(filter=self._filter)
+
+    def iter_rows(self, fragment: Fragment | None = None, batch_rows: int = 65_536) -> Iterator[Rows]:
+        """Stream the rows in range, file by file in path order, at most ``batch_rows`` per batch."""
+        for frag in [fragment] if fragment is not None else self.fragments():
+            yield from self._read_fragment(frag, batch_rows)
+
+    def _read_fragment(self, frag: Fragment, batch_rows: int) -> Iterator[Rows]:
+        layout, channels = self.layout, self.channels
+        columns = [layout.entity, layout.timestamp, *channels]
+        seen = np.zeros(len(channels), bool)
+        n_read = 0
+        scanner = ds.Scanner.from_fragment(
+            frag._fragment, schema=self._dataset.schema, columns=columns, filter=self._filter, batch_size=batch_rows
+        )
+        batches = scanner.to_batches()
+        while True:
+            try:
+                batch = next(batches, None)
+            except _ARROW_ERRORS as exc:
+                raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
+            if batch is None:
+                break
+            if batch.num_rows == 0:
+                continue
+            rows = _decode(batch, frag.path, layout, channels, self._ts_unit)
+            seen |= ~np.isnan(rows.values).all(axis=0)
+            n_read += len(rows)
+            yield rows
+        if n_read and not seen.all():
+            name = channels[int(np.flatnonzero(~seen)[0])]
+            raise DataError(f"{frag.path}: channel column {name!r} is entirely NaN/null; fix the file or leave the "
+                            f"channel out with Layout(channels=...)")
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
+    name = layout.timestamp
+    if pa.types.is_timestamp(t):
+        return
+    if pa.types.is_integer(t):
+        if layout.timestamp_unit is None:
+            raise DataError(
+                f"{where}: timestamp column {name!r} is {t}, an integer epoch of unknown unit; convert it to a "
+                f"Parquet timestamp (e.g. pandas.to_datetime(df[{name!r}], unit='s', utc=True)) or set "
+                f"Layout(timestamp_unit='s'|'ms'|'us'|'ns')"
+            )
+        return
+    raise DataError(f"{where}: timestamp column {name!r} has type {t}; it must be a timestamp "
+                    f"(convert with pandas.to_datetime(..., utc=True) before writing)")
+
+
+def _check_entity(where: str, name: str, t: pa.DataType) -> None:
+    base = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_string(base) or pa.types.is_large_string(base) or pa.types.is_integer(base)):
+        raise DataError(f"{where}: entity column {name!r} has type {t}; it must be a string or an integer")
+
+
+def _check_fragment(frag, layout: Layout, channels: Sequence[str], keys: Sequence[str]) -> int:
+    """Validate one file's own schema; return its row count from the footer."""
+    try:
+        schema, n_rows = frag.physical_schema, frag.metadata.num_rows
+    except _ARROW_ERRORS as exc:
+        raise DataError(f"{frag.path}: cannot be read as Parquet ({exc})") from exc
+    names = schema.names
+    for role, name in [("entity", layout.entity), ("timestamp", layout.timestamp)] + [("channel", c) for c in channels]:
+        if name in keys:
+            continue
+        if name not in names:
+            raise DataError(f"{frag.path}: {role} column {name!r} not found; columns are {names}.{_suggest(name, names)}")
+        t = schema.field(name).type
+        if role == "channel" and not _is_numeric(t):
+            raise DataError(f"{frag.path}: channel column {name!r} has type {t}; channels must be numeric "
+                            f"(leave it out with Layout(channels=...) or convert it)")
+        if role == "timestamp":
+            _check_timestamp(frag.path, layout, t)
+    return n_rows
+
+
+def _decode(batch: pa.RecordBatch, path: str, layout: Layout, channels: Sequence[str], ts_unit: int) -> Rows:
+    ent, ts = batch.column(0), batch.column(1)
+    if ent.null_count or ts.null_count:
+        name = layout.entity if ent.null_count else layout.timestamp
+        raise DataError(f"{path}: column {name!r} has null values; every row needs an entity and a timestamp")
+    encoded = ent if pa.types.is_dictionary(ent.type) else pc.dictionary_encode(ent)
+    names = encoded.dictionary.cast(pa.string()).to_numpy(zero_copy_only=False)
+    entity = names[encoded.indices.to_numpy(zero_copy_only=False)]  # (N,) object
+    ts_ns = ts.cast(pa.int64()).to_numpy() * np.int64(ts_unit)  # (N,)
+    values = np.empty((batch.num_rows, len(channels)), np.float32)  # (N, C)
+    for c in range(len(channels)):
+        values[:, c] = batch.column(2 + c).cast(pa.float32()).to_numpy(zero_copy_only=False)
+    return Rows(entity=entity, ts=ts_ns, values=values, source=path)
