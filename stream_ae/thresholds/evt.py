@@ -69,6 +69,8 @@ class EvtThreshold(Threshold):
         self._size = 0
         self._warm: list[float] = []
         self._recent: deque[float] = deque(maxlen=max(self.spec.depth, 1))
+        self._sum = 0.0               # running sum of _recent, re-summed exactly every depth pushes
+        self._pushes = 0
         self._value = math.nan
 
     @property
@@ -89,10 +91,11 @@ class EvtThreshold(Threshold):
         self._reset()
         if depth:
             y = np.empty(x.shape[0] - depth)
-            self._recent.extend(x[:depth].tolist())
+            for xi in x[:depth].tolist():
+                self._push_recent(xi)
             for i, xi in enumerate(x[depth:].tolist()):
                 y[i] = xi - self._mean()
-                self._recent.append(xi)
+                self._push_recent(xi)
         else:
             y = x
         t = float(np.quantile(y, self.spec.level))
@@ -127,7 +130,16 @@ class EvtThreshold(Threshold):
         self._value = self._z + self._mean() if self.spec.depth else self._z
 
     def _mean(self) -> float:
-        return math.fsum(self._recent) / len(self._recent)
+        return self._sum / len(self._recent)
+
+    def _push_recent(self, x: float) -> None:
+        oldest = self._recent[0] if len(self._recent) == self.spec.depth else 0.0
+        self._recent.append(x)
+        self._pushes += 1
+        if self._pushes % self.spec.depth == 0:     # bound the rounding drift of the running sum
+            self._sum = math.fsum(self._recent)
+        else:
+            self._sum += x - oldest
 
     def _learn(self, x: float) -> None:
         y = x - self._mean() if self.spec.depth else x
@@ -135,7 +147,7 @@ class EvtThreshold(Threshold):
         if y > self._t:
             self._push_peak(y - self._t)
         if self.spec.depth:
-            self._recent.append(x)
+            self._push_recent(x)
             self._value = self._z + self._mean()
 
     # ---- deciding -------------------------------------------------------------------------
@@ -196,6 +208,7 @@ class EvtThreshold(Threshold):
             "peaks": self._buf[_PAD:_PAD + self._size].tolist(),
             "warm": list(self._warm),
             "recent": list(self._recent) if self.spec.depth else [],
+            "recent_sum": self._sum, "pushes": self._pushes,
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -210,6 +223,7 @@ class EvtThreshold(Threshold):
             peaks = np.asarray(d["peaks"], dtype=np.float64).reshape(-1)
             self._warm = [float(v) for v in d["warm"]]
             self._recent.extend(float(v) for v in d["recent"])
+            self._sum, self._pushes = float(d["recent_sum"]), int(d["pushes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise _corrupt(f"missing or malformed field ({exc})") from exc
         if self._method not in ("warmup", "gpd", "quantile") or peaks.shape[0] > self.spec.max_excess:

@@ -1,0 +1,115 @@
+"""Alert policy: when an alert opens, updates, resolves, and how severe it is."""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import asdict, dataclass, fields
+
+from stream_ae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Settings of the alert state machine (times are event time, in seconds).
+
+    Parameters
+    ----------
+    k, n
+        An alert opens when ``k`` of the last ``n`` windows are flagged.
+    update_interval_s
+        An open alert emits an update at most this often ...
+    update_min_change
+        ... and only if its severity changed or its score moved by at least this fraction
+        of the last emitted score.
+    quiet_s
+        An alert resolves after this long without a flagged window.
+    bands
+        ``(name, ratio)`` pairs, ratios increasing: a window's severity is the last band whose
+        ratio is at most ``score / threshold`` (the first band if none is).
+    top_k
+        Channels named in an event, by their share of the window's error.
+
+    Examples
+    --------
+    >>> p = AlertPolicy()
+    >>> p.severity(1.3), p.severity(2.0)
+    ('warning', 'critical')
+    >>> AlertPolicy.from_dict(p.to_dict()) == p
+    True
+    """
+
+    k: int = 3
+    n: int = 5
+    update_interval_s: float = 30.0
+    update_min_change: float = 0.2
+    quiet_s: float = 120.0
+    bands: tuple[tuple[str, float], ...] = (("warning", 1.0), ("critical", 2.0))
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", _as_bands(self.bands))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        for name in ("k", "n", "top_k"):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise ConfigError(f"alert {name} must be an integer, got {x!r}")
+        if not 1 <= self.k <= self.n:
+            raise ConfigError(f"alert policy needs 1 <= k <= n, got k={self.k}, n={self.n}")
+        if self.top_k < 0:
+            raise ConfigError(f"alert top_k must be >= 0, got {self.top_k}")
+        for name in ("update_interval_s", "update_min_change", "quiet_s"):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) and x >= 0):
+                raise ConfigError(f"alert {name} must be a number >= 0, got {x!r}")
+        if self.quiet_s <= 0:
+            raise ConfigError(f"alert quiet_s must be > 0, got {self.quiet_s}")
+        names = [b[0] for b in self.bands]
+        ratios = [b[1] for b in self.bands]
+        if not names or len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"alert bands need distinct non-empty names, got {names}")
+        if any(not (r > 0 and math.isfinite(r)) for r in ratios) or ratios != sorted(set(ratios)):
+            raise ConfigError(f"alert band ratios must be positive and strictly increasing, got {ratios}")
+
+    def band(self, ratio: float) -> int:
+        """Index of the severity band for ``score / threshold``."""
+        return max(bisect_right(self._ratios, ratio) - 1, 0)
+
+    def severity(self, ratio: float) -> str:
+        """Name of the severity band for ``score / threshold``."""
+        return self.bands[self.band(ratio)][0]
+
+    @property
+    def _ratios(self) -> list[float]:
+        return [b[1] for b in self.bands]
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (bands as ``[[name, ratio], ...]``)."""
+        d = asdict(self)
+        d["bands"] = [[name, ratio] for name, ratio in self.bands]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AlertPolicy":
+        """Build from a dict; unknown keys are a :class:`ConfigError`."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"alert policy must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown alert setting(s): {', '.join(unknown)}; valid: {', '.join(names)}")
+        return cls(**d)
+
+
+def _as_bands(bands) -> tuple[tuple[str, float], ...]:
+    try:
+        pairs = [(name, ratio) for name, ratio in bands]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"alert bands must be (name, ratio) pairs, got {bands!r}") from exc
+    for name, ratio in pairs:
+        if not isinstance(name, str) or isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ConfigError(f"alert band must be a (name, ratio) pair, got {(name, ratio)!r}")
+    return tuple((name, float(ratio)) for name, ratio in pairs)

@@ -1,0 +1,272 @@
+"""Alert lifecycle per entity: open on k of n flagged windows, rate-limited updates, resolve
+after a quiet period. Pure logic on event time (window end timestamps), so replaying the same
+windows gives the same events with the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+import numpy as np
+
+from stream_ae.alerts.policy import AlertPolicy
+from stream_ae.errors import ArtifactError, DataError
+
+_NS = 1_000_000_000
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One message about one alert. ``event_id`` is unique and stable, so consumers can dedupe.
+
+    ``score``/``threshold``/``top_channels`` are those of the window that triggered the event
+    (for ``resolved``: of the alert's last flagged window); ``severity`` is that window's band
+    (for ``resolved``: the highest band the alert reached).
+    """
+
+    alert_id: str
+    event_id: str
+    entity: str
+    model_version: str
+    state: str                     # "open" | "update" | "resolved"
+    started_at: int                # ns, end of the first flagged window of the alert
+    at: int                        # ns, event time of this event
+    score: float
+    threshold: float
+    severity: str
+    top_channels: list[tuple[str, float]]
+    sequence: int
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict with ISO-8601 UTC times, for the alert message."""
+        return {"alert_id": self.alert_id, "event_id": self.event_id, "entity": self.entity,
+                "model_version": self.model_version, "state": self.state,
+                "started_at": iso_utc(self.started_at), "at": iso_utc(self.at),
+                "score": self.score, "threshold": self.threshold, "severity": self.severity,
+                "top_channels": [{"channel": c, "share": s} for c, s in self.top_channels],
+                "sequence": self.sequence}
+
+
+def iso_utc(ns: int) -> str:
+    """ISO-8601 UTC with as many fractional digits as needed (0, 3, 6 or 9).
+
+    >>> iso_utc(1_700_000_000_250_000_000)
+    '2023-11-14T22:13:20.250Z'
+    """
+    sec, frac = divmod(int(ns), _NS)
+    base = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac == 0:
+        return base + "Z"
+    digits = f"{frac:09d}"
+    while digits.endswith("000"):
+        digits = digits[:-3]
+    return f"{base}.{digits}Z"
+
+
+def alert_id(entity: str, opened_at: int) -> str:
+    """Deterministic id: sha1 of the entity and the opening window's end time, 16 hex."""
+    return hashlib.sha1(f"{entity}\x00{int(opened_at)}".encode()).hexdigest()[:16]
+
+
+def top_channels(channel_error: np.ndarray, channels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` channels with the largest share of the window's error, largest first.
+
+    >>> top_channels(np.array([1.0, 3.0, 0.0, 4.0]), ["a", "b", "c", "d"], 2)
+    [('d', 0.5), ('b', 0.375)]
+    """
+    err = np.asarray(channel_error, dtype=np.float64).reshape(-1)
+    if err.shape[0] != len(channels):
+        raise DataError(f"channel_error has {err.shape[0]} values for {len(channels)} channels")
+    err = np.where(np.isfinite(err) & (err > 0), err, 0.0)
+    total = float(err.sum())
+    if k == 0 or total <= 0:
+        return []
+    order = np.argsort(-err, kind="stable")[:k]
+    return [(str(channels[i]), float(err[i] / total)) for i in order if err[i] > 0]
+
+
+@dataclass
+class _Alert:
+    alert_id: str
+    started_at: int
+    sequence: int                  # of the last emitted event
+    last_flag_at: int
+    last_emit_at: int
+    last_emit_score: float
+    last_emit_band: int
+    peak_band: int
+    score: float                   # the last flagged window's
+    threshold: float
+    top: list[tuple[str, float]]
+    model_version: str
+
+
+@dataclass
+class _Entity:
+    history: deque                 # (end_ts, flagged) of the last n windows
+    last_ts: int | None = None
+    alert: _Alert | None = None
+
+
+class AlertTracker:
+    """Alert state machines for any number of entities (one state per entity); no I/O.
+
+    Examples
+    --------
+    >>> tr = AlertTracker(AlertPolicy(k=2, n=3, quiet_s=10))
+    >>> ch = ["a", "b"]
+    >>> [e.state for t, f in [(1, True), (2, True), (3, False), (20, False)]
+    ...  for e in tr.observe("pump-1", t * 10**9, 5.0, 1.0, f, np.array([1.0, 3.0]), ch, "v1")]
+    ['open', 'resolved']
+    """
+
+    def __init__(self, policy: AlertPolicy = AlertPolicy()):
+        self.policy = policy
+        self._entities: dict[str, _Entity] = {}
+        self._quiet_ns = int(round(policy.quiet_s * _NS))
+        self._update_ns = int(round(policy.update_interval_s * _NS))
+
+    def open_alerts(self) -> dict[str, str]:
+        """``{entity: alert_id}`` of the alerts open now."""
+        return {e: s.alert.alert_id for e, s in sorted(self._entities.items()) if s.alert}
+
+    def _entity(self, entity: str) -> _Entity:
+        st = self._entities.get(entity)
+        if st is None:
+            st = self._entities[entity] = _Entity(deque(maxlen=self.policy.n))
+        return st
+
+    def observe(self, entity: str, end_ts_ns: int, score: float, threshold: float, flagged: bool,
+                channel_error: np.ndarray, channels: Sequence[str], model_version: str) -> list[AlertEvent]:
+        """Feed one scored window (in event-time order per entity); returns the events it causes."""
+        return self._observe(self._entity(entity), entity, int(end_ts_ns), float(score),
+                             float(threshold), bool(flagged), channel_error, channels, model_version)
+
+    def observe_many(self, entity: str, end_ts_ns: np.ndarray, scores: np.ndarray,
+                     thresholds: np.ndarray, flagged: np.ndarray, channel_error: np.ndarray,
+                     channels: Sequence[str], model_version: str) -> list[AlertEvent]:
+        """Feed a batch ``(B,)`` of one entity's windows (``channel_error`` ``(B, C)``).
+
+        Identical to calling :meth:`observe` in a loop, but skips runs of quiet windows.
+        """
+        ts = np.asarray(end_ts_ns, dtype=np.int64).reshape(-1)
+        flags = np.asarray(flagged, dtype=bool).reshape(-1)
+        B = ts.shape[0]
+        if not (np.shape(scores)[0] == np.shape(thresholds)[0] == flags.shape[0] == np.shape(channel_error)[0] == B):
+            raise DataError("observe_many needs end_ts_ns, scores, thresholds, flagged and channel_error "
+                            "of the same length")
+        if B > 1 and (np.diff(ts) < 0).any():
+            raise DataError(f"windows of entity {entity!r} must be in event-time order")
+        st = self._entity(entity)
+        flagged_idx = np.flatnonzero(flags)
+        events: list[AlertEvent] = []
+        i = 0
+        while i < B:
+            # Next window that can change more than the history: a flagged one, or the resolve time.
+            nxt = int(flagged_idx[np.searchsorted(flagged_idx, i)]) if flagged_idx.size and flagged_idx[-1] >= i else B
+            if st.alert is not None:
+                nxt = min(nxt, int(np.searchsorted(ts, st.alert.last_flag_at + self._quiet_ns, "left")))
+            nxt = max(nxt, i)
+            if nxt > i:             # quiet windows: only the history and the clock move
+                if st.last_ts is not None and ts[i] < st.last_ts:
+                    raise DataError(f"windows of entity {entity!r} must be in event-time order")
+                st.history.extend((int(t), False) for t in ts[max(i, nxt - self.policy.n):nxt])
+                st.last_ts = int(ts[nxt - 1])
+                i = nxt
+                continue
+            events += self._observe(st, entity, int(ts[i]), float(scores[i]), float(thresholds[i]),
+                                    bool(flags[i]), channel_error[i], channels, model_version)
+            i += 1
+        return events
+
+    def expire(self, now_ns: int) -> list[AlertEvent]:
+        """Resolve open alerts whose quiet period ended by event time ``now_ns`` (e.g. a watermark),
+        for entities that stopped sending windows."""
+        events = []
+        for entity, st in sorted(self._entities.items()):
+            if st.alert is not None and int(now_ns) - st.alert.last_flag_at >= self._quiet_ns:
+                events.append(self._resolve(st, entity, int(now_ns)))
+        return events
+
+    def _observe(self, st: _Entity, entity: str, ts: int, score: float, threshold: float,
+                 flagged: bool, channel_error, channels, model_version: str) -> list[AlertEvent]:
+        if st.last_ts is not None and ts < st.last_ts:
+            raise DataError(f"window of entity {entity!r} at {iso_utc(ts)} is older than the last one "
+                            f"({iso_utc(st.last_ts)}); feed windows in event-time order")
+        st.last_ts = ts
+        events = []
+        if st.alert is not None and ts - st.alert.last_flag_at >= self._quiet_ns:
+            events.append(self._resolve(st, entity, ts))
+        st.history.append((ts, flagged))
+        if not flagged:
+            return events
+        p = self.policy
+        band = p.band(score / threshold if threshold > 0 else float("inf"))
+        top = top_channels(channel_error, channels, p.top_k)
+        a = st.alert
+        if a is None:
+            if sum(f for _, f in st.history) >= p.k:
+                started = min(t for t, f in st.history if f)
+                st.alert = _Alert(alert_id(entity, ts), started, 0, ts, ts, score, band, band,
+                                  score, threshold, top, model_version)
+                events.append(self._event(entity, st.alert, "open", ts, band))
+            return events
+        a.last_flag_at, a.score, a.threshold, a.top, a.model_version = ts, score, threshold, top, model_version
+        a.peak_band = max(a.peak_band, band)
+        changed = band != a.last_emit_band or abs(score - a.last_emit_score) >= p.update_min_change * abs(a.last_emit_score)
+        if ts - a.last_emit_at >= self._update_ns and changed:
+            a.sequence += 1
+            a.last_emit_at, a.last_emit_score, a.last_emit_band = ts, score, band
+            events.append(self._event(entity, a, "update", ts, band))
+        return events
+
+    def _resolve(self, st: _Entity, entity: str, at: int) -> AlertEvent:
+        a = st.alert
+        a.sequence += 1
+        st.alert = None
+        st.history.clear()          # a new alert needs k new flagged windows
+        return self._event(entity, a, "resolved", at, a.peak_band)
+
+    def _event(self, entity: str, a: _Alert, state: str, at: int, band: int) -> AlertEvent:
+        return AlertEvent(a.alert_id, f"{a.alert_id}-{a.sequence}", entity, a.model_version, state,
+                          a.started_at, at, a.score, a.threshold, self.policy.bands[band][0],
+                          list(a.top), a.sequence)
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """JSON-safe state; a restored tracker continues open alerts with the same ids."""
+        ents = {}
+        for entity, st in sorted(self._entities.items()):
+            a = st.alert
+            ents[entity] = {
+                "history": [[t, f] for t, f in st.history], "last_ts": st.last_ts,
+                "alert": None if a is None else {
+                    **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
+                    "top": [[c, s] for c, s in a.top]}}
+        return {"format": STATE_FORMAT, "policy": self.policy.to_dict(), "entities": ents}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore :meth:`state_dict` output (the policy must be the same)."""
+        if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
+            raise ArtifactError(f"not an alert tracker state of format {STATE_FORMAT}")
+        if d.get("policy") != self.policy.to_dict():
+            raise ArtifactError(f"alert state was saved with policy {d.get('policy')} but this tracker "
+                                f"has {self.policy.to_dict()}; restore with the saved policy")
+        ents = {}
+        try:
+            for entity, e in d["entities"].items():
+                st = _Entity(deque(((int(t), bool(f)) for t, f in e["history"]), maxlen=self.policy.n),
+                             None if e["last_ts"] is None else int(e["last_ts"]))
+                if e["alert"] is not None:
+                    a = dict(e["alert"])
+                    a["top"] = [(str(c), float(s)) for c, s in a["top"]]
+                    st.alert = _Alert(**a)
+                ents[str(entity)] = st
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"corrupt alert tracker state ({exc!r})") from exc
+        self._entities = ents
