@@ -159,7 +159,7 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
             history["val_loss"].append(val_loss)
             history["parts"].append(parts_mean)
             history["epochs_run"] = epoch
-            bar.set_postfix({"train": f"{train_loss:.4g}", **{k: f"{v:.3g}" for k, v in parts_mean.items()},
+            bar.set_postfix({"train": f"{train_loss:.4g}", **{k: f"{v:.3g}" for k, v in parts_mean.items() if k != "loss"},
                              "val": f"{val_loss:.4g}"}, refresh=False)
             if val_loss < history["best_val_loss"]:
                 history["best_val_loss"], history["best_epoch"] = val_loss, epoch
