@@ -1,0 +1,233 @@
+"""Recovery protocol: entity state on a state topic, replay positions beside it.
+
+Why not transactions or commit metadata: the embedded broker (Tansu) leaves aborted
+records visible and drops offset-commit metadata (``../shared/KAFKA.md``), so exactly-once
+output rests on the state topic and on deterministic event ids instead.
+
+The state topic has as many partitions as the readings topic (compacted on real Kafka; a
+reader keeps the last value per key, so an uncompacted topic works too). The snapshot of
+an entity whose last reading came from readings partition ``p`` is written to state
+partition ``p`` explicitly (not through the key hash), keyed by the entity id.
+
+A checkpoint, between micro-batches (every ``checkpoint_interval_s``, on revoke, on
+shutdown):
+
+1. flush the producer: every alert produced so far is acknowledged;
+2. write a snapshot of every entity changed since the last checkpoint and one record per
+   assigned readings partition, key ``__partition__/<p>``, holding the next readings offset
+   and the alerts-topic offsets (per alerts partition) as of this checkpoint; flush;
+3. commit the readings offsets.
+
+On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
+fetch high-watermark (``end_offsets`` is wrong on Tansu), keep the last value per key,
+restore those entities; then read the alerts topic from the stored alerts offsets to its
+end and hand the ``event_id`` s found to :meth:`Detector.suppress`. The detector replays
+from the committed offset, skipping readings already in a restored state, and does not
+return an event that is already published. A crash between any two steps leaves a state
+at least as old as the commit, so a replay recomputes what is missing and nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from stream_ae.errors import StreamAEError
+
+log = logging.getLogger(__name__)
+
+PARTITION_KEY = "__partition__/"
+FORMAT = 1
+
+
+def encode_state(d: dict) -> bytes:
+    """JSON bytes of a snapshot; NaN and inf (forward-fill state) survive the round trip.
+
+    >>> decode_state(encode_state({"last": [float("nan"), 1.0]}))["last"][1]
+    1.0
+    """
+    return json.dumps(d, separators=(",", ":"), allow_nan=True).encode()
+
+
+def decode_state(data: bytes) -> dict:
+    """Inverse of :func:`encode_state`."""
+    return json.loads(data)
+
+
+def partition_key(p: int) -> bytes:
+    """Key of the replay-position record of readings partition ``p``.
+
+    >>> partition_key(3)
+    b'__partition__/3'
+    """
+    return f"{PARTITION_KEY}{p}".encode()
+
+
+@dataclass
+class PartitionRecord:
+    """Replay positions of one readings partition as of a checkpoint."""
+
+    partition: int
+    next_offset: int  # next readings offset not in the state
+    alerts_offsets: dict[int, int] = field(default_factory=dict)  # alerts partition -> offset
+    written_at: float = 0.0
+
+    def encode(self) -> bytes:
+        return encode_state({"format": FORMAT, "partition": self.partition, "next_offset": self.next_offset,
+                             "alerts_offsets": {str(k): v for k, v in self.alerts_offsets.items()},
+                             "written_at": self.written_at})
+
+    @classmethod
+    def decode(cls, data: bytes) -> "PartitionRecord":
+        d = decode_state(data)
+        return cls(int(d["partition"]), int(d["next_offset"]),
+                   {int(k): int(v) for k, v in d["alerts_offsets"].items()}, float(d.get("written_at", 0.0)))
+
+
+def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200) -> Iterator[Any]:
+    """Yield every record of ``starts`` (TopicPartition -> offset, None = beginning) up to the
+    fetch high-watermark each partition had when it was first fetched.
+
+    ``consumer`` is a group-less KafkaConsumer used for nothing else. Raises
+    :class:`StreamAEError` when the topic cannot be read within ``timeout_s``.
+    """
+    if not starts:
+        return
+    tps = list(starts)
+    consumer.assign(tps)
+    for tp, offset in starts.items():
+        if offset is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+    target: dict = {}
+    done: set = set()
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(tps):
+        for tp, records in consumer.poll(timeout_ms=poll_ms, max_records=10_000).items():
+            for r in records:
+                if tp not in target or r.offset < target[tp]:
+                    yield r
+        for tp in tps:
+            if tp in done:
+                continue
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                target.setdefault(tp, hw)
+                if consumer.position(tp) >= target[tp]:
+                    done.add(tp)
+                    consumer.pause(tp)
+        if time.monotonic() > deadline:
+            missing = sorted(f"{tp.topic}[{tp.partition}]" for tp in set(tps) - done)
+            raise StreamAEError(
+                f"could not read {', '.join(missing)} to the end within {timeout_s:.0f} s; "
+                "check that the broker is reachable and the topic exists"
+            )
+
+
+@dataclass
+class Restored:
+    """What a readings partition's state partition held."""
+
+    entities: dict[str, dict] = field(default_factory=dict)  # entity -> snapshot
+    positions: PartitionRecord | None = None
+    published: set[str] = field(default_factory=set)  # event ids on the alerts topic since then
+    alerts_end: dict[int, int] = field(default_factory=dict)  # alerts partition -> high-watermark read
+
+
+def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0) -> dict[int, Restored]:
+    """Last value per key of the given state partitions (tombstones delete)."""
+    from kafka import TopicPartition
+
+    latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+    for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s):
+        latest[r.partition][r.key] = r.value
+    out = {}
+    for p, values in latest.items():
+        restored = Restored()
+        for key, value in values.items():
+            if value is None or key is None:
+                continue
+            if key.startswith(PARTITION_KEY.encode()):
+                rec = PartitionRecord.decode(value)
+                if rec.partition == p:
+                    restored.positions = rec
+            else:
+                restored.entities[key.decode()] = decode_state(value)
+        out[p] = restored
+    return out
+
+
+def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id: Callable[[bytes], str | None],
+                   timeout_s: float = 60.0) -> tuple[set[str], dict[int, int]]:
+    """Event ids on the alerts topic from ``starts`` (alerts partition -> offset) to the end,
+    and the offset each partition was read to."""
+    from kafka import TopicPartition
+
+    ids: set[str] = set()
+    ends = dict(starts)
+    tps = {TopicPartition(alerts_topic, p): o for p, o in starts.items()}
+    for r in read_to_end(consumer, tps, timeout_s):
+        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+        eid = event_id(r.value) if r.value is not None else None
+        if eid is not None:
+            ids.add(eid)
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if hw is not None:
+            ends[tp.partition] = max(ends[tp.partition], hw)
+    return ids, ends
+
+
+class Checkpointer:
+    """Writes checkpoints through the runner's producer and tracks the alerts positions.
+
+    ``alerts_offsets`` is a lower bound, per alerts partition, on where any alert produced
+    after the current checkpoint can land: the end seen on restore, raised by every
+    acknowledged alert.
+    """
+
+    def __init__(self, producer, state_topic: str, interval_s: float, clock=time.monotonic):
+        self.producer = producer
+        self.state_topic = state_topic
+        self.interval_s = float(interval_s)
+        self.alerts_offsets: dict[int, int] = {}
+        self._clock = clock
+        self._last = clock()
+        self.count = 0
+
+    def due(self) -> bool:
+        return self._clock() - self._last >= self.interval_s
+
+    def alert_acked(self, partition: int, offset: int) -> None:
+        """Called from the producer's delivery callback for every alert."""
+        if offset + 1 > self.alerts_offsets.get(partition, 0):
+            self.alerts_offsets[partition] = offset + 1
+
+    def seen_alerts_end(self, ends: dict[int, int]) -> None:
+        for p, o in ends.items():
+            if o > self.alerts_offsets.get(p, 0):
+                self.alerts_offsets[p] = o
+
+    def write(self, snapshots: dict[str, dict], next_offsets: dict[int, int]) -> None:
+        """Steps 1 and 2: flush alerts, write snapshots and positions, flush. The caller commits."""
+        self.producer.flush()  # 1: every alert so far is acknowledged (delivery callbacks ran)
+        futures = []
+        for entity, snap in snapshots.items():
+            p = snap.get("partition", -1)
+            futures.append(self.producer.send(self.state_topic, key=entity.encode(), value=encode_state(snap),
+                                              partition=p if p >= 0 else None))
+        now = time.time()
+        for p, offset in next_offsets.items():
+            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now)
+            futures.append(self.producer.send(self.state_topic, key=partition_key(p), value=rec.encode(),
+                                              partition=p))
+        self.producer.flush()
+        for f in futures:  # raises the producer's error: the caller must not commit
+            f.get(timeout=0)
+        self._last = self._clock()
+        self.count += 1
+        log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(snapshots), dict(next_offsets))

@@ -1,0 +1,187 @@
+"""Per-entity detector state with a memory cap.
+
+Each entity owns a :class:`~stream_ae.data.windows.SeriesWindower`, a threshold and an
+alert tracker, plus the Kafka coordinates of the last reading it absorbed (``offsets``:
+partition -> next offset) so a replay after a restart skips what the state already holds.
+
+A flood of new entity ids must not grow memory without bound: the table holds at most
+``max_entities`` live states; beyond that the least recently seen entity is *evicted*. Its
+state is first snapshotted to a JSON-safe dict and *parked* (a bounded LRU of snapshots,
+``max_parked``), and it is marked dirty so the next checkpoint writes it to the state
+topic. An evicted entity that returns is restored from its parked snapshot, so nothing is
+lost; one whose snapshot has also aged out of the parked set starts fresh (counted in
+``dropped``), which only happens under a flood much larger than both caps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from stream_ae.errors import ConfigError
+
+
+@dataclass
+class EntityState:
+    """Everything the detector keeps for one entity."""
+
+    entity: str
+    windower: Any  # SeriesWindower
+    threshold: Any  # Threshold
+    tracker: Any  # AlertTracker
+    offsets: dict[int, int] = field(default_factory=dict)  # readings partition -> next offset
+    partition: int = -1  # partition of the last absorbed reading (where its checkpoint goes)
+    windows: int = 0  # windows scored into this state, ever
+
+    def state_dict(self) -> dict:
+        """JSON-safe snapshot (NaN may appear as a float: encode with ``allow_nan``)."""
+        return {
+            "entity": self.entity,
+            "windower": self.windower.state_dict(),
+            "threshold": self.threshold.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "offsets": {str(p): int(o) for p, o in self.offsets.items()},
+            "partition": int(self.partition),
+            "windows": int(self.windows),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a snapshot made by :meth:`state_dict`."""
+        try:
+            self.windower.load_state_dict(d["windower"])
+            self.threshold.load_state_dict(d["threshold"])
+            self.tracker.load_state_dict(d["tracker"])
+            self.offsets = {int(p): int(o) for p, o in d["offsets"].items()}
+            self.partition = int(d["partition"])
+            self.windows = int(d["windows"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(
+                f"entity state for {self.entity!r} is malformed ({type(exc).__name__}: {exc}); "
+                "delete the state topic to start this entity afresh"
+            ) from exc
+
+
+class EntityTable:
+    """Live entity states, at most ``max_entities``, least recently seen evicted first.
+
+    Parameters
+    ----------
+    factory : callable
+        ``factory(entity) -> EntityState``: a fresh state for a new entity.
+    max_entities : int
+        Live states kept in memory.
+    max_parked : int or None
+        Snapshots of evicted entities kept in memory (default: ``max_entities``).
+
+    Examples
+    --------
+    >>> class Part:  # stand-in for windower / threshold / tracker
+    ...     def state_dict(self): return {}
+    ...     def load_state_dict(self, d): pass
+    >>> table = EntityTable(lambda e: EntityState(e, Part(), Part(), Part()), max_entities=2)
+    >>> _ = table.get("a"); _ = table.get("b"); table.get("a").windows = 5
+    >>> _ = table.get("c"); table.trim()  # evicts "b", the least recently seen
+    >>> sorted(table.live()), table.evictions
+    (['a', 'c'], 1)
+    >>> _ = table.get("b"); table.trim()  # evicts "a"
+    >>> table.get("a").windows  # "a" comes back intact
+    5
+    """
+
+    def __init__(self, factory: Callable[[str], EntityState], max_entities: int,
+                 max_parked: int | None = None):
+        if int(max_entities) < 1:
+            raise ConfigError(f"max_entities must be >= 1, got {max_entities!r}")
+        self._factory = factory
+        self.max_entities = int(max_entities)
+        self.max_parked = self.max_entities if max_parked is None else int(max_parked)
+        self._live: OrderedDict[str, EntityState] = OrderedDict()  # LRU order: oldest first
+        self._parked: OrderedDict[str, dict] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._dirty_parked: dict[str, dict] = {}  # evicted since the last checkpoint
+        self.evictions = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, entity: str) -> bool:
+        return entity in self._live
+
+    def live(self) -> list[str]:
+        """Entity ids held in memory, least recently seen first."""
+        return list(self._live)
+
+    def get(self, entity: str) -> EntityState:
+        """The entity's state (restored from its parked snapshot, or new); marks it seen."""
+        state = self._live.get(entity)
+        if state is not None:
+            self._live.move_to_end(entity)
+            return state
+        state = self._factory(entity)
+        snap = self._parked.pop(entity, None)
+        if snap is not None:
+            state.load_state_dict(snap)
+        self._live[entity] = state
+        return state
+
+    def restore(self, entity: str, snapshot: dict) -> EntityState:
+        """Replace the entity's state with a checkpoint snapshot (does not mark it dirty)."""
+        state = self._factory(entity)
+        state.load_state_dict(snapshot)
+        self._live.pop(entity, None)
+        self._parked.pop(entity, None)
+        self._live[entity] = state
+        self.trim()
+        return state
+
+    def mark_dirty(self, entity: str) -> None:
+        """The entity changed: the next checkpoint writes it."""
+        self._dirty.add(entity)
+
+    def take_dirty(self) -> dict[str, dict]:
+        """Snapshots of every entity changed since the last call (live and evicted)."""
+        out = dict(self._dirty_parked)
+        for entity in self._dirty:
+            state = self._live.get(entity)
+            if state is not None:
+                out[entity] = state.state_dict()
+        self._dirty.clear()
+        self._dirty_parked.clear()
+        return out
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget entities whose last reading came from ``partitions`` (revoked). Returns how many."""
+        gone = [e for e, s in self._live.items() if s.partition in partitions]
+        for e in gone:
+            del self._live[e]
+            self._dirty.discard(e)
+        for e in [e for e, snap in self._parked.items() if snap.get("partition") in partitions]:
+            del self._parked[e]
+        return len(gone)
+
+    def clear(self) -> None:
+        """Forget everything (after a checkpoint, e.g. when every partition is revoked)."""
+        self._live.clear()
+        self._parked.clear()
+        self._dirty.clear()
+        self._dirty_parked.clear()
+
+    def trim(self) -> None:
+        """Evict the least recently seen entities beyond ``max_entities``.
+
+        Called between micro-batches, never inside one: a state still being updated by the
+        current batch must not be snapshotted half-way.
+        """
+        while len(self._live) > self.max_entities:
+            old, old_state = self._live.popitem(last=False)
+            snap = old_state.state_dict()
+            self._parked[old] = snap
+            if old in self._dirty:
+                self._dirty.discard(old)
+                self._dirty_parked[old] = snap
+            self.evictions += 1
+            while len(self._parked) > self.max_parked:
+                self._parked.popitem(last=False)
+                self.dropped += 1

@@ -1,0 +1,391 @@
+"""The Kafka edge of the streaming detector: poll, decode, detect, publish, checkpoint.
+
+Input policy (every record that is not scored goes to the dead-letter topic with its
+reason, the original bytes and its source topic/partition/offset; the consumer never
+raises on input):
+
+* malformed JSON, wrong types, unknown top-level fields, ``NaN``/``Infinity`` tokens,
+  values outside float32, oversized records: the codec's reasons (``codec.py``);
+* a channel the model expects is absent from ``values``: ``missing_channel`` (a ``null``
+  value is a reading that could not be measured: it is forward-filled by the windower
+  for up to ``max_fill`` rows, then breaks the window sequence);
+* a channel the model does not know: ``unknown_channel`` (the model would silently ignore it);
+* a timestamp equal to the entity's last (``duplicate``) or older (``out_of_order``):
+  dead-lettered, or only counted when ``input.late_policy = "drop"``.
+
+A flood of new entity ids is bounded by ``input.max_entities`` (least recently seen
+evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts and the
+checkpoint protocol are in ``checkpoint.py``. ``python -m stream_ae.stream.runner`` runs
+one consumer until SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from stream_ae.errors import ConfigError
+from stream_ae.stream import codec
+from stream_ae.stream.batcher import MicroBatcher
+from stream_ae.stream.checkpoint import Checkpointer, read_published, read_state
+from stream_ae.stream.detector import Detector, ReadingBatch
+from stream_ae.stream.metrics import StreamMetrics
+
+log = logging.getLogger(__name__)
+
+
+class StreamRunner:
+    """One consumer of the readings topic.
+
+    Parameters
+    ----------
+    settings : Settings
+        Validated service settings (``stream_ae.stream.settings``).
+    scorer : Scorer or Artifact
+        The model; an Artifact is wrapped in a Scorer on ``settings.model.device``.
+    reload : callable or None
+        ``reload() -> Scorer | None``, called every ``model.reload_interval_s`` between
+        batches; a Scorer returned is swapped in (hot reload).
+    checkpoint_interval_s : float
+        Seconds between checkpoints (also taken on revoke and on shutdown).
+    metrics : StreamMetrics or None
+        Where to count; a new registry by default.
+    """
+
+    def __init__(self, settings, scorer, *, reload: Callable[[], object] | None = None,
+                 checkpoint_interval_s: float = 5.0, metrics: StreamMetrics | None = None):
+        from stream_ae.artifact import Artifact
+        from stream_ae.scoring import Scorer
+
+        if isinstance(scorer, Artifact):
+            scorer = Scorer(scorer, device=settings.model.device)
+        self.settings = settings
+        self.metrics = metrics or StreamMetrics()
+        self.detector = build_detector(settings, scorer)
+        self.metrics.set_model(scorer.version)
+        self.decoder = codec.ReadingDecoder(settings.input.max_message_bytes, settings.input.unknown_fields)
+        self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
+        self.checkpoint_interval_s = float(checkpoint_interval_s)
+        self._reload = reload
+        self._next_reload = time.monotonic() + settings.model.reload_interval_s
+        self._pending_scorer = None
+        self._consumer = self._producer = self._checkpointer = None
+        self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
+        self._assigned: set[int] = set()
+        self._failed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; then finish the batch, checkpoint, commit and close."""
+        from kafka import KafkaConsumer, KafkaProducer
+
+        s = self.settings
+        with contextlib.ExitStack() as stack:
+            self._producer = KafkaProducer(**s.kafka_client_kwargs("producer"), acks="all",
+                                           enable_idempotence=True, linger_ms=2)
+            stack.callback(self._producer.close, 10)
+            self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
+            self._consumer = KafkaConsumer(**s.kafka_client_kwargs("consumer"), enable_auto_commit=False)
+            stack.callback(self._close_consumer)
+            self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
+            self.metrics.running = True
+            try:
+                while not stop.is_set():
+                    self.step()
+                self._finish_batch()
+                self.checkpoint()
+            except BaseException:
+                self._failed = True  # no final commit: a restart replays from the last checkpoint
+                raise
+            finally:
+                self.metrics.running = False
+
+    def _close_consumer(self) -> None:
+        self._consumer.close(autocommit=False)
+
+    def step(self) -> None:
+        """One poll, and whatever is due: process the batch, checkpoint, reload the model."""
+        records = self._consumer.poll(timeout_ms=self.batcher.poll_timeout_ms(), max_records=self.batcher.room()
+                                      or 1)
+        self.metrics.polled()
+        for batch in records.values():
+            self.batcher.add(batch)
+        if self.batcher.ready():
+            self._finish_batch()
+        if self._assigned and self._checkpointer.due():
+            self.checkpoint()
+        self._maybe_reload()
+
+    def swap_scorer(self, scorer) -> None:
+        """Hot reload from any thread: the new model is used from the next batch on."""
+        self._pending_scorer = scorer
+
+    def _maybe_reload(self) -> None:
+        if self._reload is not None and self.settings.model.reload_interval_s > 0 \
+                and time.monotonic() >= self._next_reload:
+            self._next_reload = time.monotonic() + self.settings.model.reload_interval_s
+            new = self._reload()
+            if new is not None and new.version != self.detector.model_version:
+                self._pending_scorer = new
+        if self._pending_scorer is not None:
+            scorer, self._pending_scorer = self._pending_scorer, None
+            self.detector.swap_scorer(scorer)
+            self.metrics.set_model(scorer.version)
+            log.info("model swapped to %s", scorer.version)
+
+    # -- one micro-batch --------------------------------------------------------------------
+    def _finish_batch(self) -> None:
+        records = self.batcher.take()
+        if not records:
+            return
+        self._maybe_reload()
+        m = self.metrics
+        m.consumed.inc(len(records))
+        m.batch_size.observe(len(records))
+        ok, bad = self.decoder.decode(records)
+        for letter in bad:
+            self._dead_letter(letter)
+        batch, readings, ingest_s = self._to_batch(ok)
+        out = self.detector.process(batch)
+        late_policy = self.settings.input.late_policy
+        for i, reason in out.rejected:
+            if late_policy == "dead_letter":
+                self._dead_letter(codec.dead_letter(readings[i], reason, _REJECT_DETAIL[reason]))
+            else:
+                m.dead_letters.labels(reason).inc()
+        for event, i in zip(out.events, out.event_index):
+            self._publish(event, ingest_s[i])
+        m.windows.inc(out.windows_scored)
+        m.batch_windows.observe(out.windows_scored)
+        if out.windows_scored:
+            m.scoring_seconds.observe(out.scoring_s)
+        m.replayed.inc(out.skipped)
+        m.suppressed.inc(out.suppressed)
+        m.entities.set(len(self.detector.table))
+        m.evictions.set(self.detector.table.evictions)
+        for r in records:
+            if r.offset + 1 > self._next_offsets.get(r.partition, -1):
+                self._next_offsets[r.partition] = r.offset + 1
+        self._update_lag()
+
+    def _to_batch(self, ok: list) -> tuple[ReadingBatch, list, np.ndarray]:
+        channels = self.detector.channels
+        rows, kept = [], []
+        for reading in ok:
+            row, missing, unknown = codec.values_to_row(reading.values, channels)
+            if missing:
+                self._dead_letter(codec.dead_letter(reading, "missing_channel",
+                                                    f"channels {missing} are absent; the model needs {list(channels)}"))
+            elif unknown:
+                self._dead_letter(codec.dead_letter(reading, "unknown_channel",
+                                                    f"channels {unknown} are not in the model {list(channels)}"))
+            else:
+                rows.append(row)
+                kept.append(reading)
+        n = len(kept)
+        now = time.time()
+        ingest = np.array([r.message.timestamp / 1000 if r.message.timestamp and r.message.timestamp > 0 else now
+                           for r in kept], np.float64)
+        batch = ReadingBatch(
+            entity=np.array([r.entity for r in kept], dtype=object),
+            ts=np.fromiter((r.ts_ns for r in kept), np.int64, n),
+            values=np.stack(rows) if rows else np.zeros((0, len(channels)), np.float32),  # (N, C)
+            partition=np.fromiter((r.message.partition for r in kept), np.int64, n),
+            offset=np.fromiter((r.message.offset for r in kept), np.int64, n),
+        )
+        return batch, kept, ingest
+
+    def _publish(self, event, ingest_s: float) -> None:
+        alert = to_alert_message(event)
+        ck, m = self._checkpointer, self.metrics
+
+        def acked(md) -> None:
+            ck.alert_acked(md.partition, md.offset)
+            m.latency.observe(max(time.time() - ingest_s, 0.0))
+            m.alerts.labels(alert.state).inc()
+
+        self._producer.send(self.settings.kafka.alerts_topic, key=alert.entity.encode(),
+                            value=codec.encode_alert(alert)).add_callback(acked).add_errback(self._send_failed)
+
+    def _dead_letter(self, letter: codec.DeadLetter) -> None:
+        self.metrics.dead_letters.labels(letter.reason).inc()
+        self._producer.send(self.settings.kafka.dead_letter_topic, key=letter.original_key,
+                            value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+
+    def _send_failed(self, exc) -> None:
+        log.error("a produce failed: %r; the next checkpoint will not commit", exc)
+        self._failed = True
+
+    def _update_lag(self) -> None:
+        lags = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                with contextlib.suppress(Exception):  # position may be unknown mid-rebalance
+                    lags[tp.partition] = max(hw - self._consumer.position(tp, timeout_ms=0) or 0, 0)
+        self.metrics.set_lag(lags)
+
+    # -- checkpoint and recovery -------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Flush alerts, write changed entity states and replay positions, then commit."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
+        self._checkpointer.write(self.detector.table.take_dirty(), positions)
+        if self._failed:
+            raise ConfigError("an alert, dead letter or state record could not be produced; "
+                              "not committing (a restart replays from the last checkpoint)")
+        if positions:
+            topic = self.settings.kafka.readings_topic
+            self._consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, None, -1)
+                                   for p, o in positions.items()})
+        self.metrics.checkpoints.inc()
+
+    def on_revoked(self, revoked) -> None:
+        parts = {tp.partition for tp in revoked}
+        if self._failed or not parts:
+            return
+        self._finish_batch()
+        self.checkpoint()
+        self.detector.forget_partitions(parts)
+        for p in parts:
+            self._next_offsets.pop(p, None)
+        self._assigned -= parts
+        self.metrics.assigned = sorted(self._assigned)
+
+    def on_assigned(self, assigned) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        parts = sorted(tp.partition for tp in assigned)
+        if not parts:
+            return
+        s = self.settings
+        reader = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": None},
+                               enable_auto_commit=False)
+        try:
+            state_parts = reader.partitions_for_topic(s.kafka.state_topic) or set()
+            if not set(parts) <= state_parts:
+                raise ConfigError(
+                    f"state topic {s.kafka.state_topic!r} has partitions {sorted(state_parts)} but readings "
+                    f"partitions {parts} are assigned; create it with as many partitions as "
+                    f"{s.kafka.readings_topic!r}")
+            restored = read_state(reader, s.kafka.state_topic, parts)
+            alert_parts = sorted(reader.partitions_for_topic(s.kafka.alerts_topic) or ())
+            starts: dict[int, int] = {}
+            for p in parts:
+                r = restored[p]
+                for entity, snap in r.entities.items():
+                    self.detector.restore(entity, snap)
+                if r.positions is not None:
+                    self._consumer.seek(TopicPartition(s.kafka.readings_topic, p), r.positions.next_offset)
+                    self._next_offsets[p] = r.positions.next_offset
+                for q in alert_parts:
+                    start = r.positions.alerts_offsets.get(q, 0) if r.positions is not None else 0
+                    starts[q] = min(starts.get(q, start), start)
+            published, ends = read_published(reader, s.kafka.alerts_topic, starts, _event_id)
+        finally:
+            reader.close()
+        self.detector.suppress(published)
+        self._checkpointer.seen_alerts_end(ends)
+        self._assigned |= set(parts)
+        self.metrics.assigned = sorted(self._assigned)
+        log.info("assigned %s: restored %d entities, %d published events to skip",
+                 parts, sum(len(restored[p].entities) for p in parts), len(published))
+
+
+class _Listener:
+    """kafka-python ConsumerRebalanceListener adapter (checkpoint on revoke, restore on assign)."""
+
+    def __new__(cls, runner: StreamRunner):
+        from kafka import ConsumerRebalanceListener
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                runner.on_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned):
+                runner.on_assigned(assigned)
+
+        return Listener()
+
+
+_REJECT_DETAIL = {
+    "duplicate": "a reading with this entity and timestamp was already accepted",
+    "out_of_order": "older than the entity's last accepted reading",
+    "late": "older than the allowed lateness",
+}
+
+
+def _event_id(value: bytes) -> str | None:
+    try:
+        return codec.decode_alert(value).event_id
+    except Exception:  # a foreign record on the alerts topic is not ours to judge
+        return None
+
+
+def to_alert_message(event) -> codec.Alert:
+    """The wire form (:class:`codec.Alert`) of an :class:`~stream_ae.alerts.AlertEvent`."""
+    return codec.Alert(
+        event_id=event.event_id, alert_id=event.alert_id, entity=event.entity,
+        model_version=event.model_version, state=event.state,
+        started_at=codec.ns_to_datetime(event.started_at), at=codec.ns_to_datetime(event.at),
+        score=float(event.score), threshold=float(event.threshold), severity=event.severity,
+        top_channels=[codec.ChannelShare(channel=c, share=min(max(float(s), 0.0), 1.0))
+                      for c, s in event.top_channels],
+        sequence=int(event.sequence))
+
+
+def build_detector(settings, scorer) -> Detector:
+    """A Detector for the settings' threshold, alert and input sections and the scorer's artifact."""
+    import msgspec
+
+    from stream_ae.alerts import AlertPolicy
+    from stream_ae.thresholds import ThresholdSpec
+
+    art = scorer.artifact
+    spec = ThresholdSpec.from_dict(art.threshold["spec"])
+    overrides = {k: v for k, v in msgspec.structs.asdict(settings.threshold).items() if v is not None}
+    state = art.threshold.get("state")
+    if overrides:
+        new = dataclasses.replace(spec, **overrides)
+        if new != spec:
+            log.warning("threshold settings %s differ from the artifact's calibration: every entity warms up",
+                        overrides)
+            spec, state = new, None
+    a = settings.alerts
+    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
+    return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stream_ae.stream.runner --artifact PATH [--set section.key=value ...]``."""
+    import argparse
+
+    from stream_ae.artifact import load_artifact
+    from stream_ae.stream.settings import add_settings_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser(prog="python -m stream_ae.stream.runner")
+    parser.add_argument("--artifact", required=True, help="model artifact directory")
+    parser.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds between checkpoints")
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # only sets the flag: the loop finishes the batch
+    runner = StreamRunner(settings, load_artifact(args.artifact), checkpoint_interval_s=args.checkpoint_interval)
+    runner.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
