@@ -1,7 +1,203 @@
-"""The `stream-ae` command line."""
+"""The `stream-ae` command line: argument parsing and dispatch only.
+
+Every sub-command lives in the module that owns its concern; this file turns flags into
+calls and turns project errors into one clear line and a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
+from pathlib import Path
+
+from stream_ae import __version__
+from stream_ae.errors import ConfigError, StreamAEError
+
+VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
+EXIT_USAGE = 2
+EXIT_ERROR = 1
 
 
-def main(argv=None) -> int:
-    print("stream-ae: not yet wired", file=sys.stderr)
-    return 2
+def _shard(text: str) -> tuple[int, int]:
+    """Parse `i/n` into (i, n); argparse reports the message on failure."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/n, e.g. 0/4; got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n and n >= 1")
+    return i, n
+
+
+def _layout_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("columns (wide layout: entity, timestamp, one column per channel)")
+    g.add_argument("--entity-col", default=None, help="entity column (default: the model's, or 'entity')")
+    g.add_argument("--time-col", default=None, help="timestamp column (default: the model's, or 'timestamp')")
+    g.add_argument("--channels", default=None,
+                   help="comma-separated channel columns, in order (default: every numeric column)")
+
+
+def _time_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", default=None, help="first timestamp to read, ISO 8601 (UTC if no zone)")
+    p.add_argument("--end", default=None, help="timestamp to stop before, ISO 8601 (UTC if no zone)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-ae",
+        description="Streaming anomaly detection for sensor time series with autoencoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"stream-ae {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train an autoencoder from Parquet history",
+                       description="Train a model from a Parquet history and write a versioned artifact.")
+    t.add_argument("--history", required=True, help="Parquet file, directory, hive dataset, or filesystem URI")
+    t.add_argument("--model", required=True, choices=("conv", "lstm"), help="model family")
+    t.add_argument("--variant", default="undercomplete", choices=VARIANTS, help="training variant")
+    t.add_argument("--out", default="models", help="artifact root directory (default: models)")
+    _layout_flags(t)
+    _time_flags(t)
+    t.add_argument("--window", type=int, default=None, help="window length in readings (default: preset)")
+    t.add_argument("--hop", type=int, default=None, help="readings between window starts (default: preset)")
+    t.add_argument("--max-gap", type=float, default=None, help="seconds; a longer step breaks windows")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: preset)")
+    t.add_argument("--max-windows", type=int, default=None, help="cap on sampled training windows")
+    t.add_argument("--threshold", choices=("evt", "quantile"), default=None, help="threshold rule (default: evt)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    b = sub.add_parser("backfill", help="score a Parquet archive with a trained model",
+                       description="Score a Parquet archive; writes a Parquet scores dataset partitioned like the input.")
+    b.add_argument("--archive", required=True, help="Parquet file, directory, hive dataset, or filesystem URI")
+    b.add_argument("--model", required=True, help="artifact directory, e.g. models/<version>")
+    b.add_argument("--out", required=True, help="output directory or URI for the scores dataset")
+    b.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: score only this worker's share of entities")
+    _layout_flags(b)
+    _time_flags(b)
+    b.add_argument("--batch-rows", type=int, default=262_144, help="rows per record batch read")
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    b.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="evaluate on a public benchmark",
+                       description="Evaluate models on a labelled benchmark with its published protocol.")
+    e.add_argument("benchmark", choices=("skab",), help="benchmark name")
+    e.add_argument("--data", default="../shared/data/skab", help="benchmark data directory")
+    e.add_argument("--model", default="conv", help="conv, lstm, or conv,lstm")
+    e.add_argument("--variant", default="undercomplete",
+                   help=f"comma-separated variants, or 'all' ({', '.join(VARIANTS)})")
+    e.add_argument("--protocol", default="all", help="published | anomaly-free | all")
+    e.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
+    e.add_argument("--plot", default=None, help="write a picture of one file's signals, scores and labels")
+    e.add_argument("--plot-file", default="valve1/1.csv", help="which SKAB file to plot")
+    e.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("demo", help="run the main job end to end on synthetic data",
+                       description="Synthetic plant -> train -> detect -> summary and plot.")
+    d.add_argument("--out", default="demo-out", help="working directory for data, model and plot")
+    d.add_argument("--offline", action="store_true", help="backfill only, no Kafka")
+    d.add_argument("--seed", type=int, default=7)
+
+    s = sub.add_parser("serve", help="run the streaming detector against Kafka",
+                       description="Consume readings, score windows, publish alerts.")
+    s.add_argument("--config", default=None, help="TOML settings file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable)")
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench.add_argument("which", choices=("backfill", "stream"), help="what to measure")
+    bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
+    bench.add_argument("--rows", default=None, help="backfill: comma-separated archive sizes, e.g. 1000000,10000000")
+    bench.add_argument("--n", type=int, default=None, help="stream: number of readings")
+    return parser
+
+
+def _layout(args, default=None):
+    from stream_ae.data.layout import Layout
+
+    base = default or Layout()
+    channels = tuple(c.strip() for c in args.channels.split(",")) if args.channels else base.channels
+    return Layout(entity=args.entity_col or base.entity, timestamp=args.time_col or base.timestamp,
+                  channels=channels)
+
+
+def cmd_train(args) -> int:
+    from stream_ae.commands import train_command
+
+    path = train_command(args, _layout(args))
+    print(f"model saved: {path}")
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    from stream_ae.backfill import run_backfill
+
+    layout = _layout(args) if (args.entity_col or args.time_col or args.channels) else None
+    report = run_backfill(args.archive, args.model, args.out, shard=args.shard, start=args.start,
+                          end=args.end, device=args.device, batch_rows=args.batch_rows,
+                          progress=not args.no_progress, layout=layout, restart=args.restart)
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from stream_ae.evaluation.skab import run_skab_cli
+
+    return run_skab_cli(args) or 0
+
+
+def cmd_demo(args) -> int:
+    from stream_ae.demo import run_demo
+
+    return run_demo(Path(args.out), offline=args.offline, seed=args.seed) or 0
+
+
+def cmd_serve(args) -> int:
+    from stream_ae.stream.serve import serve
+
+    return serve(args.config, args.overrides) or 0
+
+
+def cmd_bench(args) -> int:
+    if args.which == "backfill":
+        from stream_ae.bench.backfill import run_backfill_bench
+
+        kwargs = {}
+        if args.rows:
+            kwargs["rows"] = tuple(int(r) for r in args.rows.split(","))
+        run_backfill_bench(json_path=args.json_path, **kwargs)
+        return 0
+    from stream_ae.bench.stream import run_stream_bench
+
+    run_stream_bench(json_path=args.json_path, n=args.n)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
+            "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"stream-ae {args.command}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StreamAEError as exc:
+        print(f"stream-ae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"stream-ae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

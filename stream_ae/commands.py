@@ -1,0 +1,41 @@
+"""Sub-command bodies that compose several modules (kept out of the argument parser)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from stream_ae.errors import ConfigError
+
+
+def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=None, epochs=None,
+                   max_windows=None, threshold=None, seed=None, device=None, progress=None):
+    """The named preset for `model` with `variant` and any explicit overrides applied."""
+    from stream_ae.presets import PRESETS
+
+    if model not in PRESETS:
+        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[model].with_variant(variant)
+    win = preset.window
+    if window is not None or hop is not None or max_gap is not None:
+        win = dataclasses.replace(win, length=window or win.length, hop=hop or win.hop,
+                                  max_gap_s=max_gap if max_gap is not None else win.max_gap_s)
+    model_cfg = dataclasses.replace(preset.model, window=win.length)
+    changes = {k: v for k, v in dict(epochs=epochs, max_windows=max_windows, seed=seed,
+                                      device=device, progress=progress).items() if v is not None}
+    train_cfg = dataclasses.replace(preset.train, **changes)
+    thr = preset.threshold if threshold is None else dataclasses.replace(preset.threshold, kind=threshold)
+    return dataclasses.replace(preset, model=model_cfg, window=win, train=train_cfg, threshold=thr)
+
+
+def train_command(args, layout) -> Path:
+    """`stream-ae train`: preset + overrides -> trained artifact saved under args.out."""
+    from stream_ae.artifact import save_artifact
+    from stream_ae.training import train
+
+    preset = resolve_preset(args.model, args.variant, window=args.window, hop=args.hop,
+                            max_gap=args.max_gap, epochs=args.epochs, max_windows=args.max_windows,
+                            threshold=args.threshold, seed=args.seed, device=args.device,
+                            progress=not args.no_progress)
+    artifact = train(args.history, layout, preset.window, preset.model, preset.train,
+                     preset.threshold, start=args.start, end=args.end)
+    return save_artifact(artifact, args.out)
