@@ -182,6 +182,29 @@ def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id
     return ids, ends
 
 
+def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
+            event_id: Callable[[bytes], str | None], timeout_s: float = 60.0) -> tuple[dict[int, Restored], set, dict]:
+    """Everything a consumer needs to take over readings ``partitions``.
+
+    Returns the restored state per partition, the event ids published since the oldest of
+    their checkpoints (a partition without a checkpoint reads the alerts topic from the
+    beginning), and the alerts offsets read to.
+    """
+    state_parts = reader.partitions_for_topic(state_topic) or set()
+    if not set(partitions) <= state_parts:
+        raise StreamAEError(
+            f"state topic {state_topic!r} has partitions {sorted(state_parts)} but readings partitions "
+            f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
+    restored = read_state(reader, state_topic, partitions, timeout_s)
+    starts: dict[int, int] = {}
+    for q in sorted(reader.partitions_for_topic(alerts_topic) or ()):
+        for r in restored.values():
+            start = r.positions.alerts_offsets.get(q, 0) if r.positions is not None else 0
+            starts[q] = min(starts.get(q, start), start)
+    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s)
+    return restored, published, ends
+
+
 class Checkpointer:
     """Writes checkpoints through the runner's producer and tracks the alerts positions.
 

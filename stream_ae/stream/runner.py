@@ -31,10 +31,10 @@ from typing import Callable
 
 import numpy as np
 
-from stream_ae.errors import ConfigError
+from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 from stream_ae.stream.batcher import MicroBatcher
-from stream_ae.stream.checkpoint import Checkpointer, read_published, read_state
+from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.detector import Detector, ReadingBatch
 from stream_ae.stream.metrics import StreamMetrics
 
@@ -79,7 +79,11 @@ class StreamRunner:
         self._consumer = self._producer = self._checkpointer = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
         self._assigned: set[int] = set()
-        self._failed = False
+        self._to_restore: set[int] = set()
+        self._failed = self._closing = False
+        # kafka-python calls the rebalance listener on its IO thread, possibly while this
+        # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
+        self._lock = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -88,18 +92,19 @@ class StreamRunner:
 
         s = self.settings
         with contextlib.ExitStack() as stack:
-            self._producer = KafkaProducer(**s.kafka_client_kwargs("producer"), acks="all",
-                                           enable_idempotence=True, linger_ms=2)
+            self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
+                                              "enable_idempotence": True, "linger_ms": 2})
             stack.callback(self._producer.close, 10)
             self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
-            self._consumer = KafkaConsumer(**s.kafka_client_kwargs("consumer"), enable_auto_commit=False)
+            self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
             self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
             self.metrics.running = True
             try:
                 while not stop.is_set():
                     self.step()
-                self._finish_batch()
+                with self._lock:
+                    self._finish_batch()
                 self.checkpoint()
             except BaseException:
                 self._failed = True  # no final commit: a restart replays from the last checkpoint
@@ -108,17 +113,23 @@ class StreamRunner:
                 self.metrics.running = False
 
     def _close_consumer(self) -> None:
+        with self._lock:
+            self._closing = True  # the revoke-on-close listener has nothing left to do
         self._consumer.close(autocommit=False)
 
     def step(self) -> None:
         """One poll, and whatever is due: process the batch, checkpoint, reload the model."""
-        records = self._consumer.poll(timeout_ms=self.batcher.poll_timeout_ms(), max_records=self.batcher.room()
-                                      or 1)
+        records = self._consumer.poll(timeout_ms=self.batcher.poll_timeout_ms(),
+                                      max_records=self.batcher.room() or 1)
         self.metrics.polled()
-        for batch in records.values():
-            self.batcher.add(batch)
-        if self.batcher.ready():
-            self._finish_batch()
+        with self._lock:
+            if self._to_restore:
+                records = self._restore(records)
+            for batch in records.values():
+                self.batcher.add(batch)
+            if self.batcher.ready():
+                self._finish_batch()
+                self._update_lag()
         if self._assigned and self._checkpointer.due():
             self.checkpoint()
         self._maybe_reload()
@@ -173,7 +184,6 @@ class StreamRunner:
         for r in records:
             if r.offset + 1 > self._next_offsets.get(r.partition, -1):
                 self._next_offsets[r.partition] = r.offset + 1
-        self._update_lag()
 
     def _to_batch(self, ok: list) -> tuple[ReadingBatch, list, np.ndarray]:
         channels = self.detector.channels
@@ -233,72 +243,81 @@ class StreamRunner:
         self.metrics.set_lag(lags)
 
     # -- checkpoint and recovery -------------------------------------------------------------
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, in_listener: bool = False) -> None:
         """Flush alerts, write changed entity states and replay positions, then commit."""
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-        self._checkpointer.write(self.detector.table.take_dirty(), positions)
-        if self._failed:
-            raise ConfigError("an alert, dead letter or state record could not be produced; "
-                              "not committing (a restart replays from the last checkpoint)")
-        if positions:
-            topic = self.settings.kafka.readings_topic
-            self._consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, None, -1)
-                                   for p, o in positions.items()})
+        with self._lock:
+            positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
+            self._checkpointer.write(self.detector.table.take_dirty(), positions)
+            if self._failed:
+                raise StreamAEError("an alert, dead letter or state record could not be produced; not "
+                                    "committing (a restart replays from the last checkpoint)")
         self.metrics.checkpoints.inc()
+        if not positions:
+            return
+        topic = self.settings.kafka.readings_topic
+        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, None, -1) for p, o in positions.items()}
+        if in_listener:  # on the client's IO thread: a blocking commit would deadlock it
+            self._consumer.commit_async(offsets)
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:  # lost the partitions meanwhile: the state topic holds the positions
+            log.warning("commit of %s failed (%r); the next owner resumes from the state topic", positions, exc)
 
     def on_revoked(self, revoked) -> None:
+        """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
         parts = {tp.partition for tp in revoked}
-        if self._failed or not parts:
-            return
-        self._finish_batch()
-        self.checkpoint()
-        self.detector.forget_partitions(parts)
-        for p in parts:
-            self._next_offsets.pop(p, None)
-        self._assigned -= parts
-        self.metrics.assigned = sorted(self._assigned)
+        with self._lock:
+            if self._closing or self._failed or not parts:
+                return
+            self._finish_batch()
+            self.checkpoint(in_listener=True)
+            self.detector.forget_partitions(parts)
+            for p in parts:
+                self._next_offsets.pop(p, None)
+            self._assigned -= parts
+            self._to_restore -= parts
+            self.metrics.assigned = sorted(self._assigned)
 
     def on_assigned(self, assigned) -> None:
+        """Listener (client IO thread): note the partitions; the poll loop restores them."""
+        with self._lock:
+            self._to_restore |= {tp.partition for tp in assigned}
+
+    def _restore(self, records: dict) -> dict:
+        """Restore newly assigned partitions from the state topic before any of their records
+        is processed; their records from this poll are dropped and fetched again."""
         from kafka import KafkaConsumer, TopicPartition
 
-        parts = sorted(tp.partition for tp in assigned)
-        if not parts:
-            return
-        s = self.settings
-        reader = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": None},
-                               enable_auto_commit=False)
+        parts, self._to_restore = sorted(self._to_restore), set()
+        k = self.settings.kafka
+        reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
+                                  "enable_auto_commit": False, "fetch_max_wait_ms": 50})
         try:
-            state_parts = reader.partitions_for_topic(s.kafka.state_topic) or set()
-            if not set(parts) <= state_parts:
-                raise ConfigError(
-                    f"state topic {s.kafka.state_topic!r} has partitions {sorted(state_parts)} but readings "
-                    f"partitions {parts} are assigned; create it with as many partitions as "
-                    f"{s.kafka.readings_topic!r}")
-            restored = read_state(reader, s.kafka.state_topic, parts)
-            alert_parts = sorted(reader.partitions_for_topic(s.kafka.alerts_topic) or ())
-            starts: dict[int, int] = {}
-            for p in parts:
-                r = restored[p]
-                for entity, snap in r.entities.items():
-                    self.detector.restore(entity, snap)
-                if r.positions is not None:
-                    self._consumer.seek(TopicPartition(s.kafka.readings_topic, p), r.positions.next_offset)
-                    self._next_offsets[p] = r.positions.next_offset
-                for q in alert_parts:
-                    start = r.positions.alerts_offsets.get(q, 0) if r.positions is not None else 0
-                    starts[q] = min(starts.get(q, start), start)
-            published, ends = read_published(reader, s.kafka.alerts_topic, starts, _event_id)
+            restored, published, ends = recover(reader, k.state_topic, k.alerts_topic, parts, _event_id)
         finally:
             reader.close()
+        for p in parts:
+            tp = TopicPartition(k.readings_topic, p)
+            for entity, snap in restored[p].entities.items():
+                self.detector.restore(entity, snap)
+            dropped = records.pop(tp, None)
+            if restored[p].positions is not None:
+                self._consumer.seek(tp, restored[p].positions.next_offset)
+                self._next_offsets[p] = restored[p].positions.next_offset
+            elif dropped:
+                self._consumer.seek(tp, dropped[0].offset)
         self.detector.suppress(published)
         self._checkpointer.seen_alerts_end(ends)
         self._assigned |= set(parts)
         self.metrics.assigned = sorted(self._assigned)
-        log.info("assigned %s: restored %d entities, %d published events to skip",
+        log.info("assigned %s: restored %d entities, %d events already published",
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
+        return records
 
 
 class _Listener:

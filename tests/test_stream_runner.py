@@ -1,0 +1,189 @@
+"""The stream runner on a real broker: alerts end to end, dead letters, graceful shutdown, hot swap."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from stream_ae.stream import codec
+from test_stream_detector import CHANNELS, T, make_artifact, plant
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model; see test_stream_detector.one_torch_thread
+    yield make_artifact()
+    torch.set_num_threads(before)
+
+
+def stream_topics(topic_factory, partitions: int = 2) -> dict[str, str]:
+    return {"readings_topic": topic_factory(partitions, prefix="readings"),
+            "alerts_topic": topic_factory(1, prefix="alerts"),
+            "dead_letter_topic": topic_factory(1, prefix="dlq"),
+            "state_topic": topic_factory(partitions, compact=True, prefix="state")}
+
+
+def make_settings(kafka_config: dict, topics: dict, **extra):
+    from stream_ae.stream.settings import load_settings
+
+    overrides = [f"kafka.bootstrap_servers={kafka_config['bootstrap_servers']}",
+                 f"kafka.group_id={kafka_config['group_id']}",
+                 f"kafka.session_timeout_ms={kafka_config['session_timeout_ms']}",
+                 "batch.max_size=200", "batch.max_wait_ms=20", "model.device=cpu",
+                 "alerts.k=2", "alerts.n=4", "alerts.update_interval_s=10", "alerts.quiet_s=20"]
+    overrides += [f"kafka.{k}={v}" for k, v in topics.items()]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_settings(env={}, overrides=overrides)
+
+
+def reading_bytes(entity, ts_ns, row) -> bytes:
+    return codec.encode_reading(codec.Reading(entity=str(entity), ts=int(ts_ns) // 1_000_000,
+                                              values={c: float(v) for c, v in zip(CHANNELS, row)}))
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> list:
+    """Send (key, value) pairs in order; returns their RecordMetadata."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in messages]
+        producer.flush()
+        return [f.get(timeout=10) for f in futures]
+    finally:
+        producer.close()
+
+
+def read_all(bootstrap: str, topic: str) -> list:
+    """Every record of a topic, up to the fetch high-watermark."""
+    from kafka import KafkaConsumer
+
+    from stream_ae.stream.checkpoint import read_to_end
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        from kafka import TopicPartition
+
+        parts = consumer.partitions_for_topic(topic) or set()
+        return list(read_to_end(consumer, {TopicPartition(topic, p): None for p in sorted(parts)}))
+    finally:
+        consumer.close()
+
+
+def plant_messages(n_rows: int = 500) -> list[tuple[bytes, bytes]]:
+    entity, ts, values = plant(n_rows=n_rows)
+    return [(e.encode(), reading_bytes(e, t, v)) for e, t, v in zip(entity, ts, values)]
+
+
+def run_until(runner, done, timeout: float = 60.0) -> None:
+    """Run in a thread until ``done()``; then stop it gracefully and re-raise its error."""
+    stop, errors = threading.Event(), []
+
+    def target():
+        try:
+            runner.run(stop)
+        except BaseException as exc:  # re-raised in the test thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not done() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(30)
+    if errors:
+        raise errors[0]
+    assert not thread.is_alive(), "the runner did not stop on the stop flag"
+    assert done(), "the runner did not get through the topic in time"
+
+
+def test_alerts_dead_letters_and_graceful_shutdown(broker, topic_factory, kafka_config, artifact):
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream_ae.stream.runner import StreamRunner
+
+    topics = stream_topics(topic_factory)
+    good = plant_messages()
+    t_last = 1_700_000_000_000 + 10_000_000
+    row = {c: 1.0 for c in CHANNELS}
+    bad = [
+        (b"pump-a", b"{not json"),
+        (b"pump-a", b'{"entity": "pump-a", "ts": %d, "values": {"temp": NaN, "pressure": 1, "flow": 1}}' % t_last),
+        (b"pump-a", codec.encode_reading(codec.Reading("pump-a", t_last, {"temp": 1.0, "flow": 1.0}))),
+        (b"pump-a", codec.encode_reading(codec.Reading("pump-a", t_last, {**row, "vibration": 2.0}))),
+        (b"pump-a", b" " * 5000),
+        good[-3],  # pump-a's last reading again: a duplicate
+    ]
+    meta = produce(broker.bootstrap, topics["readings_topic"], good + bad)
+    settings = make_settings(kafka_config, topics, **{"input.max_message_bytes": 4096})
+    runner = StreamRunner(settings, artifact, checkpoint_interval_s=1.0)
+    total = len(good) + len(bad)
+    t0 = time.perf_counter()
+    run_until(runner, lambda: runner.metrics.sample("stream_ae_messages_consumed_total") >= total)
+    elapsed = time.perf_counter() - t0
+
+    # alerts: the level shift of pump-b, opened then resolved, named by the model
+    alerts = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, topics["alerts_topic"])]
+    assert alerts, "no alert for the injected level shift"
+    assert {a.entity for a in alerts} == {"pump-b"}
+    assert alerts[0].state == "open" and alerts[-1].state == "resolved"
+    assert alerts[0].started_at.timestamp() >= 1_700_000_000 + 250 - T
+    assert {a.model_version for a in alerts} == {artifact.version}
+    assert len({a.event_id for a in alerts}) == len(alerts)
+    assert runner.metrics.sample("stream_ae_windows_scored_total") == 3 * (500 - T + 1)
+
+    # dead letters: reason, original bytes, source coordinates
+    letters = [codec.decode_dead_letter(r.value) for r in read_all(broker.bootstrap, topics["dead_letter_topic"])]
+    by_reason = {d.reason: d for d in letters}
+    assert set(by_reason) == {"malformed", "non_finite", "missing_channel", "unknown_channel", "oversized",
+                              "duplicate"}
+    for (key, value), md in zip(bad, meta[len(good):]):
+        d = next(d for d in letters if d.source_offset == md.offset and d.source_partition == md.partition)
+        assert d.original == value and d.source_topic == topics["readings_topic"] and d.original_key == key
+    assert runner.metrics.sample("stream_ae_dead_letters_total", {"reason": "duplicate"}) == 1
+
+    # graceful stop: the group's committed offsets are at the end of every partition
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=kafka_config["group_id"],
+                             enable_auto_commit=False)
+    try:
+        ends: dict[int, int] = {}
+        for md in meta:
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        committed = {p: consumer.committed(TopicPartition(topics["readings_topic"], p)) for p in ends}
+    finally:
+        consumer.close()
+    assert committed == ends
+    print(f"\nrunner end to end: {total / elapsed:,.0f} msg/s over {total} messages (incl. join)")
+    assert runner.metrics.health()["model_version"] == artifact.version
+
+
+def test_hot_swap_between_batches_names_the_new_model(broker, topic_factory, kafka_config, artifact):
+    import dataclasses
+
+    from stream_ae.scoring import Scorer
+    from stream_ae.stream.runner import StreamRunner
+
+    topics = stream_topics(topic_factory, partitions=1)
+    produce(broker.bootstrap, topics["readings_topic"], plant_messages())
+    v2 = Scorer(dataclasses.replace(artifact, version="conv-undercomplete-v2"), device="cpu")
+    calls = []
+
+    def reload():
+        calls.append(1)
+        return v2
+
+    settings = make_settings(kafka_config, topics, **{"model.reload_interval_s": 0.001, "batch.max_size": 50})
+    runner = StreamRunner(settings, artifact, reload=reload)
+    run_until(runner, lambda: runner.metrics.sample("stream_ae_messages_consumed_total") >= 1500)
+    alerts = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, topics["alerts_topic"])]
+    assert calls and alerts and {a.model_version for a in alerts} == {"conv-undercomplete-v2"}
+    assert runner.metrics.health()["model_version"] == "conv-undercomplete-v2"
