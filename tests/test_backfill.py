@@ -1,7 +1,9 @@
 """Backfill, end to end: a small hive-partitioned archive -> train -> scores dataset."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stream_ae.backfill import SCORES_SCHEMA, parse_shard, run_backfill, shard_of
-from stream_ae.errors import ConfigError, DataError, SchemaMismatch
+from stream_ae.errors import ArtifactError, ConfigError, DataError, SchemaMismatch
 
 ENTITIES = ("pump-a", "pump-b", "pump-c")
 CHANNELS = ("flow", "pressure", "temp")
@@ -73,12 +75,12 @@ def artifact(archive, tmp_path_factory) -> Path:
     return save_artifact(art, tmp_path_factory.mktemp("models"))
 
 
-def read_scores(out: Path) -> pd.DataFrame:
-    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
-    frame = table.to_pandas()
+def read_scores(out: Path, partitioning="hive") -> pd.DataFrame:
+    frame = ds.dataset(out, format="parquet", partitioning=partitioning).to_table().to_pandas()
     frame["top_channels"] = frame["top_channels"].map(tuple)
     frame["model_version"] = frame["model_version"].astype(str)
-    frame["date"] = frame["date"].astype(str)
+    if "date" in frame:
+        frame["date"] = frame["date"].astype(str)
     return frame.sort_values(["entity", "window_end"]).reset_index(drop=True)
 
 
@@ -133,12 +135,12 @@ def test_resume_after_an_abort_equals_an_uninterrupted_run(archive, artifact, fu
     first = run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
                          batch_rows=500, max_fragments=2)
     assert first.fragments_done == 2 and not first.complete
-    # then a crash in the middle of the fourth fragment
+    # then a crash in the middle of the fifth fragment (its first batch already written)
     calls, real = {"n": 0}, Scorer.score_rows
 
     def failing(self, rows, starts):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return real(self, rows, starts)
 
@@ -148,11 +150,11 @@ def test_resume_after_an_abort_equals_an_uninterrupted_run(archive, artifact, fu
                      batch_rows=500)
     monkeypatch.setattr(Scorer, "score_rows", real)
     assert not [p for p in files_under(out) if os.path.basename(p).startswith(".")]
-    assert len([p for p in files_under(out) if p.startswith("date=")]) == 3
+    assert len([p for p in files_under(out) if p.startswith("date=")]) == 4
 
     resumed = run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
                            batch_rows=500)
-    assert resumed.fragments_resumed == 3 and resumed.fragments_done == 3 and resumed.complete
+    assert resumed.fragments_resumed == 4 and resumed.fragments_done == 2 and resumed.complete
     assert resumed.windows_scored == full[1].windows_scored
     assert files_under(out) == files_under(full[0])
     pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]))
@@ -172,6 +174,31 @@ def test_shards_together_equal_the_unsharded_run(archive, artifact, full, tmp_pa
     pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]))
 
 
+def test_shards_skip_files_of_other_shards_entities_unread(artifact, tmp_path):
+    rng = np.random.default_rng(7)
+    archive = tmp_path / "by-entity"
+    for d, day in enumerate(DAYS):
+        for e in ENTITIES:   # the entity lives only in the directory name
+            folder = archive / f"entity={e}" / f"date={day}"
+            folder.mkdir(parents=True)
+            frame = _frame(e, d, rng).drop(columns=["entity"])
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-0.parquet")
+    whole = run_backfill(str(archive), str(artifact), str(tmp_path / "whole"), device="cpu",
+                         progress=False)
+    assert {os.path.dirname(p) for p in files_under(tmp_path / "whole") if p.startswith("entity=")} \
+        == {f"entity={e}/date={d}" for e in ENTITIES for d in DAYS}
+    owners = {e: shard_of(e, 3) for e in ENTITIES}
+    for i in range(3):
+        report = run_backfill(str(archive), str(artifact), str(tmp_path / "sharded"), shard=(i, 3),
+                              device="cpu", progress=False)
+        others = sum(owner != i for owner in owners.values())
+        assert report.fragments_other_shards == 3 * others and report.complete
+        assert report.fragments_done == 3 * (3 - others)
+    whole_scores = read_scores(tmp_path / "whole", partitioning=None)
+    pd.testing.assert_frame_equal(read_scores(tmp_path / "sharded", partitioning=None), whole_scores)
+    assert len(whole_scores) == whole.windows_scored == 3 * 1065
+
+
 def test_a_checkpoint_of_other_arguments_is_refused_unless_restarted(archive, artifact, tmp_path):
     out = tmp_path / "scores"
     run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
@@ -179,6 +206,13 @@ def test_a_checkpoint_of_other_arguments_is_refused_unless_restarted(archive, ar
     with pytest.raises(ConfigError, match="batch_rows: was 500, now 400.*--restart"):
         run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
                      batch_rows=400)
+    retrained = tmp_path / "models" / "conv-retrained"
+    shutil.copytree(artifact, retrained)
+    manifest = json.loads((retrained / "manifest.json").read_text())
+    (retrained / "manifest.json").write_text(json.dumps({**manifest, "version": "conv-retrained"}))
+    with pytest.raises(ArtifactError, match="model version .* but this run uses 'conv-retrained'"):
+        run_backfill(str(archive), str(retrained), str(out), device="cpu", progress=False,
+                     batch_rows=500)
     report = run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
                           batch_rows=400, restart=True)
     assert report.fragments_resumed == 0 and report.complete

@@ -282,7 +282,8 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
 
     in_fs, in_root = resolve_filesystem(str(archive))
     out_fs, out_root = resolve_filesystem(str(out))
-    identity, keys = _archive_identity(history, in_fs, in_root, str(archive))
+    where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
+    identity, keys = _archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
             "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows)}
     ckpt_path = checkpoint_path(out_root, shard)

@@ -18,59 +18,34 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-ENTITIES = 10
+ENTITIES = 8
 CHANNELS = 8
-STEP_S = 10
-ROWS_PER_DAY = 86_400 // STEP_S          # per entity
 TORCH_THREADS = 2
 TARGET_WINDOWS_PER_S = 60_000
 TARGET_PEAK_RSS_MIB = 1536
 
 
 def ensure_archive(out_dir: Path, rows: int) -> Path:
-    """A hive-by-date archive of ``rows`` rows (10 entities x 8 channels, one reading / 10 s)."""
+    """A synthetic plant archive of ``rows`` rows (8 entities x 8 channels, hive by date), cached."""
+    from stream_ae.data.synthetic import write_synthetic_archive
+
     root = out_dir / f"archive-{rows}"
     done = out_dir / f"archive-{rows}.done"
     if done.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    per_entity = rows // ENTITIES
-    rng = np.random.default_rng(0)
-    t0 = np.datetime64("2026-01-01T00:00:00", "ns").astype(np.int64)
-    freq = rng.uniform(0.5, 3.0, (ENTITIES, CHANNELS)) * 2 * np.pi / ROWS_PER_DAY * 24  # (E, C)
-    names = [f"unit-{e:03d}" for e in range(ENTITIES)]
-    for day, lo in enumerate(range(0, per_entity, ROWS_PER_DAY)):
-        n = min(ROWS_PER_DAY, per_entity - lo)
-        k = np.arange(lo, lo + n)                                             # (n,)
-        ts = t0 + k.astype(np.int64) * STEP_S * 1_000_000_000
-        values = np.sin(k[None, :, None] * freq[:, None, :])                  # (E, n, C)
-        values = (values + rng.normal(0, 0.1, values.shape)).astype(np.float32)
-        columns = {"entity": pa.array(np.repeat(names, n)),
-                   "timestamp": pa.array(np.tile(ts, ENTITIES), pa.timestamp("ns", tz="UTC"))}
-        flat = values.reshape(ENTITIES * n, CHANNELS)
-        columns.update({f"ch{c}": pa.array(flat[:, c]) for c in range(CHANNELS)})
-        date = str(np.datetime64(int(ts[0]), "ns").astype("datetime64[D]"))
-        (root / f"date={date}").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns), root / f"date={date}" / "part-0.parquet")
-    done.write_text(json.dumps({"rows": per_entity * ENTITIES}))
+    anomalies = write_synthetic_archive(root, rows, n_entities=ENTITIES, n_channels=CHANNELS, seed=0)
+    done.write_text(json.dumps({"rows": rows, "anomalies": len(anomalies)}))
     return root
 
 
 def _configs():
-    """The default conv preset (presets.py), or the ModelConfig defaults until it exists; hop 1."""
+    """The default conv preset (model, window, threshold), with hop 1."""
     from stream_ae.data.windows import WindowSpec
-    from stream_ae.models.config import ModelConfig
-    from stream_ae.thresholds import ThresholdSpec
-    try:
-        from stream_ae.presets import PRESETS
-    except ImportError:
-        return ModelConfig(), WindowSpec(length=60, hop=1), ThresholdSpec(), "ModelConfig defaults"
+    from stream_ae.presets import PRESETS
+
     preset = PRESETS["conv"]
-    window = preset.window.__class__(**{**preset.window.to_dict(), "hop": 1})
+    window = WindowSpec.from_dict({**preset.window.to_dict(), "hop": 1})
     return preset.model, window, preset.threshold, "presets.PRESETS['conv']"
 
 
