@@ -8,13 +8,14 @@ applied to a different run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
 
-from stream_ae.backfill.output import write_bytes_atomic
+from stream_ae.backfill.output import relative_dir, write_bytes_atomic
 from stream_ae.errors import ArtifactError, ConfigError
 
 FORMAT_VERSION = 1
@@ -108,3 +109,22 @@ def delete_checkpoint(fs: pafs.FileSystem, path: str) -> None:
     """Forget a shard's progress (``--restart``)."""
     if fs.get_file_info(path).type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def archive_identity(history, fs, root: str, uri: str) -> tuple[dict, list[str]]:
+    """Fingerprint of the archive as it is now (fragment paths and sizes), and the fragments'
+    keys: their paths relative to the archive root, which name them in checkpoints."""
+    fragments = history.fragments()
+    keys = [fragment_key(f, root) for f in fragments]
+    try:
+        sizes = [info.size for info in fs.get_file_info([str(f.path) for f in fragments])]
+    except (OSError, TypeError, ValueError):
+        sizes = [None] * len(fragments)   # a filesystem that cannot tell: paths only
+    digest = hashlib.sha1("\n".join(f"{k}:{s}" for k, s in zip(keys, sizes)).encode()).hexdigest()
+    return {"uri": uri, "fingerprint": digest, "fragments": len(fragments)}, keys
+
+
+def fragment_key(fragment, root: str) -> str:
+    base = str(fragment.path).replace("\\", "/").rsplit("/", 1)[-1]
+    rel = relative_dir(fragment.path, root, getattr(fragment, "partition", None))
+    return f"{rel}/{base}" if rel else base

@@ -9,7 +9,6 @@ in the same hive directory, followed by a checkpoint, so a killed run resumes ex
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -19,10 +18,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stream_ae.backfill.checkpoint import (Checkpoint, Counters, checkpoint_path,
-                                           delete_checkpoint, load_checkpoint, save_checkpoint)
-from stream_ae.backfill.output import (AtomicPart, part_name, relative_dir,
-                                       remove_stale_temp_files, resolve_filesystem, scores_table)
+from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity,
+                                           checkpoint_path, delete_checkpoint, load_checkpoint,
+                                           save_checkpoint)
+from stream_ae.backfill.output import (AtomicPart, part_name, remove_stale_temp_files,
+                                       resolve_filesystem, scores_table)
 from stream_ae.errors import ConfigError, DataError
 
 DEFAULT_BATCH_ROWS = 262_144
@@ -202,24 +202,6 @@ class _Run:
         self.counters.duplicates_dropped += len(batch.rejected)
 
 
-def _archive_identity(history, fs, root: str, uri: str) -> tuple[dict, list[str]]:
-    """Fingerprint of the archive as it is now (fragment paths and sizes) and fragment keys."""
-    fragments = history.fragments()
-    keys = [_fragment_key(f, root) for f in fragments]
-    try:
-        sizes = [info.size for info in fs.get_file_info([str(f.path) for f in fragments])]
-    except (OSError, TypeError, ValueError):
-        sizes = [None] * len(fragments)   # a filesystem that cannot tell: paths only
-    digest = hashlib.sha1("\n".join(f"{k}:{s}" for k, s in zip(keys, sizes)).encode()).hexdigest()
-    return {"uri": uri, "fingerprint": digest, "fragments": len(fragments)}, keys
-
-
-def _fragment_key(fragment, root: str) -> str:
-    base = str(fragment.path).replace("\\", "/").rsplit("/", 1)[-1]
-    rel = relative_dir(fragment.path, root, getattr(fragment, "partition", None))
-    return f"{rel}/{base}" if rel else base
-
-
 def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
                  device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
                  layout=None, restart: bool = False,
@@ -283,7 +265,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     in_fs, in_root = resolve_filesystem(str(archive))
     out_fs, out_root = resolve_filesystem(str(out))
     where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
-    identity, keys = _archive_identity(history, in_fs, in_root, where)
+    identity, keys = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
             "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows)}
     ckpt_path = checkpoint_path(out_root, shard)
@@ -304,7 +286,9 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     todo = [(f, k) for f, k in zip(history.fragments(), keys) if k not in done]
     resumed = len(keys) - len(todo)
     windows_before, scored, other_shards = run.counters.windows_scored, 0, 0
-    bar = tqdm(total=history.count_rows() if not resumed else None, unit="row", unit_scale=True,
+    skips_unread = shard[1] > 1 and layout.entity in getattr(history, "partition_keys", ())
+    bar = tqdm(total=None if resumed or skips_unread else history.count_rows(), unit="row",
+               unit_scale=True,
                disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
     try:
         for fragment, key in todo:
