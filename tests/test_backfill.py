@@ -218,6 +218,15 @@ def test_a_checkpoint_of_other_arguments_is_refused_unless_restarted(archive, ar
     assert report.fragments_resumed == 0 and report.complete
 
 
+def test_files_with_entities_interleaved_in_time_give_the_same_scores(artifact, full, tmp_path):
+    archive = write_archive(tmp_path / "archive", edit=lambda day, part, f: f.sort_values(
+        ["timestamp", "entity"], kind="stable", ignore_index=True))
+    out = tmp_path / "out"
+    run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False, batch_rows=500)
+    # other batches go through the model together: equal up to float rounding
+    pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]), check_exact=False, rtol=1e-5)
+
+
 def test_out_of_order_readings_name_the_file_the_entity_and_the_column(artifact, tmp_path):
     def swap(day, part, frame):
         if day == DAYS[1] and part == 0:
