@@ -81,7 +81,8 @@ class Autoencoder(nn.Module):
         (``loss``, ``recon`` and the variant's own term) for a progress bar.
         Input corruption (denoising) and sampling (variational) happen in
         training mode only, so an eval-mode call gives a deterministic
-        validation loss.
+        validation loss. Validate under ``torch.no_grad()``, not
+        ``torch.inference_mode()``: the contractive term needs autograd.
         """
         return variants.training_loss(self, x)
 

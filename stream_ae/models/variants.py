@@ -38,7 +38,7 @@ def code_activation(config: ModelConfig) -> nn.Module:
         return nn.Identity()  # mu is unconstrained
     if config.variant == "sparse" and config.sparsity == "kl":
         return nn.Sigmoid()  # KL sparsity reads code units as firing probabilities
-    return nn.ReLU() if config.kind == "conv" else nn.Identity()
+    return nn.ReLU(inplace=True) if config.kind == "conv" else nn.Identity()
 
 
 def training_loss(model: "Autoencoder", x: Tensor) -> tuple[Tensor, dict[str, float]]:
