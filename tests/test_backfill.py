@@ -152,6 +152,9 @@ def test_resume_after_an_abort_equals_an_uninterrupted_run(archive, artifact, fu
     assert not [p for p in files_under(out) if os.path.basename(p).startswith(".")]
     assert len([p for p in files_under(out) if p.startswith("date=")]) == 4
 
+    stale = out / f"date={DAYS[2]}" / ".part-0-0123456789abcdef.parquet.1a2b3c4d.tmp"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"left by a run killed with SIGKILL")
     resumed = run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
                            batch_rows=500)
     assert resumed.fragments_resumed == 4 and resumed.fragments_done == 2 and resumed.complete
