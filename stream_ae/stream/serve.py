@@ -1,0 +1,206 @@
+"""``stream-ae serve``: settings → logging → model → HTTP endpoints → the runner, until SIGTERM.
+
+Signal handlers only set a stop flag; the runner then finishes its batch, flushes the
+alerts, checkpoints, commits and closes (see ``runner.py``). Exit status: 0 after a
+graceful stop, non-zero after a failure (the CLI prints :class:`ConfigError` and other
+project errors as one line; anything else is logged with its traceback and gives 1).
+
+The model is ``model.artifact`` (a fixed artifact directory) or ``model.deployment`` in the
+registry at ``model.registry``; with a deployment, :class:`ModelWatcher` follows the
+deployment pointer and hands a newly promoted version to the runner between batches.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Callable, Sequence
+
+from stream_ae.errors import ConfigError, StreamAEError
+
+log = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    """The runner's ``reload=`` hook: ``watcher() -> Scorer | None``.
+
+    With ``model.deployment`` it reads the deployment pointer (one small file) on each call;
+    when it names another version, the artifact is loaded and its Scorer built in a
+    background thread, off the consume loop. The new Scorer is handed over through
+    ``on_ready`` (e.g. ``runner.swap_scorer``) as soon as it is built, or else returned by the
+    next call. A version that fails to load, or whose channels or window length differ from
+    the running model's, is logged and skipped; the running model stays. With
+    ``model.artifact`` nothing is watched and every call returns None.
+    """
+
+    def __init__(self, settings, on_ready: Callable[[object], None] | None = None):
+        m = settings.model
+        if not m.deployment and not m.artifact:
+            raise ConfigError("no model: set model.deployment (a deployment in the registry at "
+                              f"model.registry={m.registry!r}) or model.artifact (an artifact directory)")
+        self.settings = settings
+        self.on_ready = on_ready
+        self.deployment = m.deployment
+        self.registry = None
+        if m.deployment:
+            from stream_ae.registry import Registry
+
+            self.registry = Registry(m.registry)
+        self.version: str | None = None
+        self._shape: tuple | None = None
+        self._ready = None
+        self._loading: str | None = None
+        self._failed: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def watching(self) -> bool:
+        return self.registry is not None
+
+    def initial(self):
+        """The Scorer to start with (raises ConfigError / ArtifactError when there is none)."""
+        from stream_ae.artifact import load_artifact
+
+        if self.registry is None:
+            scorer = self._scorer(load_artifact(self.settings.model.artifact))
+        else:
+            version = self.registry.current(self.deployment)
+            if version is None:
+                raise ConfigError(f"deployment {self.deployment!r} has no version in the registry at "
+                                  f"{self.settings.model.registry!r}; promote one first")
+            scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
+        self.version = scorer.version
+        self._shape = (tuple(scorer.channels), int(scorer.length))
+        return scorer
+
+    def _scorer(self, artifact):
+        from stream_ae.scoring import Scorer
+
+        return Scorer(artifact, device=self.settings.model.device)
+
+    def __call__(self):
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None or self.registry is None:
+            return ready
+        try:
+            version = self.registry.current(self.deployment)
+        except (OSError, StreamAEError) as exc:   # a registry hiccup must not stop the consumer
+            log.warning("cannot read deployment %r: %s; keeping model %s", self.deployment, exc, self.version)
+            return None
+        if version is None or version == self.version or version in self._failed or self._loading:
+            return None
+        self._loading = version
+        threading.Thread(target=self._load, args=(version,), name=f"load-{version}", daemon=True).start()
+        return None
+
+    def _load(self, version: str) -> None:
+        from stream_ae.artifact import load_artifact
+
+        try:
+            scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
+            shape = (tuple(scorer.channels), int(scorer.length))
+            if shape != self._shape:
+                raise ConfigError(f"model {version} has channels {list(shape[0])} and windows of {shape[1]}, "
+                                  f"the running model {list(self._shape[0])} and {self._shape[1]}; "
+                                  "a hot reload must keep both (restart the service to change them)")
+            log.info("model %s loaded for deployment %r (was %s)", version, self.deployment, self.version)
+            self.version = version
+        except (OSError, StreamAEError) as exc:
+            log.error("deployment %r now names %s but it cannot be used: %s; keeping model %s",
+                      self.deployment, version, exc, self.version)
+            self._failed.add(version)
+            return
+        finally:
+            self._loading = None
+        if self.on_ready is not None:
+            self.on_ready(scorer)
+        else:
+            with self._lock:
+                self._ready = scorer
+
+
+def check_broker(settings) -> None:
+    """Fail fast, with a ConfigError a user can act on, when the cluster or the topics are missing."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    k = settings.kafka
+    try:
+        admin = KafkaAdminClient(**{"request_timeout_ms": 10_000, **settings.kafka_client_kwargs("admin")})
+    except KafkaError as exc:
+        raise ConfigError(f"no Kafka broker answers at kafka.bootstrap_servers={k.bootstrap_servers!r} "
+                          f"({type(exc).__name__}); check the address, the network and kafka.client "
+                          "security settings") from None
+    try:
+        topics = set(admin.list_topics())
+    finally:
+        admin.close()
+    missing = [t for t in (k.readings_topic, k.state_topic) if t not in topics]
+    if missing:
+        raise ConfigError(f"topics {missing} do not exist on {k.bootstrap_servers}; create the readings topic, "
+                          f"and the state topic {k.state_topic!r} with as many partitions and "
+                          "cleanup.policy=compact (kafka.readings_topic / kafka.state_topic)")
+    for t in (k.alerts_topic, k.dead_letter_topic):
+        if t not in topics:
+            log.warning("topic %r does not exist yet: the broker must auto-create it", t)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
+    """Handlers that only set ``stop``; the previous handlers come back on exit (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        log.info("received %s: stopping after the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
+          stop: threading.Event | None = None) -> int:
+    """Run the streaming detector until SIGTERM / SIGINT (or ``stop``); returns the exit status."""
+    from stream_ae.stream.logs import configure_logging
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.ops import OpsServer
+    from stream_ae.stream.runner import StreamRunner
+    from stream_ae.stream.settings import load_settings
+
+    settings = load_settings(config_path, overrides=overrides)
+    configure_logging(settings.ops)
+    log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
+    stop = stop or threading.Event()
+    with stop_on_signals(stop):
+        check_broker(settings)
+        watcher = ModelWatcher(settings)
+        scorer = watcher.initial()
+        log.info("model %s on %s", scorer.version, scorer.device,
+                 extra={"fields": {"deployment": settings.model.deployment, "model_version": scorer.version}})
+        metrics = StreamMetrics()
+        ops = settings.ops
+        stale = max(60.0, 3 * settings.kafka.session_timeout_ms / 1000)
+        with OpsServer(metrics, ops.metrics_port, ops.health_port, stale_after_s=stale):
+            runner = StreamRunner(settings, scorer, reload=watcher if watcher.watching else None,
+                                  metrics=metrics)
+            watcher.on_ready = runner.swap_scorer
+            try:
+                runner.run(stop)
+            except StreamAEError:
+                log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
+                raise
+            except Exception:   # not ours: log with the traceback, exit non-zero
+                log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
+                return 1
+    log.info("stream-ae serve stopped gracefully",
+             extra={"fields": {"consumed": metrics.sample("stream_ae_messages_consumed_total"),
+                               "model_version": metrics.model_version}})
+    return 0
