@@ -121,14 +121,16 @@ class ModelWatcher:
                 self._ready = scorer
 
 
-def check_broker(settings) -> None:
+def check_broker(settings, timeout_s: float = 10.0) -> None:
     """Fail fast, with a ConfigError a user can act on, when the cluster or the topics are missing."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     k = settings.kafka
     try:
-        admin = KafkaAdminClient(**{"request_timeout_ms": 10_000, **settings.kafka_client_kwargs("admin")})
+        ms = int(timeout_s * 1000)
+        admin = KafkaAdminClient(**{"request_timeout_ms": ms, "bootstrap_timeout_ms": ms,
+                                    **settings.kafka_client_kwargs("admin")})
     except KafkaError as exc:
         raise ConfigError(f"no Kafka broker answers at kafka.bootstrap_servers={k.bootstrap_servers!r} "
                           f"({type(exc).__name__}); check the address, the network and kafka.client "
@@ -180,8 +182,8 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
     stop = stop or threading.Event()
     with stop_on_signals(stop):
-        check_broker(settings)
         watcher = ModelWatcher(settings)
+        check_broker(settings)
         scorer = watcher.initial()
         log.info("model %s on %s", scorer.version, scorer.device,
                  extra={"fields": {"deployment": settings.model.deployment, "model_version": scorer.version}})
