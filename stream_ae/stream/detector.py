@@ -14,6 +14,7 @@ is skipped silently, and an event whose ``event_id`` was already published (see
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -25,6 +26,8 @@ from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -241,3 +244,24 @@ def _with_windows(events: list, wb) -> list[tuple[Any, int | None]]:
         pos = j if j < len(wb.end_ts) and wb.end_ts[j] == event.at else None
         out.append((event, pos))
     return out
+
+
+def build_detector(settings, scorer) -> Detector:
+    """A Detector for the settings' threshold, alert and input sections and the scorer's artifact."""
+    import dataclasses
+
+    import msgspec
+
+    art = scorer.artifact
+    spec = ThresholdSpec.from_dict(art.threshold["spec"])
+    overrides = {k: v for k, v in msgspec.structs.asdict(settings.threshold).items() if v is not None}
+    state = art.threshold.get("state")
+    if overrides:
+        new = dataclasses.replace(spec, **overrides)
+        if new != spec:
+            log.warning("threshold settings %s differ from the artifact's calibration: every entity warms up",
+                        overrides)
+            spec, state = new, None
+    a = settings.alerts
+    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
+    return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities)

@@ -22,7 +22,6 @@ one consumer until SIGTERM / SIGINT.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -35,7 +34,7 @@ from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 from stream_ae.stream.batcher import MicroBatcher
 from stream_ae.stream.checkpoint import Checkpointer, recover
-from stream_ae.stream.detector import Detector, ReadingBatch
+from stream_ae.stream.detector import ReadingBatch, build_detector
 from stream_ae.stream.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
@@ -360,28 +359,6 @@ def to_alert_message(event) -> codec.Alert:
         top_channels=[codec.ChannelShare(channel=c, share=min(max(float(s), 0.0), 1.0))
                       for c, s in event.top_channels],
         sequence=int(event.sequence))
-
-
-def build_detector(settings, scorer) -> Detector:
-    """A Detector for the settings' threshold, alert and input sections and the scorer's artifact."""
-    import msgspec
-
-    from stream_ae.alerts import AlertPolicy
-    from stream_ae.thresholds import ThresholdSpec
-
-    art = scorer.artifact
-    spec = ThresholdSpec.from_dict(art.threshold["spec"])
-    overrides = {k: v for k, v in msgspec.structs.asdict(settings.threshold).items() if v is not None}
-    state = art.threshold.get("state")
-    if overrides:
-        new = dataclasses.replace(spec, **overrides)
-        if new != spec:
-            log.warning("threshold settings %s differ from the artifact's calibration: every entity warms up",
-                        overrides)
-            spec, state = new, None
-    a = settings.alerts
-    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
-    return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities)
 
 
 def main(argv: list[str] | None = None) -> int:
