@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from stream_ae.progress import progress_bar
 
 from stream_ae import __version__ as PACKAGE_VERSION
 from stream_ae.artifact import FORMAT_VERSION, Artifact, make_version, utc_now, weights_bytes
@@ -123,7 +123,7 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
     history = {"train_loss": [], "val_loss": [], "parts": [], "best_epoch": 0,
                "best_val_loss": math.inf, "epochs_run": 0, "stopped_early": False}
     best_state, bad_epochs = None, 0
-    bar = tqdm(total=cfg.epochs * n_batches, disable=not cfg.progress, unit="batch", leave=False)
+    bar = progress_bar(cfg.progress, total=cfg.epochs * n_batches, unit="batch", leave=False)
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
