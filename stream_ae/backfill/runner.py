@@ -25,7 +25,7 @@ from stream_ae.backfill.output import (AtomicPart, part_name, remove_stale_temp_
                                        resolve_filesystem, scores_table)
 from stream_ae.errors import ConfigError, DataError
 
-DEFAULT_BATCH_ROWS = 262_144
+DEFAULT_BATCH_ROWS = 65_536
 
 
 @dataclass
@@ -204,8 +204,8 @@ class _Run:
 
 def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
                  device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
-                 layout=None, restart: bool = False,
-                 max_fragments: int | None = None) -> BackfillReport:
+                 layout=None, restart: bool = False, max_fragments: int | None = None,
+                 score_batch: int | None = None) -> BackfillReport:
     """Score every window of a Parquet archive and write a scores dataset partitioned like it.
 
     Parameters
@@ -235,6 +235,9 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
         Forget this shard's checkpoint and start over.
     max_fragments : int, optional
         Stop after scoring this many fragments (the next run resumes from there).
+    score_batch : int, optional
+        Windows per forward pass; default 2048 on CPU (as fast as 8192 there, and keeps
+        the peak memory flat), 8192 on CUDA.
 
     Returns
     -------
@@ -251,7 +254,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     """
     from stream_ae.artifact import check_channels, load_artifact
     from stream_ae.data.history import History
-    from stream_ae.scoring import Scorer
+    from stream_ae.scoring import Scorer, resolve_device
 
     shard = parse_shard(shard)
     if int(batch_rows) < 1:
@@ -272,8 +275,10 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     if restart:
         delete_checkpoint(out_fs, ckpt_path)
     checkpoint = load_checkpoint(out_fs, ckpt_path)
-    run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device), layout=layout,
-               shard=shard)
+    if score_batch is None:
+        score_batch = 8192 if resolve_device(device).type == "cuda" else 2048
+    run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device, batch_size=score_batch),
+               layout=layout, shard=shard)
     if checkpoint is None:
         checkpoint = Checkpoint(artifact.version, identity, args)
     else:
