@@ -109,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable)")
 
+    m = sub.add_parser("models", help="list, promote and roll back model versions",
+                       description="The model registry: versions and the deployment pointers consumers follow.")
+    m.add_argument("--registry", default="models", help="registry directory or URI (default: models)")
+    msub = m.add_subparsers(dest="action", metavar="ACTION")
+    msub.required = True
+    msub.add_parser("list", help="versions, with the deployments that point at them")
+    pr = msub.add_parser("promote", help="point a deployment at a version")
+    pr.add_argument("version")
+    pr.add_argument("--deployment", default="production")
+    pr.add_argument("--reason", default="manual promotion")
+    rb = msub.add_parser("rollback", help="point a deployment back at its previous version")
+    rb.add_argument("--deployment", default="production")
+    hi = msub.add_parser("history", help="a deployment's promotions, oldest first")
+    hi.add_argument("--deployment", default="production")
+
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench.add_argument("which", choices=("backfill", "stream"), help="what to measure")
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
@@ -178,7 +193,33 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
+def cmd_models(args) -> int:
+    from stream_ae.registry import Registry
+
+    reg = Registry(args.registry)
+    if args.action == "list":
+        serving = {}
+        for dep in reg.deployments():
+            serving.setdefault(reg.current(dep), []).append(dep)
+        versions = reg.versions()
+        if not versions:
+            print(f"no model versions in {args.registry}")
+        for v in versions:
+            deps = ", ".join(serving.get(v["version"], []))
+            print(f"{v['version']:<52} {v.get('created_at') or '':<22} {('<- ' + deps) if deps else ''}")
+    elif args.action == "promote":
+        rec = reg.promote(args.deployment, args.version, args.reason)
+        print(f"{args.deployment} -> {rec['version']} (was {rec.get('previous')})")
+    elif args.action == "rollback":
+        rec = reg.rollback(args.deployment)
+        print(f"{args.deployment} -> {rec['version']} (rolled back from {rec.get('previous')})")
+    else:
+        for rec in reg.history(args.deployment):
+            print(f"{rec.get('promoted_at', ''):<28} {rec['version']:<52} {rec.get('reason', '')}")
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
             "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench}
 
 
