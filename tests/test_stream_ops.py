@@ -15,10 +15,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stream_ae.errors import ConfigError
