@@ -139,6 +139,24 @@ class OpsSettings(_Section):
     log_format: Literal["json", "text"] = "json"
 
 
+class ArchiveSettings(_Section):
+    """The archiver job (``python -m jobs.archive``): readings topic -> Parquet history."""
+
+    root: str = "archive"                          # directory or URI of the Parquet history
+    group_id: str = "stream-ae-archiver"           # its own consumer group, not the detector's
+    partition_by: tuple[str, ...] | str = ("date",)   # ("date",) or ("date", "entity"); "date,entity" from --set
+    file_rows: Annotated[int, Meta(ge=1)] = 250_000     # roll a file at this many rows per topic-partition ...
+    max_file_age_s: Annotated[float, Meta(gt=0.0)] = 300.0   # ... or when its first row is this old
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+    def __post_init__(self):
+        raw = self.partition_by
+        keys = tuple(k.strip() for k in (raw.split(",") if isinstance(raw, str) else raw) if k.strip())
+        if keys not in (("date",), ("date", "entity")):
+            raise ValueError(f"archive.partition_by must be [\"date\"] or [\"date\", \"entity\"], not {list(keys)}")
+        msgspec.structs.force_setattr(self, "partition_by", keys)
+
+
 class Settings(_Section):
     """Every service setting; build it with :func:`load_settings`."""
 
@@ -149,6 +167,7 @@ class Settings(_Section):
     alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     input: InputSettings = msgspec.field(default_factory=InputSettings)
     ops: OpsSettings = msgspec.field(default_factory=OpsSettings)
+    archive: ArchiveSettings = msgspec.field(default_factory=ArchiveSettings)
 
     def redacted(self) -> dict:
         """Plain dict of every setting, secrets masked: safe to log or print."""
