@@ -104,6 +104,31 @@ def test_observe_many_equals_a_loop_of_observe():
     assert {e.state for e in many} == {"open", "update", "resolved"}
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_observe_many_in_random_chunks_equals_the_loop_for_any_policy(seed):
+    """The vectorised path (k-of-n count, resolve search, update search, lazy top channels)
+    gives the loop's events and the loop's saved state, whatever the chunking and policy."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(1, 6))
+    policy = AlertPolicy(k=int(rng.integers(1, n + 1)), n=n, update_interval_s=float(rng.choice([0, 5, 30])),
+                         update_min_change=float(rng.choice([0.0, 0.2])), quiet_s=float(rng.choice([1, 15, 60])))
+    size = 1500
+    flags = rng.random(size) < rng.choice([0.05, 0.3, 0.6, 0.95])  # up to the bench's 60 % flagged
+    ts = np.cumsum(rng.integers(0, 12, size=size)).astype(np.int64) * S  # equal times allowed
+    scores = np.where(flags, rng.uniform(1.0, 5.0, size), rng.uniform(0.0, 0.9, size)).astype(np.float32)
+    thr = rng.choice([1.0, 1.7, 0.0, -1.0], size=size, p=[0.7, 0.2, 0.05, 0.05])
+    err = rng.random((size, len(CH))).astype(np.float32)
+    loop_tr, many_tr = AlertTracker(policy), AlertTracker(policy)
+    loop = [ev for i in range(size)
+            for ev in loop_tr.observe("e", ts[i], scores[i], thr[i], flags[i], err[i], CH, "v1")]
+    cuts = np.unique(np.concatenate([[0, size], rng.integers(0, size, size=int(rng.integers(0, 40)))]))
+    many = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        many += many_tr.observe_many("e", ts[lo:hi], scores[lo:hi], thr[lo:hi], flags[lo:hi], err[lo:hi], CH, "v1")
+    assert many == loop
+    assert many_tr.state_dict() == loop_tr.state_dict()
+
+
 @pytest.mark.parametrize("cut", [700, 1500, 2222])
 def test_state_round_trip_mid_stream_continues_without_duplicates(cut):
     ts, scores, thr, flags, err = random_stream(seed=2)

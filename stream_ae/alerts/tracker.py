@@ -102,7 +102,7 @@ class _Alert:
     peak_band: int
     score: float                   # the last flagged window's
     threshold: float
-    top: list[tuple[str, float]]
+    top: list[tuple[str, float]]  # or a _PendingTop until an event or a snapshot reads it
     model_version: str
 
 
@@ -111,6 +111,40 @@ class _Entity:
     history: deque                 # (end_ts, flagged) of the last n windows
     last_ts: int | None = None
     alert: _Alert | None = None
+
+
+class _PendingTop:
+    """``top_channels`` of a window, computed only if an event or a snapshot needs it."""
+
+    __slots__ = ("error", "channels", "k")
+
+    def __init__(self, error: np.ndarray, channels: Sequence[str], k: int):
+        self.error, self.channels, self.k = np.array(error, copy=True), channels, k
+
+    def resolve(self) -> list[tuple[str, float]]:
+        return top_channels(self.error, self.channels, self.k)
+
+
+class _Run:
+    """One entity's chunk of scored windows, as :meth:`AlertTracker.observe_many` walks it."""
+
+    __slots__ = ("entity", "ts", "scores", "thresholds", "flags", "channel_error", "channels", "model_version")
+
+    def __init__(self, entity, ts, scores, thresholds, flags, channel_error, channels, model_version):
+        self.entity, self.ts, self.scores, self.thresholds, self.flags = entity, ts, scores, thresholds, flags
+        self.channel_error, self.channels, self.model_version = channel_error, channels, model_version
+
+    def top(self, j: int, k: int) -> list[tuple[str, float]]:
+        return top_channels(self.channel_error[j], self.channels, k)
+
+    def lazy_top(self, j: int, k: int) -> _PendingTop:
+        return _PendingTop(self.channel_error[j], self.channels, k)
+
+
+def _top_of(a: _Alert) -> list[tuple[str, float]]:
+    if isinstance(a.top, _PendingTop):
+        a.top = a.top.resolve()
+    return a.top
 
 
 class AlertTracker:
@@ -152,7 +186,10 @@ class AlertTracker:
                      channels: Sequence[str], model_version: str) -> list[AlertEvent]:
         """Feed a batch ``(B,)`` of one entity's windows (``channel_error`` ``(B, C)``).
 
-        Identical to calling :meth:`observe` in a loop, but skips runs of quiet windows.
+        Identical to calling :meth:`observe` in a loop, but vectorised: a stretch without an
+        open alert is one k-of-n count over the chunk, a stretch with one is one search for the
+        resolve time and one per emitted update; ``top_channels`` is computed only for
+        windows whose values end up in an event or in the saved state.
         """
         ts = np.asarray(end_ts_ns, dtype=np.int64).reshape(-1)
         flags = np.asarray(flagged, dtype=bool).reshape(-1)
@@ -163,26 +200,91 @@ class AlertTracker:
         if B > 1 and (np.diff(ts) < 0).any():
             raise DataError(f"windows of entity {entity!r} must be in event-time order")
         st = self._entity(entity)
-        flagged_idx = np.flatnonzero(flags)
+        if B and st.last_ts is not None and ts[0] < st.last_ts:
+            raise DataError(f"window of entity {entity!r} at {iso_utc(ts[0])} is older than the last one "
+                            f"({iso_utc(st.last_ts)}); feed windows in event-time order")
+        run = _Run(entity, ts, np.asarray(scores, np.float64).reshape(-1),
+                   np.asarray(thresholds, np.float64).reshape(-1), flags, channel_error, channels, model_version)
         events: list[AlertEvent] = []
         i = 0
         while i < B:
-            # Next window that can change more than the history: a flagged one, or the resolve time.
-            nxt = int(flagged_idx[np.searchsorted(flagged_idx, i)]) if flagged_idx.size and flagged_idx[-1] >= i else B
-            if st.alert is not None:
-                nxt = min(nxt, int(np.searchsorted(ts, st.alert.last_flag_at + self._quiet_ns, "left")))
-            nxt = max(nxt, i)
-            if nxt > i:             # quiet windows: only the history and the clock move
-                if st.last_ts is not None and ts[i] < st.last_ts:
-                    raise DataError(f"windows of entity {entity!r} must be in event-time order")
-                st.history.extend((int(t), False) for t in ts[max(i, nxt - self.policy.n):nxt])
-                st.last_ts = int(ts[nxt - 1])
-                i = nxt
-                continue
-            events += self._observe(st, entity, int(ts[i]), float(scores[i]), float(thresholds[i]),
-                                    bool(flags[i]), channel_error[i], channels, model_version)
-            i += 1
+            i = self._quiet_run(st, run, i, events) if st.alert is None else self._alert_run(st, run, i, events)
         return events
+
+    def _bands(self, score: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`AlertPolicy.band` of ``score / threshold`` (inf where threshold <= 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(threshold > 0, score / np.where(threshold > 0, threshold, 1.0), np.inf)
+        return np.maximum(np.searchsorted(self.policy._ratios, ratio, side="right") - 1, 0)
+
+    def _absorb(self, st: _Entity, run: "_Run", lo: int, hi: int) -> None:
+        """Windows ``[lo, hi)`` enter the k-of-n history (only the last n matter)."""
+        if hi > lo:
+            st.history.extend(zip(run.ts[max(lo, hi - self.policy.n):hi].tolist(),
+                                  run.flags[max(lo, hi - self.policy.n):hi].tolist()))
+            st.last_ts = int(run.ts[hi - 1])
+
+    def _quiet_run(self, st: _Entity, run: "_Run", i: int, events: list) -> int:
+        """No open alert from window ``i``: find the first window where k of the last n are flagged."""
+        p = self.policy
+        past = np.fromiter((f for _, f in st.history), bool, len(st.history))
+        f = np.concatenate([past, run.flags[i:]])  # (h + B - i,) history then chunk
+        counts = np.concatenate([[0], np.cumsum(f)])
+        pos = np.arange(past.size, f.size)
+        hits = np.flatnonzero(f[past.size:] & (counts[pos + 1] - counts[np.maximum(pos + 1 - p.n, 0)] >= p.k))
+        if not hits.size:
+            self._absorb(st, run, i, len(run.ts))
+            return len(run.ts)
+        j = i + int(hits[0])
+        self._absorb(st, run, i, j + 1)
+        ts, score, threshold = int(run.ts[j]), float(run.scores[j]), float(run.thresholds[j])
+        band = p.band(score / threshold if threshold > 0 else float("inf"))
+        started = min(t for t, flag in st.history if flag)
+        st.alert = _Alert(alert_id(run.entity, ts), started, 0, ts, ts, score, band, band, score, threshold,
+                          run.top(j, p.top_k), run.model_version)
+        events.append(self._event(run.entity, st.alert, "open", ts, band))
+        return j + 1
+
+    def _alert_run(self, st: _Entity, run: "_Run", i: int, events: list) -> int:
+        """An open alert from window ``i``: its flagged windows update it until the quiet period ends."""
+        p, a = self.policy, st.alert
+        t, fl = run.ts[i:], run.flags[i:]
+        last_flag = np.maximum.accumulate(np.where(fl, t, a.last_flag_at))  # (b,) incl. each window
+        before = np.concatenate([[a.last_flag_at], last_flag[:-1]])          # last flag before each window
+        quiet = np.flatnonzero(t - before >= self._quiet_ns)
+        end = int(quiet[0]) if quiet.size else len(t)  # windows [i, i + end) belong to the alert
+        idx = i + np.flatnonzero(fl[:end])  # flagged windows of the alert, chunk indices
+        if idx.size:
+            bands = self._bands(run.scores[idx], run.thresholds[idx])
+            pos = 0
+            while pos < idx.size:  # emitted updates: rate-limited, so few searches
+                pos += int(np.searchsorted(run.ts[idx[pos:]], a.last_emit_at + self._update_ns, "left"))
+                if pos >= idx.size:
+                    break
+                sc = run.scores[idx[pos:]]
+                changed = (bands[pos:] != a.last_emit_band) | \
+                    (np.abs(sc - a.last_emit_score) >= p.update_min_change * abs(a.last_emit_score))
+                hit = np.flatnonzero(changed)
+                if not hit.size:
+                    break
+                pos += int(hit[0])
+                j = int(idx[pos])
+                self._flagged(a, run, j, int(bands[: pos + 1].max()))
+                a.sequence += 1
+                a.last_emit_at, a.last_emit_score, a.last_emit_band = a.last_flag_at, a.score, int(bands[pos])
+                events.append(self._event(run.entity, a, "update", a.last_flag_at, int(bands[pos])))
+                pos += 1
+            self._flagged(a, run, int(idx[-1]), int(bands.max()))
+        self._absorb(st, run, i, i + end)
+        if i + end < len(run.ts):  # the quiet period ended at this window: resolve, then it counts anew
+            events.append(self._resolve(st, run.entity, int(run.ts[i + end])))
+        return i + end
+
+    def _flagged(self, a: _Alert, run: "_Run", j: int, band: int) -> None:
+        """The alert's last flagged window is ``j`` (``band``: highest band up to it)."""
+        a.last_flag_at, a.score, a.threshold = int(run.ts[j]), float(run.scores[j]), float(run.thresholds[j])
+        a.top, a.model_version = run.lazy_top(j, self.policy.top_k), run.model_version
+        a.peak_band = max(a.peak_band, band)
 
     def expire(self, now_ns: int) -> list[AlertEvent]:
         """Resolve open alerts whose quiet period ended by event time ``now_ns`` (e.g. a watermark),
@@ -235,7 +337,7 @@ class AlertTracker:
     def _event(self, entity: str, a: _Alert, state: str, at: int, band: int) -> AlertEvent:
         return AlertEvent(a.alert_id, f"{a.alert_id}-{a.sequence}", entity, a.model_version, state,
                           a.started_at, at, a.score, a.threshold, self.policy.bands[band][0],
-                          list(a.top), a.sequence)
+                          list(_top_of(a)), a.sequence)
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -247,7 +349,7 @@ class AlertTracker:
                 "history": [[t, f] for t, f in st.history], "last_ts": st.last_ts,
                 "alert": None if a is None else {
                     **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
-                    "top": [[c, s] for c, s in a.top]}}
+                    "top": [[c, s] for c, s in _top_of(a)]}}
         return {"format": STATE_FORMAT, "policy": self.policy.to_dict(), "entities": ents}
 
     def load_state_dict(self, d: dict) -> None:
