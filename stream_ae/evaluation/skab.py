@@ -329,11 +329,11 @@ def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), proto
 def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets):
     import time
 
-    from stream_ae.presets import get_preset
+    from stream_ae.presets import SKAB_THRESHOLD, get_preset
 
     for kind in model_kinds:
         for variant in variants:
-            base = (presets or {}).get(kind) or get_preset(kind)
+            base = (presets or {}).get(kind) or get_preset(kind).replace(threshold=SKAB_THRESHOLD)
             preset = base.with_variant(variant)
             for protocol in protocols:
                 t0 = time.perf_counter()
