@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     hi = msub.add_parser("history", help="a deployment's promotions, oldest first")
     hi.add_argument("--deployment", default="production")
 
+    j = sub.add_parser("job", help="scheduled jobs: archive the stream, retrain",
+                       description="Run a scheduled job; same flags as `python -m jobs.NAME` "
+                                   "(see `stream-ae job NAME --help`).")
+    j.add_argument("name", choices=("archive", "retrain"), help="archive: readings topic -> Parquet history; "
+                   "retrain: challenger vs champion, promote by rule")
+    j.add_argument("args", nargs=argparse.REMAINDER, help="the job's own flags, e.g. --config stream-ae.toml")
+
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench.add_argument("which", choices=("backfill", "stream"), help="what to measure")
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
@@ -219,7 +226,13 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
+def cmd_job(args) -> int:
+    import importlib
+
+    return importlib.import_module(f"jobs.{args.name}").main(args.args)
+
+
+COMMANDS = {"job": cmd_job, "models": cmd_models, "train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
             "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench}
 
 
