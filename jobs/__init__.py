@@ -1,0 +1,1 @@
+"""Scheduled and long-running jobs around the detector (``python -m jobs.<name>``)."""
