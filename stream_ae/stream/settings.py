@@ -139,6 +139,55 @@ class OpsSettings(_Section):
     log_format: Literal["json", "text"] = "json"
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` or ``"2w"``.
+
+    >>> parse_duration("3d"), parse_duration("1.5h")
+    (259200.0, 5400.0)
+    """
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{key}={text!r} is not a duration; write a number and a unit s, m, h, d or w, e.g. '30d'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class RetrainSettings(_Section):
+    """The retraining job (``python -m jobs.retrain``): spans, preset, promotion rule, where to write."""
+
+    history: str | None = None               # Parquet history, path or URI; None: archive.root (the archiver's output)
+    deployment: str | None = None            # None: model.deployment
+    model: str = "conv"                      # preset name (stream_ae.presets)
+    variant: str = "undercomplete"
+    train_span: str = "30d"                  # the challenger trains on [now - holdout - train_span, now - holdout)
+    holdout_span: str = "3d"                 # both models are compared on [now - holdout, now)
+    align: str = "1h"                        # `now` is floored to this: a retry in the same slot redoes the same run
+    interval: str = "1d"                     # --schedule: run when the last successful retrain is older
+    run_on_drift: bool = False               # --schedule: also run when a drift marker is newer
+    error_tolerance: Annotated[float, Meta(ge=0.0)] = 0.05        # median error <= champion's * (1 + tol)
+    alert_rate_tolerance: Annotated[float, Meta(ge=0.0)] = 0.10   # alert rate <= champion's * (1 + tol) + slack
+    alert_rate_slack: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.005
+    recall_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0  # recall >= champion's - tol (labels only)
+    labels: str | None = None                # Parquet/CSV of labelled events or operator feedback
+    report_dir: str = "retrain-reports"
+    lock_timeout_s: Annotated[float, Meta(ge=0.0)] = 3600.0       # wait this long for a run training the same data
+    min_holdout_windows: Annotated[int, Meta(ge=1)] = 100
+    device: str = "auto"
+    seed: int = 0
+    epochs: Annotated[int, Meta(ge=1)] | None = None              # None: the preset's
+    max_windows: Annotated[int, Meta(ge=1)] | None = None
+    window: Annotated[int, Meta(ge=2)] | None = None
+
+    def __post_init__(self):
+        for key in ("train_span", "holdout_span", "align", "interval"):
+            seconds = parse_duration(getattr(self, key), f"retrain.{key}")
+            if seconds <= 0 and key != "interval":
+                raise ValueError(f"retrain.{key} must be longer than 0")
+
+
 class ArchiveSettings(_Section):
     """The archiver job (``python -m jobs.archive``): readings topic -> Parquet history."""
 
@@ -168,6 +217,7 @@ class Settings(_Section):
     input: InputSettings = msgspec.field(default_factory=InputSettings)
     ops: OpsSettings = msgspec.field(default_factory=OpsSettings)
     archive: ArchiveSettings = msgspec.field(default_factory=ArchiveSettings)
+    retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
 
     def redacted(self) -> dict:
         """Plain dict of every setting, secrets masked: safe to log or print."""
