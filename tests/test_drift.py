@@ -1,0 +1,90 @@
+"""Drift of the score stream: ADWIN per entity finds a level shift, not stationary noise; exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stream_ae.drift import MODEL_KEY, DriftEvent, DriftMonitor, drift_marker_path, report_drift
+from stream_ae.errors import ConfigError
+
+
+def scores(n: int, level: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Reconstruction-error-like scores: log-normal around exp(level)."""
+    return np.random.default_rng(seed).lognormal(level, 0.3, n)
+
+
+def test_a_level_shift_is_found_soon_after_it_happens():
+    monitor = DriftMonitor()
+    before, after = scores(4000, 0.0, seed=1), scores(2000, 0.7, seed=2)
+    ts = np.arange(6000, dtype=np.int64) * 10**9
+    events = monitor.update_many(np.concatenate([before, after]), keys="pump-a", ts=ts)
+    assert events, "a doubling of the scores went unnoticed"
+    first = events[0]
+    assert first.key == "pump-a" and first.direction == "up" and first.mean_after > first.mean_before
+    assert 4000 < first.index <= 4300                       # within a few hundred scores of the shift
+    assert first.ts == ts[first.index - 1]
+    assert monitor.counts() == {"pump-a": len(events)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stationary_noise_raises_nothing(seed):
+    assert DriftMonitor().update_many(scores(20_000, 0.0, seed=seed)) == []
+
+
+def test_entities_are_watched_separately_and_flagged_windows_are_not_learned():
+    monitor = DriftMonitor()
+    n = 3000
+    a, b = scores(2 * n, 0.0, seed=3), np.concatenate([scores(n, 0.0, seed=4), scores(n, -0.8, seed=5)])
+    keys = np.array(["a", "b"] * 2 * n, dtype=object)
+    events = monitor.update_many(np.column_stack([a, b]).ravel(), keys=keys)
+    assert {e.key for e in events} == {"b"} and events[0].direction == "down"
+    # a burst of anomalies, flagged by the threshold, is not drift; NaN scores are skipped
+    burst = scores(n, 0.0, seed=6)
+    burst[1000:1600] *= 50.0
+    flags = np.zeros(n, dtype=bool)
+    flags[1000:1600] = True
+    burst[5] = np.nan
+    quiet = DriftMonitor()
+    assert quiet.update_many(burst, flags=flags) == []
+    assert DriftMonitor().update_many(burst), "the same burst, unflagged, should look like a change"
+
+
+def test_state_round_trips_through_json_exactly():
+    stream = np.concatenate([scores(3000, 0.0, seed=7), scores(3000, 0.6, seed=8)])
+    whole = DriftMonitor()
+    expected = whole.update_many(stream, keys="k")
+    part = DriftMonitor()
+    got = part.update_many(stream[:3500], keys="k")
+    resumed = DriftMonitor()
+    resumed.load_state_dict(json.loads(json.dumps(part.state_dict())))
+    assert resumed.restored_exactly
+    got += resumed.update_many(stream[3500:], keys="k")
+    assert got == expected and got                                  # same events, same indices
+    assert resumed.counts() == whole.counts()
+
+
+def test_state_from_another_river_version_restarts_and_says_so():
+    monitor = DriftMonitor()
+    monitor.update_many(scores(500))
+    state = monitor.state_dict()
+    state["river"] = "0.0.0"
+    other = DriftMonitor()
+    other.load_state_dict(state)
+    assert not other.restored_exactly
+    assert other.state_dict()["keys"][MODEL_KEY]["seen"] == 500     # counters kept, detector fresh
+    with pytest.raises(ConfigError, match="saved with"):
+        DriftMonitor(delta=0.01).load_state_dict(monitor.state_dict())
+    with pytest.raises(ConfigError, match="delta"):
+        DriftMonitor(delta=2.0)
+
+
+def test_report_drift_writes_the_marker_the_retrain_job_reads(tmp_path):
+    event = DriftEvent("pump-a", 4100, 10**18, -0.01, 0.6, "up")
+    record = report_drift(tmp_path / "models", "prod", event)
+    saved = json.loads((tmp_path / "models" / drift_marker_path("prod")).read_text())
+    assert saved == record and DriftEvent.from_dict(saved["event"]) == event
+    with pytest.raises(ConfigError, match="deployment name"):
+        report_drift(tmp_path / "models", "../etc", event)
