@@ -218,3 +218,40 @@ def test_nan_in_a_reading_is_written_as_null():
 def test_decoder_rejects_an_unknown_policy():
     with pytest.raises(ValueError, match="reject"):
         ReadingDecoder(unknown_fields="maybe")
+
+
+def test_decode_columns_matches_the_dict_path_in_order_with_the_same_dead_letters():
+    """The fast column decoder gives the readings and dead letters of decode + values_to_row."""
+    channels = ("a", "b", "c")
+    blobs = [
+        b'{"entity": "p1", "ts": 1000, "values": {"a": 1, "b": 2.5, "c": null}}',
+        b'{"entity": "p2", "ts": "2024-05-01T12:00:00.5Z", "values": {"c": 3, "a": -1e30, "b": 0}}',
+        b'{"entity": "p1", "ts": 2000, "values": {"a": 1, "b": 2}}',                       # missing c
+        b'{"entity": "p1", "ts": 3000, "values": {"a": 1, "b": 2, "c": 3, "d": 4}}',       # unknown d
+        b'{"entity": "p1", "ts": 4000, "values": {"a": 1e39, "b": 2, "c": 3}}',            # beyond float32
+        b'{"entity": "p1", "ts": 5000, "values": {"a": NaN, "b": 2, "c": 3}}',             # NaN token
+        b'{"entity": "p1", "ts": 6000, "values": {"a": 1, "b": 2, "c": 3}, "x": 0}',       # unknown field
+        b'{"entity": "", "ts": 7000, "values": {"a": 1, "b": 2, "c": 3}}',                 # empty entity
+        b'not json',
+        b'{"entity": "p3", "ts": 8000, "values": {"b": 5, "c": 6, "a": 4}, "schema_version": 1}',
+    ]
+    records = [record(b, offset=i) for i, b in enumerate(blobs)]
+    cols, bad = ReadingDecoder().decode_columns(records, channels)
+    ok, letters = decode_readings(records)
+    want_rows, want = [], []
+    for r in ok:
+        row, missing, unknown = codec.values_to_row(r.values, channels)
+        if missing or unknown:
+            letters.append(dead_letter(r, "missing_channel" if missing else "unknown_channel", ""))
+        else:
+            want.append(r)
+            want_rows.append(row)
+    assert list(cols.entity) == [r.entity for r in want] == ["p1", "p2", "p3"]
+    assert cols.ts_ns.tolist() == [r.ts_ns for r in want]
+    np.testing.assert_array_equal(cols.values, np.stack(want_rows))  # NaN where null
+    assert cols.values.dtype == np.float32 and [m.offset for m in cols.messages] == [0, 1, 9]
+    assert sorted((b.reason, b.source_offset) for b in bad) == sorted((b.reason, b.source_offset) for b in letters)
+    assert {b.reason for b in bad} >= {"missing_channel", "unknown_channel", "non_finite", "unknown_field",
+                                        "malformed"}
+    lenient, _ = ReadingDecoder(unknown_fields="ignore").decode_columns(records, channels)
+    assert [m.offset for m in lenient.messages] == [0, 1, 6, 9]
