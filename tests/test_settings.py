@@ -139,3 +139,10 @@ def test_settings_are_frozen():
     with pytest.raises(TypeError):
         s.kafka.client["client_id"] = "x"   # type: ignore[index]
     assert msgspec.structs.replace(s.batch, max_size=3).max_size == 3
+
+
+def test_torch_threads_for_the_model_thread():
+    assert load_settings(env={}).batch.torch_threads == 1  # measured: a 2nd thread halves the rate on 2 cores
+    assert load_settings(env={}, overrides=["batch.torch_threads=0"]).batch.torch_threads == 0
+    with pytest.raises(ConfigError, match="torch_threads"):
+        load_settings(env={}, overrides=["batch.torch_threads=-1"])

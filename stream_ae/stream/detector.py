@@ -70,6 +70,26 @@ class DetectorOutput:
     entities: list = field(default_factory=list)  # entity ids touched by this batch
 
 
+@dataclass
+class PreparedBatch:
+    """A micro-batch windowed by :meth:`Detector.prepare`, waiting to be scored and finished."""
+
+    out: DetectorOutput
+    pending: list  # (EntityState, WindowBatch, batch indices) of entities with new windows
+    rows: np.ndarray | None  # (M, C) raw rows of every pending entity, stacked
+    starts: np.ndarray | None  # (B,) window starts into ``rows``
+    scorer: Any  # the model at prepare time: a hot reload never splits a batch
+    scored: Any = None  # ScoreBatch once scored
+
+    def score(self) -> "PreparedBatch":
+        """Run the model (pure: no detector state is read or written, so any thread may call it)."""
+        if self.rows is not None and self.scored is None:
+            t0 = time.perf_counter()
+            self.scored = self.scorer.score_rows(self.rows, self.starts)
+            self.out.scoring_s = time.perf_counter() - t0
+        return self
+
+
 class Detector:
     """Per-entity windows, one scoring call per micro-batch, thresholds and alert lifecycles.
 
@@ -138,18 +158,25 @@ class Detector:
     # -- the micro-batch -------------------------------------------------------------------
     def process(self, batch: ReadingBatch) -> DetectorOutput:
         """Window, score, threshold and track one micro-batch; returns the new events."""
+        return self.finish(self.prepare(batch).score())
+
+    def prepare(self, batch: ReadingBatch) -> "PreparedBatch":
+        """Stage 1 of :meth:`process`: skip replayed readings, window every entity, stack the rows.
+
+        The result's :meth:`PreparedBatch.score` touches no detector state, so it may run in
+        another thread while the next batch is prepared; :meth:`finish` must then be called
+        for the batches in the order they were prepared.
+        """
         out = DetectorOutput()
+        prep = PreparedBatch(out, [], None, None, self.scorer)
         n = len(batch)
         if n == 0:
-            return out
+            return prep
         if batch.values.shape != (n, len(self.channels)):
             raise DataError(f"readings must have values (N, {len(self.channels)}), got {batch.values.shape}")
-        groups = _group_by_entity(batch.entity)
-
-        # 1. windows per entity; rows of every entity stacked for one scoring call
-        rows_parts, starts_parts, pending = [], [], []
+        rows_parts, starts_parts = [], []
         base = 0
-        for entity, idx in groups:  # idx: (n_e,) batch indices in poll order
+        for entity, idx in _group_by_entity(batch.entity):  # idx: (n_e,) batch indices in poll order
             state = self.table.get(entity)
             idx = self._skip_replayed(state, batch, idx, out)
             if len(idx) == 0:
@@ -168,25 +195,26 @@ class Detector:
                 rows_parts.append(wb.rows)
                 starts_parts.append(wb.starts + base)
                 base += len(wb.rows)
-                pending.append((state, wb, idx))
+                prep.pending.append((state, wb, idx))
+        if prep.pending:
+            prep.rows, prep.starts = np.concatenate(rows_parts), np.concatenate(starts_parts)  # (M, C), (B,)
+        self.table.pin(out.entities)
+        return prep
 
-        if not pending:
-            self.table.trim()
-            return out
-        t0 = time.perf_counter()
-        scored = self.scorer.score_rows(np.concatenate(rows_parts), np.concatenate(starts_parts))
-        out.scoring_s = time.perf_counter() - t0
-
-        # 2. thresholds and alert lifecycles, entity by entity, in time order
+    def finish(self, prep: "PreparedBatch") -> DetectorOutput:
+        """Stage 3 of :meth:`process`: thresholds and alert lifecycles, entity by entity, in time order."""
+        out = prep.out
+        if prep.pending and prep.scored is None:
+            raise DataError("finish() needs a scored batch: call PreparedBatch.score() first")
         lo = 0
-        for state, wb, idx in pending:
+        for state, wb, idx in prep.pending:
             hi = lo + len(wb)
-            score, channel_error = scored.score[lo:hi], scored.channel_error[lo:hi]  # (b,), (b, C)
+            score, channel_error = prep.scored.score[lo:hi], prep.scored.channel_error[lo:hi]  # (b,), (b, C)
             lo = hi
             flags, values = state.threshold.step_many(score)
             state.windows += len(wb)
             events = state.tracker.observe_many(state.entity, wb.end_ts, score, values, flags, channel_error,
-                                                self.channels, self.model_version)
+                                                self.channels, prep.scorer.version)
             for event, window in _with_windows(events, wb):
                 if event.event_id in self._published:
                     self._published.discard(event.event_id)
@@ -195,6 +223,7 @@ class Detector:
                 out.events.append(event)
                 out.event_index.append(int(idx[wb.end_index[window]]) if window is not None else int(idx[-1]))
         out.windows_scored = lo
+        self.table.unpin(out.entities)
         self.table.trim()
         return out
 

@@ -16,6 +16,7 @@ lost; one whose snapshot has also aged out of the parked set starts fresh (count
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -100,6 +101,7 @@ class EntityTable:
         self._parked: OrderedDict[str, dict] = OrderedDict()
         self._dirty: set[str] = set()
         self._dirty_parked: dict[str, dict] = {}  # evicted since the last checkpoint
+        self._pinned: dict[str, int] = {}  # entity -> batches in flight that hold it
         self.evictions = 0
         self.dropped = 0
 
@@ -168,14 +170,33 @@ class EntityTable:
         self._dirty.clear()
         self._dirty_parked.clear()
 
+    def pin(self, entities) -> None:
+        """Entities of a batch in flight (windowed, not yet finished): never evicted until unpinned."""
+        for e in entities:
+            self._pinned[e] = self._pinned.get(e, 0) + 1
+
+    def unpin(self, entities) -> None:
+        """The batch that pinned ``entities`` is finished."""
+        for e in entities:
+            left = self._pinned.get(e, 0) - 1
+            if left > 0:
+                self._pinned[e] = left
+            else:
+                self._pinned.pop(e, None)
+
     def trim(self) -> None:
         """Evict the least recently seen entities beyond ``max_entities``.
 
-        Called between micro-batches, never inside one: a state still being updated by the
-        current batch must not be snapshotted half-way.
+        Called between micro-batches, never inside one: a state still being updated by a
+        batch in flight (pinned) must not be snapshotted half-way; it may exceed the cap
+        until that batch is finished.
         """
-        while len(self._live) > self.max_entities:
-            old, old_state = self._live.popitem(last=False)
+        if len(self._live) <= self.max_entities:
+            return
+        over = len(self._live) - self.max_entities
+        victims = list(islice((e for e in self._live if e not in self._pinned), over))
+        for old in victims:
+            old_state = self._live.pop(old)
             snap = old_state.state_dict()
             self._parked[old] = snap
             if old in self._dirty:

@@ -17,13 +17,23 @@ A flood of new entity ids is bounded by ``input.max_entities`` (least recently s
 evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts and the
 checkpoint protocol are in ``checkpoint.py``. ``python -m stream_ae.stream.runner`` runs
 one consumer until SIGTERM / SIGINT.
+
+Pipeline: the model runs in one worker thread (torch releases the GIL in its kernels) while
+this thread polls, decodes and windows the next micro-batch. At most ``max_in_flight``
+batches wait for or undergo scoring; they are finished (thresholds, alert lifecycles,
+publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
+shutdown first finish the batches in flight, so a checkpoint never covers a batch whose
+alerts are not produced and acknowledged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -83,6 +93,13 @@ class StreamRunner:
         # kafka-python calls the rebalance listener on its IO thread, possibly while this
         # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
         self._lock = threading.RLock()
+        self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
+        self._scoring: ThreadPoolExecutor | None = None  # the model's thread, while run() runs
+
+    max_in_flight = 1  # batches scoring while the next is prepared: 1 overlaps all there is to overlap
+    # The model's thread needs the GIL back between torch ops; with Python's default 5 ms switch
+    # interval it waits behind the polling thread after every op (scoring ran ~2x slower).
+    gil_switch_interval_s = 0.0005
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -91,19 +108,22 @@ class StreamRunner:
 
         s = self.settings
         with contextlib.ExitStack() as stack:
+            self._tune_threads(stack)
             self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
                                               "enable_idempotence": True, "linger_ms": 2})
             stack.callback(self._producer.close, 10)
             self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
+            self._scoring = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-scoring")
+            stack.callback(self._stop_scoring)
             self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
             self.metrics.running = True
             try:
                 while not stop.is_set():
                     self.step()
                 with self._lock:
-                    self._finish_batch()
+                    self._drain()
                 self.checkpoint()
             except BaseException:
                 self._failed = True  # no final commit: a restart replays from the last checkpoint
@@ -111,23 +131,45 @@ class StreamRunner:
             finally:
                 self.metrics.running = False
 
+    def _tune_threads(self, stack: contextlib.ExitStack) -> None:
+        """Model threads (``batch.torch_threads``) and the GIL switch interval, restored on exit."""
+        import torch
+
+        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(min(sys.getswitchinterval(), self.gil_switch_interval_s))
+        if self.settings.batch.torch_threads:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(self.settings.batch.torch_threads)
+
+    def _stop_scoring(self) -> None:
+        self._scoring.shutdown(wait=True, cancel_futures=True)
+        self._scoring = None
+
     def _close_consumer(self) -> None:
         with self._lock:
             self._closing = True  # the revoke-on-close listener has nothing left to do
         self._consumer.close(autocommit=False)
 
     def step(self) -> None:
-        """One poll, and whatever is due: process the batch, checkpoint, reload the model."""
-        records = self._consumer.poll(timeout_ms=self.batcher.poll_timeout_ms(),
-                                      max_records=self.batcher.room() or 1)
+        """One poll, and whatever is due: submit a batch, finish scored ones, checkpoint, reload."""
+        timeout = self.batcher.poll_timeout_ms()
+        if self._inflight:  # come back soon to publish the scored batch's alerts
+            timeout = min(timeout, 2)
+        records = self._consumer.poll(timeout_ms=timeout, max_records=self.batcher.room() or 1)
         self.metrics.polled()
         with self._lock:
             if self._to_restore:
+                self._finish_inflight()
                 records = self._restore(records)
             for batch in records.values():
                 self.batcher.add(batch)
             if self.batcher.ready():
-                self._finish_batch()
+                self._submit_batch()
+            finished = False
+            while self._inflight and (len(self._inflight) > self.max_in_flight or self._inflight[0].done()):
+                self._finish_oldest()
+                finished = True
+            if finished:
                 self._update_lag()
         if self._assigned and self._checkpointer.due():
             self.checkpoint()
@@ -151,7 +193,8 @@ class StreamRunner:
             log.info("model swapped to %s", scorer.version)
 
     # -- one micro-batch --------------------------------------------------------------------
-    def _finish_batch(self) -> None:
+    def _submit_batch(self) -> None:
+        """Decode and window the batcher's records; their scoring starts on the model's thread."""
         records = self.batcher.take()
         if not records:
             return
@@ -159,19 +202,32 @@ class StreamRunner:
         m = self.metrics
         m.consumed.inc(len(records))
         m.batch_size.observe(len(records))
-        ok, bad = self.decoder.decode(records)
+        cols, bad = self.decoder.decode_columns(records, self.detector.channels)
         for letter in bad:
             self._dead_letter(letter)
-        batch, readings, ingest_s = self._to_batch(ok)
-        out = self.detector.process(batch)
+        batch, ingest_s = self._to_batch(cols)
+        prep = self.detector.prepare(batch)
+        if self._scoring is not None and prep.rows is not None:
+            future = self._scoring.submit(prep.score)
+        else:  # nothing to score, or no model thread (not running): score here
+            future = Future()
+            future.set_result(prep.score())
+        self._inflight.append(_InFlight(records, cols, ingest_s, future))
+
+    def _finish_oldest(self) -> None:
+        """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight."""
+        job = self._inflight.popleft()
+        out = self.detector.finish(job.future.result())  # re-raises a scoring error here
+        m = self.metrics
         late_policy = self.settings.input.late_policy
         for i, reason in out.rejected:
             if late_policy == "dead_letter":
-                self._dead_letter(codec.dead_letter(readings[i], reason, _REJECT_DETAIL[reason]))
+                self._dead_letter(codec.dead_letter(job.cols.messages[i], reason, _REJECT_DETAIL[reason],
+                                                    entity=job.cols.entity[i]))
             else:
                 m.dead_letters.labels(reason).inc()
         for event, i in zip(out.events, out.event_index):
-            self._publish(event, ingest_s[i])
+            self._publish(event, job.ingest_s[i])
         m.windows.inc(out.windows_scored)
         m.batch_windows.observe(out.windows_scored)
         if out.windows_scored:
@@ -180,36 +236,30 @@ class StreamRunner:
         m.suppressed.inc(out.suppressed)
         m.entities.set(len(self.detector.table))
         m.evictions.set(self.detector.table.evictions)
-        for r in records:
+        for r in job.records:
             if r.offset + 1 > self._next_offsets.get(r.partition, -1):
                 self._next_offsets[r.partition] = r.offset + 1
 
-    def _to_batch(self, ok: list) -> tuple[ReadingBatch, list, np.ndarray]:
-        channels = self.detector.channels
-        rows, kept = [], []
-        for reading in ok:
-            row, missing, unknown = codec.values_to_row(reading.values, channels)
-            if missing:
-                self._dead_letter(codec.dead_letter(reading, "missing_channel",
-                                                    f"channels {missing} are absent; the model needs {list(channels)}"))
-            elif unknown:
-                self._dead_letter(codec.dead_letter(reading, "unknown_channel",
-                                                    f"channels {unknown} are not in the model {list(channels)}"))
-            else:
-                rows.append(row)
-                kept.append(reading)
-        n = len(kept)
-        now = time.time()
-        ingest = np.array([r.message.timestamp / 1000 if r.message.timestamp and r.message.timestamp > 0 else now
-                           for r in kept], np.float64)
-        batch = ReadingBatch(
-            entity=np.array([r.entity for r in kept], dtype=object),
-            ts=np.fromiter((r.ts_ns for r in kept), np.int64, n),
-            values=np.stack(rows) if rows else np.zeros((0, len(channels)), np.float32),  # (N, C)
-            partition=np.fromiter((r.message.partition for r in kept), np.int64, n),
-            offset=np.fromiter((r.message.offset for r in kept), np.int64, n),
-        )
-        return batch, kept, ingest
+    def _finish_inflight(self) -> None:
+        """Finish every batch in flight (before a checkpoint, a restore or a revoke)."""
+        while self._inflight:
+            self._finish_oldest()
+
+    def _drain(self) -> None:
+        """Process what the batcher holds and finish everything in flight."""
+        self._submit_batch()
+        self._finish_inflight()
+
+    @staticmethod
+    def _to_batch(cols: codec.ReadingColumns) -> tuple[ReadingBatch, np.ndarray]:
+        """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
+        msgs, n = cols.messages, len(cols)
+        stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000  # (N,)
+        ingest = np.where(stamp > 0, stamp, time.time())
+        batch = ReadingBatch(entity=cols.entity, ts=cols.ts_ns, values=cols.values,  # values (N, C)
+                             partition=np.fromiter((m.partition for m in msgs), np.int64, n),
+                             offset=np.fromiter((m.offset for m in msgs), np.int64, n))
+        return batch, ingest
 
     def _publish(self, event, ingest_s: float) -> None:
         alert = to_alert_message(event)
@@ -249,6 +299,7 @@ class StreamRunner:
         from kafka.structs import OffsetAndMetadata
 
         with self._lock:
+            self._finish_inflight()
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             self._checkpointer.write(self.detector.table.take_dirty(), positions)
             if self._failed:
@@ -273,7 +324,7 @@ class StreamRunner:
         with self._lock:
             if self._closing or self._failed or not parts:
                 return
-            self._finish_batch()
+            self._drain()
             self.checkpoint(in_listener=True)
             self.detector.forget_partitions(parts)
             for p in parts:
@@ -317,6 +368,18 @@ class StreamRunner:
         log.info("assigned %s: restored %d entities, %d events already published",
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
         return records
+
+
+class _InFlight:
+    """A batch between :meth:`StreamRunner._submit_batch` and :meth:`StreamRunner._finish_oldest`."""
+
+    __slots__ = ("records", "cols", "ingest_s", "future")
+
+    def __init__(self, records: list, cols: codec.ReadingColumns, ingest_s: np.ndarray, future: Future):
+        self.records, self.cols, self.ingest_s, self.future = records, cols, ingest_s, future
+
+    def done(self) -> bool:
+        return self.future.done()
 
 
 class _Listener:

@@ -101,6 +101,7 @@ class ModelSettings(_Section):
 class BatchSettings(_Section):
     max_size: Annotated[int, Meta(ge=1)] = 1024
     max_wait_ms: Annotated[int, Meta(ge=0)] = 100
+    torch_threads: Annotated[int, Meta(ge=0)] = 1  # model threads; 0 keeps torch's default (all cores)
 
 
 class ThresholdSettings(_Section):
