@@ -82,9 +82,9 @@ def _overrides(broker, kafka_config, topic: str, dlq: str, root, **archive) -> l
     return out + [f"archive.{k}={v}" for k, v in archive.items()]
 
 
-def _archive(overrides: list[str], n: int):
+def _archive(overrides: list[str], n: int, worker_process: bool = True):
     settings = load_settings(env={}, overrides=overrides)
-    return run_archiver(settings, threading.Event(), max_records=n)
+    return run_archiver(settings, threading.Event(), max_records=n, worker_process=worker_process)
 
 
 def _visible_temporaries(root) -> list[str]:
@@ -153,11 +153,19 @@ def test_archive_reads_back_through_history_with_dead_letters(broker, topic_fact
     topic, dlq = topic_factory(partitions=2), topic_factory(partitions=1)
     entities = ["pump-1", "pump-2", "fan/3"]
     msgs, expected = _stream(40, entities, step_ms=120_000)     # 120 readings over midnight
+    entities.append("solo")
     bad = [(b"pump-1", b"{not json"),                           # malformed
            (b"pump-2", b'{"entity": "pump-2", "ts": 1, "values": {"flow": NaN}}'),       # non_finite
            (b"pump-1", b'{"entity": "pump-1", "ts": 1, "values": {}, "colour": "red"}'),  # unknown_field
            (b"pump-1", _reading("pump-1", T0_MS + 39 * 120_000, {"flow": 1.0})),          # duplicate
-           (b"fan/3", _reading("fan/3", T0_MS, {"flow": 1.0}))]                          # out_of_order
+           (b"fan/3", _reading("fan/3", T0_MS, {"flow": 1.0})),                          # out_of_order
+           (b"pump-2", None),                                                             # tombstone: malformed
+           (b"pump-2", b'{"entity": "pump-2", "ts": 1, "values": {"flow": 1e39}}')]     # beyond float32
+    # valid, but holding a newline: the batch decoder must not take lines for records
+    pretty = json.dumps({"entity": "solo", "ts": T0_MS, "values": {"flow": 0.5, "pressure": 1.5, "temp": 2.5}},
+                        indent=1).encode()
+    msgs.append((b"solo", pretty))
+    expected.append(("solo", T0_MS * 1_000_000, (0.5, 1.5, 2.5)))
     _produce(broker.bootstrap, topic, msgs + bad)
     root = tmp_path / "archive"
     report = _archive(_overrides(broker, kafka_config, topic, dlq, root, file_rows=25), len(msgs) + len(bad))
@@ -174,8 +182,13 @@ def test_archive_reads_back_through_history_with_dead_letters(broker, topic_fact
 
     letters = _read_all(broker.bootstrap, dlq, len(bad))
     by_reason = {d.reason: d for d in letters}
-    assert sorted(by_reason) == ["duplicate", "malformed", "non_finite", "out_of_order", "unknown_field"]
-    assert by_reason["malformed"].original == b"{not json" and by_reason["malformed"].source_topic == topic
+    assert sorted(d.reason for d in letters) == ["duplicate", "malformed", "malformed", "non_finite", "non_finite",
+                                                 "out_of_order", "unknown_field"]
+    assert report.dead_letters == {"duplicate": 1, "malformed": 2, "non_finite": 2, "out_of_order": 1,
+                                   "unknown_field": 1}
+    malformed = sorted((d.original, d.detail) for d in letters if d.reason == "malformed")
+    assert malformed[0] == (b"", "record value is null (tombstone)") and malformed[1][0] == b"{not json"
+    assert all(d.source_topic == topic and d.source_partition in (0, 1) for d in letters)
     assert by_reason["out_of_order"].entity == "fan/3" and by_reason["out_of_order"].source_offset is not None
 
 
@@ -202,7 +215,7 @@ def test_partition_by_date_and_entity_and_a_new_group_does_not_duplicate(broker,
     _produce(broker.bootstrap, topic, msgs)
     root = tmp_path / "archive"
     overrides = _overrides(broker, kafka_config, topic, dlq, root, partition_by="date,entity", file_rows=1000)
-    _archive(overrides, len(msgs))
+    _archive(overrides, len(msgs), worker_process=False)      # decoding and writing in this process
 
     history = History.open(str(root))
     assert set(history.partition_keys) == {"date", "entity"}

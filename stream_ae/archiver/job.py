@@ -2,37 +2,44 @@
 
 One consumer group of its own (``archive.group_id``), offsets committed by hand. Per
 topic-partition, valid readings are buffered and rolled into files at
-``archive.file_rows`` rows or ``archive.max_file_age_s`` seconds (so memory is bounded by
-``file_rows`` rows per assigned partition). Invalid readings go to the dead-letter topic
-as in the stream: the codec's reasons, and ``duplicate`` / ``out_of_order`` per entity
-(a backfill refuses an archive that goes back in time).
+``archive.file_rows`` rows or ``archive.max_file_age_s`` seconds (memory is bounded by
+``file_rows`` rows per assigned partition, plus a few polls in flight). Invalid readings go
+to the dead-letter topic as in the stream: the codec's reasons, and ``duplicate`` /
+``out_of_order`` per entity (a backfill refuses an archive that goes back in time).
 
-Nothing lost, nothing doubled, without transactions: the offsets are committed only after
-the files holding the records are durable (see ``writer.py``), and the archive's own
-marker, not the group's commit, says where to resume: a partition restarts at
-``max(committed, last archived + 1)``, and the files of a flush a crash cut short are
-deleted first. Dead letters are at least once (a crash can send one twice, as the stream).
+Nothing lost, nothing doubled, without transactions: offsets are committed only after the
+files holding the records are durable (see ``writer.py``), and the archive's own marker,
+not the group's commit, says where to resume: a partition restarts at
+``max(committed, last archived + 1)``, after the files of a flush a crash cut short are
+deleted. Dead letters are at least once (a crash can send one twice, as in the stream).
+
+The Kafka client stays in this process; decoding and Parquet writing run in one worker
+process (:class:`~stream_ae.archiver.core.ArchiveCore`), fed in poll order, so that they use
+a second core instead of competing with kafka-python's own record parsing for the GIL.
+The worker dies with this process.
 """
 from __future__ import annotations
 
-import contextlib
+import collections
+import concurrent.futures as cf
 import logging
+import multiprocessing
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_ae.archiver.writer import ArchiveWriter, PartitionState, wide_table
+from stream_ae.archiver.core import ArchiveCore, Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 
 log = logging.getLogger(__name__)
 
-_REJECT_DETAIL = {  # the stream runner's wording
-    "duplicate": "a reading with this entity and timestamp was already accepted",
-    "out_of_order": "older than the entity's last accepted reading",
-}
+MAX_IN_FLIGHT = 8           # polls handed to the worker and not yet answered
+AGE_CHECK_S = 0.5
 
 
 @dataclass
@@ -48,50 +55,109 @@ class ArchiveReport:
     last_flush_at: float | None = None
 
 
-class _Buffer:
-    """Valid readings of one topic-partition since its last flush, and the offsets they span."""
-
-    def __init__(self, state: PartitionState):
-        self.first: int | None = None      # first offset consumed since the last flush
-        self.last = state.through
-        self.started = 0.0                 # monotonic time of the first record
-        self.entity: list[str] = []
-        self.ts: list[int] = []
-        self.values: list[dict] = []
-        self.channels = set(state.channels)
-        self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
+# -- the worker process -------------------------------------------------------------------------
+_CORE: ArchiveCore | None = None
 
 
+def _start_worker(kwargs: dict) -> None:
+    global _CORE
+    if sys.platform.startswith("linux"):   # die with the job, even on SIGKILL: no orphan writes files
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the job decides when to stop
+    _CORE = ArchiveCore(**kwargs)
+
+
+def _call(method: str, *args):
+    return getattr(_CORE, method)(*args)
+
+
+def _pack(batch: list) -> tuple[bytes, bytes, bytes]:
+    """(offsets, lengths, joined values) of a poll's records: three buffers, cheap to pickle.
+
+    >>> from types import SimpleNamespace as R
+    >>> offsets, lengths, joined = _pack([R(offset=7, value=b"ab"), R(offset=8, value=None)])
+    >>> np.frombuffer(lengths, np.int64).tolist(), joined
+    ([2, -1], b'ab\\n')
+    """
+    values = [r.value for r in batch]
+    n = len(values)
+    offsets = np.fromiter((r.offset for r in batch), np.int64, n)
+    if None in values:   # a tombstone: length -1, nothing joined (the codec dead-letters it)
+        lengths = np.array([-1 if v is None else len(v) for v in values], np.int64)
+        values = [b"" if v is None else v for v in values]
+    else:
+        lengths = np.fromiter(map(len, values), np.int64, n)
+    return offsets.tobytes(), lengths.tobytes(), b"\n".join(values)
+
+
+class _Inline:
+    """The executor interface over an ArchiveCore in this process (``worker_process=False``)."""
+
+    def __init__(self, kwargs: dict):
+        self.core = ArchiveCore(**kwargs)
+
+    def submit(self, fn, method, *args) -> cf.Future:
+        fut = cf.Future()
+        try:
+            fut.set_result(getattr(self.core, method)(*args))
+        except Exception as exc:   # handed to whoever reads the future, as a pool would
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+# -- the Kafka side ---------------------------------------------------------------------------------
 class Archiver:
     """Consume readings and archive them; :meth:`run` until a stop event.
 
     Parameters
     ----------
     settings : Settings
-        Service settings; uses ``kafka``, ``input`` and ``archive``.
+        Service settings; uses ``kafka``, ``input``, ``batch.max_size`` and ``archive``.
+    worker_process : bool
+        Decode and write in a worker process (default) or in this one.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, *, worker_process: bool = True):
         self.settings = settings
-        a = settings.archive
-        self.writer = ArchiveWriter(a.root, a.partition_by, a.compression)
-        self.decoder = codec.ReadingDecoder(settings.input.max_message_bytes, settings.input.unknown_fields)
+        self.worker_process = worker_process
         self.report = ArchiveReport()
-        self._buffers: dict[int, _Buffer] = {}
+        self._owned: set[int] = set()
         self._to_recover: set[int] = set()
-        self._consumer = self._producer = None
+        self._in_flight: collections.deque[cf.Future] = collections.deque()
+        self._to_commit: dict[int, int] = {}
+        self._consumer = self._producer = self._pool = None
         self._closing = False
         self._failed: BaseException | None = None
-        self._lock = threading.RLock()  # the rebalance listener may run on the client's thread
+        self._lock = threading.RLock()  # the rebalance listener runs on the client's IO thread
+
+    def _core_kwargs(self) -> dict:
+        s, a = self.settings, self.settings.archive
+        return dict(topic=s.kafka.readings_topic, root=a.root, partition_by=a.partition_by,
+                    compression=a.compression, file_rows=a.file_rows, max_file_age_s=a.max_file_age_s,
+                    max_message_bytes=s.input.max_message_bytes, unknown_fields=s.input.unknown_fields,
+                    late_policy=s.input.late_policy)
 
     def run(self, stop: threading.Event, *, max_records: int | None = None,
             idle_exit_s: float | None = None) -> ArchiveReport:
         """Archive until ``stop`` is set (or ``max_records`` consumed, or nothing arrived for
-        ``idle_exit_s``); then flush everything, commit and close."""
+        ``idle_exit_s`` after the assignment); then flush everything, commit and close."""
+        import contextlib
+
         from kafka import KafkaConsumer, KafkaProducer
 
         s, a = self.settings, self.settings.archive
         with contextlib.ExitStack() as stack:
+            if self.worker_process:
+                self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_start_worker, initargs=(self._core_kwargs(),))
+                self._pool.submit(_call, "flush", []).result()   # start it (imports) now, from this thread
+            else:
+                self._pool = _Inline(self._core_kwargs())
+            stack.callback(self._pool.shutdown)
             self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
                                               "enable_idempotence": True, "linger_ms": 5})
             stack.callback(self._producer.close, 10)
@@ -99,19 +165,22 @@ class Archiver:
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})
             stack.callback(self._close_consumer)
             self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
-            last_record = time.monotonic()
+            last_record = next_age_check = time.monotonic()
             while not stop.is_set():
-                got = self.step()
+                got = self.step(age_check=time.monotonic() >= next_age_check)
                 now = time.monotonic()
-                if got or self.report.assigned_at is None:  # idle counts from the assignment
+                if now >= next_age_check:
+                    next_age_check = now + AGE_CHECK_S
+                if got or self.report.assigned_at is None:   # idle counts from the assignment
                     last_record = now
                 if max_records is not None and self.report.consumed >= max_records:
                     break
-                if idle_exit_s is not None and self.report.assigned_at is not None \
-                        and now - last_record >= idle_exit_s:
+                if idle_exit_s is not None and now - last_record >= idle_exit_s:
                     break
             with self._lock:
-                self._flush(list(self._buffers), commit=True)
+                self._drain()
+                self._apply(self._pool.submit(_call, "flush", None).result())
+            self._commit()
         return self.report
 
     def _close_consumer(self) -> None:
@@ -119,149 +188,124 @@ class Archiver:
             self._closing = True
         self._consumer.close(autocommit=False)
 
-    def step(self) -> int:
-        """One poll; archive what came, roll what is full or old. Returns records consumed."""
+    def step(self, age_check: bool = False) -> int:
+        """One poll handed to the worker; answers applied; durable offsets committed."""
         records = self._consumer.poll(timeout_ms=200, max_records=self.settings.batch.max_size)
+        seeks = {}
+        n = 0
         with self._lock:
             if self._failed is not None:
                 raise StreamAEError(f"the archiver stopped: {self._failed}") from self._failed
             if self._to_recover:
-                records = self._recover(records)
-            n = 0
+                seeks = self._recover(records)
             for tp, batch in records.items():
-                if tp.partition in self._buffers:
+                if tp.partition in self._owned:
                     n += len(batch)
-                    self._ingest(tp.partition, batch)
-            max_age = self.settings.archive.max_file_age_s
-            now = time.monotonic()
-            self._flush([p for p, b in self._buffers.items()
-                         if b.first is not None and now - b.started >= max_age], commit=True)
+                    self._in_flight.append((self._pool.submit(_call, "ingest", tp.partition, *_pack(batch)), batch))
+            if age_check:
+                self._in_flight.append((self._pool.submit(_call, "flush", None, True), None))
+            while self._in_flight and (self._in_flight[0][0].done() or len(self._in_flight) > MAX_IN_FLIGHT):
+                self._apply(*self._pop())
+        self._seek(seeks)
+        self._commit()
         self.report.consumed += n
         return n
 
-    # -- one batch of records ---------------------------------------------------------------
-    def _ingest(self, partition: int, records: list) -> None:
-        file_rows = self.settings.archive.file_rows
-        start = 0
-        while start < len(records):
-            buf = self._buffers[partition]  # a new one after each flush
-            # cut the batch so that no file holds more than file_rows readings
-            chunk = records[start:start + file_rows - len(buf.ts)]
-            start += len(chunk)
-            if buf.first is None:
-                buf.first, buf.started = chunk[0].offset, time.monotonic()
-            buf.last = chunk[-1].offset
-            ok, bad = self.decoder.decode(chunk)
-            for letter in bad:
-                self._dead_letter(letter)
-            self._accept(buf, ok)
-            if len(buf.ts) >= file_rows:
-                self._flush([partition], commit=True)
+    def _pop(self) -> tuple[Outcome, list | None]:
+        fut, batch = self._in_flight.popleft()
+        return fut.result(), batch
 
-    def _accept(self, buf: _Buffer, readings: list) -> None:
-        last_ts, late = buf.last_ts, self.settings.input.late_policy
-        entity, ts, values, channels = buf.entity, buf.ts, buf.values, buf.channels
-        for r in readings:
-            prev = last_ts.get(r.entity)
-            if prev is not None and r.ts_ns <= prev:
-                reason = "duplicate" if r.ts_ns == prev else "out_of_order"
-                if late == "dead_letter":
-                    self._dead_letter(codec.dead_letter(r, reason, _REJECT_DETAIL[reason]))
-                else:
-                    self.report.dead_letters[reason] = self.report.dead_letters.get(reason, 0) + 1
-                continue
-            last_ts[r.entity] = r.ts_ns
-            entity.append(r.entity)
-            ts.append(r.ts_ns)
-            values.append(r.values)
-            if not channels.issuperset(r.values):
-                channels.update(r.values)
+    def _apply(self, out: Outcome, batch: list | None = None) -> None:
+        r = self.report
+        for i, reason, detail, entity in out.dead_letters:
+            letter = codec.dead_letter(batch[i], reason, detail, entity=entity)
+            self._producer.send(self.settings.kafka.dead_letter_topic, key=letter.original_key,
+                                value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+        for reason, count in out.reasons.items():
+            r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count
+        r.rows, r.files, r.flushes = r.rows + out.rows, r.files + out.files, r.flushes + out.flushes
+        if out.flushed:
+            r.last_flush_at = time.perf_counter()
+            self._to_commit.update({p: o for p, o in out.flushed.items() if p in self._owned})
 
-    def _dead_letter(self, letter: codec.DeadLetter) -> None:
-        self.report.dead_letters[letter.reason] = self.report.dead_letters.get(letter.reason, 0) + 1
-        self._producer.send(self.settings.kafka.dead_letter_topic, key=letter.original_key,
-                            value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+    def _drain(self) -> None:
+        while self._in_flight:
+            self._apply(*self._pop())
 
     def _send_failed(self, exc) -> None:
         log.error("a dead letter could not be produced: %r; not committing", exc)
         self._failed = exc
 
-    # -- flush, commit, recover ---------------------------------------------------------------
-    def _flush(self, partitions: list[int], *, commit: bool) -> None:
-        """Write the buffers of ``partitions`` durably, then (optionally) commit their offsets."""
+    def _commit(self) -> None:
+        """Commit the offsets the worker reported durable (main thread, outside the lock)."""
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        topic = self.settings.kafka.readings_topic
-        done = {}
-        for p in partitions:
-            buf = self._buffers[p]
-            if buf.first is None:
-                continue
-            channels = tuple(sorted(buf.channels))
-            table = wide_table(buf.entity, np.array(buf.ts, np.int64), buf.values, channels) if buf.ts else None
-            files = self.writer.write(topic, p, buf.first, buf.last, table,
-                                      PartitionState(buf.last, channels, dict(buf.last_ts)))
-            self.report.rows += len(buf.ts)
-            self.report.files += len(files)
-            self.report.flushes += 1
-            self._buffers[p] = _Buffer(self.writer.state(topic, p))
-            done[p] = buf.last + 1
+        with self._lock:
+            done, self._to_commit = self._to_commit, {}
         if not done:
             return
-        self.report.last_flush_at = time.perf_counter()
-        if not commit:  # the marker alone is enough to resume exactly
-            return
-        self._producer.flush()  # dead letters of these records are acknowledged before the commit
+        self._producer.flush()   # the dead letters of these records are acknowledged first
         if self._failed is not None:
             raise StreamAEError(f"a dead letter could not be produced ({self._failed!r}); the files are "
-                                f"written, the offsets not committed: a restart resumes from the archive")
-        from kafka.errors import KafkaError
+                                "written, the offsets not committed: a restart resumes from the archive")
+        topic = self.settings.kafka.readings_topic
         try:
             self._consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, None, -1) for p, o in done.items()})
         except KafkaError as exc:   # partitions moved meanwhile: the next owner resumes from the marker
             log.warning("commit of %s failed (%r); the archive marker holds the position", done, exc)
+        self.report.last_flush_at = time.perf_counter()
 
+    # -- rebalance ---------------------------------------------------------------------------------
     def _recover(self, records: dict) -> dict:
-        """Start newly assigned partitions at max(committed, last archived + 1); their records
-        from this poll are dropped and fetched again from there."""
+        """Take newly assigned partitions on; their records from this poll are dropped and
+        fetched again from where the archive ends. Returns {tp: last archived offset}."""
         from kafka import TopicPartition
 
         topic = self.settings.kafka.readings_topic
         parts, self._to_recover = sorted(self._to_recover), set()
+        seeks = {}
         for p in parts:
             tp = TopicPartition(topic, p)
-            state = self.writer.recover(topic, p)
-            committed = self._consumer.committed(tp)
+            through = self._pool.submit(_call, "recover", p).result()   # after the polls before it
             dropped = records.pop(tp, None)
-            starts = [o for o in (committed, state.through + 1 if state.through >= 0 else None) if o is not None]
-            if starts:
-                self._consumer.seek(tp, max(starts))
-            elif dropped:
-                self._consumer.seek(tp, dropped[0].offset)
-            self._buffers[p] = _Buffer(state)
-            log.info("partition %d: archived through offset %d, committed %s; resuming at %s",
-                     p, state.through, committed, max(starts) if starts else "the earliest offset")
+            seeks[tp] = (through, dropped[0].offset if dropped else None)
+            self._owned.add(p)
         if self.report.assigned_at is None:
             self.report.assigned_at = time.perf_counter()
-        return records
+        return seeks
+
+    def _seek(self, seeks: dict) -> None:
+        """Start each at max(committed, last archived + 1) (outside the lock: needs the IO thread)."""
+        for tp, (through, dropped_at) in seeks.items():
+            committed = self._consumer.committed(tp)
+            starts = [o for o in (committed, through + 1 if through >= 0 else None) if o is not None]
+            if starts:
+                self._consumer.seek(tp, max(starts))
+            elif dropped_at is not None:
+                self._consumer.seek(tp, dropped_at)
+            log.info("partition %d: archived through offset %d, committed %s; resuming at %s",
+                     tp.partition, through, committed, max(starts) if starts else "the earliest offset")
 
     def on_revoked(self, revoked) -> None:
-        """Listener: archive what the revoked partitions hold (the marker is the position)."""
+        """Listener (IO thread): archive what the revoked partitions hold; the marker is the position."""
         with self._lock:
-            if self._closing:
+            parts = [tp.partition for tp in revoked if tp.partition in self._owned]
+            if self._closing or not parts:
                 return
-            parts = [tp.partition for tp in revoked if tp.partition in self._buffers]
             try:
-                self._flush(parts, commit=False)
+                self._drain()
+                self._apply(self._pool.submit(_call, "flush", parts, False, True).result())
             except Exception as exc:  # raised in the poll loop; the next owner resumes from the marker
                 self._failed = exc
-            for p in parts:
-                self._buffers.pop(p, None)
+            self._owned -= set(parts)
             self._to_recover -= set(parts)
+            for p in parts:
+                self._to_commit.pop(p, None)
 
     def on_assigned(self, assigned) -> None:
-        """Listener: note the partitions; the poll loop recovers them before using their records."""
+        """Listener (IO thread): note the partitions; the poll loop recovers them before use."""
         with self._lock:
             self._to_recover |= {tp.partition for tp in assigned}
 
@@ -283,11 +327,13 @@ class _Listener:
 
 
 def run_archiver(settings, stop_event: threading.Event, *, max_records: int | None = None,
-                 idle_exit_s: float | None = None) -> ArchiveReport:
+                 idle_exit_s: float | None = None, worker_process: bool = True) -> ArchiveReport:
     """Run one archiver until ``stop_event`` is set (``stream-ae job archive``, ``jobs.archive``).
 
     ``max_records`` stops after that many records, ``idle_exit_s`` once nothing arrived for
     that long (a one-shot run from a scheduler); either way the buffers are flushed and
-    committed first. Returns the :class:`ArchiveReport`.
+    committed first. ``worker_process=False`` decodes and writes in this process.
+    Returns the :class:`ArchiveReport`.
     """
-    return Archiver(settings).run(stop_event, max_records=max_records, idle_exit_s=idle_exit_s)
+    return Archiver(settings, worker_process=worker_process).run(
+        stop_event, max_records=max_records, idle_exit_s=idle_exit_s)

@@ -1,0 +1,235 @@
+"""The archiver's work without Kafka: decode, check, buffer and roll readings into Parquet.
+
+:class:`ArchiveCore` takes the record values of one poll of one topic-partition, joined in
+one buffer (cheap to hand to another process), and answers with an :class:`Outcome`: which
+records to dead-letter and why (the Kafka side builds them from its own records, with
+their exact source coordinates), and the partitions durable up to an offset. It runs in the
+archiver's worker process (see ``job.py``) or inline.
+
+Decoding gives exactly the codec's answer. A batch is first decoded in one call
+(``decode_lines`` over the values joined by newlines, valid only when no value holds a
+newline, none is null or oversized, every line decodes and every value fits float32);
+anything else sends the whole batch through :class:`codec.ReadingDecoder`, message by
+message, which names the reason of each dead letter.
+"""
+from __future__ import annotations
+
+import time
+from collections import namedtuple
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stream_ae.archiver.writer import ArchiveWriter, PartitionState
+from stream_ae.stream import codec
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_TS_TYPE = pa.timestamp("ns", tz="UTC")
+_REJECT_DETAIL = {  # the stream runner's wording
+    "duplicate": "a reading with this entity and timestamp was already accepted",
+    "out_of_order": "older than the entity's last accepted reading",
+}
+_Indexed = namedtuple("_Indexed", "value offset")   # offset: the record's index in its batch
+
+
+class _LenientReading(codec.Reading, forbid_unknown_fields=False):
+    """The codec's contract with unknown top-level fields ignored (``input.unknown_fields``)."""
+
+
+@dataclass
+class Outcome:
+    """What one call did: records to dead-letter ``(index in the batch, reason, detail,
+    entity)``, partitions durable up to (next offset), and counts."""
+
+    dead_letters: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    flushed: dict[int, int] = field(default_factory=dict)
+    rows: int = 0
+    files: int = 0
+    flushes: int = 0
+
+
+class _Buffer:
+    """Valid readings of one topic-partition since its last flush (record batches)."""
+
+    def __init__(self, state: PartitionState):
+        self.first: int | None = None    # first offset consumed since the last flush
+        self.last = state.through
+        self.started = 0.0               # monotonic time of the first record
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+        self.channels = set(state.channels)
+        self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
+
+
+class ArchiveCore:
+    """Buffers and archives the readings of the partitions it is given (no Kafka, no threads)."""
+
+    def __init__(self, topic: str, root: str, partition_by=("date",), compression: str = "zstd",
+                 file_rows: int = 250_000, max_file_age_s: float = 300.0, max_message_bytes: int = 65_536,
+                 unknown_fields: str = "reject", late_policy: str = "dead_letter"):
+        self.topic = topic
+        self.writer = ArchiveWriter(root, partition_by, compression)
+        self.file_rows, self.max_file_age_s = int(file_rows), float(max_file_age_s)
+        self.late_policy = late_policy
+        self.max_bytes = max_message_bytes
+        self.decoder = codec.ReadingDecoder(max_message_bytes, unknown_fields)
+        self._lines = msgspec.json.Decoder(codec.Reading if unknown_fields == "reject" else _LenientReading)
+        self._buffers: dict[int, _Buffer] = {}
+
+    def recover(self, partition: int) -> int:
+        """Take a partition on: clean up a cut-short flush; returns its last archived offset (-1: none)."""
+        state = self.writer.recover(self.topic, partition)
+        self._buffers[partition] = _Buffer(state)
+        return state.through
+
+    def ingest(self, partition: int, offsets: bytes, lengths: bytes, joined: bytes) -> Outcome:
+        """Archive one batch of a recovered partition, in offset order.
+
+        ``offsets`` and ``lengths`` are int64 arrays as bytes; ``joined`` is the values joined
+        by ``b"\\n"``; a null value (tombstone) has length -1 and adds nothing but the separator.
+        """
+        offsets, lengths = np.frombuffer(offsets, np.int64), np.frombuffer(lengths, np.int64)
+        starts = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0) + 1)[:-1]])  # (N,)
+        out, a = Outcome(), 0
+        while a < len(offsets):
+            buf = self._buffers[partition]
+            b = min(len(offsets), a + self.file_rows - buf.rows)   # no file above file_rows
+            if buf.first is None:
+                buf.first, buf.started = int(offsets[a]), time.monotonic()
+            buf.last = int(offsets[b - 1])
+            batch = _Batch(joined, starts[a:b], lengths[a:b], a)
+            self._accept(buf, batch, out)
+            if buf.rows >= self.file_rows:
+                self._flush(partition, out)
+            a = b
+        return out
+
+    def flush(self, partitions: list[int] | None = None, due_only: bool = False, forget: bool = False) -> Outcome:
+        """Write the buffers (all, or those older than ``max_file_age_s``) durably."""
+        out, now = Outcome(), time.monotonic()
+        for p in list(self._buffers) if partitions is None else partitions:
+            buf = self._buffers.get(p)
+            if buf is not None and buf.first is not None and (not due_only or now - buf.started >= self.max_file_age_s):
+                self._flush(p, out)
+            if forget:
+                self._buffers.pop(p, None)
+        return out
+
+    # -- one chunk ------------------------------------------------------------------------------
+    def _accept(self, buf: _Buffer, batch: "_Batch", out: Outcome) -> None:
+        decoded = self._decode_fast(batch)
+        if decoded is None:
+            decoded = self._decode_slow(batch, out)
+        if decoded is None:
+            return
+        entity, ts, columns, index = decoded
+        keep = np.ones(len(ts), bool)
+        last_ts = buf.last_ts
+        for i, (e, t) in enumerate(zip(entity, ts.tolist())):
+            prev = last_ts.get(e)
+            if prev is not None and t <= prev:
+                keep[i] = False
+                reason = "duplicate" if t == prev else "out_of_order"
+                if self.late_policy == "dead_letter":
+                    out.dead_letters.append((batch.first + int(index[i]), reason, _REJECT_DETAIL[reason], e))
+                out.reasons[reason] = out.reasons.get(reason, 0) + 1
+            else:
+                last_ts[e] = t
+        table = pa.table({"entity": pa.array(entity, pa.string()),
+                          "timestamp": pa.array(ts, pa.int64()).view(_TS_TYPE),
+                          **{c: col.cast(pa.float32()) for c, col in columns.items()}})
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+        if table.num_rows:
+            buf.tables.append(table)
+            buf.rows += table.num_rows
+            buf.channels.update(columns)
+
+    def _decode_fast(self, batch: "_Batch"):
+        n = len(batch.lengths)
+        if batch.lengths.min() < 0 or batch.lengths.max() > self.max_bytes:
+            return None
+        joined = batch.joined[batch.starts[0]:batch.starts[-1] + batch.lengths[-1]]
+        if joined.count(b"\n") != n - 1:     # a value holding a newline: lines are not records
+            return None
+        try:
+            readings = self._lines.decode_lines(joined)
+        except msgspec.MsgspecError:
+            return None
+        if len(readings) != n:
+            return None
+        try:
+            ts = np.array([r.ts for r in readings], np.int64) * 1_000_000   # epoch ms -> ns
+        except TypeError:   # some are RFC 3339 datetimes
+            ts = np.array([t * 1_000_000 if type(t) is int else codec.datetime_to_ns(t)
+                           for t in (r.ts for r in readings)], np.int64)
+        columns = _columns([r.values for r in readings])
+        for col in columns.values():
+            top = pc.max(pc.abs(col)).as_py()
+            if top is not None and top > _F32_MAX:   # the codec calls it non_finite: let it say so
+                return None
+        return [r.entity for r in readings], ts, columns, np.arange(n)
+
+    def _decode_slow(self, batch: "_Batch", out: Outcome):
+        ok, bad = self.decoder.decode(batch.values())
+        for letter in bad:
+            out.dead_letters.append((batch.first + letter.source_offset, letter.reason, letter.detail, letter.entity))
+            out.reasons[letter.reason] = out.reasons.get(letter.reason, 0) + 1
+        if not ok:
+            return None
+        ts = np.array([r.ts_ns for r in ok], np.int64)
+        index = np.array([r.message.offset for r in ok], np.int64)
+        return [r.entity for r in ok], ts, _columns([r.values for r in ok]), index
+
+    def _flush(self, partition: int, out: Outcome) -> None:
+        buf = self._buffers[partition]
+        channels = tuple(sorted(buf.channels))
+        table = None
+        if buf.tables:
+            table = pa.concat_tables(buf.tables, promote_options="default")
+            for c in channels:
+                if c not in table.column_names:      # seen before, absent from this whole file
+                    table = table.append_column(c, pa.nulls(table.num_rows, pa.float32()))
+            table = table.select(["entity", "timestamp", *channels])
+        files = self.writer.write(self.topic, partition, buf.first, buf.last, table,
+                                  PartitionState(buf.last, channels, dict(buf.last_ts)))
+        out.rows += buf.rows
+        out.files += len(files)
+        out.flushes += 1
+        out.flushed[partition] = buf.last + 1
+        self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
+
+
+def _columns(dicts: list[dict]) -> dict[str, pa.Array]:
+    """Channel name -> float64 column (null where a reading lacks it), names sorted.
+
+    >>> {c: a.to_pylist() for c, a in _columns([{"b": 1.0, "a": None}, {"b": 2.0}]).items()}
+    {'a': [None, None], 'b': [1.0, 2.0]}
+    """
+    names = sorted(set().union(*dicts))
+    if not names:
+        return {}
+    try:   # the usual case, every reading has every channel: one C call per reading
+        get = itemgetter(*names)
+        rows = list(map(get, dicts)) if len(names) > 1 else [(v,) for v in map(get, dicts)]
+        cols = list(zip(*rows))
+    except KeyError:
+        cols = [[d.get(c) for d in dicts] for c in names]
+    return {c: pa.array(col, pa.float64()) for c, col in zip(names, cols)}
+
+
+class _Batch:
+    """A slice of a joined batch: value i is ``joined[starts[i]:starts[i] + lengths[i]]``."""
+
+    def __init__(self, joined: bytes, starts: np.ndarray, lengths: np.ndarray, first: int):
+        self.joined, self.starts, self.lengths, self.first = joined, starts, lengths, first
+
+    def values(self) -> list[_Indexed]:
+        """Each value (None for a tombstone) with its index in this slice, for the codec."""
+        return [_Indexed(None if n < 0 else self.joined[s:s + n], i)
+                for i, (s, n) in enumerate(zip(self.starts.tolist(), self.lengths.tolist()))]
