@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         report = run_archiver(settings, stop, max_records=args.max_records, idle_exit_s=args.exit_when_idle)
-    except StreamAEError as exc:
+    except (StreamAEError, OSError) as exc:   # OSError: the archive root (disk full, permissions)
         print(f"jobs.archive: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"consumed": report.consumed, "rows": report.rows, "files": report.files,

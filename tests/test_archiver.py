@@ -107,6 +107,13 @@ def test_archive_settings_defaults_and_validation():
         load_settings(env={}, overrides=["archive.file_row=5"])
 
 
+def test_job_refuses_a_bad_setting_with_one_line():
+    done = subprocess.run([sys.executable, "-m", "jobs.archive", "--set", "archive.partition_by=hour"],
+                          cwd=REPO, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert "archive.partition_by" in done.stderr.decode().strip().splitlines()[-1]
+
+
 def _table(entity, ts_ns):
     return wide_table(entity, np.array(ts_ns), [{"flow": 1.0, "pressure": 2.0, "temp": 3.0}] * len(ts_ns), CHANNELS)
 

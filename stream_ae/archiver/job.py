@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import logging
-import multiprocessing
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from stream_ae.archiver.core import ArchiveCore, Outcome
+from stream_ae.archiver import worker
+from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 
@@ -55,61 +52,6 @@ class ArchiveReport:
     last_flush_at: float | None = None
 
 
-# -- the worker process -------------------------------------------------------------------------
-_CORE: ArchiveCore | None = None
-
-
-def _start_worker(kwargs: dict) -> None:
-    global _CORE
-    if sys.platform.startswith("linux"):   # die with the job, even on SIGKILL: no orphan writes files
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the job decides when to stop
-    _CORE = ArchiveCore(**kwargs)
-
-
-def _call(method: str, *args):
-    return getattr(_CORE, method)(*args)
-
-
-def _pack(batch: list) -> tuple[bytes, bytes, bytes]:
-    """(offsets, lengths, joined values) of a poll's records: three buffers, cheap to pickle.
-
-    >>> from types import SimpleNamespace as R
-    >>> offsets, lengths, joined = _pack([R(offset=7, value=b"ab"), R(offset=8, value=None)])
-    >>> np.frombuffer(lengths, np.int64).tolist(), joined
-    ([2, -1], b'ab\\n')
-    """
-    values = [r.value for r in batch]
-    n = len(values)
-    offsets = np.fromiter((r.offset for r in batch), np.int64, n)
-    if None in values:   # a tombstone: length -1, nothing joined (the codec dead-letters it)
-        lengths = np.array([-1 if v is None else len(v) for v in values], np.int64)
-        values = [b"" if v is None else v for v in values]
-    else:
-        lengths = np.fromiter(map(len, values), np.int64, n)
-    return offsets.tobytes(), lengths.tobytes(), b"\n".join(values)
-
-
-class _Inline:
-    """The executor interface over an ArchiveCore in this process (``worker_process=False``)."""
-
-    def __init__(self, kwargs: dict):
-        self.core = ArchiveCore(**kwargs)
-
-    def submit(self, fn, method, *args) -> cf.Future:
-        fut = cf.Future()
-        try:
-            fut.set_result(getattr(self.core, method)(*args))
-        except Exception as exc:   # handed to whoever reads the future, as a pool would
-            fut.set_exception(exc)
-        return fut
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
-
-
-# -- the Kafka side ---------------------------------------------------------------------------------
 class Archiver:
     """Consume readings and archive them; :meth:`run` until a stop event.
 
@@ -151,12 +93,7 @@ class Archiver:
 
         s, a = self.settings, self.settings.archive
         with contextlib.ExitStack() as stack:
-            if self.worker_process:
-                self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_start_worker, initargs=(self._core_kwargs(),))
-                self._pool.submit(_call, "flush", []).result()   # start it (imports) now, from this thread
-            else:
-                self._pool = _Inline(self._core_kwargs())
+            self._pool = worker.start(self._core_kwargs(), in_process=not self.worker_process)
             stack.callback(self._pool.shutdown)
             self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
                                               "enable_idempotence": True, "linger_ms": 5})
@@ -179,7 +116,7 @@ class Archiver:
                     break
             with self._lock:
                 self._drain()
-                self._apply(self._pool.submit(_call, "flush", None).result())
+                self._apply(_result(self._pool.submit(worker.call, "flush", None)))
             self._commit()
         return self.report
 
@@ -201,9 +138,9 @@ class Archiver:
             for tp, batch in records.items():
                 if tp.partition in self._owned:
                     n += len(batch)
-                    self._in_flight.append((self._pool.submit(_call, "ingest", tp.partition, *_pack(batch)), batch))
+                    self._in_flight.append((self._pool.submit(worker.call, "ingest", tp.partition, *worker.pack(batch)), batch))
             if age_check:
-                self._in_flight.append((self._pool.submit(_call, "flush", None, True), None))
+                self._in_flight.append((self._pool.submit(worker.call, "flush", None, True), None))
             while self._in_flight and (self._in_flight[0][0].done() or len(self._in_flight) > MAX_IN_FLIGHT):
                 self._apply(*self._pop())
         self._seek(seeks)
@@ -213,7 +150,7 @@ class Archiver:
 
     def _pop(self) -> tuple[Outcome, list | None]:
         fut, batch = self._in_flight.popleft()
-        return fut.result(), batch
+        return _result(fut), batch
 
     def _apply(self, out: Outcome, batch: list | None = None) -> None:
         r = self.report
@@ -268,7 +205,7 @@ class Archiver:
         seeks = {}
         for p in parts:
             tp = TopicPartition(topic, p)
-            through = self._pool.submit(_call, "recover", p).result()   # after the polls before it
+            through = _result(self._pool.submit(worker.call, "recover", p))   # after the polls before it
             dropped = records.pop(tp, None)
             seeks[tp] = (through, dropped[0].offset if dropped else None)
             self._owned.add(p)
@@ -296,7 +233,7 @@ class Archiver:
                 return
             try:
                 self._drain()
-                self._apply(self._pool.submit(_call, "flush", parts, False, True).result())
+                self._apply(_result(self._pool.submit(worker.call, "flush", parts, False, True)))
             except Exception as exc:  # raised in the poll loop; the next owner resumes from the marker
                 self._failed = exc
             self._owned -= set(parts)
@@ -308,6 +245,14 @@ class Archiver:
         """Listener (IO thread): note the partitions; the poll loop recovers them before use."""
         with self._lock:
             self._to_recover |= {tp.partition for tp in assigned}
+
+
+def _result(fut: cf.Future):
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:
+        raise StreamAEError("the archiver's worker process died (out of memory?); nothing after the last "
+                            "archived offset was committed: a restart resumes from the archive") from exc
 
 
 class _Listener:

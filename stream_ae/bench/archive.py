@@ -62,7 +62,7 @@ def _settings(bootstrap: str, kind: str, topic: str, dlq: str, root: str):
     return load_settings(env={}, overrides=overrides + [f"{k}={v}" for k, v in SETTINGS.items()])
 
 
-def _tree_peak_rss_mb(pid: int, seen: dict[int, int]) -> None:
+def _sample_peak_rss(pid: int, seen: dict[int, int]) -> None:
     """Record VmHWM (KiB) of ``pid`` and its descendants into ``seen`` (Linux /proc)."""
     todo = [pid]
     while todo:
@@ -107,9 +107,10 @@ def _in_child(target, *args) -> dict:
     seen: dict[int, int] = {}
     try:
         while True:
-            _tree_peak_rss_mb(proc.pid, seen)
+            _sample_peak_rss(proc.pid, seen)
             try:
                 result = queue.get(timeout=0.05)
+                _sample_peak_rss(proc.pid, seen)   # the high-water mark only grows: this is the peak
                 break
             except Empty:
                 if not proc.is_alive():
