@@ -69,7 +69,7 @@ class Archiver:
         self.report = ArchiveReport()
         self._owned: set[int] = set()
         self._to_recover: set[int] = set()
-        self._in_flight: collections.deque[cf.Future] = collections.deque()
+        self._in_flight: collections.deque[tuple[cf.Future, list | None]] = collections.deque()  # (answer, records)
         self._to_commit: dict[int, int] = {}
         self._consumer = self._producer = self._pool = None
         self._closing = False
@@ -138,7 +138,8 @@ class Archiver:
             for tp, batch in records.items():
                 if tp.partition in self._owned:
                     n += len(batch)
-                    self._in_flight.append((self._pool.submit(worker.call, "ingest", tp.partition, *worker.pack(batch)), batch))
+                    fut = self._pool.submit(worker.call, "ingest", tp.partition, *worker.pack(batch))
+                    self._in_flight.append((fut, batch))
             if age_check:
                 self._in_flight.append((self._pool.submit(worker.call, "flush", None, True), None))
             while self._in_flight and (self._in_flight[0][0].done() or len(self._in_flight) > MAX_IN_FLIGHT):
