@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backfill", help="score a Parquet archive with a trained model",
                        description="Score a Parquet archive; writes a Parquet scores dataset partitioned like the input.")
     b.add_argument("--archive", required=True, help="Parquet file, directory, hive dataset, or filesystem URI")
-    b.add_argument("--model", required=True, help="artifact directory, e.g. models/<version>")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="artifact directory, e.g. models/<version>")
+    src.add_argument("--deployment", help="the version a registry deployment points at, e.g. production")
+    b.add_argument("--registry", default="models", help="registry for --deployment (default: models)")
     b.add_argument("--out", required=True, help="output directory or URI for the scores dataset")
     b.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: score only this worker's share of entities")
     _layout_flags(b)
@@ -160,10 +163,20 @@ def cmd_backfill(args) -> int:
     from stream_ae.backfill import run_backfill
 
     layout = _layout(args) if (args.entity_col or args.time_col or args.channels) else None
-    report = run_backfill(args.archive, args.model, args.out, shard=args.shard, start=args.start,
+    model = args.model
+    if args.deployment:
+        from stream_ae.registry import Registry
+
+        model = str(Registry(args.registry).resolve(args.deployment))
+    report = run_backfill(args.archive, model, args.out, shard=args.shard, start=args.start,
                           end=args.end, device=args.device, batch_rows=args.batch_rows,
                           progress=not args.no_progress, layout=layout, restart=args.restart)
-    print(report.summary() if hasattr(report, "summary") else report)
+    r = report
+    state = "complete" if r.complete else "stopped early (re-run to resume)"
+    print(f"backfill shard {r.shard[0]}/{r.shard[1]} {state}: {r.windows_scored:,} windows from "
+          f"{r.rows_read:,} rows, {r.anomalies:,} anomalous, {r.duplicates_dropped:,} duplicate rows "
+          f"dropped; {r.fragments_done} fragments ({r.fragments_resumed} resumed) -> {len(r.output_files)} "
+          f"files in {args.out}; {r.seconds:.1f} s, {r.windows_per_s:,.0f} windows/s; model {r.model_version}")
     return 0
 
 

@@ -17,7 +17,8 @@ def detect_offline(out: Path, history: Path, artifact_path: Path, df, train_end:
     shutil.rmtree(scores_dir, ignore_errors=True)
     start = np.datetime64(train_end, "ns").astype(str)
     report = run_backfill(str(history), str(artifact_path), str(scores_dir), start=start)
-    print(report.summary() if hasattr(report, "summary") else report)
+    print(f"backfill: {report.windows_scored:,} windows scored, {report.anomalies:,} anomalous, "
+          f"{report.windows_per_s:,.0f} windows/s")
     table = ds.dataset(scores_dir, format="parquet", partitioning="hive").to_table().to_pandas()
     frames, detections = {}, []
     for entity, g in table.groupby("entity"):
