@@ -224,3 +224,36 @@ def test_hot_swap_names_the_new_model_version(scorer, artifact):
     det.swap_scorer(new)
     events, _, _ = run(det, entity[600:], ts[600:], values[600:], chunk=100)
     assert events and all(e.model_version == "conv-undercomplete-v2" for e in events)
+
+
+def test_hot_swap_restarts_thresholds_from_the_new_models_calibration(scorer, artifact):
+    """A threshold learned on one model's scores means nothing for another's: after a swap every
+    entity's threshold starts from the new artifact's calibration (here 1000x the old one)."""
+    import dataclasses
+    import math
+
+    from stream_ae.thresholds import build_threshold, threshold_from_dict
+    from stream_ae.thresholds.base import ThresholdSpec, threshold_to_dict
+
+    entity, ts, values = plant(anomaly=None)
+    det = make_detector(scorer)
+    run(det, entity[:600], ts[:600], values[:600], chunk=100)
+    old_value = det.table.get("pump-a").threshold.value
+    spec = ThresholdSpec.from_dict(artifact.threshold["spec"])
+    loud = build_threshold(spec)
+    loud.fit(1000.0 * np.asarray(Scorer(artifact, device="cpu").score_windows(
+        np.lib.stride_tricks.sliding_window_view(values[:300], T, axis=0).transpose(0, 2, 1)).score))
+    v2 = dataclasses.replace(artifact, version="conv-undercomplete-v2", threshold=threshold_to_dict(loud))
+    det.swap_scorer(Scorer(v2, device="cpu"))
+    events, _, _ = run(det, entity[600:], ts[600:], values[600:], chunk=100)
+    state = det.table.get("pump-a")
+    assert state.model_version == "conv-undercomplete-v2"
+    assert state.threshold.value > 100 * old_value      # started from v2's calibration, not v1's state
+    assert not events                                   # v1's scores under v2's threshold: no alert
+    # the version travels with the snapshot, so a restart keeps the threshold it learned
+    snap = state.state_dict()
+    restored = det._new_state("pump-a")
+    restored.load_state_dict(snap)
+    assert restored.model_version == "conv-undercomplete-v2"
+    assert math.isclose(restored.threshold.value, state.threshold.value)
+    assert threshold_from_dict(threshold_to_dict(restored.threshold)).value == restored.threshold.value

@@ -110,10 +110,14 @@ class Detector:
     """
 
     def __init__(self, scorer, threshold_spec: ThresholdSpec, threshold_state: dict | None,
-                 alert_policy: AlertPolicy, window_spec: WindowSpec, max_entities: int = 100_000):
+                 alert_policy: AlertPolicy, window_spec: WindowSpec, max_entities: int = 100_000,
+                 threshold_overrides: dict | None = None):
         self.scorer = scorer
         self.threshold_spec = threshold_spec
         self.threshold_state = threshold_state
+        self.threshold_overrides = dict(threshold_overrides or {})
+        # A threshold learns one model's scores: per model version, the calibration to start from.
+        self._calibrations = {scorer.version: (threshold_spec, threshold_state)}
         self.alert_policy = alert_policy
         self.window_spec = window_spec
         self.channels = tuple(scorer.channels)
@@ -135,12 +139,21 @@ class Detector:
             )
 
     def _new_state(self, entity: str) -> EntityState:
-        threshold = build_threshold(self.threshold_spec)
-        if self.threshold_state is not None:
-            threshold.load_state_dict(self.threshold_state)
         tracker = AlertTracker(self.alert_policy)
         windower = SeriesWindower(self.window_spec, len(self.channels))
-        return EntityState(entity, windower, threshold, tracker)
+        state = EntityState(entity, windower, None, tracker)
+        self._seed_threshold(state, self.scorer)
+        return state
+
+    def _seed_threshold(self, state: EntityState, scorer) -> None:
+        """Start ``state``'s threshold from ``scorer``'s calibration (a new entity, or a new model)."""
+        if scorer.version not in self._calibrations:
+            self._calibrations[scorer.version] = calibrated_threshold(scorer.artifact, self.threshold_overrides)
+        spec, calibration = self._calibrations[scorer.version]
+        threshold = build_threshold(spec)
+        if calibration is not None:
+            threshold.load_state_dict(calibration)
+        state.threshold, state.model_version = threshold, scorer.version
 
     @property
     def model_version(self) -> str:
@@ -211,6 +224,11 @@ class Detector:
             hi = lo + len(wb)
             score, channel_error = prep.scored.score[lo:hi], prep.scored.channel_error[lo:hi]  # (b,), (b, C)
             lo = hi
+            if state.model_version != prep.scorer.version:
+                # Scores of another model (hot reload, rollback, a restart on a new version, a
+                # snapshot from before): the old threshold is in the wrong units; restart from
+                # this model's calibration. Windows and open alerts carry on.
+                self._seed_threshold(state, prep.scorer)
             flags, values = state.threshold.step_many(score)
             state.windows += len(wb)
             events = state.tracker.observe_many(state.entity, wb.end_ts, score, values, flags, channel_error,
@@ -277,20 +295,27 @@ def _with_windows(events: list, wb) -> list[tuple[Any, int | None]]:
 
 def build_detector(settings, scorer) -> Detector:
     """A Detector for the settings' threshold, alert and input sections and the scorer's artifact."""
-    import dataclasses
-
     import msgspec
 
-    art = scorer.artifact
-    spec = ThresholdSpec.from_dict(art.threshold["spec"])
     overrides = {k: v for k, v in msgspec.structs.asdict(settings.threshold).items() if v is not None}
-    state = art.threshold.get("state")
+    spec, state = calibrated_threshold(scorer.artifact, overrides)
+    a = settings.alerts
+    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
+    return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities,
+                    threshold_overrides=overrides)
+
+
+def calibrated_threshold(artifact, overrides: dict | None = None) -> tuple[ThresholdSpec, dict | None]:
+    """(spec, state) every entity starts from: the artifact's calibration, unless settings
+    override the rule, in which case the calibration no longer applies and entities warm up."""
+    import dataclasses
+
+    spec = ThresholdSpec.from_dict(artifact.threshold["spec"])
+    state = artifact.threshold.get("state")
     if overrides:
         new = dataclasses.replace(spec, **overrides)
         if new != spec:
-            log.warning("threshold settings %s differ from the artifact's calibration: every entity warms up",
-                        overrides)
+            log.warning("threshold settings %s differ from model %s's calibration: every entity warms up",
+                        overrides, artifact.version)
             spec, state = new, None
-    a = settings.alerts
-    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
-    return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities)
+    return spec, state

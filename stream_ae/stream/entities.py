@@ -15,12 +15,15 @@ lost; one whose snapshot has also aged out of the parked set starts fresh (count
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from stream_ae.errors import ConfigError
+from stream_ae.errors import ConfigError, StreamAEError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class EntityState:
     offsets: dict[int, int] = field(default_factory=dict)  # readings partition -> next offset
     partition: int = -1  # partition of the last absorbed reading (where its checkpoint goes)
     windows: int = 0  # windows scored into this state, ever
+    model_version: str = ""  # the model whose scores `threshold` has learned ("" = not yet known)
 
     def state_dict(self) -> dict:
         """JSON-safe snapshot (NaN may appear as a float: encode with ``allow_nan``)."""
@@ -45,13 +49,15 @@ class EntityState:
             "offsets": {str(p): int(o) for p, o in self.offsets.items()},
             "partition": int(self.partition),
             "windows": int(self.windows),
+            "model_version": self.model_version,
         }
 
     def load_state_dict(self, d: dict) -> None:
         """Restore a snapshot made by :meth:`state_dict`."""
         try:
+            self.model_version = str(d.get("model_version", ""))  # absent in snapshots before it existed
             self.windower.load_state_dict(d["windower"])
-            self.threshold.load_state_dict(d["threshold"])
+            self._load_threshold(d["threshold"])
             self.tracker.load_state_dict(d["tracker"])
             self.offsets = {int(p): int(o) for p, o in d["offsets"].items()}
             self.partition = int(d["partition"])
@@ -61,6 +67,16 @@ class EntityState:
                 f"entity state for {self.entity!r} is malformed ({type(exc).__name__}: {exc}); "
                 "delete the state topic to start this entity afresh"
             ) from exc
+
+    def _load_threshold(self, threshold_state: dict) -> None:
+        """A snapshot's threshold may be of another model's rule (another kind after a hot
+        reload): then it cannot apply, and the detector re-seeds it from the running model."""
+        try:
+            self.threshold.load_state_dict(threshold_state)
+        except (StreamAEError, KeyError, TypeError, ValueError) as exc:
+            log.warning("entity %r: threshold state of model %r does not fit the running rule (%s); "
+                        "it restarts from the model's calibration", self.entity, self.model_version, exc)
+            self.model_version = ""
 
 
 class EntityTable:
