@@ -88,3 +88,35 @@ def test_report_drift_writes_the_marker_the_retrain_job_reads(tmp_path):
     assert saved == record and DriftEvent.from_dict(saved["event"]) == event
     with pytest.raises(ConfigError, match="deployment name"):
         report_drift(tmp_path / "models", "../etc", event)
+
+
+def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path):
+    """The runner's watch: normal scores that shift up raise the metric and write the marker the
+    retrain job reads; flagged windows are never fed; a new model version starts afresh."""
+    import numpy as np
+
+    from stream_ae.drift import drift_marker_path
+    from stream_ae.stream.detector import DetectorOutput
+    from stream_ae.stream.drift_watch import DriftWatch
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.settings import load_settings
+
+    settings = load_settings(env={}, overrides=[f"model.registry={tmp_path}", "model.deployment=prod"])
+    metrics = StreamMetrics()
+    watch = DriftWatch(settings, metrics)
+    rng = np.random.default_rng(0)
+
+    def batch(level, flagged=False):
+        scores = rng.lognormal(level, 0.2, 256).astype(np.float32)
+        return DetectorOutput(scores=scores, flags=np.full(256, flagged), end_ts=np.arange(256, dtype=np.int64))
+
+    for _ in range(60):
+        assert watch.observe(batch(0.0), "v1") == []
+    for _ in range(60):  # anomalies (flagged) at a much higher level are not drift
+        assert watch.observe(batch(3.0, flagged=True), "v1") == []
+    found = [e for _ in range(60) for e in watch.observe(batch(1.0), "v1")]
+    assert found and found[0].direction == "up"
+    assert metrics.sample("stream_ae_drift_events_total", {"direction": "up"}) >= 1
+    assert (tmp_path / drift_marker_path("prod")).exists()
+    # a new model's scores have other units: its detector starts from nothing
+    assert watch.observe(batch(5.0), "v2") == []

@@ -68,6 +68,10 @@ class DetectorOutput:
     suppressed: int = 0  # events already published before a restart
     scoring_s: float = 0.0
     entities: list = field(default_factory=list)  # entity ids touched by this batch
+    # every window scored, in entity then time order: a read-only tap (drift watch, demo plot)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))    # (B,)
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))           # (B,)
+    end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # (B,) ns
 
 
 @dataclass
@@ -220,6 +224,7 @@ class Detector:
         if prep.pending and prep.scored is None:
             raise DataError("finish() needs a scored batch: call PreparedBatch.score() first")
         lo = 0
+        flag_parts, ts_parts = [], []
         for state, wb, idx in prep.pending:
             hi = lo + len(wb)
             score, channel_error = prep.scored.score[lo:hi], prep.scored.channel_error[lo:hi]  # (b,), (b, C)
@@ -230,6 +235,8 @@ class Detector:
                 # this model's calibration. Windows and open alerts carry on.
                 self._seed_threshold(state, prep.scorer)
             flags, values = state.threshold.step_many(score)
+            flag_parts.append(flags)
+            ts_parts.append(wb.end_ts)
             state.windows += len(wb)
             events = state.tracker.observe_many(state.entity, wb.end_ts, score, values, flags, channel_error,
                                                 self.channels, prep.scorer.version)
@@ -241,6 +248,9 @@ class Detector:
                 out.events.append(event)
                 out.event_index.append(int(idx[wb.end_index[window]]) if window is not None else int(idx[-1]))
         out.windows_scored = lo
+        if flag_parts:
+            out.scores, out.flags, out.end_ts = prep.scored.score[:lo], np.concatenate(flag_parts), \
+                np.concatenate(ts_parts)
         self.table.unpin(out.entities)
         self.table.trim()
         return out

@@ -50,6 +50,8 @@ class StreamMetrics:
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
                          registry=r)
         self.checkpoints = Counter("stream_ae_checkpoints", "Checkpoints written", registry=r)
+        self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (ADWIN), "
+                             "by direction", ["direction"], registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
         self.last_poll = 0.0
         self.assigned: list[int] = []

@@ -43,6 +43,7 @@ import numpy as np
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 from stream_ae.stream.batcher import MicroBatcher
+from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.detector import ReadingBatch, build_detector
 from stream_ae.stream.metrics import StreamMetrics
@@ -78,6 +79,7 @@ class StreamRunner:
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
         self.detector = build_detector(settings, scorer)
+        self.drift = DriftWatch(settings, self.metrics)
         self.metrics.set_model(scorer.version)
         self.decoder = codec.ReadingDecoder(settings.input.max_message_bytes, settings.input.unknown_fields)
         self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
@@ -217,7 +219,8 @@ class StreamRunner:
     def _finish_oldest(self) -> None:
         """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight."""
         job = self._inflight.popleft()
-        out = self.detector.finish(job.future.result())  # re-raises a scoring error here
+        prep = job.future.result()  # re-raises a scoring error here
+        out = self.detector.finish(prep)
         m = self.metrics
         late_policy = self.settings.input.late_policy
         for i, reason in out.rejected:
@@ -228,6 +231,7 @@ class StreamRunner:
                 m.dead_letters.labels(reason).inc()
         for event, i in zip(out.events, out.event_index):
             self._publish(event, job.ingest_s[i])
+        self.drift.observe(out, prep.scorer.version)
         m.windows.inc(out.windows_scored)
         m.batch_windows.observe(out.windows_scored)
         if out.windows_scored:
