@@ -1,0 +1,256 @@
+"""The sections of the service settings: one frozen msgspec Struct each, validated on build.
+
+:mod:`stream_ae.stream.settings` assembles them into :class:`Settings` and loads them from
+file, environment and flags. Passwords and tokens are :class:`Secret`: masked in ``repr``.
+The kafka-python passthrough (``[kafka.client]``) is checked here against the client's own
+configuration names.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+from msgspec import Meta
+
+_MASK = "**********"
+_SECRET_WORDS = ("password", "secret", "token")
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` give ``'**********'``.
+
+    >>> s = Secret("hunter2"); s, str(s), s.get_secret_value()
+    (**********, '**********', 'hunter2')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = str(value)
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+Port = Annotated[int, Meta(ge=0, le=65535, description="0 disables")]
+Prob = Annotated[float, Meta(gt=0.0, lt=1.0)]
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "stream-ae"
+    session_timeout_ms: Annotated[int, Meta(ge=1000, le=3_600_000)] = 10_000
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    readings_topic: str = "readings"
+    alerts_topic: str = "alerts"
+    dead_letter_topic: str = "readings.dead-letter"
+    state_topic: str = "stream-ae.state"
+    client: Mapping[str, Any] = msgspec.field(default_factory=dict)  # kafka-python passthrough
+
+    def __post_init__(self):
+        msgspec.structs.force_setattr(self, "client", types.MappingProxyType(_client_config(self.client)))
+
+
+class ModelSettings(_Section):
+    registry: str = "models"               # directory or URI of the model registry
+    deployment: str | None = None          # name of a deployment in the registry, or ...
+    artifact: str | None = None            # ... a path to one artifact version
+    device: str = "auto"
+    reload_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0   # 0: never look for a new version
+
+    def __post_init__(self):
+        if self.deployment and self.artifact:
+            raise ValueError("set model.deployment or model.artifact, not both")
+
+
+class BatchSettings(_Section):
+    max_size: Annotated[int, Meta(ge=1)] = 1024
+    max_wait_ms: Annotated[int, Meta(ge=0)] = 100
+    torch_threads: Annotated[int, Meta(ge=0)] = 1  # model threads; 0 keeps torch's default (all cores)
+
+
+class ThresholdSettings(_Section):
+    """Overrides of the artifact's calibrated threshold; ``None`` keeps the artifact's value."""
+
+    kind: Literal["evt", "quantile"] | None = None
+    q: Prob | None = None
+    level: Prob | None = None
+    quantile: Prob | None = None
+    factor: Annotated[float, Meta(gt=0.0)] | None = None
+    warmup: Annotated[int, Meta(ge=0)] | None = None
+
+
+class AlertSettings(_Section):
+    k: Annotated[int, Meta(ge=1)] = 3                  # open after k flagged windows ...
+    n: Annotated[int, Meta(ge=1)] = 5                  # ... among the last n
+    update_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
+    quiet_s: Annotated[float, Meta(ge=0.0)] = 300.0    # resolve after this long unflagged
+
+    def __post_init__(self):
+        if self.k > self.n:
+            raise ValueError(f"alerts.k ({self.k}) must not exceed alerts.n ({self.n})")
+
+
+class InputSettings(_Section):
+    max_message_bytes: Annotated[int, Meta(ge=64)] = 65_536
+    unknown_fields: Literal["reject", "ignore"] = "reject"
+    late_policy: Literal["dead_letter", "drop"] = "dead_letter"   # late/out_of_order/duplicate
+    max_entities: Annotated[int, Meta(ge=1)] = 100_000
+
+
+class OpsSettings(_Section):
+    metrics_port: Port = 9108
+    health_port: Port = 8080
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` or ``"2w"``.
+
+    >>> parse_duration("3d"), parse_duration("1.5h")
+    (259200.0, 5400.0)
+    """
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{key}={text!r} is not a duration; write a number and a unit s, m, h, d or w, e.g. '30d'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class RetrainSettings(_Section):
+    """The retraining job (``python -m jobs.retrain``): spans, preset, promotion rule, where to write."""
+
+    history: str | None = None               # Parquet history, path or URI; None: archive.root (the archiver's output)
+    deployment: str | None = None            # None: model.deployment
+    model: str = "conv"                      # preset name (stream_ae.presets)
+    variant: str = "undercomplete"
+    train_span: str = "30d"                  # the challenger trains on [now - holdout - train_span, now - holdout)
+    holdout_span: str = "3d"                 # both models are compared on [now - holdout, now)
+    align: str = "1h"                        # `now` is floored to this: a retry in the same slot redoes the same run
+    interval: str = "1d"                     # --schedule: run when the last successful retrain is older
+    run_on_drift: bool = False               # --schedule: also run when a drift marker is newer
+    error_tolerance: Annotated[float, Meta(ge=0.0)] = 0.05        # median error <= champion's * (1 + tol)
+    alert_rate_tolerance: Annotated[float, Meta(ge=0.0)] = 0.10   # alert rate <= champion's * (1 + tol) + slack
+    alert_rate_slack: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.005
+    recall_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0  # recall >= champion's - tol (labels only)
+    labels: str | None = None                # Parquet/CSV of labelled events or operator feedback
+    report_dir: str = "retrain-reports"
+    lock_timeout_s: Annotated[float, Meta(ge=0.0)] = 3600.0       # wait this long for a run training the same data
+    min_holdout_windows: Annotated[int, Meta(ge=1)] = 100
+    device: str = "auto"
+    seed: int = 0
+    epochs: Annotated[int, Meta(ge=1)] | None = None              # None: the preset's
+    max_windows: Annotated[int, Meta(ge=1)] | None = None
+    window: Annotated[int, Meta(ge=2)] | None = None
+
+    def __post_init__(self):
+        for key in ("train_span", "holdout_span", "align", "interval"):
+            seconds = parse_duration(getattr(self, key), f"retrain.{key}")
+            if seconds <= 0 and key != "interval":
+                raise ValueError(f"retrain.{key} must be longer than 0")
+
+
+class ArchiveSettings(_Section):
+    """The archiver job (``python -m jobs.archive``): readings topic -> Parquet history."""
+
+    root: str = "archive"                          # directory or URI of the Parquet history
+    group_id: str = "stream-ae-archiver"           # its own consumer group, not the detector's
+    partition_by: tuple[str, ...] | str = ("date",)   # ("date",) or ("date", "entity"); "date,entity" from --set
+    file_rows: Annotated[int, Meta(ge=1)] = 250_000     # roll a file at this many rows per topic-partition ...
+    max_file_age_s: Annotated[float, Meta(gt=0.0)] = 300.0   # ... or when its first row is this old
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+    def __post_init__(self):
+        raw = self.partition_by
+        keys = tuple(k.strip() for k in (raw.split(",") if isinstance(raw, str) else raw) if k.strip())
+        if keys not in (("date",), ("date", "entity")):
+            raise ValueError(f"archive.partition_by must be [\"date\"] or [\"date\", \"entity\"], not {list(keys)}")
+        msgspec.structs.force_setattr(self, "partition_by", keys)
+
+
+# ---- the kafka-python passthrough ------------------------------------------------------
+
+_FIRST_CLASS = {"bootstrap_servers", "group_id", "session_timeout_ms", "auto_offset_reset"}
+
+
+def _client_defaults(role: str) -> dict[str, Any]:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer  # slow import: lazily
+    classes = {"consumer": [KafkaConsumer], "producer": [KafkaProducer],
+               "admin": [KafkaAdminClient]}.get(role, [KafkaConsumer, KafkaProducer, KafkaAdminClient])
+    configs = [c.DEFAULT_CONFIG for c in classes]
+    if role in ("any", "common"):
+        names = set.union(*map(set, configs)) if role == "any" else set.intersection(*map(set, configs))
+    else:
+        names = set(configs[0])
+    merged = {k: v for c in configs for k, v in c.items() if k in names}
+    # Only plain values can come from TOML; objects (selectors, contexts, callables) cannot.
+    return {k: v for k, v in merged.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
+def _accepted_keys(role: str) -> set[str]:
+    if role not in ("common", "consumer", "producer", "admin"):
+        raise ValueError(f"role must be common, consumer, producer or admin, not {role!r}")
+    return set(_client_defaults(role))
+
+
+def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check passthrough keys against kafka-python's own, coerce env strings, wrap secrets."""
+    if not raw:
+        return {}
+    known = _client_defaults("any")
+    out = {}
+    for key, value in raw.items():
+        if key in _FIRST_CLASS:
+            raise ValueError(f"kafka.client.{key}: set kafka.{key} instead")
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"kafka.client.{key} is not a kafka-python setting"
+                             + (f"; did you mean kafka.client.{hint[0]}?" if hint else ""))
+        default = known[key]
+        if isinstance(value, Secret):
+            value = value.get_secret_value()
+        if isinstance(value, str) and isinstance(default, (bool, int, float)) and not isinstance(default, str):
+            value = _parse_scalar(key, value, type(default))
+        elif default is not None and type(value) is not type(default) \
+                and not (isinstance(default, float) and type(value) is int):
+            raise ValueError(f"kafka.client.{key}: expected {type(default).__name__}, "
+                             f"got {type(value).__name__}")
+        out[key] = Secret(value) if any(w in key for w in _SECRET_WORDS) else value
+    return out
+
+
+def _parse_scalar(key: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return lowered in ("true", "1", "yes", "on")
+        raise ValueError(f"kafka.client.{key}: expected true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"kafka.client.{key}: expected {kind.__name__}, got {text!r}") from None
+
+
+# ---- loading ---------------------------------------------------------------------------
