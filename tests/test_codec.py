@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from stream_ae.stream import codec
+from stream_ae.stream import codec, contracts
 from stream_ae.stream.codec import (Alert, ChannelShare, ReadingDecoder,
                                     dead_letter, decode_alert, decode_dead_letter,
                                     decode_readings, encode_alert, encode_dead_letter)
@@ -169,15 +169,15 @@ def test_values_to_row_orders_by_model_channels():
 # ---- outgoing messages and the schema files ----------------------------------------------
 
 def test_schema_files_match_the_structs():
-    assert codec.stale_schemas(SCHEMA_DIR) == [], \
-        "run: python -m stream_ae.stream.codec --write-schemas schemas/"
+    assert contracts.stale_schemas(SCHEMA_DIR) == [], \
+        "run: python -m stream_ae.stream.contracts --write-schemas schemas/"
 
 
 def test_stale_schema_is_detected(tmp_path):
-    codec.write_schemas(tmp_path)
+    contracts.write_schemas(tmp_path)
     (tmp_path / "alert.v1.json").write_text("{}")
-    assert codec.stale_schemas(tmp_path) == ["alert.v1.json"]
-    assert codec.main(["--check", str(tmp_path)]) == 1
+    assert contracts.stale_schemas(tmp_path) == ["alert.v1.json"]
+    assert contracts.main(["--check", str(tmp_path)]) == 1
 
 
 def test_alert_round_trip_conforms_to_its_schema_file():
