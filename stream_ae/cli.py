@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
     bench.add_argument("--rows", default=None, help="backfill: comma-separated archive sizes, e.g. 1000000,10000000")
     bench.add_argument("--n", type=int, default=None, help="stream: number of readings")
+    bench.add_argument("--consumers", default=None,
+                       help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
     return parser
 
 
@@ -207,8 +209,12 @@ def cmd_bench(args) -> int:
             kwargs["rows"] = tuple(int(r) for r in args.rows.split(","))
         run_backfill_bench(json_path=args.json_path, **kwargs)
         return 0
-    from stream_ae.bench.stream import run_stream_bench
+    from stream_ae.bench.stream import run_scaleout_bench, run_stream_bench
 
+    if args.consumers:
+        run_scaleout_bench(n=args.n, consumers=tuple(int(k) for k in args.consumers.split(",")),
+                           json_path=args.json_path)
+        return 0
     run_stream_bench(json_path=args.json_path, n=args.n)
     return 0
 

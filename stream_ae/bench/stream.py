@@ -37,9 +37,9 @@ TORCH_THREADS = 1              # on 2 shared cores, a 2nd intra-op thread fights
 SETTINGS = {"batch.max_size": 1024, "batch.max_wait_ms": 20, "kafka.client.fetch_max_wait_ms": 20}
 
 
-def _artifact(out_dir: Path):
+def _artifact_path(out_dir: Path) -> Path:
     """The conv preset, 8 channels, trained 1 epoch on 20k windows of a clean plant; cached."""
-    from stream_ae.artifact import load_artifact, save_artifact
+    from stream_ae.artifact import save_artifact
     from stream_ae.data.layout import Layout
     from stream_ae.data.synthetic import generate_plant, write_history
     from stream_ae.presets import PRESETS
@@ -50,7 +50,7 @@ def _artifact(out_dir: Path):
     if marker.exists():
         path = Path(json.loads(marker.read_text())["path"])
         if path.is_dir():
-            return load_artifact(path)
+            return path
     history = out_dir / "stream-bench-history"
     df, _ = generate_plant(n_entities=4, n_channels=CHANNELS, n_rows=6_000, freq_s=1.0, seed=1, anomalies=False)
     write_history(df, history)
@@ -58,16 +58,22 @@ def _artifact(out_dir: Path):
                      TrainConfig(epochs=1, max_windows=20_000, device="cpu", progress=False), preset.threshold)
     path = save_artifact(artifact, out_dir / "stream-bench-models")
     marker.write_text(json.dumps({"path": str(path)}))
-    return load_artifact(path)
+    return Path(path)
 
 
-def _messages(n: int) -> list[tuple[bytes, bytes]]:
+def _artifact(out_dir: Path):
+    from stream_ae.artifact import load_artifact
+
+    return load_artifact(_artifact_path(out_dir))
+
+
+def _messages(n: int, entities: int = ENTITIES) -> list[tuple[bytes, bytes]]:
     """N readings of a synthetic plant with injected anomalies, time-interleaved, keyed by entity."""
     from stream_ae.data.synthetic import generate_plant
     from stream_ae.stream import codec
 
-    rows = -(-n // ENTITIES)
-    df, _ = generate_plant(n_entities=ENTITIES, n_channels=CHANNELS, n_rows=rows, freq_s=1.0, seed=2,
+    rows = -(-n // entities)
+    df, _ = generate_plant(n_entities=entities, n_channels=CHANNELS, n_rows=rows, freq_s=1.0, seed=2,
                            anomaly_rate=1e-3, start="2026-03-01")
     df = df.iloc[:n]
     channels = [f"ch_{i}" for i in range(CHANNELS)]
@@ -118,21 +124,27 @@ class _LatencyTap:
         self.histogram.observe(seconds)
 
 
-def _topics(bootstrap: str, tag: str) -> dict[str, str]:
+def _topics(bootstrap: str, tag: str, partitions: int = 4) -> dict[str, str]:
     from stream_ae.stream.broker import create_topics
 
     s = f"{tag}-{uuid.uuid4().hex[:8]}"
     topics = {"readings_topic": f"bench-readings-{s}", "alerts_topic": f"bench-alerts-{s}",
               "dead_letter_topic": f"bench-dlq-{s}", "state_topic": f"bench-state-{s}"}
-    create_topics(bootstrap, {topics["readings_topic"]: 4, topics["alerts_topic"]: 1,
-                              topics["dead_letter_topic"]: 1, topics["state_topic"]: 4},
+    create_topics(bootstrap, {topics["readings_topic"]: partitions, topics["alerts_topic"]: 1,
+                              topics["dead_letter_topic"]: 1, topics["state_topic"]: partitions},
                   compact={topics["state_topic"]})
     return topics
 
 
 def _settings(broker, topics: dict):
-    from stream_ae.presets import PRESETS
     from stream_ae.stream.settings import load_settings
+
+    return load_settings(env={}, overrides=_overrides(broker, topics))
+
+
+def _overrides(broker, topics: dict) -> list[str]:
+    """``section.key=value`` settings of every run (a fresh group id each call)."""
+    from stream_ae.presets import PRESETS
 
     alert = PRESETS["conv"].alert
     session_ms = 3000 if broker.kind == "embedded" else 6000
@@ -140,8 +152,7 @@ def _settings(broker, topics: dict):
                  f"kafka.session_timeout_ms={session_ms}", "model.device=auto",
                  f"alerts.k={alert.k}", f"alerts.n={alert.n}", f"alerts.quiet_s={alert.quiet_s}",
                  f"alerts.update_interval_s={alert.update_interval_s}"]
-    overrides += [f"kafka.{k}={v}" for k, v in topics.items()] + [f"{k}={v}" for k, v in SETTINGS.items()]
-    return load_settings(env={}, overrides=overrides)
+    return overrides + [f"kafka.{k}={v}" for k, v in topics.items()] + [f"{k}={v}" for k, v in SETTINGS.items()]
 
 
 def raw_consume_rate(settings, n: int) -> float:
@@ -308,11 +319,25 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out") -> dict:
     return result
 
 
+def run_scaleout_bench(n=DEFAULT_N, consumers=(1, 2), json_path=None, out_dir="bench-out") -> dict:
+    """k detector processes in one group over the same N readings, for each k in ``consumers``:
+    aggregate readings/s, CPU per process, every window scored once, no duplicate alert
+    (``stream_ae/bench/scaleout.py``)."""
+    from stream_ae.bench.scaleout import run_scaleout_bench as run
+
+    return run(n=int(n or DEFAULT_N), consumers=consumers, json_path=json_path, out_dir=out_dir)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stream_ae.bench.stream")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--consumers", default=None, help="scale-out: comma-separated process counts, e.g. 1,2")
     args = parser.parse_args(argv)
+    if args.consumers:
+        run_scaleout_bench(n=args.n, consumers=tuple(int(k) for k in args.consumers.split(",")),
+                           json_path=args.json_path)
+        return 0
     run_stream_bench(json_path=args.json_path, n=args.n)
     return 0
 
