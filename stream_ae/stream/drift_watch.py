@@ -52,7 +52,9 @@ class DriftWatch:
         found = self._monitor.update_many(out.scores[normal], ts=out.end_ts[normal])
         for event in found:
             self.metrics.drift.labels(event.direction).inc()
-            log.warning("drift: model %s scores moved %s (mean log-score %.3f -> %.3f)", model_version,
+            # scores rising means the model fits worse (retrain); falling is worth a note only
+            level = logging.WARNING if event.direction == "up" else logging.INFO
+            log.log(level, "drift: model %s scores moved %s (mean log-score %.3f -> %.3f)", model_version,
                         event.direction, event.mean_before, event.mean_after,
                         extra={"fields": {"event": "drift", "model_version": model_version, **event.to_dict()}})
             if self.registry and self.deployment and event.direction == "up":
