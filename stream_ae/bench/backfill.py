@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from stream_ae.bench import config_key
+
 ENTITIES = 8
 CHANNELS = 8
 TORCH_THREADS = 2
@@ -39,6 +41,7 @@ def ensure_archive(out_dir: Path, rows: int) -> Path:
     return root
 
 
+
 def _configs():
     """The default conv preset (model, window, threshold), with hop 1."""
     from stream_ae.data.windows import WindowSpec
@@ -55,17 +58,18 @@ def ensure_artifact(out_dir: Path, archive: Path) -> tuple[Path, str]:
     from stream_ae.training import TrainConfig, train
 
     model, window, threshold, source = _configs()
+    key = config_key(model, window, threshold)  # a changed preset retrains, never reuses
     marker = out_dir / "bench-model.json"
     if marker.exists():
         saved = json.loads(marker.read_text())
-        if Path(saved["path"]).is_dir() and saved["source"] == source:
+        if Path(saved["path"]).is_dir() and saved.get("config") == key:
             return Path(saved["path"]), source
     from stream_ae.data.layout import Layout
     artifact = train(str(archive), Layout(), window, model,
                      TrainConfig(epochs=1, max_windows=20_000, device="cpu",
                                  num_threads=TORCH_THREADS, progress=False), threshold)
     path = save_artifact(artifact, out_dir / "bench-models")
-    marker.write_text(json.dumps({"path": str(path), "source": source}))
+    marker.write_text(json.dumps({"path": str(path), "config": key}))
     return path, source
 
 

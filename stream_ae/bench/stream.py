@@ -45,11 +45,15 @@ def _artifact_path(out_dir: Path) -> Path:
     from stream_ae.presets import PRESETS
     from stream_ae.training import TrainConfig, train
 
+    from stream_ae.bench import config_key
+
     preset = PRESETS["conv"]
+    key = config_key(preset.model, preset.window, preset.threshold)
     marker = out_dir / "stream-bench-model.json"
     if marker.exists():
-        path = Path(json.loads(marker.read_text())["path"])
-        if path.is_dir():
+        saved = json.loads(marker.read_text())
+        path = Path(saved["path"])
+        if path.is_dir() and saved.get("config") == key:
             return path
     history = out_dir / "stream-bench-history"
     df, _ = generate_plant(n_entities=4, n_channels=CHANNELS, n_rows=6_000, freq_s=1.0, seed=1, anomalies=False)
@@ -57,7 +61,7 @@ def _artifact_path(out_dir: Path) -> Path:
     artifact = train(str(history), Layout(), preset.window, preset.model,
                      TrainConfig(epochs=1, max_windows=20_000, device="cpu", progress=False), preset.threshold)
     path = save_artifact(artifact, out_dir / "stream-bench-models")
-    marker.write_text(json.dumps({"path": str(path)}))
+    marker.write_text(json.dumps({"path": str(path), "config": key}))
     return Path(path)
 
 
