@@ -6,7 +6,7 @@ import pytest
 
 from stream_ae.errors import DataError
 from stream_ae.evaluation.metrics import (
-    Confusion, NabTally, confusion, detection_windows, nab_score, nab_tally, predicted_changepoints)
+    NabTally, confusion, detection_windows, nab_score, nab_tally, predicted_changepoints)
 
 S = 10**9  # ns per second
 

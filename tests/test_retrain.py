@@ -11,7 +11,7 @@ import torch
 
 from stream_ae.data.synthetic import generate_plant, write_history
 from stream_ae.errors import ConfigError, DataError
-from stream_ae.registry import PromotionConflict, Registry
+from stream_ae.registry import Registry
 from stream_ae.retraining import ModelMetrics, PromotionRule, decide, is_due, run_retrain
 from stream_ae.stream.settings import load_settings
 

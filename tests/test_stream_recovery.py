@@ -19,7 +19,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stream_ae.stream import codec

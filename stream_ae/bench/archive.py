@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from queue import Empty

@@ -28,7 +28,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 from stream_ae.errors import StreamAEError
