@@ -103,6 +103,15 @@ class Registry:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path} in registry {self.root} is not valid JSON: {exc}") from None
 
+    def put_record(self, relpath: str, obj: dict) -> None:
+        """Replace the JSON record at ``relpath`` under the root, whole (temp + rename on a
+        local disk, one PUT on an object store). Jobs keep their small state files this way."""
+        self._write_json(self._join(*relpath.split("/")), obj, replace=True)
+
+    def get_record(self, relpath: str) -> dict | None:
+        """The JSON record at ``relpath`` under the root; None when absent."""
+        return self._read_json(self._join(*relpath.split("/")))
+
     def _write_json(self, path: str, obj: dict, *, replace: bool) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
         parent = path.rsplit("/", 1)[0]

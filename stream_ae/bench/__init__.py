@@ -9,3 +9,16 @@ def config_key(model, window, threshold) -> str:
     return json.dumps({"model": model.to_dict(), "window": window.to_dict(),
                        "threshold": threshold.to_dict()}, sort_keys=True)
 
+
+def emit(result: dict, json_path=None) -> dict:
+    """Print a benchmark's figures as JSON and, when asked, write them to ``json_path``."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")
+    return result
+

@@ -15,13 +15,14 @@ run, never absolute rates across runs.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import tempfile
 import uuid
 from pathlib import Path
 from queue import Empty
+
+from stream_ae.bench import emit
 
 ENTITIES = 16
 CHANNELS = 8
@@ -165,12 +166,7 @@ def run_archive_bench(n: int = DEFAULT_N, json_path=None) -> dict:
         "target_ratio": TARGET_RATIO,
     }
     result["meets_target"] = bool(result["ratio"] >= TARGET_RATIO and archived_rows == n)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(text + "\n")
-    return result
+    return emit(result, json_path)
 
 
 def main(argv=None) -> int:

@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from stream_ae.bench import emit
 from stream_ae.errors import StreamAEError
 
 ENTITIES = 256        # 16 entities hash 13:3 onto the two halves of 8 partitions; 256 give 134:122
@@ -276,9 +277,4 @@ def run_scaleout_bench(n: int = 200_000, consumers=(1, 2), json_path=None, out_d
                   "raw_consume_msgs_per_s: one bare kafka-python consumer on the same topic, same run",
                   "the broker, the members and this process share the machine's cores"],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(text + "\n")
-    return result
+    return emit(result, json_path)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stream_ae.bench import emit
+
 ENTITIES = 16
 CHANNELS = 8
 DEFAULT_N = 200_000
@@ -315,12 +317,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out") -> dict:
     }
     result["meets_targets"] = bool(result["ratio"] >= TARGET_RATIO and lat["latency_p99_ms"] is not None
                                    and lat["latency_p99_ms"] <= TARGET_P99_MS)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(text + "\n")
-    return result
+    return emit(result, json_path)
 
 
 def run_scaleout_bench(n=DEFAULT_N, consumers=(1, 2), json_path=None, out_dir="bench-out") -> dict:

@@ -27,7 +27,6 @@ import os
 import socket
 import tempfile
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -49,26 +48,13 @@ class RetrainBusy(StreamAEError):
 # -- small registry-side records (a local path or any pyarrow filesystem) ----------------------
 
 def write_json(registry: Registry, relpath: str, obj: dict) -> None:
-    """Replace ``<registry root>/<relpath>`` whole (temp + rename locally, one PUT on a store)."""
-    data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
-    path = registry._join(*relpath.split("/"))
-    parent = path.rsplit("/", 1)[0]
-    registry.fs.create_dir(parent, recursive=True)
-    if not registry.local:
-        with registry.fs.open_output_stream(path) as f:
-            f.write(data)
-        return
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``<registry root>/<relpath>`` whole (see :meth:`Registry.put_record`)."""
+    registry.put_record(relpath, obj)
 
 
 def read_json(registry: Registry, relpath: str) -> dict | None:
     """The record at ``relpath`` under the registry root, None when absent."""
-    return registry._read_json(registry._join(*relpath.split("/")))
+    return registry.get_record(relpath)
 
 
 def _iso(ns: int) -> str:
