@@ -165,7 +165,7 @@ def test_config_round_trips_through_json():
 
 def test_config_unknown_key_names_it_and_lists_valid_keys():
     d = ModelConfig().to_dict() | {"hiden": 64}
-    with pytest.raises(ConfigError, match=r"'hiden'.*valid keys are: .*hidden"):
+    with pytest.raises(ConfigError, match=r"unknown model setting\(s\): hiden; valid: .*hidden"):
         ModelConfig.from_dict(d)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError
 
 
@@ -95,13 +96,7 @@ class AlertPolicy:
     @classmethod
     def from_dict(cls, d: dict) -> "AlertPolicy":
         """Build from a dict; unknown keys are a :class:`ConfigError`."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"alert policy must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown alert setting(s): {', '.join(unknown)}; valid: {', '.join(names)}")
-        return cls(**d)
+        return from_mapping(cls, d, "alert")
 
 
 def _as_bands(bands) -> tuple[tuple[str, float], ...]:

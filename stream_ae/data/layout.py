@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError
 
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
@@ -64,7 +65,4 @@ class Layout:
     @classmethod
     def from_dict(cls, d: dict) -> "Layout":
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        unknown = set(d) - {"entity", "timestamp", "channels", "timestamp_unit"}
-        if unknown:
-            raise ConfigError(f"unknown Layout keys: {sorted(unknown)}")
-        return cls(**d)
+        return from_mapping(cls, d, "layout")

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError, DataError
 
 _NEG = np.int64(-(2**62))  # "no such row" position, far below any real one
@@ -56,10 +57,7 @@ class WindowSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WindowSpec":
-        unknown = set(d) - {"length", "hop", "max_gap_s", "max_fill"}
-        if unknown:
-            raise ConfigError(f"unknown WindowSpec keys: {sorted(unknown)}")
-        return cls(**d)
+        return from_mapping(cls, d, "window")
 
 
 def sliding_windows(rows: np.ndarray, length: int, hop: int = 1) -> np.ndarray:

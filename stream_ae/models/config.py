@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError
 
 KINDS = ("conv", "lstm")
@@ -80,14 +81,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Build from a dict; unknown keys are a ConfigError, missing keys take defaults."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown model config key(s): {', '.join(map(repr, unknown))}; "
-                f"valid keys are: {', '.join(valid)}"
-            )
-        return cls(**d)
+        return from_mapping(cls, d, "model")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field and what would be valid."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from stream_ae.configs import from_mapping
 from stream_ae.errors import ArtifactError, ConfigError, DataError
 
 #: Fewest scores :meth:`Threshold.fit` accepts (and the smallest allowed ``warmup``).
@@ -105,13 +106,7 @@ class ThresholdSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ThresholdSpec":
         """Build from a dict; unknown keys are a :class:`ConfigError`, missing keys take defaults."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"threshold spec must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown threshold setting(s): {', '.join(unknown)}; valid: {', '.join(names)}")
-        return cls(**d)
+        return from_mapping(cls, d, "threshold")
 
 
 def _check_number(name: str, x) -> None:

@@ -1,0 +1,29 @@
+"""Building frozen config dataclasses from plain dicts (manifests, results files, settings)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+
+from stream_ae.errors import ConfigError
+
+
+def from_mapping(cls, d, what: str):
+    """``cls(**d)``, with unknown keys a :class:`ConfigError` naming them and the valid ones.
+
+    Missing keys take the dataclass defaults; values are validated by ``cls`` itself.
+
+    >>> from stream_ae.data.windows import WindowSpec
+    >>> from_mapping(WindowSpec, {"length": 30}, "window").length
+    30
+    >>> from_mapping(WindowSpec, {"lenght": 30}, "window")
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.ConfigError: unknown window setting(s): lenght; valid: length, hop, max_gap_s, max_fill
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{what} settings must be a mapping, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s): {', '.join(unknown)}; valid: {', '.join(names)}")
+    return cls(**d)
