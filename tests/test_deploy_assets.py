@@ -15,7 +15,6 @@ import contextlib
 import fnmatch
 import importlib
 import importlib.util
-import inspect
 import io
 import json
 import re
@@ -30,7 +29,6 @@ import yaml   # pyyaml, in the dev extra
 
 from stream_ae.backfill import shard_of
 from stream_ae.cli import build_parser
-from stream_ae.stream.runner import StreamRunner
 from stream_ae.stream.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -442,7 +440,7 @@ def test_detector_replicas_do_not_exceed_the_readings_partitions():
 
 def test_detector_grace_period_outlasts_a_batch_a_flush_and_a_checkpoint():
     dep, _, settings = _detector()
-    checkpoint_s = inspect.signature(StreamRunner).parameters["checkpoint_interval_s"].default
+    checkpoint_s = settings.kafka.checkpoint_interval_s
     flush_s = settings.kafka.client.get("request_timeout_ms", 30_000) / 1000
     needed = checkpoint_s + settings.batch.max_wait_ms / 1000 + flush_s
     grace = _pod_spec(dep)["terminationGracePeriodSeconds"]

@@ -146,3 +146,11 @@ def test_torch_threads_for_the_model_thread():
     assert load_settings(env={}, overrides=["batch.torch_threads=0"]).batch.torch_threads == 0
     with pytest.raises(ConfigError, match="torch_threads"):
         load_settings(env={}, overrides=["batch.torch_threads=-1"])
+
+
+def test_checkpoint_interval_is_a_validated_setting():
+    s = load_settings(env={"STREAM_AE_KAFKA__CHECKPOINT_INTERVAL_S": "2.5"})
+    assert s.kafka.checkpoint_interval_s == 2.5
+    assert "checkpoint_interval_s" not in s.kafka_client_kwargs("consumer")   # ours, not the client's
+    with pytest.raises(ConfigError, match="checkpoint_interval_s"):
+        load_settings(env={}, overrides=["kafka.checkpoint_interval_s=0"])

@@ -257,3 +257,13 @@ def test_hot_swap_restarts_thresholds_from_the_new_models_calibration(scorer, ar
     assert restored.model_version == "conv-undercomplete-v2"
     assert math.isclose(restored.threshold.value, state.threshold.value)
     assert threshold_from_dict(threshold_to_dict(restored.threshold)).value == restored.threshold.value
+
+
+def test_runner_takes_its_checkpoint_interval_from_the_settings(artifact):
+    """No broker needed: the runner's Kafka clients are created in run(), not in __init__."""
+    from stream_ae.stream.runner import StreamRunner
+    from stream_ae.stream.settings import load_settings
+
+    settings = load_settings(env={}, overrides=["kafka.checkpoint_interval_s=2.5"])
+    assert StreamRunner(settings, artifact).checkpoint_interval_s == 2.5
+    assert StreamRunner(settings, artifact, checkpoint_interval_s=1.0).checkpoint_interval_s == 1.0

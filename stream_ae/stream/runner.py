@@ -63,14 +63,15 @@ class StreamRunner:
     reload : callable or None
         ``reload() -> Scorer | None``, called every ``model.reload_interval_s`` between
         batches; a Scorer returned is swapped in (hot reload).
-    checkpoint_interval_s : float
-        Seconds between checkpoints (also taken on revoke and on shutdown).
+    checkpoint_interval_s : float or None
+        Seconds between checkpoints (also taken on revoke and on shutdown); None: the
+        setting ``kafka.checkpoint_interval_s``.
     metrics : StreamMetrics or None
         Where to count; a new registry by default.
     """
 
     def __init__(self, settings, scorer, *, reload: Callable[[], object] | None = None,
-                 checkpoint_interval_s: float = 5.0, metrics: StreamMetrics | None = None):
+                 checkpoint_interval_s: float | None = None, metrics: StreamMetrics | None = None):
         from stream_ae.artifact import Artifact
         from stream_ae.scoring import Scorer
 
@@ -83,7 +84,8 @@ class StreamRunner:
         self.metrics.set_model(scorer.version)
         self.decoder = codec.ReadingDecoder(settings.input.max_message_bytes, settings.input.unknown_fields)
         self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
-        self.checkpoint_interval_s = float(checkpoint_interval_s)
+        self.checkpoint_interval_s = float(settings.kafka.checkpoint_interval_s if checkpoint_interval_s is None
+                                           else checkpoint_interval_s)
         self._reload = reload
         self._next_reload = time.monotonic() + settings.model.reload_interval_s
         self._pending_scorer = None
@@ -437,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m stream_ae.stream.runner")
     parser.add_argument("--artifact", required=True, help="model artifact directory")
-    parser.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds between checkpoints")
+    parser.add_argument("--checkpoint-interval", type=float, default=None,
+                        help="seconds between checkpoints (default: kafka.checkpoint_interval_s)")
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

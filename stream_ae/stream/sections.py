@@ -63,6 +63,8 @@ class KafkaSettings(_Section):
     alerts_topic: str = "alerts"
     dead_letter_topic: str = "readings.dead-letter"
     state_topic: str = "stream-ae.state"
+    # seconds between checkpoints (state + offsets); a crash replays at most this much
+    checkpoint_interval_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 5.0
     client: Mapping[str, Any] = msgspec.field(default_factory=dict)  # kafka-python passthrough
 
     def __post_init__(self):
