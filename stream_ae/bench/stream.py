@@ -36,7 +36,8 @@ TARGET_RATIO, TARGET_P99_MS = 0.6, 200.0
 TORCH_THREADS = 1              # on 2 shared cores, a 2nd intra-op thread fights the Kafka I/O thread
 # Service settings used by every run; fetch_max_wait_ms bounds how long the broker holds an
 # empty fetch (kafka-python's 500 ms default shows up in the latency tail).
-SETTINGS = {"batch.max_size": 1024, "batch.max_wait_ms": 20, "kafka.client.fetch_max_wait_ms": 20}
+SETTINGS = {"batch.max_size": 1024, "batch.max_wait_ms": 20, "kafka.client.fetch_max_wait_ms": 20,
+            "kafka.checkpoint_interval_s": 5.0}
 
 
 def _artifact_path(out_dir: Path) -> Path:
@@ -214,7 +215,7 @@ def detector_rate(settings, artifact, n: int) -> tuple[float, dict]:
     """(b) Readings/s of the StreamRunner, assignment to last window scored; and where time went."""
     from stream_ae.stream.runner import StreamRunner
 
-    runner = StreamRunner(settings, artifact, checkpoint_interval_s=5.0)
+    runner = StreamRunner(settings, artifact)
     expected = n - ENTITIES * (artifact.window.length - 1)
     m = runner.metrics
     t0, t1 = _run(runner, lambda: (m.sample("stream_ae_windows_scored_total") or 0) >= expected)
@@ -239,7 +240,7 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path) -> dict:
         count = min(len(msgs), int(rate * LATENCY_SECONDS))
         path = out_dir / "stream-bench-paced.msgpack"
         path.write_bytes(msgspec.msgpack.encode(msgs[:count]))
-        runner = StreamRunner(settings, artifact, checkpoint_interval_s=5.0)
+        runner = StreamRunner(settings, artifact)
         tap = _LatencyTap(runner.metrics.latency)
         runner.metrics.latency = tap
         child = multiprocessing.get_context("spawn").Process(
