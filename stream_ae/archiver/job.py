@@ -32,6 +32,7 @@ from stream_ae.archiver import worker
 from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
+from stream_ae.stream.broker import rebalance_listener
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Archiver:
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": a.group_id,
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})
             stack.callback(self._close_consumer)
-            self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
+            self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             last_record = next_age_check = time.monotonic()
             while not stop.is_set():
                 got = self.step(age_check=time.monotonic() >= next_age_check)
@@ -254,22 +255,6 @@ def _result(fut: cf.Future):
     except BrokenProcessPool as exc:
         raise StreamAEError("the archiver's worker process died (out of memory?); nothing after the last "
                             "archived offset was committed: a restart resumes from the archive") from exc
-
-
-class _Listener:
-    """kafka-python ConsumerRebalanceListener adapter."""
-
-    def __new__(cls, archiver: Archiver):
-        from kafka import ConsumerRebalanceListener
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                archiver.on_revoked(revoked)
-
-            def on_partitions_assigned(self, assigned):
-                archiver.on_assigned(assigned)
-
-        return Listener()
 
 
 def run_archiver(settings, stop_event: threading.Event, *, max_records: int | None = None,

@@ -43,9 +43,10 @@ import numpy as np
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec
 from stream_ae.stream.batcher import MicroBatcher
-from stream_ae.stream.drift_watch import DriftWatch
+from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.detector import ReadingBatch, build_detector
+from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class StreamRunner:
             stack.callback(self._close_consumer)
             self._scoring = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
-            self._consumer.subscribe([s.kafka.readings_topic], listener=_Listener(self))
+            self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             self.metrics.running = True
             try:
                 while not stop.is_set():
@@ -386,22 +387,6 @@ class _InFlight:
 
     def done(self) -> bool:
         return self.future.done()
-
-
-class _Listener:
-    """kafka-python ConsumerRebalanceListener adapter (checkpoint on revoke, restore on assign)."""
-
-    def __new__(cls, runner: StreamRunner):
-        from kafka import ConsumerRebalanceListener
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                runner.on_revoked(revoked)
-
-            def on_partitions_assigned(self, assigned):
-                runner.on_assigned(assigned)
-
-        return Listener()
 
 
 _REJECT_DETAIL = {
