@@ -209,13 +209,9 @@ def cmd_bench(args) -> int:
             kwargs["rows"] = tuple(int(r) for r in args.rows.split(","))
         run_backfill_bench(json_path=args.json_path, **kwargs)
         return 0
-    from stream_ae.bench.stream import run_scaleout_bench, run_stream_bench
+    from stream_ae.bench.stream import run_from_flags
 
-    if args.consumers:
-        run_scaleout_bench(n=args.n, consumers=tuple(int(k) for k in args.consumers.split(",")),
-                           json_path=args.json_path)
-        return 0
-    run_stream_bench(json_path=args.json_path, n=args.n)
+    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers)
     return 0
 
 

@@ -336,12 +336,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--consumers", default=None, help="scale-out: comma-separated process counts, e.g. 1,2")
     args = parser.parse_args(argv)
-    if args.consumers:
-        run_scaleout_bench(n=args.n, consumers=tuple(int(k) for k in args.consumers.split(",")),
-                           json_path=args.json_path)
-        return 0
-    run_stream_bench(json_path=args.json_path, n=args.n)
+    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers)
     return 0
+
+
+def run_from_flags(n=None, json_path=None, consumers: str | None = None) -> dict:
+    """`--consumers 1,2`: the scale-out benchmark; otherwise the one-process benchmark."""
+    if consumers:
+        return run_scaleout_bench(n=n, consumers=tuple(int(k) for k in consumers.split(",")),
+                                  json_path=json_path)
+    return run_stream_bench(json_path=json_path, n=n)
 
 
 if __name__ == "__main__":
