@@ -54,3 +54,16 @@ def kafka_config(broker):
         "heartbeat_interval_ms": session_ms // 3,
         "enable_auto_commit": False,
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny test models gain nothing from a second thread; on shared, busy cores they wait
+    10-1000x longer for it. Modules opt in with ``pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

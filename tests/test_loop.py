@@ -13,7 +13,6 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from stream_ae.stream import codec
 from test_stream_ops import Producer, Running, overrides_for, read_alerts, stream_topics, wait_for
@@ -24,12 +23,7 @@ PART_ROWS = (3000, 400, 400)     # archived and trained on; then scored by the n
 SHIFT = ("unit_1", 150, 210)     # rows (within parts 2 and 3) of a level shift on ch_1
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plant_parts():

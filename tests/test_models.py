@@ -36,13 +36,7 @@ def small_config(kind: str, variant: str) -> ModelConfig:
                        sparsity="l1" if kind == "conv" else "kl", **size)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on shared, busy cores run ~10x faster single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=[(k, v) for k in KINDS for v in VARIANTS], ids=lambda p: f"{p[0]}-{p[1]}")

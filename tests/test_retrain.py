@@ -7,7 +7,6 @@ import threading
 
 import pandas as pd
 import pytest
-import torch
 
 from stream_ae.data.synthetic import generate_plant, write_history
 from stream_ae.errors import ConfigError, DataError
@@ -21,12 +20,7 @@ GOOD = ["retrain.epochs=8", "retrain.max_windows=3000"]
 POOR = ["retrain.epochs=1", "retrain.max_windows=500"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

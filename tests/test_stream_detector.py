@@ -75,13 +75,7 @@ def alert_policy():
     return AlertPolicy(k=2, n=4, update_interval_s=10.0, quiet_s=20.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model gains nothing from a second thread; on a loaded 2-core box it waits 1000x longer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
