@@ -4,9 +4,17 @@ Why not a plain ``libspot.Spot``: its state cannot be restored. It has no loader
 attributes are read-only, ``raw()`` is a C struct holding pointers, its counters grow without
 bound and its running sums depend on the whole past. So this class keeps its own bounded
 record -- excess threshold ``t``, the last ``max_excess`` peaks (oldest first), the counters
-``n`` and ``Nt`` and the fitted ``gamma``/``sigma`` -- and uses libspot only for the math: on
-every new peak the tail is refitted by libspot (Grimshaw's method, compared with the method of
-moments) on exactly the stored peaks. ``_fit_tail`` feeds libspot ``[0]*5 + peaks`` with a
+``n`` and ``Nt``, the fitted ``gamma``/``sigma`` and the peaks added since that fit -- and uses
+libspot only for the math: the tail is refitted by libspot (Grimshaw's method, compared with
+the method of moments) on exactly the stored peaks.
+
+When it is refitted: on every new peak while the tail holds at most ``1 / REFIT_SHARE``
+peaks, then once ``REFIT_SHARE`` of them are new (every 10th peak at the default 500).
+SPOT refits on every peak; a fit on 500 peaks costs ~60 us, and a drifting stream whose
+scores sit between ``t`` and the threshold makes every window a peak -- that refit was 40 %
+of the stream's per-reading CPU. Between refits each peak still moves the threshold through
+``n / Nt`` with the last ``gamma``/``sigma``; one new peak in 500 moves an MLE fit far less
+than its own standard error. ``_fit_tail`` feeds libspot ``[0]*5 + peaks`` with a
 tiny level so that its excess threshold is exactly 0 and its peaks are exactly ours (checked
 at every call). The refit is a pure function of the record, so ``load_state_dict`` restores
 decisions bit for bit.
@@ -38,6 +46,8 @@ from stream_ae.thresholds.base import (
 
 #: Fewest peaks for a GPD tail fit; fewer use the empirical quantile fallback.
 MIN_PEAKS = 10
+#: Refit the tail once this share of its stored peaks arrived since the last fit (see above).
+REFIT_SHARE = 0.02
 _PAD = 5                  # zeros in front of the peaks fed to libspot (fills its P² markers)
 _FIT_LEVEL = 1e-9         # puts libspot's excess threshold on those zeros
 
@@ -71,6 +81,7 @@ class EvtThreshold(Threshold):
         self._fallback = math.nan     # empirical 1 - q quantile of the calibration scores
         self._n = 0                   # scores learned (calibration + stream)
         self._nt = 0                  # peaks seen (may exceed the ones kept)
+        self._since_fit = 0           # peaks pushed since gamma/sigma were fitted
         self._buf = np.zeros(_PAD + self.spec.max_excess)   # zeros, then peaks oldest first
         self._size = 0
         self._warm: list[float] = []
@@ -121,11 +132,19 @@ class EvtThreshold(Threshold):
             self._buf[_PAD + self._size] = excess
             self._size += 1
         self._nt += 1
-        self._refit()
+        self._since_fit += 1
+        if self._method == "gpd" and self._since_fit < self._size * REFIT_SHARE:
+            self._set_threshold(self._gamma, self._sigma)   # same tail, new n / Nt
+        else:
+            self._refit()
 
     def _refit(self) -> None:
         gamma, sigma = (_fit_tail(self._buf[:_PAD + self._size], self._size)
                         if self._size >= MIN_PEAKS else (math.nan, math.nan))
+        self._since_fit = 0
+        self._set_threshold(gamma, sigma)
+
+    def _set_threshold(self, gamma: float, sigma: float) -> None:
         z = self._t + _gpd_excess_quantile(gamma, sigma, self.spec.q * self._n / self._nt) \
             if self._nt else math.nan
         if math.isfinite(z):
@@ -211,6 +230,7 @@ class EvtThreshold(Threshold):
             "method": self._method, "t": float_or_none(self._t), "z": float_or_none(self._z),
             "gamma": float_or_none(self._gamma), "sigma": float_or_none(self._sigma),
             "fallback": float_or_none(self._fallback), "n": self._n, "nt": self._nt,
+            "since_fit": self._since_fit,
             "peaks": self._buf[_PAD:_PAD + self._size].tolist(),
             "warm": list(self._warm),
             "recent": list(self._recent) if self.spec.depth else [],
@@ -226,6 +246,7 @@ class EvtThreshold(Threshold):
             self._gamma, self._sigma = none_to_nan(d["gamma"]), none_to_nan(d["sigma"])
             self._fallback = none_to_nan(d["fallback"])
             self._n, self._nt = int(d["n"]), int(d["nt"])
+            self._since_fit = int(d.get("since_fit", 0))  # states saved before it existed: just fitted
             peaks = np.asarray(d["peaks"], dtype=np.float64).reshape(-1)
             self._warm = [float(v) for v in d["warm"]]
             self._recent.extend(float(v) for v in d["recent"])
