@@ -31,6 +31,8 @@ class DriftWatch:
     """``observe(output, model_version)`` after each finished micro-batch."""
 
     def __init__(self, settings, metrics, monitor_factory=DriftMonitor, sample_per_batch: int = 64):
+        import river.drift  # noqa: F401 - ~1 s of imports (scipy): at start-up, not in the first batch
+
         self.metrics = metrics
         self.registry = settings.model.registry if settings.model.deployment else None
         self.deployment = settings.model.deployment
