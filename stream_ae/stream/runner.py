@@ -18,10 +18,11 @@ evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts 
 checkpoint protocol are in ``checkpoint.py``. ``python -m stream_ae.stream.runner`` runs
 one consumer until SIGTERM / SIGINT.
 
-Pipeline: the model runs in one worker thread (torch releases the GIL in its kernels) while
-this thread polls, decodes and windows the next micro-batch. At most ``max_in_flight``
-batches wait for or undergo scoring; they are finished (thresholds, alert lifecycles,
-publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
+Pipeline: the model runs in one worker thread (the scoring graph holds the GIL only to enter
+and leave) while this thread polls, decodes and windows the next micro-batch. At most
+``max_in_flight`` batches wait for or undergo scoring; while that many are, a ready batch
+keeps growing and is held back unless full. Batches are finished (thresholds, alert
+lifecycles, publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
 shutdown first finish the batches in flight, so a checkpoint never covers a batch whose
 alerts are not produced and acknowledged.
 """
@@ -60,7 +61,7 @@ class StreamRunner:
     settings : Settings
         Validated service settings (``stream_ae.stream.settings``).
     scorer : Scorer or Artifact
-        The model; an Artifact is wrapped in a Scorer on ``settings.model.device``.
+        The model; an Artifact is wrapped in a Scorer on ``settings.model.device`` and ``.precision``.
     reload : callable or None
         ``reload() -> Scorer | None``, called every ``model.reload_interval_s`` between
         batches; a Scorer returned is swapped in (hot reload).
@@ -77,7 +78,7 @@ class StreamRunner:
         from stream_ae.scoring import Scorer
 
         if isinstance(scorer, Artifact):
-            scorer = Scorer(scorer, device=settings.model.device)
+            scorer = Scorer(scorer, device=settings.model.device, precision=settings.model.precision)
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
         self.detector = build_detector(settings, scorer)
@@ -101,7 +102,11 @@ class StreamRunner:
         self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
         self._scoring: ThreadPoolExecutor | None = None  # the model's thread, while run() runs
 
-    max_in_flight = 1  # batches scoring while the next is prepared: 1 overlaps all there is to overlap
+    # Batches handed to the model's thread: one scoring, one prepared behind it. The poll loop
+    # never waits for the model unless the next batch is full: while the model is busy, the
+    # batch in the making keeps growing (bigger batches score cheaper per window) and the
+    # fetches keep flowing (a blocked poll loop is time the readings wait in the broker).
+    max_in_flight = 2
     # The model's thread needs the GIL back between torch ops; with Python's default 5 ms switch
     # interval it waits behind the polling thread after every op (scoring ran ~2x slower).
     gil_switch_interval_s = 0.0005
@@ -159,7 +164,7 @@ class StreamRunner:
         """One poll, and whatever is due: submit a batch, finish scored ones, checkpoint, reload."""
         timeout = self.batcher.poll_timeout_ms()
         if self._inflight:  # come back soon to publish the scored batch's alerts
-            timeout = min(timeout, 2)
+            timeout = min(max(timeout, 1), 2)  # >= 1 ms: a ready batch waiting for the model must not spin
         records = self._consumer.poll(timeout_ms=timeout, max_records=self.batcher.room() or 1)
         self.metrics.polled()
         with self._lock:
@@ -168,12 +173,17 @@ class StreamRunner:
                 records = self._restore(records)
             for batch in records.values():
                 self.batcher.add(batch)
-            if self.batcher.ready():
-                self._submit_batch()
             finished = False
-            while self._inflight and (len(self._inflight) > self.max_in_flight or self._inflight[0].done()):
+            while self._inflight and self._inflight[0].done():
                 self._finish_oldest()
                 finished = True
+            if self.batcher.ready():
+                if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
+                    self._finish_oldest()  # back-pressure: a full batch waits for the model
+                    finished = True
+                if len(self._inflight) < self.max_in_flight:
+                    self._submit_batch()
+                # else: the model is busy and the batch has room: it grows until either changes
             if finished:
                 self._update_lag()
         if self._assigned and self._checkpointer.due():
