@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     _time_flags(b)
     b.add_argument("--batch-rows", type=int, default=262_144, help="rows per record batch read")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    b.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32, or bf16 (CUDA, or a CPU with native bf16) / fp16 (CUDA) autocast")
     b.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=None, help="stream: number of readings")
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
+    bench.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                      help="stream: the detector's model.precision (bf16: CUDA or a CPU with native bf16)")
     return parser
 
 
@@ -172,7 +176,8 @@ def cmd_backfill(args) -> int:
         model = str(Registry(args.registry).resolve(args.deployment))
     report = run_backfill(args.archive, model, args.out, shard=args.shard, start=args.start,
                           end=args.end, device=args.device, batch_rows=args.batch_rows,
-                          progress=not args.no_progress, layout=layout, restart=args.restart)
+                          progress=not args.no_progress, layout=layout, restart=args.restart,
+                          precision=args.precision)
     r = report
     state = "complete" if r.complete else "stopped early (re-run to resume)"
     print(f"backfill shard {r.shard[0]}/{r.shard[1]} {state}: {r.windows_scored:,} windows from "
@@ -211,7 +216,7 @@ def cmd_bench(args) -> int:
         return 0
     from stream_ae.bench.stream import run_from_flags
 
-    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers)
+    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers, precision=args.precision)
     return 0
 
 

@@ -205,7 +205,7 @@ class _Run:
 def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
                  device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
                  layout=None, restart: bool = False, max_fragments: int | None = None,
-                 score_batch: int | None = None) -> BackfillReport:
+                 score_batch: int | None = None, precision: str = "fp32") -> BackfillReport:
     """Score every window of a Parquet archive and write a scores dataset partitioned like it.
 
     Parameters
@@ -238,6 +238,9 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     score_batch : int, optional
         Windows per forward pass; default 2048 on CPU (as fast as 8192 there, and keeps
         the peak memory flat), 8192 on CUDA.
+    precision : str
+        ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (see :class:`~stream_ae.scoring.Scorer`);
+        part of the checkpoint's arguments, so a resumed run keeps one precision.
 
     Returns
     -------
@@ -271,13 +274,15 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     identity, keys = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
             "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows)}
+    if precision != "fp32":  # checkpoints written before the option existed stay valid
+        args["precision"] = precision
     ckpt_path = checkpoint_path(out_root, shard)
     if restart:
         delete_checkpoint(out_fs, ckpt_path)
     checkpoint = load_checkpoint(out_fs, ckpt_path)
     if score_batch is None:
         score_batch = 8192 if resolve_device(device).type == "cuda" else 2048
-    run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device, batch_size=score_batch),
+    run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device, batch_size=score_batch, precision=precision),
                layout=layout, shard=shard)
     if checkpoint is None:
         checkpoint = Checkpoint(artifact.version, identity, args)

@@ -143,10 +143,10 @@ def _topics(bootstrap: str, tag: str, partitions: int = 4) -> dict[str, str]:
     return topics
 
 
-def _settings(broker, topics: dict):
+def _settings(broker, topics: dict, precision: str = "fp32"):
     from stream_ae.stream.settings import load_settings
 
-    return load_settings(env={}, overrides=_overrides(broker, topics))
+    return load_settings(env={}, overrides=_overrides(broker, topics) + [f"model.precision={precision}"])
 
 
 def _overrides(broker, topics: dict) -> list[str]:
@@ -227,7 +227,7 @@ def detector_rate(settings, artifact, n: int) -> tuple[float, dict]:
                          "model_seconds": round(model_s, 2), "model_share": round(model_s / elapsed, 3)}
 
 
-def latency_run(broker, artifact, msgs, rate: float, out_dir: Path) -> dict:
+def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: str = "fp32") -> dict:
     """(c) Offered load ``rate`` from another process; every alert's ingest-to-ack latency."""
     import msgspec
 
@@ -236,7 +236,7 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path) -> dict:
 
     topics = _topics(broker.bootstrap, "lat")
     try:
-        settings = _settings(broker, topics)
+        settings = _settings(broker, topics, precision)
         count = min(len(msgs), int(rate * LATENCY_SECONDS))
         path = out_dir / "stream-bench-paced.msgpack"
         path.write_bytes(msgspec.msgpack.encode(msgs[:count]))
@@ -274,8 +274,11 @@ def _crc32c_native() -> bool:
     return crc32c_c is not None
 
 
-def run_stream_bench(json_path=None, n=None, out_dir="bench-out") -> dict:
-    """Measure (a), (b), (c) in one run on one broker; print and return the figures."""
+def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str = "fp32") -> dict:
+    """Measure (a), (b), (c) in one run on one broker; print and return the figures.
+
+    ``precision``: the detector's ``model.precision`` in (b) and (c) (``bf16`` needs CUDA or a
+    CPU with native bf16)."""
     import torch
 
     from stream_ae.stream.broker import delete_topics, running_broker
@@ -292,10 +295,10 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out") -> dict:
         try:
             produce_rate = _produce_all(broker.bootstrap, topics["readings_topic"], msgs)
             raw = raw_consume_rate(_settings(broker, topics), n)
-            det, profile = detector_rate(_settings(broker, topics), artifact, n)
+            det, profile = detector_rate(_settings(broker, topics, precision), artifact, n)
         finally:
             delete_topics(broker.bootstrap, list(topics.values()))
-        lat = latency_run(broker, artifact, msgs, det / 2, out_dir)
+        lat = latency_run(broker, artifact, msgs, det / 2, out_dir, precision)
         kind = broker.kind
     from stream_ae.scoring import resolve_device
 
@@ -305,7 +308,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out") -> dict:
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "kafka_crc32c": _crc32c_native(),
         "model": {"source": "presets.PRESETS['conv']", "version": artifact.version, **artifact.model.to_dict()},
-        "window": artifact.window.to_dict(), "settings": SETTINGS,
+        "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision},
         "produce_msgs_per_s": round(produce_rate, 1),
         "raw_consume_msgs_per_s": round(raw, 1), "detector_msgs_per_s": round(det, 1),
         "ratio": round(det / raw, 3), **lat, "detector_profile": profile,
@@ -335,17 +338,18 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--consumers", default=None, help="scale-out: comma-separated process counts, e.g. 1,2")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     args = parser.parse_args(argv)
-    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers)
+    run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers, precision=args.precision)
     return 0
 
 
-def run_from_flags(n=None, json_path=None, consumers: str | None = None) -> dict:
+def run_from_flags(n=None, json_path=None, consumers: str | None = None, precision: str = "fp32") -> dict:
     """`--consumers 1,2`: the scale-out benchmark; otherwise the one-process benchmark."""
     if consumers:
         return run_scaleout_bench(n=n, consumers=tuple(int(k) for k in consumers.split(",")),
                                   json_path=json_path)
-    return run_stream_bench(json_path=json_path, n=n)
+    return run_stream_bench(json_path=json_path, n=n, precision=precision)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class ModelWatcher:
     def _scorer(self, artifact):
         from stream_ae.scoring import Scorer
 
-        return Scorer(artifact, device=self.settings.model.device)
+        return Scorer(artifact, device=self.settings.model.device, precision=self.settings.model.precision)
 
     def __call__(self):
         with self._lock:
