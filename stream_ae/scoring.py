@@ -28,6 +28,10 @@ from stream_ae.models import build_model, window_errors
 
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 log = logging.getLogger(__name__)
+#: Forward passes take a multiple of this many windows (the last one repeated). oneDNN and
+#: cuDNN build a kernel per input shape, ~8 ms each here: the stream's micro-batches of any
+#: size 1..1024 paid that for hundreds of shapes; rounded up, they need at most 32.
+SHAPE_STEP = 32
 
 
 class WindowScores(nn.Module):
@@ -162,6 +166,8 @@ class Scorer:
         self.channels = tuple(artifact.channels)
         self.window = artifact.window
         self.batch_size = int(batch_size)
+        if self.batch_size > SHAPE_STEP:  # whole steps, so only the last chunk is padded
+            self.batch_size = -(-self.batch_size // SHAPE_STEP) * SHAPE_STEP
         self.precision = precision
         self.length = int(artifact.model.window)
         model = build_model(artifact.model)
@@ -203,17 +209,19 @@ class Scorer:
             )
         scaled = self._scaler.transform(rows)  # (N, C) float32
         x_rows = self._to_device(scaled)  # (N, C)
-        idx = self._to_device(starts)  # (B,)
+        pad = -b % SHAPE_STEP  # repeat the last window: forward passes come in few shapes
+        idx = self._to_device(np.concatenate([starts, np.full(pad, starts[-1])]) if pad else starts)  # (B + pad,)
         scores = torch.empty(b, device=self.device)  # (B,)
         channel = torch.empty(b, n_ch, device=self.device)  # (B, C)
         dtype = self._autocast
         with torch.inference_mode():
             for lo in range(0, b, self.batch_size):
                 hi = min(lo + self.batch_size, b)
+                end = hi + pad if hi == b else hi
                 with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                    s, ch = self._graph(x_rows, idx[lo:hi])  # (b,), (b, C): float32 either way
-                scores[lo:hi] = s
-                channel[lo:hi] = ch
+                    s, ch = self._graph(x_rows, idx[lo:end])  # (b,), (b, C): float32 either way
+                scores[lo:hi] = s[:hi - lo]
+                channel[lo:hi] = ch[:hi - lo]
         return ScoreBatch(scores.cpu().numpy(), channel.cpu().numpy())
 
     def score_windows(self, windows: np.ndarray) -> ScoreBatch:
