@@ -202,6 +202,14 @@ class _Run:
         self.counters.duplicates_dropped += len(batch.rejected)
 
 
+def default_score_batch(device: str) -> int:
+    """Windows per forward pass: 2048 on CPU (as fast as 8192 there, and keeps the peak memory
+    flat), 8192 on CUDA."""
+    from stream_ae.scoring import resolve_device
+
+    return 8192 if resolve_device(device).type == "cuda" else 2048
+
+
 def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
                  device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
                  layout=None, restart: bool = False, max_fragments: int | None = None,
@@ -257,7 +265,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     """
     from stream_ae.artifact import check_channels, load_artifact
     from stream_ae.data.history import History
-    from stream_ae.scoring import Scorer, resolve_device
+    from stream_ae.scoring import Scorer
 
     shard = parse_shard(shard)
     if int(batch_rows) < 1:
@@ -281,7 +289,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
         delete_checkpoint(out_fs, ckpt_path)
     checkpoint = load_checkpoint(out_fs, ckpt_path)
     if score_batch is None:
-        score_batch = 8192 if resolve_device(device).type == "cuda" else 2048
+        score_batch = default_score_batch(device)
     run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device, batch_size=score_batch, precision=precision),
                layout=layout, shard=shard)
     if checkpoint is None:

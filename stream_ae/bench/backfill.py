@@ -110,9 +110,10 @@ def scorer_ceiling(artifact, windows: int = 65_536) -> float:
     import numpy as np
     import torch
 
+    from stream_ae.backfill.runner import default_score_batch
     from stream_ae.scoring import Scorer
     torch.set_num_threads(TORCH_THREADS)
-    scorer = Scorer(artifact, device="cpu")
+    scorer = Scorer(artifact, device="cpu", batch_size=default_score_batch("cpu"))  # as the backfill
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(windows + artifact.window.length, len(artifact.channels)))  # (N, C)
     starts = np.arange(windows, dtype=np.int64)                                       # (B,)

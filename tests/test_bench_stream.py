@@ -1,0 +1,50 @@
+"""The stream benchmark's load generator: what (c) offers is what the detector receives."""
+from __future__ import annotations
+
+import pytest
+
+from stream_ae.bench import stream as bench
+
+pytestmark = pytest.mark.kafka
+
+
+def _read_all(bootstrap: str, topic: str, expected: int) -> list:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(parts)
+        got = []
+        for record in consumer:
+            got.append(record)
+            if len(got) >= expected:
+                break
+        return got
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python"])
+def test_the_paced_generator_delivers_every_reading_keyed_as_kafka_python(broker, topic_factory, tmp_path,
+                                                                          monkeypatch, client):
+    import msgspec
+    from kafka.partitioner.default import murmur2
+
+    if client == "confluent-kafka":
+        pytest.importorskip("confluent_kafka")
+    else:
+        monkeypatch.setattr(bench, "load_generator", lambda: "kafka-python")
+    msgs = [(f"e{i % 7}".encode(), f'{{"n": {i}}}'.encode()) for i in range(300)]
+    path = tmp_path / "msgs.msgpack"
+    path.write_bytes(msgspec.msgpack.encode(msgs))
+    readings, warm = topic_factory(partitions=4), topic_factory()
+    bench._paced_producer(broker.bootstrap, readings, str(path), 3000.0, warm)
+
+    got = _read_all(broker.bootstrap, readings, len(msgs))
+    assert sorted(r.value for r in got) == sorted(v for _, v in msgs)  # every reading, once
+    for r in got:  # murmur2, as kafka-python and the Java client partition keys
+        assert r.partition == (murmur2(r.key) & 0x7FFFFFFF) % 4
+        assert r.timestamp > 0
+    assert [r.key for r in _read_all(broker.bootstrap, warm, 1)] == [b"warm-up"]
