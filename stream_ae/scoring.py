@@ -5,9 +5,9 @@ so a window scored from Parquet and the same window scored from Kafka give the
 same number. Only the rows travel to the device; overlapping windows are
 gathered there, never copied on the host.
 
-In full precision the gather, the model and the window errors run as one frozen
-TorchScript graph (:func:`score_graph`): one call per micro-batch that holds the GIL
-only to enter and leave. The eager module re-takes the GIL between every op, and in
+The gather, the model and the window errors run as one frozen TorchScript graph
+(:func:`score_graph`, traced under autocast for bf16/fp16): one call per micro-batch that
+holds the GIL only to enter and leave. The eager module re-takes the GIL between every op, and in
 the stream, where the Kafka thread wants it too, that made scoring about 2x slower.
 The graph gives the eager module's numbers: bitwise for conv, to float rounding for lstm
 (tested).

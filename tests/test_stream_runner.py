@@ -186,3 +186,23 @@ def test_hot_swap_between_batches_names_the_new_model(broker, topic_factory, kaf
     alerts = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, topics["alerts_topic"])]
     assert calls and alerts and {a.model_version for a in alerts} == {"conv-undercomplete-v2"}
     assert runner.metrics.health()["model_version"] == "conv-undercomplete-v2"
+
+
+def test_process_tuning_is_applied_while_running_and_undone_after():
+    import contextlib
+    import gc
+    import sys
+
+    import torch
+
+    from stream_ae.stream.tuning import SWITCH_INTERVAL_S, tune_process
+
+    interval, threads = sys.getswitchinterval(), torch.get_num_threads()
+    gc.unfreeze()
+    with contextlib.ExitStack() as stack:
+        tune_process(stack, torch_threads=1)
+        assert sys.getswitchinterval() == pytest.approx(min(interval, SWITCH_INTERVAL_S))
+        assert torch.get_num_threads() == 1
+        assert gc.get_freeze_count() > 1000  # the start-up heap is out of the collector's reach
+    assert sys.getswitchinterval() == interval and torch.get_num_threads() == threads
+    assert gc.get_freeze_count() == 0

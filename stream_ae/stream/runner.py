@@ -34,7 +34,6 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 import signal
-import sys
 import threading
 import time
 from typing import Callable
@@ -49,6 +48,7 @@ from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.detector import ReadingBatch, build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.metrics import StreamMetrics
+from stream_ae.stream.tuning import tune_process
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,6 @@ class StreamRunner:
     # batch in the making keeps growing (bigger batches score cheaper per window) and the
     # fetches keep flowing (a blocked poll loop is time the readings wait in the broker).
     max_in_flight = 2
-    # The model's thread needs the GIL back between torch ops; with Python's default 5 ms switch
-    # interval it waits behind the polling thread after every op (scoring ran ~2x slower).
-    gil_switch_interval_s = 0.0005
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -118,7 +115,6 @@ class StreamRunner:
 
         s = self.settings
         with contextlib.ExitStack() as stack:
-            self._tune_threads(stack)
             self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
                                               "enable_idempotence": True, "linger_ms": 2})
             stack.callback(self._producer.close, 10)
@@ -128,7 +124,7 @@ class StreamRunner:
             self._scoring = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
-            self._freeze_startup_heap(stack)
+            tune_process(stack, s.batch.torch_threads)  # threads, GIL switch interval, frozen heap
             self.metrics.running = True
             try:
                 while not stop.is_set():
@@ -141,27 +137,6 @@ class StreamRunner:
                 raise
             finally:
                 self.metrics.running = False
-
-    def _tune_threads(self, stack: contextlib.ExitStack) -> None:
-        """Model threads (``batch.torch_threads``) and the GIL switch interval, restored on exit."""
-        import torch
-
-        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
-        sys.setswitchinterval(min(sys.getswitchinterval(), self.gil_switch_interval_s))
-        if self.settings.batch.torch_threads:
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(self.settings.batch.torch_threads)
-
-    @staticmethod
-    def _freeze_startup_heap(stack: contextlib.ExitStack) -> None:
-        """Move what start-up allocated (modules, torch, the model, the clients: ~100 k objects)
-        out of the garbage collector's reach. Each full collection walked all of it, 100-200 ms
-        with the GIL held, every few seconds: it was the p99 of the ingest-to-alert latency."""
-        import gc
-
-        gc.collect()
-        gc.freeze()
-        stack.callback(gc.unfreeze)
 
     def _stop_scoring(self) -> None:
         self._scoring.shutdown(wait=True, cancel_futures=True)

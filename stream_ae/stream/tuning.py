@@ -1,0 +1,36 @@
+"""Process settings a latency-sensitive consumer runs under, each undone when it stops.
+
+* **torch threads** (``batch.torch_threads``): one intra-op thread by default; on a few
+  shared cores a second one fights the Kafka I/O thread.
+* **GIL switch interval** 0.5 ms instead of Python's 5 ms: the model's thread takes the GIL
+  to enter and leave the scoring graph and for the NumPy around it; at 5 ms each of those
+  waited behind the polling thread.
+* **a frozen start-up heap** (``gc.freeze``): what start-up allocated (modules, torch, the
+  model, the clients: ~100 k objects) leaves the garbage collector's reach. Each full
+  collection walked all of it, 100-200 ms with the GIL held, every few seconds: it was the
+  p99 of the ingest-to-alert latency (300 -> 170 ms in ``stream-ae bench stream``).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+
+#: Python's GIL switch interval while a consumer runs (seconds).
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_process(stack: contextlib.ExitStack, torch_threads: int) -> None:
+    """Apply the settings above; ``stack`` restores each one on exit. Call it last in start-up
+    (after the model and the clients exist), so the frozen heap holds them.
+    ``torch_threads`` 0 keeps torch's default."""
+    import torch
+
+    stack.callback(sys.setswitchinterval, sys.getswitchinterval())
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+    if torch_threads:
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(torch_threads)
+    gc.collect()
+    gc.freeze()
+    stack.callback(gc.unfreeze)
