@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_ae.bench import stream as bench
+from stream_ae.bench import loadgen
 
 pytestmark = pytest.mark.kafka
 
@@ -35,12 +35,12 @@ def test_the_paced_generator_delivers_every_reading_keyed_as_kafka_python(broker
     if client == "confluent-kafka":
         pytest.importorskip("confluent_kafka")
     else:
-        monkeypatch.setattr(bench, "load_generator", lambda: "kafka-python")
+        monkeypatch.setattr(loadgen, "load_generator", lambda: "kafka-python")
     msgs = [(f"e{i % 7}".encode(), f'{{"n": {i}}}'.encode()) for i in range(300)]
     path = tmp_path / "msgs.msgpack"
     path.write_bytes(msgspec.msgpack.encode(msgs))
     readings, warm = topic_factory(partitions=4), topic_factory()
-    bench._paced_producer(broker.bootstrap, readings, str(path), 3000.0, warm)
+    loadgen.paced_producer(broker.bootstrap, readings, str(path), 3000.0, warm)
 
     got = _read_all(broker.bootstrap, readings, len(msgs))
     assert sorted(r.value for r in got) == sorted(v for _, v in msgs)  # every reading, once
