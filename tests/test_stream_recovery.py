@@ -8,6 +8,7 @@ event published twice, and every window of every entity must be scored exactly o
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -117,7 +118,9 @@ def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kaf
     # "alert": kill as soon as a new alert is on the topic, most likely after the last
     # checkpoint, so the restart must recognise an event it already published
     kills = ["random", "alert", "random"]
-    for run in range(len(kills) + 1):
+    for run in itertools.count():  # len(kills) kills, then one run to the end; kills may grow
+        if run > len(kills):
+            break
         log_path = tmp_path / f"run-{run}.log"
         logs.append(log_path)
         with open(log_path, "wb") as log_file:
