@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
     bench.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                      help="stream: the detector's model.precision (bf16: CUDA or a CPU with native bf16)")
+                      help="scoring precision: the backfill's, or the detector's model.precision "
+                           "(bf16: CUDA or a CPU with native bf16)")
+    bench.add_argument("--device", default="cpu", help="backfill: cpu | cuda | cuda:N | auto (the stream "
+                       "benchmark's detector uses model.device=auto)")
     return parser
 
 
@@ -212,7 +215,7 @@ def cmd_bench(args) -> int:
         kwargs = {}
         if args.rows:
             kwargs["rows"] = tuple(int(r) for r in args.rows.split(","))
-        run_backfill_bench(json_path=args.json_path, **kwargs)
+        run_backfill_bench(json_path=args.json_path, device=args.device, precision=args.precision, **kwargs)
         return 0
     from stream_ae.bench.stream import run_from_flags
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,9 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
 
     ``train_windows`` / ``val_windows``: a :class:`WindowSet` or a (B, T, C) array, already
     scaled. Returns a history dict: per-epoch ``train_loss``, ``val_loss``, ``parts`` (the
-    variant's loss terms), ``best_epoch``, ``best_val_loss``, ``epochs_run``, ``stopped_early``.
+    variant's loss terms), ``best_epoch``, ``best_val_loss``, ``epochs_run``, ``stopped_early``,
+    ``fit_seconds`` (the epochs, validation included) and ``windows_per_s`` (training windows
+    seen per second of it).
     Same seed, same data -> bitwise-identical weights on CPU.
     """
     cfg = train_config
@@ -124,6 +127,7 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
                "best_val_loss": math.inf, "epochs_run": 0, "stopped_early": False}
     best_state, bad_epochs = None, 0
     bar = progress_bar(cfg.progress, total=cfg.epochs * n_batches, unit="batch", leave=False)
+    started = time.perf_counter()
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
@@ -172,6 +176,8 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
                     break
     finally:
         bar.close()
+    history["fit_seconds"] = time.perf_counter() - started
+    history["windows_per_s"] = history["epochs_run"] * n / max(history["fit_seconds"], 1e-9)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -233,6 +239,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
         "entities": stats["entities"], "windows": stats["windows"],
         "epochs": fit["epochs_run"], "best_epoch": fit["best_epoch"],
         "stopped_early": fit["stopped_early"], "train_config": cfg.to_dict(),
+        "fit_seconds": round(fit["fit_seconds"], 3), "train_windows_per_s": round(fit["windows_per_s"], 1),
         "metrics": {
             "val_loss": fit["best_val_loss"],
             "train_loss": fit["train_loss"][fit["best_epoch"] - 1],
