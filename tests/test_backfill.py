@@ -221,6 +221,25 @@ def test_a_checkpoint_of_other_arguments_is_refused_unless_restarted(archive, ar
     assert report.fragments_resumed == 0 and report.complete
 
 
+def test_a_resume_keeps_the_precision_it_started_with(archive, artifact, full, tmp_path):
+    from stream_ae.scoring import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    out = tmp_path / "scores"
+    run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
+                 batch_rows=500, max_fragments=1, precision="bf16")
+    with pytest.raises(ConfigError, match="precision.*--restart"):  # fp32 parts after bf16 ones: refused
+        run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False, batch_rows=500)
+    report = run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
+                          batch_rows=500, precision="bf16")
+    assert report.fragments_resumed == 1 and report.complete
+    bf16, fp32 = read_scores(out, partitioning=None), read_scores(full[0], partitioning=None)
+    assert len(bf16) == len(fp32) == full[1].windows_scored
+    assert not np.array_equal(bf16["score"], fp32["score"])  # it did score in bf16
+    np.testing.assert_allclose(bf16["score"], fp32["score"], rtol=0.05)
+
+
 def test_files_with_entities_interleaved_in_time_give_the_same_scores(artifact, full, tmp_path):
     archive = write_archive(tmp_path / "archive", edit=lambda day, part, f: f.sort_values(
         ["timestamp", "entity"], kind="stable", ignore_index=True))
@@ -269,3 +288,13 @@ def test_shard_argument_is_validated():
     for bad in ("3/3", "-1/2", "1", "a/b", (0, 0)):
         with pytest.raises(ConfigError, match="shard"):
             parse_shard(bad)
+
+
+def test_a_checkpoint_from_before_the_precision_option_resumes_as_fp32():
+    from stream_ae.backfill.checkpoint import Checkpoint
+
+    archive = {"uri": "a", "fragments": 1}
+    old = Checkpoint("v1", archive, {"batch_rows": 500})  # written before "precision" existed
+    old.check_matches("v1", archive, {"batch_rows": 500, "precision": "fp32"}, "ckpt.json")
+    with pytest.raises(ConfigError, match="precision: was 'fp32', now 'bf16'"):
+        old.check_matches("v1", archive, {"batch_rows": 500, "precision": "bf16"}, "ckpt.json")

@@ -34,6 +34,10 @@ def checkpoint_path(out_root: str, shard: tuple[int, int]) -> str:
     return posixpath.join(out_root, CHECKPOINT_DIR, f"shard-{i}-of-{n}.json")
 
 
+#: Arguments added after checkpoints were first written: an older checkpoint ran with these.
+ARG_DEFAULTS = {"precision": "fp32"}
+
+
 @dataclass
 class Counters:
     """Running totals of one shard, carried over resumes."""
@@ -69,7 +73,8 @@ class Checkpoint:
                 f"checkpoint {path} was written for archive {self.archive['uri']!r} "
                 f"({self.archive['fragments']} files), which differs from "
                 f"{archive['uri']!r} ({archive['fragments']} files) as it is now. {hint}")
-        diff = {k: (self.args.get(k), v) for k, v in args.items() if self.args.get(k) != v}
+        was = {**ARG_DEFAULTS, **self.args}
+        diff = {k: (was.get(k), args.get(k)) for k in {**was, **args} if was.get(k) != args.get(k)}
         if diff:
             listed = ", ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in diff.items())
             raise ConfigError(f"checkpoint {path} was written with other arguments ({listed}). {hint}")

@@ -281,9 +281,8 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
     identity, keys = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
-            "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows)}
-    if precision != "fp32":  # checkpoints written before the option existed stay valid
-        args["precision"] = precision
+            "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows),
+            "precision": precision}
     ckpt_path = checkpoint_path(out_root, shard)
     if restart:
         delete_checkpoint(out_fs, ckpt_path)
