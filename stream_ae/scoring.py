@@ -148,7 +148,8 @@ class Scorer:
     device
         ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda[:n]"``.
     batch_size
-        Windows per forward pass (micro-batch); scores do not depend on it.
+        Windows per forward pass (micro-batch), rounded up to a multiple of ``SHAPE_STEP``
+        above it; scores do not depend on it.
     precision
         ``"fp32"`` (default: CPU and GPU agree to ~1e-5); ``"bf16"`` autocast on CUDA or on a
         CPU with native bf16 (1.5x faster there; scores within ~1e-3 of fp32); ``"fp16"``
