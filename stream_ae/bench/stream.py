@@ -268,8 +268,10 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
     CPU with native bf16)."""
     import torch
 
+    from stream_ae.scoring import check_precision, resolve_device
     from stream_ae.stream.broker import delete_topics, running_broker
 
+    check_precision(precision, resolve_device("auto"))  # a bad flag stops before any work
     n = int(n or DEFAULT_N)
     torch.set_num_threads(TORCH_THREADS)
     load_before = os.getloadavg()
@@ -287,7 +289,6 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
             delete_topics(broker.bootstrap, list(topics.values()))
         lat = latency_run(broker, artifact, msgs, det / 2, out_dir, precision)
         kind = broker.kind
-    from stream_ae.scoring import resolve_device
 
     result = {
         "bench": "stream", "n": n, "entities": ENTITIES, "channels": CHANNELS, "broker": kind,
