@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from stream_ae import __version__
+from stream_ae.configs import PRECISIONS
 from stream_ae.errors import ConfigError, StreamAEError
 
 VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _time_flags(b)
     b.add_argument("--batch-rows", type=int, default=262_144, help="rows per record batch read")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    b.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    b.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32, or bf16 (CUDA, or a CPU with native bf16) / fp16 (CUDA) autocast")
     b.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=None, help="stream: number of readings")
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
-    bench.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    bench.add_argument("--precision", default="fp32", choices=PRECISIONS,
                       help="scoring precision: the backfill's, or the detector's model.precision "
                            "(bf16: CUDA or a CPU with native bf16)")
     bench.add_argument("--device", default="cpu", help="backfill: cpu | cuda | cuda:N | auto (the stream "

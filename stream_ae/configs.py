@@ -6,6 +6,10 @@ from dataclasses import fields
 
 from stream_ae.errors import ConfigError
 
+#: Scoring precisions (``Scorer(precision=...)``, ``model.precision``, ``--precision``); which one
+#: a device can run is checked by ``stream_ae.scoring.check_precision``.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 def from_mapping(cls, d, what: str):
     """``cls(**d)``, with unknown keys a :class:`ConfigError` naming them and the valid ones.

@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from stream_ae.artifact import Artifact
+from stream_ae.configs import PRECISIONS
 from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import build_model, window_errors
 
-_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISIONS = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # autocast dtype of each
 log = logging.getLogger(__name__)
 #: Forward passes take a multiple of this many windows (the last one repeated). oneDNN and
 #: cuDNN build a kernel per input shape, ~8 ms each here: the stream's micro-batches of any

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from stream_ae.bench import config_key
+from stream_ae.configs import PRECISIONS
 
 ENTITIES = 8
 CHANNELS = 8
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="bench-out")
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_ae.bench import emit
+from stream_ae.configs import PRECISIONS
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator, paced_producer
 
 ENTITIES = 16
@@ -329,7 +330,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--consumers", default=None, help="scale-out: comma-separated process counts, e.g. 1,2")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args(argv)
     run_from_flags(n=args.n, json_path=args.json_path, consumers=args.consumers, precision=args.precision)
     return 0

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, Mapping
 import msgspec
 from msgspec import Meta
 
+from stream_ae.configs import PRECISIONS
+
 _MASK = "**********"
 _SECRET_WORDS = ("password", "secret", "token")
 
@@ -77,7 +79,7 @@ class ModelSettings(_Section):
     artifact: str | None = None            # ... a path to one artifact version
     device: str = "auto"
     # fp32, or bf16 (CUDA, or a CPU with native bf16: ~1.5x faster there) / fp16 (CUDA)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal[PRECISIONS] = "fp32"
     reload_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0   # 0: never look for a new version
 
     def __post_init__(self):
