@@ -123,9 +123,12 @@ class ChannelScaler:
             raise DataError(
                 f"ChannelScaler was fitted on {self.n_channels} channels, got data with {x.shape[-1]}"
             )
-        mean = self._mean.astype(np.float32)
-        scale = self.scale.astype(np.float32)
+        mean, scale = self.affine()
         return (x - mean) / scale
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, scale)``, float32 (C,): ``transform(x) == (x - center) / scale``."""
+        return self._mean.astype(np.float32), self.scale.astype(np.float32)
 
     def inverse_transform(self, scaled: np.ndarray) -> np.ndarray:
         """Undo ``transform``: back to raw units, float32."""
