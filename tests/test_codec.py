@@ -255,3 +255,47 @@ def test_decode_columns_matches_the_dict_path_in_order_with_the_same_dead_letter
                                         "malformed"}
     lenient, _ = ReadingDecoder(unknown_fields="ignore").decode_columns(records, channels)
     assert [m.offset for m in lenient.messages] == [0, 1, 6, 9]
+
+
+def _one_by_one(decoder, records, channels):
+    """decode_columns of each record alone, concatenated: the reference for a whole batch."""
+    parts = [decoder.decode_columns([r], channels) for r in records]
+    cols = [c for c, _ in parts if len(c)]
+    bad = [b for _, letters in parts for b in letters]
+    entity = [e for c in cols for e in c.entity]
+    ts = [t for c in cols for t in c.ts_ns.tolist()]
+    values = np.concatenate([c.values for c in cols]) if cols else np.zeros((0, len(channels)), np.float32)
+    return entity, ts, values, [m.offset for c in cols for m in c.messages], sorted(
+        (b.reason, b.source_offset) for b in bad)
+
+
+GOOD = b'{"entity": "p%d", "ts": %d, "values": {"a": 1.5, "b": null, "c": -2}}'
+
+
+@pytest.mark.parametrize("unknown_fields", ["reject", "ignore"])
+@pytest.mark.parametrize("hostile", [
+    [],                                                              # all good: the one-call path
+    [b'{"entity": "q", "ts": 1, "values": {"a": 1, "b": 2, "c": 3}} {"entity": "r", "ts": 2, '
+     b'"values": {"a": 1, "b": 2, "c": 3}}', b"   "],                 # two documents + a blank one
+    [b'{"entity": "q", "ts": 1, "values": {"a": 1, "b": 2, "c": 3}},{"entity": "r", "x": "}',
+     b'{", "ts": 2, "values": {"a": 1, "b": 2, "c": 3}}'],           # halves that join into readings
+    [b'{"entity": "q",\n"ts": 1, "values": {"a": 1, "b": 2, "c": 3}}'],  # a raw newline (valid JSON)
+    [b""], [None], [b'{"entity": "q", "ts": 1, "values": {"a": 1e39, "b": 2, "c": 3}}'],
+])
+def test_a_batch_decodes_exactly_as_its_messages_one_by_one(hostile, unknown_fields):
+    """The one-call path for whole batches never lets a message borrow its neighbour's bytes:
+    any batch gives the readings and dead letters of its messages decoded alone."""
+    channels = ("a", "b", "c")
+    blobs = [GOOD % (i, 1000 + i) for i in range(5)]
+    blobs[2:2] = hostile
+    records = [record(b, offset=i) for i, b in enumerate(blobs)]
+    decoder = ReadingDecoder(unknown_fields=unknown_fields)
+    cols, bad = decoder.decode_columns(records, channels)
+    entity, ts, values, offsets, letters = _one_by_one(decoder, records, channels)
+    assert list(cols.entity) == entity and cols.ts_ns.tolist() == ts
+    np.testing.assert_array_equal(cols.values, values)
+    assert [m.offset for m in cols.messages] == offsets
+    assert sorted((b.reason, b.source_offset) for b in bad) == letters
+    assert len(offsets) + len(letters) == len(blobs)  # every message kept or dead-lettered
+    whole = decoder._decode_all(records, decoder._fast[channels], len(channels))
+    assert (whole is not None) == (not hostile)  # only a clean batch takes the one-call path
