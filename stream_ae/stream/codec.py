@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 
 import msgspec
 import numpy as np
 from msgspec import Meta
+
+if TYPE_CHECKING:
+    from stream_ae.stream.columns import ReadingColumns
 
 SCHEMA_VERSION = 1
 Reason = Literal[
@@ -239,131 +242,11 @@ class ReadingDecoder:
 
     def decode_columns(self, messages: Iterable[Any], channels: tuple[str, ...]
                        ) -> tuple["ReadingColumns", list[DeadLetter]]:
-        """Decode records straight into columns in the model's channel order; never raises.
+        """Decode records straight into columns in the model's channel order; never raises
+        (see :mod:`stream_ae.stream.columns`)."""
+        from stream_ae.stream.columns import decode_columns
 
-        Same outcome as :meth:`decode` followed by :func:`values_to_row` per reading, with a
-        reading whose channels are not exactly ``channels`` dead-lettered as
-        ``missing_channel`` / ``unknown_channel``. A reading that names exactly the model's
-        channels (in any order) is decoded by msgspec into a Struct whose fields are those
-        channels, so no per-reading dict is built or reordered in Python; anything else takes
-        the validating dict path, which also writes the dead letters.
-        """
-        channels = tuple(channels)
-        fast = self._fast.get(channels)
-        if fast is None:
-            fast = self._fast[channels] = _fast_decoder(channels, self.unknown_fields)
-        messages = messages if isinstance(messages, list) else list(messages)
-        whole = self._decode_all(messages, fast, len(channels))
-        if whole is not None:
-            return whole, []
-        entity, ts, rows, kept, bad = [], [], [], [], []
-        for message in messages:
-            value = message if isinstance(message, (bytes, bytearray, memoryview)) \
-                else getattr(message, "value", None)
-            r = None
-            if fast is not None and value is not None and len(value) <= self.max_bytes:
-                try:
-                    r = fast[0](value)
-                except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass
-            if r is not None:
-                t = r.ts
-                entity.append(r.entity)
-                ts.append(t * 1_000_000 if type(t) is int else datetime_to_ns(t))
-                rows.append(msgspec.structs.astuple(r.values))
-                kept.append(message)
-                continue
-            ok, letters = self.decode([message])
-            bad += letters
-            for reading in ok:
-                row, missing, unknown = values_to_row(reading.values, channels)
-                if missing:
-                    bad.append(dead_letter(reading, "missing_channel",
-                                           f"channels {missing} are absent; the model needs {list(channels)}"))
-                elif unknown:
-                    bad.append(dead_letter(reading, "unknown_channel",
-                                           f"channels {unknown} are not in the model {list(channels)}"))
-                else:
-                    entity.append(reading.entity)
-                    ts.append(reading.ts_ns)
-                    rows.append(row.tolist())
-                    kept.append(message)
-        values = np.array(rows, dtype=np.float64).reshape(len(rows), len(channels))  # (N, C), null -> NaN
-        with np.errstate(invalid="ignore"):
-            out_of_range = (np.abs(values) > _F32_MAX).any(axis=1)  # (N,) the dict path checks per value
-        if out_of_range.any():
-            for i in np.flatnonzero(out_of_range):
-                bad += self.decode([kept[i]])[1]
-            keep = ~out_of_range
-            entity = [e for e, k in zip(entity, keep) if k]
-            ts = [t for t, k in zip(ts, keep) if k]
-            kept = [m for m, k in zip(kept, keep) if k]
-            values = values[keep]
-        return ReadingColumns(np.array(entity, dtype=object), np.array(ts, dtype=np.int64).reshape(-1),
-                              values.astype(np.float32), kept), bad
-
-
-    def _decode_all(self, messages: list, fast, n_channels: int) -> "ReadingColumns | None":
-        """The common case in one msgspec call: every message a reading with exactly the model's
-        channels. None when any message is not (then each is decoded alone, and the bad ones
-        become dead letters).
-
-        The values are joined as JSON lines. A raw newline cannot occur inside a JSON string,
-        so with no newline in any value, no blank value (each starts with ``{`` and ends with
-        ``}``) and as many documents as values, line i is message i, exactly: a message
-        can never lend bytes to its neighbour.
-        """
-        if fast is None or not messages:
-            return None
-        try:
-            values = [m if isinstance(m, bytes) else m.value for m in messages]
-            joined = b"\n".join(values)
-            if (joined.count(b"\n") != len(values) - 1 or max(map(len, values)) > self.max_bytes
-                    or not all(v[0] == 123 and v[-1] == 125 for v in values)):  # b"{", b"}"
-                return None
-            readings = fast[1](joined)
-        except (AttributeError, TypeError, IndexError, msgspec.ValidationError, msgspec.DecodeError):
-            return None  # a tombstone, an empty value, a bad message: decode them one by one
-        if len(readings) != len(messages):
-            return None
-        ts = [r.ts for r in readings]
-        if all(type(t) is int for t in ts):
-            ts_ns = np.array(ts, dtype=np.int64) * 1_000_000
-        else:
-            ts_ns = np.array([t * 1_000_000 if type(t) is int else datetime_to_ns(t) for t in ts], dtype=np.int64)
-        rows = np.array([msgspec.structs.astuple(r.values) for r in readings], dtype=np.float64)
-        rows = rows.reshape(len(readings), n_channels)  # null -> NaN
-        with np.errstate(invalid="ignore"):
-            if (np.abs(rows) > _F32_MAX).any():
-                return None  # out of float32 range: the per-message path writes its dead letter
-        return ReadingColumns(np.array([r.entity for r in readings], dtype=object), ts_ns.reshape(-1),
-                              rows.astype(np.float32), messages)
-
-
-class ReadingColumns(msgspec.Struct, gc=False):
-    """Valid readings of a batch, columnar, in input order (what :meth:`ReadingDecoder.decode_columns` gives)."""
-
-    entity: np.ndarray  # (N,) object: entity ids
-    ts_ns: np.ndarray  # (N,) int64 ns since the epoch
-    values: np.ndarray  # (N, C) float32, the model's channel order; NaN = null
-    messages: list  # (N,) the records they came from
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-
-def _fast_decoder(channels: tuple[str, ...], unknown_fields: str):
-    """``(decode one, decode a JSON array)`` of readings whose values are exactly ``channels``;
-    None if the names cannot be Struct fields under the reading contract."""
-    if not channels or len(set(channels)) != len(channels) or not all(1 <= len(c) <= 256 for c in channels):
-        return None
-    names = [f"c{i}" for i in range(len(channels))]
-    values = msgspec.defstruct("ModelValues", [(n, float | None) for n in names], forbid_unknown_fields=True,
-                               rename=dict(zip(names, channels)), gc=False)
-    reading = msgspec.defstruct("ModelReading", [("entity", Name), ("ts", Timestamp | EpochMs),
-                                                 ("values", values), ("schema_version", Version, SCHEMA_VERSION)],
-                                forbid_unknown_fields=unknown_fields == "reject", gc=False)
-    return msgspec.json.Decoder(reading).decode, msgspec.json.Decoder(reading).decode_lines
+        return decode_columns(self, messages, channels)
 
 
 def _validation_reason(msg: str) -> str:

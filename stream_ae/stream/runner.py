@@ -45,6 +45,7 @@ from stream_ae.stream import codec
 from stream_ae.stream.batcher import MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer, recover
+from stream_ae.stream.columns import ReadingColumns
 from stream_ae.stream.detector import ReadingBatch, build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.metrics import StreamMetrics
@@ -255,7 +256,7 @@ class StreamRunner:
         self._finish_inflight()
 
     @staticmethod
-    def _to_batch(cols: codec.ReadingColumns) -> tuple[ReadingBatch, np.ndarray]:
+    def _to_batch(cols: ReadingColumns) -> tuple[ReadingBatch, np.ndarray]:
         """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
         msgs, n = cols.messages, len(cols)
         stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000  # (N,)
@@ -379,7 +380,7 @@ class _InFlight:
 
     __slots__ = ("records", "cols", "ingest_s", "future")
 
-    def __init__(self, records: list, cols: codec.ReadingColumns, ingest_s: np.ndarray, future: Future):
+    def __init__(self, records: list, cols: ReadingColumns, ingest_s: np.ndarray, future: Future):
         self.records, self.cols, self.ingest_s, self.future = records, cols, ingest_s, future
 
     def done(self) -> bool:
