@@ -224,15 +224,19 @@ class Scorer:
             )
         x_rows = self._to_device(rows)  # (N, C) raw: the graph scales them
         pad = -b % SHAPE_STEP  # repeat the last window: forward passes come in few shapes
-        idx = self._to_device(np.concatenate([starts, np.full(pad, starts[-1])]) if pad else starts)  # (B + pad,)
+        padded = np.concatenate([starts, np.full(pad, starts[-1])]) if pad else starts  # (B + pad,)
         dtype = self._autocast
         # Every torch call from Python lets the GIL go and must win it back from the polling
         # thread; a micro-batch (<= batch_size windows) makes exactly one: the graph.
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             if b + pad <= self.batch_size:
-                parts = [self._graph(x_rows, idx)]
-            else:
-                parts = [self._graph(x_rows, idx[lo:lo + self.batch_size]) for lo in range(0, b + pad, self.batch_size)]
+                parts = [self._graph(x_rows, self._to_device(padded))]
+            else:  # each chunk gets only the rows its windows span (sorted starts: each row scaled about once)
+                parts = []
+                for lo in range(0, b + pad, self.batch_size):
+                    chunk = padded[lo:lo + self.batch_size]
+                    first, end = int(chunk.min()), int(chunk.max()) + length
+                    parts.append(self._graph(x_rows[first:end], self._to_device(chunk - first)))
         if len(parts) > 1:
             parts = [(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))]
         scores, channel = parts[0]  # (B + pad,), (B + pad, C), float32 either way

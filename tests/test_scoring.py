@@ -64,6 +64,9 @@ def test_batch_size_does_not_change_scores(artifact):
         small = Scorer(artifact, device="cpu", batch_size=bs).score_rows(rows, starts)
         np.testing.assert_allclose(small.score, big.score, rtol=1e-6, atol=1e-7)
     assert np.isfinite(big.score).all() and np.isfinite(big.channel_error).all()
+    order = np.random.default_rng(0).permutation(len(starts))  # chunks over unsorted starts overlap
+    shuffled = Scorer(artifact, device="cpu", batch_size=40).score_rows(rows, starts[order])
+    np.testing.assert_allclose(shuffled.score, big.score[order], rtol=1e-6, atol=1e-7)
 
 
 def test_an_anomalous_window_is_not_scored_like_the_others(artifact):
