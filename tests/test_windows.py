@@ -227,3 +227,28 @@ def test_sliding_windows_helper():
     assert w.shape == (3, 4, 2) and np.shares_memory(w, rows)
     np.testing.assert_array_equal(w[2], rows[6:10])
     assert sliding_windows(rows[:2], 4).shape == (0, 4, 2)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_the_clean_chunk_shortcut_gives_what_the_general_rule_gives(spec, monkeypatch):
+    """Pushes of in-order, gap-free, complete rows take ``_push_clean``; batch for batch and state
+    for state it must equal the general rule, also next to chunks that need the general rule."""
+    rng = np.random.default_rng(1)
+    ts = np.cumsum(rng.integers(1, 4, 400)).astype(np.int64) * SEC  # steps 1-3 s: within max_gap 5 s
+    values = rng.normal(size=(400, 3)).astype(np.float32)
+    values[150, 1] = np.nan  # one chunk with a short NaN run: the general rule
+    ts[300:] += 60 * SEC  # a gap before row 300: the general rule, then clean again
+    cuts = [0, *sorted(rng.choice(np.arange(1, 400), 60, replace=False).tolist()), 400]
+    fast, general = SeriesWindower(spec, 3), SeriesWindower(spec, 3)
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        with monkeypatch.context() as m:
+            m.setattr(SeriesWindower, "_push_clean", lambda self, ts, values: None)
+            want = general.push(ts[a:b], values[a:b])
+        got = fast.push(ts[a:b], values[a:b])
+        for field in ("rows", "starts", "start_ts", "end_ts", "end_index", "rejected", "reasons"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+            assert getattr(got, field).dtype == getattr(want, field).dtype, field
+        assert json.dumps(fast.state_dict()) == json.dumps(general.state_dict())
+    probe = SeriesWindower(spec, 3)
+    assert probe._push_clean(ts[:10], values[:10]) is not None  # the shortcut does get taken
+    assert probe._push_clean(ts[5:10], values[5:10]) is None  # rows not newer than the last: general rule

@@ -25,6 +25,10 @@ from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError, DataError
 
 _NEG = np.int64(-(2**62))  # "no such row" position, far below any real one
+_NONE = np.zeros(0, np.int64)  # no rejected rows (read-only: shared by every clean push)
+_NONE.flags.writeable = False
+_NO_REASONS = np.where(_NONE == 0, "duplicate", "out_of_order")  # their reasons, typed as push's
+_NO_REASONS.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ class SeriesWindower:
     def push(self, ts: np.ndarray, values: np.ndarray) -> WindowBatch:
         """Add the next readings of this entity; return the windows they complete."""
         ts, values = self._coerce(ts, values)
+        clean = self._push_clean(ts, values)
+        if clean is not None:
+            return clean
         L, hop, n = self.spec.length, self.spec.hop, len(ts)
         last_ts = int(_NEG) if self._last_ts is None else self._last_ts
 
@@ -234,6 +241,38 @@ class SeriesWindower:
             reasons=reasons,
             length=L,
         )
+
+    def _push_clean(self, ts: np.ndarray, values: np.ndarray) -> WindowBatch | None:
+        """:meth:`push` for the stream's usual chunk: rows in order, newer than the last, no
+        gap, every value present. The same windows and state as the general rule (which then
+        has nothing to reject, fill or break) in a quarter of the NumPy calls: with many
+        entities a micro-batch brings each only a few rows, so the per-call cost is what counts.
+        None when the chunk is not such a chunk."""
+        n, L, hop = len(ts), self.spec.length, self.spec.hop
+        if n == 0 or (self._last_ts is not None and ts[0] <= self._last_ts):
+            return None
+        steps = np.diff(ts)  # (n - 1,)
+        if (n > 1 and steps.min() <= 0) or not np.isfinite(values).all():
+            return None
+        if self._max_gap_ns is not None and (
+                (n > 1 and steps.max() > self._max_gap_ns)
+                or (self._last_ts is not None and ts[0] - self._last_ts > self._max_gap_ns)):
+            return None
+        k = self._k + 1 + np.arange(n, dtype=np.int64)  # windowable rows up to each row
+        ends = np.flatnonzero((k >= L) & ((k - L) % hop == 0))
+        n_tail = len(self._tail_rows)
+        rows = np.concatenate([self._tail_rows, values])  # (n_tail + n, C)
+        rows_ts = np.concatenate([self._tail_ts, ts])
+        starts = n_tail + ends - L + 1
+        self._last_ts = int(ts[-1])
+        self._k = self._normalise_k(int(k[-1]))
+        self._last = values[-1].astype(np.float32)
+        self._run = np.zeros(self.n_channels, np.int64)
+        keep = min(self._k, L - 1)
+        self._tail_rows = rows[len(rows) - keep:].copy()
+        self._tail_ts = rows_ts[len(rows) - keep:].copy()
+        return WindowBatch(rows=rows, starts=starts, start_ts=rows_ts[starts], end_ts=ts[ends], end_index=ends,
+                           rejected=_NONE, reasons=_NO_REASONS, length=L)
 
     def _fill(self, a_val: np.ndarray, idx: np.ndarray, gap: np.ndarray):
         """Causal forward fill. Returns filled values (M, C), row_ok (M,), and per row and
