@@ -261,3 +261,13 @@ def test_runner_takes_its_checkpoint_interval_from_the_settings(artifact):
     settings = load_settings(env={}, overrides=["kafka.checkpoint_interval_s=2.5"])
     assert StreamRunner(settings, artifact).checkpoint_interval_s == 2.5
     assert StreamRunner(settings, artifact, checkpoint_interval_s=1.0).checkpoint_interval_s == 1.0
+
+
+def test_readings_are_grouped_by_entity_in_order_of_first_appearance():
+    from stream_ae.stream.detector import _group_by_entity
+
+    ents = np.array(["b", "a", "b", "c", "a", "b"], dtype=object)
+    groups = _group_by_entity(ents)
+    assert [e for e, _ in groups] == ["b", "a", "c"]
+    assert [idx.tolist() for _, idx in groups] == [[0, 2, 5], [1, 4], [3]]
+    assert _group_by_entity(np.array(["x"], dtype=object))[0][1].tolist() == [0]
