@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from stream_ae.data.windows import SeriesWindower, WindowSpec, sliding_windows
+from stream_ae.data.windows import SeriesWindower, WindowSpec, push_clean_many, sliding_windows
 from stream_ae.errors import ConfigError, DataError
 
 SEC = 1_000_000_000
@@ -252,3 +252,69 @@ def test_the_clean_chunk_shortcut_gives_what_the_general_rule_gives(spec, monkey
     probe = SeriesWindower(spec, 3)
     assert probe._push_clean(ts[:10], values[:10]) is not None  # the shortcut does get taken
     assert probe._push_clean(ts[5:10], values[5:10]) is None  # rows not newer than the last: general rule
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_many_windowers_at_once_give_what_each_push_gives(spec):
+    """``push_clean_many`` over many entities' chunks: every windower that takes its chunk
+    ends in the state and gives the windows of its own ``push``; those whose chunk needs the
+    general rule (or that are not eligible) are left untouched."""
+    rng = np.random.default_rng(7)
+    E, C = 40, 3
+    fleet = [SeriesWindower(spec, C) for _ in range(E)]
+    alone = [SeriesWindower(spec, C) for _ in range(E)]
+    clock = np.zeros(E, np.int64)
+    taken_total = 0
+    for round_ in range(30):
+        n = rng.integers(1, 6, E)  # 1-5 rows each, as a micro-batch brings them
+        ts_parts, val_parts = [], []
+        for e in range(E):
+            steps = rng.integers(1, 4, n[e]).astype(np.int64) * SEC
+            if rng.random() < 0.05:
+                steps[0] += 60 * SEC  # a gap (breaks windows when max_gap_s is set)
+            t = clock[e] + np.cumsum(steps)
+            if rng.random() < 0.05:
+                t[-1] = t[0]  # a duplicate or out-of-order row
+            v = rng.normal(size=(n[e], C)).astype(np.float32)
+            if rng.random() < 0.05:
+                v[rng.integers(n[e]), rng.integers(C)] = np.nan  # a missing value
+            clock[e] = max(clock[e], int(t.max()))
+            ts_parts.append(t)
+            val_parts.append(v)
+        ts, values = np.concatenate(ts_parts), np.concatenate(val_parts)
+        eligible = rng.random(E) > 0.1
+        before = [json.dumps(w.state_dict()) for w in fleet]
+        got = push_clean_many(fleet, ts, values, n, eligible)
+        first = np.cumsum(n) - n
+        for e in range(E):
+            chunk = slice(first[e], first[e] + n[e])
+            if not got.taken[e]:
+                assert json.dumps(fleet[e].state_dict()) == before[e]  # untouched
+                fleet[e].push(ts[chunk], values[chunk])
+                alone[e].push(ts[chunk], values[chunk])
+                continue
+            taken_total += 1
+            assert eligible[e]
+            want = alone[e].push(ts[chunk], values[chunk])
+            mine = got.owner == e
+            assert mine.sum() == got.counts[e] == len(want)
+            np.testing.assert_array_equal(got.end_pos[mine] - first[e], want.end_index)
+            for s_got, s_want in zip(got.starts[mine], want.starts):
+                np.testing.assert_array_equal(got.rows[s_got:s_got + spec.length],
+                                              want.rows[s_want:s_want + spec.length])
+            assert len(want.rejected) == 0
+        for e in range(E):
+            assert json.dumps(fleet[e].state_dict()) == json.dumps(alone[e].state_dict()), (round_, e)
+    assert taken_total > 0.6 * 30 * E  # most chunks do take the many-windower path
+
+
+def test_many_windowers_refuse_chunks_that_do_not_cover_the_rows():
+    spec = WindowSpec(length=4)
+    fleet = [SeriesWindower(spec, 2) for _ in range(2)]
+    with pytest.raises(DataError, match="do not cover"):
+        push_clean_many(fleet, np.arange(3) * SEC, np.zeros((3, 2)), [1, 1])
+    with pytest.raises(DataError, match="do not cover"):
+        push_clean_many(fleet, np.arange(2) * SEC, np.zeros((2, 2)), [2, 0])
+    with pytest.raises(ConfigError, match="one spec"):
+        push_clean_many([SeriesWindower(spec, 2), SeriesWindower(WindowSpec(length=5), 2)],
+                        np.arange(2) * SEC, np.zeros((2, 2)), [1, 1])
