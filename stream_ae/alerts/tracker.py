@@ -211,6 +211,22 @@ class AlertTracker:
             i = self._quiet_run(st, run, i, events) if st.alert is None else self._alert_run(st, run, i, events)
         return events
 
+    def absorb_calm(self, entity: str, end_ts_ns: np.ndarray) -> bool:
+        """Windows of ``entity`` none of which was flagged (``end_ts_ns`` ``(B,)``, increasing).
+
+        With no alert open, all :meth:`observe_many` does with them is add them to the k-of-n
+        history; this does just that and returns True. With an alert open (the quiet period
+        may end) or windows older than the last, it changes nothing and returns False: use
+        :meth:`observe_many`.
+        """
+        st = self._entity(entity)
+        if st.alert is not None or not len(end_ts_ns) or (st.last_ts is not None and end_ts_ns[0] < st.last_ts):
+            return False
+        tail = end_ts_ns[-self.policy.n:].tolist()
+        st.history.extend(zip(tail, [False] * len(tail)))
+        st.last_ts = tail[-1]
+        return True
+
     def _bands(self, score: np.ndarray, threshold: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`AlertPolicy.band` of ``score / threshold`` (inf where threshold <= 0)."""
         with np.errstate(divide="ignore", invalid="ignore"):

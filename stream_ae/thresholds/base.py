@@ -165,6 +165,17 @@ class Threshold(ABC):
             flags[i] = self.step(s)
         return flags, values
 
+    def calm_level(self) -> float:
+        """A level at or below which a run of scores is *calm*: :meth:`step_many` would flag
+        none of them, compare each with :attr:`value`, and learn nothing from them but their
+        count (:meth:`absorb_calm`). NaN when the rule has no such level (every score must go
+        through :meth:`step_many`), which is the default."""
+        return math.nan
+
+    def absorb_calm(self, count: int) -> None:
+        """:meth:`step_many` of ``count`` scores at or below :meth:`calm_level`."""
+        raise NotImplementedError(f"{type(self).__name__} has no calm level")
+
     @abstractmethod
     def state_dict(self) -> dict:
         """JSON-safe state; :meth:`load_state_dict` restores it exactly."""

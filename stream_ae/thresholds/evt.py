@@ -223,6 +223,16 @@ class EvtThreshold(Threshold):
         self._n += B - i
         return flags, values
 
+    def calm_level(self) -> float:
+        # Plain SPOT, ready: a score at or below min(t, value) is neither flagged nor a peak
+        # (see step_many); DSPOT's moving mean changes with every score, so it has none.
+        if self._method == "warmup" or self.spec.depth or math.isnan(self._t) or math.isnan(self._value):
+            return math.nan
+        return min(self._t, self._value)
+
+    def absorb_calm(self, count: int) -> None:
+        self._n += int(count)
+
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
