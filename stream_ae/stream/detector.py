@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from stream_ae.alerts import AlertPolicy, AlertTracker
-from stream_ae.data.windows import SeriesWindower, WindowSpec
+from stream_ae.data.windows import ManyWindows, SeriesWindower, WindowSpec, push_clean_many
 from stream_ae.errors import DataError
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
@@ -75,15 +75,27 @@ class DetectorOutput:
 
 
 @dataclass
+class _Fleet:
+    """The entities of a micro-batch whose chunks :func:`push_clean_many` windowed together."""
+
+    states: list  # EntityState of every entity of the batch, in order of first appearance
+    many: ManyWindows  # their windows (owner: index into ``states``), after the other entities' in the batch
+    end_ts: np.ndarray  # (Bf,) ns, each window's end
+    end_reading: np.ndarray  # (Bf,) batch index of each window's last reading
+    last_reading: np.ndarray  # (E,) batch index of each entity's last reading
+
+
+@dataclass
 class PreparedBatch:
     """A micro-batch windowed by :meth:`Detector.prepare`, waiting to be scored and finished."""
 
     out: DetectorOutput
-    pending: list  # (EntityState, WindowBatch, batch indices) of entities with new windows
-    rows: np.ndarray | None  # (M, C) raw rows of every pending entity, stacked
+    pending: list  # (entity rank, EntityState, WindowBatch, batch indices) of entities windowed one by one
+    rows: np.ndarray | None  # (M, C) raw rows of every pending entity, then of the fleet, stacked
     starts: np.ndarray | None  # (B,) window starts into ``rows``
     scorer: Any  # the model at prepare time: a hot reload never splits a batch
     scored: Any = None  # ScoreBatch once scored
+    fleet: _Fleet | None = None  # entities windowed together (their windows come after ``pending``'s)
 
     def score(self) -> "PreparedBatch":
         """Run the model (pure: no detector state is read or written, so any thread may call it)."""
@@ -115,8 +127,9 @@ class Detector:
 
     def __init__(self, scorer, threshold_spec: ThresholdSpec, threshold_state: dict | None,
                  alert_policy: AlertPolicy, window_spec: WindowSpec, max_entities: int = 100_000,
-                 threshold_overrides: dict | None = None):
+                 threshold_overrides: dict | None = None, vectorised: bool = True):
         self.scorer = scorer
+        self.vectorised = vectorised  # False: every entity windowed and thresholded one by one
         self.threshold_spec = threshold_spec
         self.threshold_state = threshold_state
         self.threshold_overrides = dict(threshold_overrides or {})
@@ -180,9 +193,12 @@ class Detector:
     def prepare(self, batch: ReadingBatch) -> "PreparedBatch":
         """Stage 1 of :meth:`process`: skip replayed readings, window every entity, stack the rows.
 
-        The result's :meth:`PreparedBatch.score` touches no detector state, so it may run in
-        another thread while the next batch is prepared; :meth:`finish` must then be called
-        for the batches in the order they were prepared.
+        The entities whose readings are a clean chunk (in order, newer than their state, no
+        gap, no missing value, none replayed, one partition) are windowed together by
+        :func:`push_clean_many`; the others one by one by their own windower, which applies
+        the general rule. The result's :meth:`PreparedBatch.score` touches no detector
+        state, so it may run in another thread while the next batch is prepared;
+        :meth:`finish` must then be called for the batches in the order they were prepared.
         """
         out = DetectorOutput()
         prep = PreparedBatch(out, [], None, None, self.scorer)
@@ -191,17 +207,36 @@ class Detector:
             return prep
         if batch.values.shape != (n, len(self.channels)):
             raise DataError(f"readings must have values (N, {len(self.channels)}), got {batch.values.shape}")
+        names, order, counts = _group_by_entity(batch.entity)  # order: batch indices, entity by entity
+        states = [self.table.get(entity) for entity in names]
+        first = np.cumsum(counts) - counts  # (E,) where each entity's readings start in ``order``
+        part, off = batch.partition[order], batch.offset[order]  # (n,) entity by entity, in poll order
+        last = order[first + counts - 1]  # (E,) batch index of each entity's last reading
+        many = None
+        taken = [False] * len(names)
+        if self.vectorised:
+            many = push_clean_many([s.windower for s in states], batch.ts[order], batch.values[order], counts,
+                                   _nothing_replayed(states, part, off, counts, first))
+            taken = many.taken.tolist()
+        last_part = batch.partition[last].tolist()
+        next_off = (np.maximum.reduceat(off, first) + 1).tolist()
         rows_parts, starts_parts = [], []
         base = 0
-        for entity, idx in _group_by_entity(batch.entity):  # idx: (n_e,) batch indices in poll order
-            state = self.table.get(entity)
+        for rank, (entity, state) in enumerate(zip(names, states)):
+            if taken[rank]:  # one partition, nothing replayed: windowed above
+                p = state.partition = last_part[rank]
+                if p >= 0:
+                    state.offsets[p] = next_off[rank]
+                self.table.mark_dirty(entity)
+                out.entities.append(entity)
+                continue
+            idx = order[first[rank]:first[rank] + counts[rank]]  # (n_e,) batch indices in poll order
             idx = self._skip_replayed(state, batch, idx, out)
             if len(idx) == 0:
                 continue
             wb = state.windower.push(batch.ts[idx], batch.values[idx])
             out.rejected.extend((int(idx[r]), str(reason)) for r, reason in zip(wb.rejected, wb.reasons))
-            last = int(idx[-1])
-            state.partition = int(batch.partition[last])
+            state.partition = int(batch.partition[idx[-1]])
             for p in np.unique(batch.partition[idx]):
                 if p >= 0:  # Kafka coordinates: remember where a replay resumes
                     sel = idx[batch.partition[idx] == p]
@@ -212,48 +247,95 @@ class Detector:
                 rows_parts.append(wb.rows)
                 starts_parts.append(wb.starts + base)
                 base += len(wb.rows)
-                prep.pending.append((state, wb, idx))
-        if prep.pending:
+                prep.pending.append((rank, state, wb, idx))
+        if many is not None and len(many.starts):
+            rows_parts.append(many.rows)
+            starts_parts.append(many.starts + base)
+            prep.fleet = _Fleet(states, many, batch.ts[order[many.end_pos]], order[many.end_pos], last)
+        if rows_parts:
             prep.rows, prep.starts = np.concatenate(rows_parts), np.concatenate(starts_parts)  # (M, C), (B,)
         self.table.pin(out.entities)
         return prep
 
     def finish(self, prep: "PreparedBatch") -> DetectorOutput:
-        """Stage 3 of :meth:`process`: thresholds and alert lifecycles, entity by entity, in time order."""
+        """Stage 3 of :meth:`process`: thresholds and alert lifecycles, entity by entity, in time order.
+
+        An entity of the fleet whose scores are all calm (see :meth:`Threshold.calm_level`)
+        and that has no alert open only counts its windows; the others step their threshold
+        and alert tracker through every score, in order of first appearance in the batch.
+        """
         out = prep.out
-        if prep.pending and prep.scored is None:
+        if (prep.pending or prep.fleet) and prep.scored is None:
             raise DataError("finish() needs a scored batch: call PreparedBatch.score() first")
+        version = prep.scorer.version
+        todo = []  # (rank, state, lo, hi, end_ts, end readings, last reading, threshold values or None)
+        ts_parts = []
         lo = 0
-        flag_parts, ts_parts = [], []
-        for state, wb, idx in prep.pending:
+        for rank, state, wb, idx in prep.pending:
             hi = lo + len(wb)
-            score, channel_error = prep.scored.score[lo:hi], prep.scored.channel_error[lo:hi]  # (b,), (b, C)
-            lo = hi
-            if state.model_version != prep.scorer.version:
-                # Scores of another model (hot reload, rollback, a restart on a new version, a
-                # snapshot from before): the old threshold is in the wrong units; restart from
-                # this model's calibration. Windows and open alerts carry on.
-                self._seed_threshold(state, prep.scorer)
-            flags, values = state.threshold.step_many(score)
-            flag_parts.append(flags)
+            todo.append((rank, state, lo, hi, wb.end_ts, idx[wb.end_index], int(idx[-1]), None))
             ts_parts.append(wb.end_ts)
-            state.windows += len(wb)
-            events = state.tracker.observe_many(state.entity, wb.end_ts, score, values, flags, channel_error,
-                                                self.channels, prep.scorer.version)
-            for event, window in _with_windows(events, wb):
+            lo = hi
+        if prep.fleet is not None:
+            lo = self._finish_fleet(prep.fleet, prep, lo, todo)
+            ts_parts.append(prep.fleet.end_ts)
+        flags = np.zeros(lo, bool)
+        todo.sort(key=lambda item: item[0])
+        for rank, state, a, b, end_ts, end_reading, last_reading, values in todo:
+            score, channel_error = prep.scored.score[a:b], prep.scored.channel_error[a:b]  # (b,), (b, C)
+            if values is None:
+                if state.model_version != version:
+                    # Scores of another model (hot reload, rollback, a restart on a new version, a
+                    # snapshot from before): the old threshold is in the wrong units; restart from
+                    # this model's calibration. Windows and open alerts carry on.
+                    self._seed_threshold(state, prep.scorer)
+                flags[a:b], values = state.threshold.step_many(score)
+                state.windows += b - a
+            events = state.tracker.observe_many(state.entity, end_ts, score, values, flags[a:b], channel_error,
+                                                self.channels, version)
+            for event in events:
                 if event.event_id in self._published:
                     self._published.discard(event.event_id)
                     out.suppressed += 1
                     continue
+                j = int(np.searchsorted(end_ts, event.at))  # the window that caused it, if any
                 out.events.append(event)
-                out.event_index.append(int(idx[wb.end_index[window]]) if window is not None else int(idx[-1]))
+                out.event_index.append(int(end_reading[j]) if j < len(end_ts) and end_ts[j] == event.at
+                                       else last_reading)
         out.windows_scored = lo
-        if flag_parts:
-            out.scores, out.flags, out.end_ts = prep.scored.score[:lo], np.concatenate(flag_parts), \
-                np.concatenate(ts_parts)
+        if ts_parts:
+            out.scores, out.flags, out.end_ts = prep.scored.score[:lo], flags, np.concatenate(ts_parts)
         self.table.unpin(out.entities)
         self.table.trim()
         return out
+
+    def _finish_fleet(self, fleet: _Fleet, prep: "PreparedBatch", lo: int, todo: list) -> int:
+        """Thresholds of the fleet's calm entities in one comparison; the rest go to ``todo``."""
+        many = fleet.many
+        who = np.flatnonzero(many.counts)  # (E',) ranks of the entities with windows
+        count = many.counts[who]
+        start = np.cumsum(count) - count  # into the fleet's windows
+        states = [fleet.states[r] for r in who.tolist()]
+        for state in states:
+            if state.model_version != prep.scorer.version:
+                self._seed_threshold(state, prep.scorer)
+        levels = np.fromiter((s.threshold.calm_level() for s in states), np.float64, len(states))
+        peak = np.maximum.reduceat(prep.scored.score[lo:lo + len(many.starts)], start)  # (E',)
+        calm = (peak <= levels).tolist()  # NaN level: never calm
+        for rank, state, c, a, is_calm in zip(who.tolist(), states, count.tolist(), start.tolist(), calm):
+            end_ts = fleet.end_ts[a:a + c]
+            values = None
+            if is_calm:
+                threshold = state.threshold
+                values = threshold.value
+                threshold.absorb_calm(c)
+                state.windows += c
+                if state.tracker.absorb_calm(state.entity, end_ts):
+                    continue
+                values = np.full(c, values)  # an alert is open: its tracker sees every window
+            todo.append((rank, state, lo + a, lo + a + c, end_ts, fleet.end_reading[a:a + c],
+                         int(fleet.last_reading[rank]), values))
+        return lo + len(many.starts)
 
     def _skip_replayed(self, state: EntityState, batch: ReadingBatch, idx: np.ndarray,
                        out: DetectorOutput) -> np.ndarray:
@@ -280,31 +362,30 @@ class Detector:
         return self.table.drop_partitions(partitions)
 
 
-def _group_by_entity(entity: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """[(entity, indices in order)], entities in order of first appearance.
+def _group_by_entity(entity: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(names, order, counts)``: the entity ids in order of first appearance, the batch
+    indices entity by entity (each entity's in poll order), and how many each has.
 
     ``pandas.factorize`` hashes the ids (4x faster than sorting them with ``np.unique`` for a
     micro-batch of 1024 readings) and numbers them in order of first appearance."""
     import pandas as pd
 
     if len(entity) == 1:
-        return [(entity[0], np.zeros(1, np.int64))]
+        return [entity[0]], np.zeros(1, np.int64), np.ones(1, np.int64)
     codes, names = pd.factorize(entity)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.cumsum(np.bincount(codes, minlength=len(names)))[:-1]
-    return list(zip(names.tolist(), np.split(order, bounds)))
+    return names.tolist(), np.argsort(codes, kind="stable"), np.bincount(codes, minlength=len(names))
 
 
-def _with_windows(events: list, wb) -> list[tuple[Any, int | None]]:
-    """Pair each event with the window (index into ``wb``) that caused it, by end time."""
-    if not events:
-        return []
-    out = []
-    for event in events:
-        j = int(np.searchsorted(wb.end_ts, event.at))
-        pos = j if j < len(wb.end_ts) and wb.end_ts[j] == event.at else None
-        out.append((event, pos))
-    return out
+def _nothing_replayed(states: list, part: np.ndarray, off: np.ndarray, counts: np.ndarray,
+                      first: np.ndarray) -> np.ndarray:
+    """(E,) bool: entity i's readings (``part``/``off`` entity by entity) come from one
+    partition and none of them is already in its state (see :meth:`Detector._skip_replayed`)."""
+    seg = np.repeat(np.arange(len(states)), counts)
+    p0 = part[first]
+    nxt = np.fromiter((s.offsets.get(p, -1) if s.offsets else -1 for s, p in zip(states, p0.tolist())),
+                      np.int64, len(states))
+    odd = (part != p0[seg]) | ((off < nxt[seg]) & (part >= 0))
+    return np.bincount(seg, weights=odd, minlength=len(states)) == 0
 
 
 def build_detector(settings, scorer) -> Detector:
