@@ -195,7 +195,10 @@ def _run(runner, done, timeout_s: float = 600.0) -> tuple[float, float]:
             assigned = time.perf_counter()
         if done():
             break
-        time.sleep(0.002)
+        # Once the run is measured, look rarely: each wake-up of this thread takes the GIL from
+        # the runner (0.1 ms switch interval); every 2 ms that cost (b) 5-10 %. Seeing the end
+        # up to 10 ms late understates (b) by at most 10 ms / the run's length (~0.5 %).
+        time.sleep(0.002 if assigned is None else 0.01)
     finished = time.perf_counter()
     stop.set()
     thread.join(60)
