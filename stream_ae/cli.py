@@ -138,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs=argparse.REMAINDER, help="the job's own flags, e.g. --config stream-ae.toml")
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("which", choices=("backfill", "stream"), help="what to measure")
+    bench.add_argument("which", choices=("backfill", "stream", "detector"),
+                       help="what to measure (detector: the stream's per-reading cost against the entity "
+                            "count, no broker)")
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
     bench.add_argument("--rows", default=None, help="backfill: comma-separated archive sizes, e.g. 1000000,10000000")
-    bench.add_argument("--n", type=int, default=None, help="stream: number of readings")
+    bench.add_argument("--n", type=int, default=None, help="stream, detector: number of readings")
+    bench.add_argument("--entities", default=None,
+                       help="detector: comma-separated entity counts (default 16,256,4096)")
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
     bench.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -209,14 +213,31 @@ def cmd_serve(args) -> int:
     return serve(args.config, args.overrides) or 0
 
 
+def _counts(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,2"`` -> (1, 2); anything but comma-separated positive integers is a ConfigError."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, e.g. 16,256; got {text!r}")
+    return counts
+
+
 def cmd_bench(args) -> int:
     if args.which == "backfill":
         from stream_ae.bench.backfill import run_backfill_bench
 
         kwargs = {}
         if args.rows:
-            kwargs["rows"] = tuple(int(r) for r in args.rows.split(","))
+            kwargs["rows"] = _counts(args.rows, "--rows")
         run_backfill_bench(json_path=args.json_path, device=args.device, precision=args.precision, **kwargs)
+        return 0
+    if args.which == "detector":
+        from stream_ae.bench.detector import DEFAULT_ENTITIES, DEFAULT_N, run_detector_bench
+
+        entities = _counts(args.entities, "--entities") if args.entities else DEFAULT_ENTITIES
+        run_detector_bench(entities, args.n or DEFAULT_N, args.precision, args.json_path)
         return 0
     from stream_ae.bench.stream import run_from_flags
 

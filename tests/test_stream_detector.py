@@ -347,3 +347,24 @@ def test_entities_windowed_together_give_what_one_by_one_gives(monkeypatch):
     # both shortcuts were taken, and not for everything
     assert 0.5 * len(ts) < sum(int(m.counts.sum()) for m in taken) < len(ts)
     assert 0.5 * len(ts) < sum(calm) < len(ts)
+
+
+def test_the_detector_benchmark_times_every_stage_both_ways(artifact, capsys):
+    """``stream-ae bench detector`` on a small model: figures for each entity count, for the
+    entities together and one by one, over the same windows; a bad flag is a usage error."""
+    import json
+
+    from stream_ae.bench.detector import run_detector_bench
+    from stream_ae.cli import main
+
+    result = run_detector_bench(entities=(4, 64), n=3000, artifact=artifact)
+    assert json.loads(capsys.readouterr().out) == result
+    for e in ("4", "64"):
+        both = result["entities"][e]
+        assert both["together"]["windows"] == both["one_by_one"]["windows"] >= 2000
+        for way in ("together", "one_by_one"):
+            us = both[way]["us_per_reading"]
+            assert set(us) == {"decode", "batch", "prepare", "score", "finish"} and min(us.values()) > 0
+        assert both["prepare_plus_finish_speedup"] > 0
+    assert main(["bench", "detector", "--entities", "16,x"]) == 2
+    assert "--entities takes comma-separated positive integers" in capsys.readouterr().err
