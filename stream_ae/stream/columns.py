@@ -13,6 +13,8 @@ channels are not exactly the model's dead-lettered as ``missing_channel`` /
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
@@ -100,25 +102,38 @@ def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list
     if fast is None or not messages:
         return None
     try:
-        values = [m if isinstance(m, bytes) else m.value for m in messages]
+        values = list(map(_VALUE, messages)) if not isinstance(messages[0], bytes) else messages
         joined = b"\n".join(values)
-        if (joined.count(b"\n") != len(values) - 1 or max(map(len, values)) > decoder.max_bytes
-                or not all(v[0] == 123 and v[-1] == 125 for v in values)):  # b"{", b"}"
+        # Every newline a separator with "}" before it and "{" after it: no newline inside a
+        # value, none empty, and each (with the first's start and the last's end) is "{...}".
+        if (joined.count(b"\n") != len(values) - 1 or joined.count(b"}\n{") != len(values) - 1
+                or joined[0] != 123 or joined[-1] != 125 or max(map(len, values)) > decoder.max_bytes):
             return None
         readings = fast[1](joined)
     except (AttributeError, TypeError, IndexError, msgspec.ValidationError, msgspec.DecodeError):
         return None  # a tombstone, an empty value, a bad message: decode them one by one
     if len(readings) != len(messages):
         return None
-    return ([r.entity for r in readings], [_ts_ns(r.ts) for r in readings],
-            [msgspec.structs.astuple(r.values) for r in readings])
+    ts = list(map(_TS, readings))
+    try:
+        ts_ns = np.array(ts, dtype=np.int64) * 1_000_000  # all epoch ms (msgspec bounded them)
+    except TypeError:  # some are RFC 3339 datetimes
+        ts_ns = [_ts_ns(t) for t in ts]
+    return list(map(_ENTITY, readings)), ts_ns, [msgspec.structs.astuple(r.values) for r in readings]
+
+
+_VALUE, _TS, _ENTITY = operator.attrgetter("value"), operator.attrgetter("ts"), operator.attrgetter("entity")
 
 
 def _columns(decoder: "ReadingDecoder", entity: list, ts: list, rows: list, kept: list, bad: list,
              n_channels: int) -> tuple[ReadingColumns, list[DeadLetter]]:
     """The columns of the kept readings; one with a value beyond float32 becomes the
     ``non_finite`` dead letter the dict path writes for it."""
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), n_channels)  # (N, C), null -> NaN
+    try:  # (N, C); nulls (None) need np.array, which makes them NaN
+        values = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * n_channels)
+    except TypeError:
+        values = np.array(rows, dtype=np.float64)
+    values = values.reshape(len(rows), n_channels)
     with np.errstate(invalid="ignore"):
         out_of_range = (np.abs(values) > _F32_MAX).any(axis=1)  # (N,) the dict path checks per value
     if out_of_range.any():
