@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from stream_ae.data.windows import SeriesWindower, WindowSpec, push_clean_many, sliding_windows
+from stream_ae.data.many_windows import push_clean_many
+from stream_ae.data.windows import SeriesWindower, WindowSpec, sliding_windows
 from stream_ae.errors import ConfigError, DataError
 
 SEC = 1_000_000_000

@@ -22,7 +22,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from stream_ae.alerts import AlertPolicy, AlertTracker
-from stream_ae.data.windows import ManyWindows, SeriesWindower, WindowSpec, push_clean_many
+from stream_ae.data.many_windows import ManyWindows, push_clean_many
+from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
