@@ -368,3 +368,5 @@ def test_the_detector_benchmark_times_every_stage_both_ways(artifact, capsys):
         assert both["prepare_plus_finish_speedup"] > 0
     assert main(["bench", "detector", "--entities", "16,x"]) == 2
     assert "--entities takes comma-separated positive integers" in capsys.readouterr().err
+    assert main(["bench", "detector", "--n", "100"]) == 2
+    assert "--n must be at least 2048 readings" in capsys.readouterr().err

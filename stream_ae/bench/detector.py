@@ -109,6 +109,10 @@ def run_detector_bench(entities=DEFAULT_ENTITIES, n: int = DEFAULT_N, precision:
     from stream_ae.bench.stream import TORCH_THREADS, _artifact
     from stream_ae.scoring import Scorer
 
+    from stream_ae.errors import ConfigError
+
+    if n < 2 * BATCH:
+        raise ConfigError(f"--n must be at least {2 * BATCH} readings (two micro-batches), got {n}")
     torch.set_num_threads(TORCH_THREADS)
     artifact = artifact or _artifact(Path("bench-out"))
     scorer = Scorer(artifact, device="cpu", precision=precision)
