@@ -1,10 +1,14 @@
 """The streaming detector without Kafka: readings in, alert events out.
 
-One :meth:`Detector.process` call is one micro-batch. Readings are grouped by entity,
-each entity's rows go through its own :class:`~stream_ae.data.windows.SeriesWindower`,
-the windows of *all* entities are scored in one :meth:`Scorer.score_rows` call (only the
-new rows and each entity's carried tail travel, never overlapping window copies), then
-each entity's threshold and alert tracker step through its scores in time order.
+One :meth:`Detector.process` call is one micro-batch. Readings are grouped by entity;
+the entities whose readings are a clean chunk are windowed together
+(:func:`~stream_ae.data.many_windows.push_clean_many`), the others each by its own
+:class:`~stream_ae.data.windows.SeriesWindower`, with the same windows and state either
+way. The windows of *all* entities are scored in one :meth:`Scorer.score_rows` call (only
+the new rows and each entity's carried tail travel, never overlapping window copies). An
+entity whose scores are all calm (see :meth:`Threshold.calm_level`) and that has no alert
+open only counts them; every other entity's threshold and alert tracker step through its
+scores in time order.
 
 Replay: every entity remembers the next Kafka offset per partition after the last
 reading it absorbed. A reading below that offset is already in the (restored) state and
@@ -173,6 +177,14 @@ class Detector:
             threshold.load_state_dict(calibration)
         state.threshold, state.model_version = threshold, scorer.version
 
+    def _threshold_of(self, state: EntityState, scorer):
+        """``state``'s threshold for ``scorer``'s scores. Scores of another model (hot reload,
+        rollback, a restart on a new version, a snapshot from before) are in other units: the
+        threshold restarts from this model's calibration. Windows and open alerts carry on."""
+        if state.model_version != scorer.version:
+            self._seed_threshold(state, scorer)
+        return state.threshold
+
     @property
     def model_version(self) -> str:
         return self.scorer.version
@@ -285,11 +297,7 @@ class Detector:
         for rank, state, a, b, end_ts, end_reading, last_reading, values in todo:
             score, channel_error = prep.scored.score[a:b], prep.scored.channel_error[a:b]  # (b,), (b, C)
             if values is None:
-                if state.model_version != version:
-                    # Scores of another model (hot reload, rollback, a restart on a new version, a
-                    # snapshot from before): the old threshold is in the wrong units; restart from
-                    # this model's calibration. Windows and open alerts carry on.
-                    self._seed_threshold(state, prep.scorer)
+                self._threshold_of(state, prep.scorer)
                 flags[a:b], values = state.threshold.step_many(score)
                 state.windows += b - a
             events = state.tracker.observe_many(state.entity, end_ts, score, values, flags[a:b], channel_error,
@@ -317,10 +325,8 @@ class Detector:
         count = many.counts[who]
         start = np.cumsum(count) - count  # into the fleet's windows
         states = [fleet.states[r] for r in who.tolist()]
-        for state in states:
-            if state.model_version != prep.scorer.version:
-                self._seed_threshold(state, prep.scorer)
-        levels = np.fromiter((s.threshold.calm_level() for s in states), np.float64, len(states))
+        levels = np.fromiter((self._threshold_of(s, prep.scorer).calm_level() for s in states), np.float64,
+                             len(states))
         peak = np.maximum.reduceat(prep.scored.score[lo:lo + len(many.starts)], start)  # (E',)
         calm = (peak <= levels).tolist()  # NaN level: never calm
         for rank, state, c, a, is_calm in zip(who.tolist(), states, count.tolist(), start.tolist(), calm):
