@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 import signal
@@ -94,6 +95,7 @@ class StreamRunner:
         self._pending_scorer = None
         self._consumer = self._producer = self._checkpointer = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
+        self._held_ends: dict[int, int] = {}  # the same for the records the batcher holds
         self._assigned: set[int] = set()
         self._to_restore: set[int] = set()
         self._failed = self._closing = False
@@ -159,8 +161,10 @@ class StreamRunner:
             if self._to_restore:
                 self._finish_inflight()
                 records = self._restore(records)
-            for batch in records.values():
-                self.batcher.add(batch)
+            for tp, batch in records.items():
+                if batch:  # each list: one partition, in offset order
+                    self.batcher.add(batch)
+                    self._held_ends[tp.partition] = batch[-1].offset + 1
             finished = False
             while self._inflight and self._inflight[0].done():
                 self._finish_oldest()
@@ -198,7 +202,7 @@ class StreamRunner:
     # -- one micro-batch --------------------------------------------------------------------
     def _submit_batch(self) -> None:
         """Decode and window the batcher's records; their scoring starts on the model's thread."""
-        records = self.batcher.take()
+        records, ends, self._held_ends = self.batcher.take(), self._held_ends, {}
         if not records:
             return
         self._maybe_reload()
@@ -215,7 +219,7 @@ class StreamRunner:
         else:  # nothing to score, or no model thread (not running): score here
             future = Future()
             future.set_result(prep.score())
-        self._inflight.append(_InFlight(records, cols, ingest_s, future))
+        self._inflight.append(_InFlight(ends, cols, ingest_s, future))
 
     def _finish_oldest(self) -> None:
         """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight."""
@@ -241,9 +245,9 @@ class StreamRunner:
         m.suppressed.inc(out.suppressed)
         m.entities.set(len(self.detector.table))
         m.evictions.set(self.detector.table.evictions)
-        for r in job.records:
-            if r.offset + 1 > self._next_offsets.get(r.partition, -1):
-                self._next_offsets[r.partition] = r.offset + 1
+        for p, end in job.ends.items():
+            if end > self._next_offsets.get(p, -1):
+                self._next_offsets[p] = end
 
     def _finish_inflight(self) -> None:
         """Finish every batch in flight (before a checkpoint, a restore or a revoke)."""
@@ -259,11 +263,14 @@ class StreamRunner:
     def _to_batch(cols: ReadingColumns) -> tuple[ReadingBatch, np.ndarray]:
         """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
         msgs, n = cols.messages, len(cols)
-        stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000  # (N,)
+        try:
+            stamp = np.fromiter(map(_TIMESTAMP, msgs), np.float64, n) / 1000  # (N,)
+        except TypeError:  # a record without a timestamp (None)
+            stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000
         ingest = np.where(stamp > 0, stamp, time.time())
         batch = ReadingBatch(entity=cols.entity, ts=cols.ts_ns, values=cols.values,  # values (N, C)
-                             partition=np.fromiter((m.partition for m in msgs), np.int64, n),
-                             offset=np.fromiter((m.offset for m in msgs), np.int64, n))
+                             partition=np.fromiter(map(_PARTITION, msgs), np.int64, n),
+                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n))
         return batch, ingest
 
     def _publish(self, event, ingest_s: float) -> None:
@@ -378,15 +385,17 @@ class StreamRunner:
 class _InFlight:
     """A batch between :meth:`StreamRunner._submit_batch` and :meth:`StreamRunner._finish_oldest`."""
 
-    __slots__ = ("records", "cols", "ingest_s", "future")
+    __slots__ = ("ends", "cols", "ingest_s", "future")
 
-    def __init__(self, records: list, cols: ReadingColumns, ingest_s: np.ndarray, future: Future):
-        self.records, self.cols, self.ingest_s, self.future = records, cols, ingest_s, future
+    def __init__(self, ends: dict, cols: ReadingColumns, ingest_s: np.ndarray, future: Future):
+        # ends: partition -> one past the batch's last offset there (what a commit may cover)
+        self.ends, self.cols, self.ingest_s, self.future = ends, cols, ingest_s, future
 
     def done(self) -> bool:
         return self.future.done()
 
 
+_TIMESTAMP, _PARTITION, _OFFSET = (operator.attrgetter(a) for a in ("timestamp", "partition", "offset"))
 _REJECT_DETAIL = {
     "duplicate": "a reading with this entity and timestamp was already accepted",
     "out_of_order": "older than the entity's last accepted reading",
