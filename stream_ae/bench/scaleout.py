@@ -30,42 +30,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stream_ae.bench import emit
+from stream_ae.bench import cpu, emit
+from stream_ae.bench.cpu import BROKER_PROCESS
 from stream_ae.errors import StreamAEError
 
 ENTITIES = 256        # 16 entities hash 13:3 onto the two halves of 8 partitions; 256 give 134:122
 PARTITIONS = 8
 SCRAPE_S = 0.05       # metric scrape interval: the timing resolution of each run
 RUN_TIMEOUT_S = 600.0
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK   # utime, stime: fields 14, 15 of stat
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores together, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]                               # idle + iowait
-    return float(sum(values) - idle), float(sum(values))
-
-
-def _child_pids(name: str) -> list[int]:
-    """Children of this process whose command is ``name`` (the embedded broker)."""
-    pids = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return [p for p in pids if Path(f"/proc/{p}/comm").exists()
-            and Path(f"/proc/{p}/comm").read_text().strip() == name]
 
 
 def _free_port() -> int:
@@ -154,9 +126,9 @@ def _alert_ids(bootstrap: str, topic: str) -> list[str]:
 
 
 def _snapshot(members, broker_pids) -> dict:
-    return {"t": time.perf_counter(), "machine": _machine_busy(),
-            "members": [_cpu_seconds(m.proc.pid) for m in members],
-            "broker": sum(_cpu_seconds(p) or 0.0 for p in broker_pids), "self": time.process_time()}
+    return {"t": time.perf_counter(), "machine": cpu.machine_busy(),
+            "members": [cpu.cpu_seconds(m.proc.pid) for m in members],
+            "broker": sum(cpu.cpu_seconds(p) or 0.0 for p in broker_pids), "self": time.process_time()}
 
 
 def consumer_group_run(broker, artifact_path: Path, readings_topic: str, k: int, n: int,
@@ -169,7 +141,7 @@ def consumer_group_run(broker, artifact_path: Path, readings_topic: str, k: int,
     own_readings = topics["readings_topic"]
     topics["readings_topic"] = readings_topic              # shared by every k; the rest are fresh
     overrides = _overrides(broker, topics) + [f"model.artifact={artifact_path}"]
-    broker_pids = _child_pids("tansu")
+    broker_pids = cpu.child_pids(BROKER_PROCESS)
     members = [_Member(i, overrides, out_dir / f"scaleout-k{k}-member{i}.log") for i in range(k)]
     try:
         first = last = all_in = None
@@ -203,12 +175,12 @@ def consumer_group_run(broker, artifact_path: Path, readings_topic: str, k: int,
     per = []
     for i, m in enumerate(members):
         c0, c1 = first["members"][i], last["members"][i]
-        cpu = (c1 - c0) if c0 is not None and c1 is not None else None
+        used = (c1 - c0) if c0 is not None and c1 is not None else None
         per.append({"readings_consumed": int(m.consumed), "share": round(m.consumed / max(n, 1), 3),
                     "windows_scored": int(m.windows), "assignments_seen": [list(a) for a in m.assignments],
-                    "cpu_seconds": round(cpu, 2) if cpu is not None else None,
-                    "cpu_cores": round(cpu / elapsed, 2) if cpu is not None else None,
-                    "readings_per_cpu_second": round(m.consumed / cpu, 1) if cpu else None})
+                    "cpu_seconds": round(used, 2) if used is not None else None,
+                    "cpu_cores": round(used / elapsed, 2) if used is not None else None,
+                    "readings_per_cpu_second": round(m.consumed / used, 1) if used else None})
     return {
         "consumers": k, "readings_per_s": round(n / elapsed, 1), "seconds": round(elapsed, 2),
         "per_process": per,

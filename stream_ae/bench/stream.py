@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_ae.bench import emit
+from stream_ae.bench import cpu, emit
 from stream_ae.configs import PRECISIONS
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator, paced_producer
 
@@ -40,6 +40,12 @@ PLANT_SEED = 2
 HISTORY_ROWS = 6_000           # per entity: the model's training span, just before the streamed rows
 LATENCY_SECONDS = 20.0         # duration of run (c)
 TARGET_RATIO, TARGET_P99_MS = 0.6, 200.0
+POLL_THREAD = "stream-ae-poll-loop"
+# The runner's threads by name: the poll loop (decode, windows, thresholds, alerts, Kafka
+# calls), the model's (ThreadPoolExecutor "stream-ae-scoring"), kafka-python's network threads.
+CPU_GROUPS = {"poll_loop": lambda name: name == POLL_THREAD,
+              "model": lambda name: name.startswith("stream-ae-scoring"),
+              "kafka_io": lambda name: name.startswith("kafka-io")}
 TORCH_THREADS = 1              # on 2 shared cores, a 2nd intra-op thread fights the Kafka I/O thread
 # Service settings used by every run; fetch_max_wait_ms bounds how long the broker holds an
 # empty fetch (kafka-python's 500 ms default shows up in the latency tail).
@@ -51,7 +57,7 @@ def _artifact_path(out_dir: Path) -> Path:
     """The conv preset, 8 channels, trained 1 epoch on 20k windows of the plant's clean history; cached."""
     from stream_ae.artifact import save_artifact
     from stream_ae.data.layout import Layout
-    from stream_ae.data.synthetic import generate_plant, write_history
+    from stream_ae.data.synthetic import write_history
     from stream_ae.presets import PRESETS
     from stream_ae.training import TrainConfig, train
 
@@ -176,8 +182,11 @@ def raw_consume_rate(settings, n: int) -> float:
         consumer.close(autocommit=False)
 
 
-def _run(runner, done, timeout_s: float = 600.0) -> tuple[float, float]:
-    """Run until ``done()``; returns (assigned at, done at) in perf_counter seconds."""
+def _run(runner, done, timeout_s: float = 600.0,
+         children: tuple[int, ...] = ()) -> tuple["cpu.Snapshot", "cpu.Snapshot"]:
+    """Run until ``done()``; returns CPU snapshots (``.at``: perf_counter seconds) taken when the
+    runner's partitions were assigned and when ``done()`` first held; ``children``: processes
+    (the broker) whose CPU the snapshots also read."""
     stop, errors = threading.Event(), []
 
     def target():
@@ -186,20 +195,20 @@ def _run(runner, done, timeout_s: float = 600.0) -> tuple[float, float]:
         except BaseException as exc:  # re-raised below
             errors.append(exc)
 
-    thread = threading.Thread(target=target, daemon=True)
+    thread = threading.Thread(target=target, daemon=True, name=POLL_THREAD)
     thread.start()
     deadline = time.monotonic() + timeout_s
     assigned = None
     while thread.is_alive() and time.monotonic() < deadline:
         if assigned is None and runner.metrics.assigned:
-            assigned = time.perf_counter()
+            assigned = cpu.snapshot(children)
         if done():
             break
         # Once the run is measured, look rarely: each wake-up of this thread takes the GIL from
         # the runner (0.1 ms switch interval); every 2 ms that cost (b) 5-10 %. Seeing the end
         # up to 10 ms late understates (b) by at most 10 ms / the run's length (~0.5 %).
         time.sleep(0.002 if assigned is None else 0.01)
-    finished = time.perf_counter()
+    finished = cpu.snapshot(children)
     stop.set()
     thread.join(60)
     if errors:
@@ -209,21 +218,25 @@ def _run(runner, done, timeout_s: float = 600.0) -> tuple[float, float]:
     return assigned or finished, finished
 
 
-def detector_rate(settings, artifact, n: int) -> tuple[float, dict]:
-    """(b) Readings/s of the StreamRunner, assignment to last window scored; and where time went."""
+def detector_rate(settings, artifact, n: int, broker_pids: tuple[int, ...] = ()) -> tuple[float, dict]:
+    """(b) Readings/s of the StreamRunner, assignment to last window scored; and where time went:
+    the model's busy share, and the cores each part used (``cpu``: the poll loop, the model's
+    thread, kafka-python's I/O threads, the broker's processes, the whole machine)."""
     from stream_ae.stream.runner import StreamRunner
 
     runner = StreamRunner(settings, artifact)
     expected = n - ENTITIES * (artifact.window.length - 1)
     m = runner.metrics
-    t0, t1 = _run(runner, lambda: (m.sample("stream_ae_windows_scored_total") or 0) >= expected)
-    elapsed = t1 - t0
+    a, b = _run(runner, lambda: (m.sample("stream_ae_windows_scored_total") or 0) >= expected,
+                children=broker_pids)
+    elapsed = b.at - a.at
     batches = m.sample("stream_ae_batch_readings_count") or 1
     model_s = m.sample("stream_ae_scoring_seconds_sum") or 0.0
     return n / elapsed, {"seconds": round(elapsed, 2), "batches": int(batches),
                          "mean_batch_readings": round(n / batches, 1),
                          "model_seconds": round(model_s, 2), "model_share": round(model_s / elapsed, 3),
-                         "evt_peak_share": _peak_share(runner.detector, expected)}
+                         "evt_peak_share": _peak_share(runner.detector, expected),
+                         "cpu_cores": cpu.cpu_between(a, b, CPU_GROUPS, children_label="broker")}
 
 
 def _peak_share(detector, windows: int) -> float | None:
@@ -262,7 +275,7 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
                 started["t"] = time.perf_counter()
             return (m.sample("stream_ae_messages_consumed_total") or 0) >= count and not child.is_alive()
 
-        _, t1 = _run(runner, done)
+        t1 = _run(runner, done)[1].at
         child.join(10)
         lat = np.asarray(tap.values) * 1000
         path.unlink()
@@ -306,7 +319,8 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         try:
             produce_rate = _produce_all(broker.bootstrap, topics["readings_topic"], msgs)
             raw = raw_consume_rate(_settings(broker, topics), n)
-            det, profile = detector_rate(_settings(broker, topics, precision), artifact, n)
+            det, profile = detector_rate(_settings(broker, topics, precision), artifact, n,
+                                         tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
         finally:
             delete_topics(broker.bootstrap, list(topics.values()))
         lat = latency_run(broker, artifact, msgs, det / 2, out_dir, precision)
