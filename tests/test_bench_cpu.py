@@ -37,7 +37,8 @@ def test_a_busy_thread_is_counted_in_its_group_and_an_idle_one_is_not():
     usage = cpu.cpu_between(a, b, {"busy": lambda n: n == "busy-spin", "idle": lambda n: n == "idle-wait"})
     assert 0.3 <= usage["busy"] * wall <= 0.5 + 0.05  # CPU seconds, at the kernel's tick resolution
     assert usage["idle"] == 0.0
-    assert usage["machine_cores"] >= usage["busy"] - 0.05  # the machine saw at least that thread
+    # the machine saw at least that thread (both counters move in 10 ms ticks: a few % here)
+    assert usage["machine_cores"] >= 0.85 * usage["busy"]
 
 
 @proc
