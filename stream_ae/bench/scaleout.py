@@ -31,7 +31,6 @@ import urllib.request
 from pathlib import Path
 
 from stream_ae.bench import cpu, emit
-from stream_ae.bench.cpu import BROKER_PROCESS
 from stream_ae.errors import StreamAEError
 
 ENTITIES = 256        # 16 entities hash 13:3 onto the two halves of 8 partitions; 256 give 134:122
@@ -141,7 +140,7 @@ def consumer_group_run(broker, artifact_path: Path, readings_topic: str, k: int,
     own_readings = topics["readings_topic"]
     topics["readings_topic"] = readings_topic              # shared by every k; the rest are fresh
     overrides = _overrides(broker, topics) + [f"model.artifact={artifact_path}"]
-    broker_pids = cpu.child_pids(BROKER_PROCESS)
+    broker_pids = cpu.child_pids(cpu.BROKER_PROCESS)
     members = [_Member(i, overrides, out_dir / f"scaleout-k{k}-member{i}.log") for i in range(k)]
     try:
         first = last = all_in = None

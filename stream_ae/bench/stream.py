@@ -220,8 +220,8 @@ def _run(runner, done, timeout_s: float = 600.0,
 
 def detector_rate(settings, artifact, n: int, broker_pids: tuple[int, ...] = ()) -> tuple[float, dict]:
     """(b) Readings/s of the StreamRunner, assignment to last window scored; and where time went:
-    the model's busy share, and the cores each part used (``cpu``: the poll loop, the model's
-    thread, kafka-python's I/O threads, the broker's processes, the whole machine)."""
+    the model's busy share, and the cores each part used (``cpu_cores``: the poll loop, the
+    model's thread, kafka-python's I/O threads, the broker's processes, the whole machine)."""
     from stream_ae.stream.runner import StreamRunner
 
     runner = StreamRunner(settings, artifact)
