@@ -191,6 +191,23 @@ def test_alert_round_trip_conforms_to_its_schema_file():
         decode_alert(json.dumps(bad).encode())
 
 
+def test_an_alert_event_goes_on_the_wire_as_its_schema_says_and_its_id_comes_back():
+    from stream_ae.alerts.tracker import AlertEvent
+
+    event = AlertEvent(alert_id="a1", event_id="a1:open:0", entity="pump-1", model_version="m1",
+                       state="open", started_at=1_700_000_000_000_000_000, at=1_700_000_001_500_000_000,
+                       score=np.float32(2.5), threshold=1.0, severity="warning",
+                       top_channels=[("flow", 1.0000001), ("temp", -1e-9)], sequence=np.int64(0))
+    blob = encode_alert(codec.alert_message(event))
+    assert conforms(json.loads(blob), schema("alert.v1.json"), schema("alert.v1.json"))
+    alert = decode_alert(blob)
+    assert (alert.event_id, alert.entity, alert.state, alert.score) == ("a1:open:0", "pump-1", "open", 2.5)
+    assert alert.at == dt.datetime(2023, 11, 14, 22, 13, 21, 500000, tzinfo=UTC)
+    assert [(c.channel, c.share) for c in alert.top_channels] == [("flow", 1.0), ("temp", 0.0)]  # clipped
+    assert codec.alert_event_id(blob) == "a1:open:0"
+    assert codec.alert_event_id(b'{"not": "an alert"}') is None and codec.alert_event_id(b"\xff") is None
+
+
 def test_dead_letter_round_trip_conforms_to_its_schema_file():
     _, [letter] = decode_readings([record(b"\x00binary\xff")])
     blob = encode_dead_letter(letter)

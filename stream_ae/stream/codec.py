@@ -310,6 +310,26 @@ def decode_alert(data: bytes) -> Alert:
     return _ALERT_DECODER.decode(data)
 
 
+def alert_message(event) -> Alert:
+    """The wire form of an :class:`~stream_ae.alerts.AlertEvent` (shares clipped to [0, 1])."""
+    return Alert(
+        event_id=event.event_id, alert_id=event.alert_id, entity=event.entity,
+        model_version=event.model_version, state=event.state,
+        started_at=ns_to_datetime(event.started_at), at=ns_to_datetime(event.at),
+        score=float(event.score), threshold=float(event.threshold), severity=event.severity,
+        top_channels=[ChannelShare(channel=c, share=min(max(float(s), 0.0), 1.0)) for c, s in event.top_channels],
+        sequence=int(event.sequence))
+
+
+def alert_event_id(data: bytes) -> str | None:
+    """The ``event_id`` of an alerts-topic record; None for one that is not an alert event
+    (a foreign record on the topic is not ours to judge)."""
+    try:
+        return decode_alert(data).event_id
+    except Exception:  # noqa: BLE001 - any undecodable record is foreign
+        return None
+
+
 def decode_dead_letter(data: bytes) -> DeadLetter:
     """Validate and decode a dead letter; raises ``msgspec.ValidationError`` if invalid."""
     return _DEAD_LETTER_DECODER.decode(data)

@@ -274,7 +274,7 @@ class StreamRunner:
         return batch, ingest
 
     def _publish(self, event, ingest_s: float) -> None:
-        alert = to_alert_message(event)
+        alert = codec.alert_message(event)
         ck, m = self._checkpointer, self.metrics
 
         def acked(md) -> None:
@@ -360,7 +360,7 @@ class StreamRunner:
         reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
                                   "enable_auto_commit": False, "fetch_max_wait_ms": 50})
         try:
-            restored, published, ends = recover(reader, k.state_topic, k.alerts_topic, parts, _event_id)
+            restored, published, ends = recover(reader, k.state_topic, k.alerts_topic, parts, codec.alert_event_id)
         finally:
             reader.close()
         for p in parts:
@@ -401,25 +401,6 @@ _REJECT_DETAIL = {
     "out_of_order": "older than the entity's last accepted reading",
     "late": "older than the allowed lateness",
 }
-
-
-def _event_id(value: bytes) -> str | None:
-    try:
-        return codec.decode_alert(value).event_id
-    except Exception:  # a foreign record on the alerts topic is not ours to judge
-        return None
-
-
-def to_alert_message(event) -> codec.Alert:
-    """The wire form (:class:`codec.Alert`) of an :class:`~stream_ae.alerts.AlertEvent`."""
-    return codec.Alert(
-        event_id=event.event_id, alert_id=event.alert_id, entity=event.entity,
-        model_version=event.model_version, state=event.state,
-        started_at=codec.ns_to_datetime(event.started_at), at=codec.ns_to_datetime(event.at),
-        score=float(event.score), threshold=float(event.threshold), severity=event.severity,
-        top_channels=[codec.ChannelShare(channel=c, share=min(max(float(s), 0.0), 1.0))
-                      for c, s in event.top_channels],
-        sequence=int(event.sequence))
 
 
 def main(argv: list[str] | None = None) -> int:
