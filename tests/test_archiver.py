@@ -153,6 +153,30 @@ def test_recover_deletes_the_files_of_a_flush_a_crash_cut_short(tmp_path):
     assert not (root / pending[0]).exists() and not list((root / "date=2024-10-04/entity=b").iterdir())
 
 
+@pytest.mark.parametrize("hostile", [
+    [b'{"entity": "q", "ts": 1, "values": {"flow": 1}} {"entity": "r", "ts": 2, "values": {"flow": 2}}', b""],
+    [b'{"entity": "q", "ts": 1, "values": {"flow": 1}}\n', b"{}"],    # a trailing newline (valid alone)
+    [b"{", b"}"],
+])
+def test_a_batch_is_archived_as_its_messages_decoded_one_by_one(tmp_path, hostile):
+    """Two documents in one value and a blank one keep the line count: the one-call decode
+    must still not take lines for records (each alone is malformed)."""
+    from collections import namedtuple
+
+    from stream_ae.archiver.core import ArchiveCore
+    from stream_ae.archiver.worker import pack
+
+    record = namedtuple("record", "offset value")
+    values = [_reading("a", T0_MS, {"flow": 1.0}), *hostile, _reading("b", T0_MS, {"flow": 2.0})]
+    core = ArchiveCore("t", str(tmp_path))
+    core.recover(0)
+    out = core.ingest(0, *pack([record(i, v) for i, v in enumerate(values)]))
+    alone = [codec.ReadingDecoder().decode([v]) for v in values]   # (readings, dead letters) each
+    assert core._buffers[0].rows == sum(len(ok) for ok, _ in alone)
+    assert sorted((i, reason) for i, reason, _, _ in out.dead_letters) == \
+        [(i, letter.reason) for i, (_, bad) in enumerate(alone) for letter in bad]
+
+
 # ---- on the broker -------------------------------------------------------------------------------
 
 @pytest.mark.kafka

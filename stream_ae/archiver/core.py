@@ -7,8 +7,9 @@ their exact source coordinates), and the partitions durable up to an offset. It 
 archiver's worker process (see ``job.py``) or inline.
 
 Decoding gives exactly the codec's answer. A batch is first decoded in one call
-(``decode_lines`` over the values joined by newlines, valid only when no value holds a
-newline, none is null or oversized, every line decodes and every value fits float32);
+(``decode_lines`` over the values joined by newlines, valid only when the lines are exactly
+the values (``columns.lines_are_values``), none is null or oversized, every line decodes and
+every value fits float32);
 anything else sends the whole batch through :class:`codec.ReadingDecoder`, message by
 message, which names the reason of each dead letter.
 """
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from stream_ae.archiver.writer import ArchiveWriter, PartitionState
 from stream_ae.stream import codec
+from stream_ae.stream.columns import lines_are_values
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _TS_TYPE = pa.timestamp("ns", tz="UTC")
@@ -155,7 +157,7 @@ class ArchiveCore:
         if batch.lengths.min() < 0 or batch.lengths.max() > self.max_bytes:
             return None
         joined = batch.joined[batch.starts[0]:batch.starts[-1] + batch.lengths[-1]]
-        if joined.count(b"\n") != n - 1:     # a value holding a newline: lines are not records
+        if not lines_are_values(joined, batch.lengths):   # else lines are not records
             return None
         try:
             readings = self._lines.decode_lines(joined)

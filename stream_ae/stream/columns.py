@@ -97,23 +97,17 @@ def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list
     The values are joined as JSON lines. A raw newline cannot occur inside a JSON string,
     so with no newline in any value, no blank value (each starts with ``{`` and ends with
     ``}``) and as many documents as values, line i is message i, exactly: a message
-    can never lend bytes to its neighbour. (msgspec reads ``{..} {..}`` on one line as two
-    documents; it takes a blank value, which has none, to make the counts agree again.)
+    can never lend bytes to its neighbour (:func:`lines_are_values`).
     """
     if fast is None or not messages:
         return None
     try:
         values = list(map(_VALUE, messages)) if not isinstance(messages[0], bytes) else messages
         lengths = np.fromiter(map(len, values), np.int64, len(values))  # (n,)
-        if lengths.min() < 2 or lengths.max() > decoder.max_bytes:
+        if lengths.max() > decoder.max_bytes:
             return None
         joined = b"\n".join(values)
-        # the framing, checked over the bytes at once: no newline but the n - 1 separators,
-        # and each value's first byte "{" and last byte "}"
-        buf = np.frombuffer(joined, np.uint8)
-        ends = np.cumsum(lengths + 1) - 1  # (n,) each value's separator (the last: one past the end)
-        if (np.count_nonzero(buf == 10) != len(values) - 1 or not (buf[ends - lengths] == 123).all()
-                or not (buf[ends - 1] == 125).all()):
+        if not lines_are_values(joined, lengths):
             return None
         readings = fast[1](joined)
     except (AttributeError, TypeError, IndexError, msgspec.ValidationError, msgspec.DecodeError):
@@ -126,6 +120,29 @@ def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list
     except TypeError:  # some are RFC 3339 datetimes
         ts_ns = [_ts_ns(t) for t in ts]
     return list(map(_ENTITY, readings)), ts_ns, [msgspec.structs.astuple(r.values) for r in readings]
+
+
+def lines_are_values(joined: bytes, lengths: np.ndarray) -> bool:
+    """Whether ``joined``, values of ``lengths`` (n,) joined by ``b"\\n"``, read as JSON lines is
+    exactly its values, one object each: no newline but the n - 1 separators, and every value
+    starts with ``{`` and ends with ``}``. Checked over the bytes at once.
+
+    msgspec's ``decode_lines`` reads ``{..} {..}`` on one line as two documents and skips a
+    blank line, so a newline count alone would let such a pair shift records onto the wrong
+    messages.
+
+    >>> lines_are_values(b'{"a":1}\\n{"b":2}', np.array([7, 7]))
+    True
+    >>> lines_are_values(b'{"a":1} {"b":2}\\n', np.array([15, 0]))
+    False
+    """
+    n = len(lengths)
+    if n == 0 or lengths.min() < 2:
+        return False
+    buf = np.frombuffer(joined, np.uint8)
+    ends = np.cumsum(lengths + 1) - 1  # (n,) each value's separator (the last: one past the end)
+    return bool(np.count_nonzero(buf == 10) == n - 1 and (buf[ends - lengths] == 123).all()
+                and (buf[ends - 1] == 125).all())
 
 
 _VALUE, _TS, _ENTITY = operator.attrgetter("value"), operator.attrgetter("ts"), operator.attrgetter("entity")
