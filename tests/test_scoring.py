@@ -161,3 +161,18 @@ def test_a_model_that_cannot_be_traced_is_scored_eagerly(caplog):
     module = WindowScores(Untraceable(), T)
     assert score_graph(module, C) is module
     assert "eager" in caplog.text
+
+
+def test_threads_scoring_at_once_get_what_one_thread_gets(artifact):
+    """The runner scores batch.scoring_threads micro-batches at once on one Scorer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scorer = Scorer(artifact, device="cpu", batch_size=64)
+    jobs = [(_rows(200 + 13 * i, seed=i), None) for i in range(24)]
+    jobs = [(rows, np.arange(len(rows) - T + 1, dtype=np.int64)[i % 5::2]) for i, (rows, _) in enumerate(jobs)]
+    alone = [scorer.score_rows(rows, starts) for rows, starts in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: scorer.score_rows(*job), jobs * 3))
+    for i, got in enumerate(together):
+        np.testing.assert_array_equal(got.score, alone[i % len(jobs)].score)
+        np.testing.assert_array_equal(got.channel_error, alone[i % len(jobs)].channel_error)

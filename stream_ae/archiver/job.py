@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from stream_ae.archiver import worker
 from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
-from stream_ae.stream import codec
+from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.broker import rebalance_listener
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class Archiver:
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": a.group_id,
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})
             stack.callback(self._close_consumer)
+            if s.kafka.record_decoder == "compiled":
+                record_decoding.install(self._consumer)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             last_record = next_age_check = time.monotonic()
             while not stop.is_set():

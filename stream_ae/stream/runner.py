@@ -18,9 +18,10 @@ evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts 
 checkpoint protocol are in ``checkpoint.py``. ``python -m stream_ae.stream.runner`` runs
 one consumer until SIGTERM / SIGINT.
 
-Pipeline: the model runs in one worker thread (the scoring graph holds the GIL only to enter
-and leave) while this thread polls, decodes and windows the next micro-batch. At most
-``max_in_flight`` batches wait for or undergo scoring; while that many are, a ready batch
+Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
+the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
+decodes and windows the next one. At most ``max_in_flight`` (one more than the scoring
+threads) batches wait for or undergo scoring; while that many are, a ready batch
 keeps growing and is held back unless full. Batches are finished (thresholds, alert
 lifecycles, publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
 shutdown first finish the batches in flight, so a checkpoint never covers a batch whose
@@ -42,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from stream_ae.errors import StreamAEError
-from stream_ae.stream import codec
+from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.batcher import MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer, recover
@@ -103,13 +104,14 @@ class StreamRunner:
         # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
         self._lock = threading.RLock()
         self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
+        self.max_in_flight = settings.batch.scoring_threads + 1
         self._scoring: ThreadPoolExecutor | None = None  # the model's thread, while run() runs
 
-    # Batches handed to the model's thread: one scoring, one prepared behind it. The poll loop
-    # never waits for the model unless the next batch is full: while the model is busy, the
-    # batch in the making keeps growing (bigger batches score cheaper per window) and the
-    # fetches keep flowing (a blocked poll loop is time the readings wait in the broker).
-    max_in_flight = 2
+    # Batches handed to the model's threads: one scoring on each, one prepared behind them
+    # (``max_in_flight``). The poll loop never waits for the model unless the next batch is
+    # full: while the model is busy, the batch in the making keeps growing (bigger batches
+    # score cheaper per window) and the fetches keep flowing (a blocked poll loop is time the
+    # readings wait in the broker).
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -124,7 +126,9 @@ class StreamRunner:
             self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
-            self._scoring = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-scoring")
+            if s.kafka.record_decoder == "compiled":
+                record_decoding.install(self._consumer)
+            self._scoring = ThreadPoolExecutor(s.batch.scoring_threads, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             tune_process(stack, s.batch.torch_threads)  # threads, GIL switch interval, frozen heap

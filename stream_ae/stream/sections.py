@@ -67,6 +67,9 @@ class KafkaSettings(_Section):
     state_topic: str = "stream-ae.state"
     # seconds between checkpoints (state + offsets); a crash replays at most this much
     checkpoint_interval_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 5.0
+    # how fetched record batches become records: "compiled" (aiokafka's C decoder, the same
+    # ConsumerRecords at ~4x less CPU; stream/record_decoding.py) or kafka-python's own
+    record_decoder: Literal["compiled", "kafka-python"] = "compiled"
     client: Mapping[str, Any] = msgspec.field(default_factory=dict)  # kafka-python passthrough
 
     def __post_init__(self):
@@ -91,6 +94,8 @@ class BatchSettings(_Section):
     max_size: Annotated[int, Meta(ge=1)] = 1024
     max_wait_ms: Annotated[int, Meta(ge=0)] = 100
     torch_threads: Annotated[int, Meta(ge=0)] = 1  # model threads; 0 keeps torch's default (all cores)
+    # micro-batches scored at once, each on its own thread (with torch_threads each)
+    scoring_threads: Annotated[int, Meta(ge=1, le=16)] = 2
 
 
 class ThresholdSettings(_Section):
