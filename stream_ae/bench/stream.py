@@ -163,14 +163,18 @@ def _overrides(broker, topics: dict) -> list[str]:
     return overrides + [f"kafka.{k}={v}" for k, v in topics.items()] + [f"{k}={v}" for k, v in SETTINGS.items()]
 
 
-def raw_consume_rate(settings, n: int) -> float:
-    """(a) Records/s of a bare consumer group over the readings topic: no decode, no processing."""
+def raw_consume_rate(settings, n: int, compiled: bool = False) -> float:
+    """(a) Records/s of a bare consumer group over the readings topic: no decode, no processing.
+    ``compiled``: with the detector's record decoder installed (stream/record_decoding.py)."""
     from kafka import KafkaConsumer
 
+    from stream_ae.stream import record_decoding
     from stream_ae.stream.broker import wait_for_assignment
 
     consumer = KafkaConsumer(**{**settings.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
     try:
+        if compiled and not record_decoding.install(consumer):
+            return float("nan")
         consumer.subscribe([settings.kafka.readings_topic])
         wait_for_assignment(consumer)
         t, got = time.perf_counter(), 0
@@ -289,6 +293,12 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
             "latency_max_ms": round(float(lat.max()), 1) if lat.size else None}
 
 
+def _settings_decoder() -> str:
+    from stream_ae.stream.settings import load_settings
+
+    return load_settings(env={}).kafka.record_decoder
+
+
 def _crc32c_native() -> bool:
     """kafka-python validates every fetched batch's CRC; in pure Python that is ~30% of a consumer."""
     from kafka.record.util import crc32c_c
@@ -319,6 +329,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         try:
             produce_rate = _produce_all(broker.bootstrap, topics["readings_topic"], msgs)
             raw = raw_consume_rate(_settings(broker, topics), n)
+            raw_compiled = raw_consume_rate(_settings(broker, topics), n, compiled=True)
             det, profile = detector_rate(_settings(broker, topics, precision), artifact, n,
                                          tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
         finally:
@@ -333,14 +344,20 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "kafka_crc32c": _crc32c_native(),
         "load_generator": {"client": load_generator(), "linger_ms": GENERATOR_LINGER_MS},
         "model": {"source": "presets.PRESETS['conv']", "version": artifact.version, **artifact.model.to_dict()},
-        "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision},
+        "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision,
+                                                        "kafka.record_decoder": _settings_decoder()},
         "produce_msgs_per_s": round(produce_rate, 1),
         "raw_consume_msgs_per_s": round(raw, 1), "detector_msgs_per_s": round(det, 1),
-        "ratio": round(det / raw, 3), **lat, "detector_profile": profile,
+        "ratio": round(det / raw, 3),
+        "raw_consume_compiled_decoder_msgs_per_s": round(raw_compiled, 1),
+        "ratio_to_compiled_raw": round(det / raw_compiled, 3), **lat, "detector_profile": profile,
         "targets": {"ratio": TARGET_RATIO, "latency_p99_ms": TARGET_P99_MS},
         "notes": [f"model trained 1 epoch on 20k windows of the plant's first {HISTORY_ROWS} rows per entity "
                   "(clean); the readings are the rows after them, anomalies injected; detector_profile."
                   "evt_peak_share is the share of windows the thresholds learned as peaks (2 % by design)",
+                  "(a) is stock kafka-python; (b) decodes fetched batches with aiokafka's compiled "
+                  "decoder (kafka.record_decoder=compiled, the default); raw_consume_compiled_decoder is "
+                  "(a) with that decoder too, and ratio_to_compiled_raw (b) against it",
                   "(a) and (b) read the same topic from fresh groups; rates are measured from partition "
                   "assignment, so the group join is excluded from both",
                   "(c) latency = alert acknowledged minus the reading's Kafka CreateTime, every event; "
