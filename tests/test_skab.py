@@ -91,6 +91,26 @@ def test_quick_skab_protocol_a_beats_chance():
 
 @pytest.mark.skab
 @skab
+def test_bf16_scoring_keeps_the_fp32_calibration():
+    """``--precision bf16``: the threshold is calibrated on fp32 scores, as ``train`` does; the
+    detector then scores in bf16, close to fp32."""
+    from stream_ae.scoring import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    f = load_skab(SKAB_DIR, ["valve1/1"])[0]
+    fp32 = fit_detector(f.head(TRAIN_ROWS), _tiny_preset(), seed=0)
+    bf16 = fit_detector(f.head(TRAIN_ROWS), _tiny_preset(), seed=0, precision="bf16")
+    assert bf16.threshold_state == fp32.threshold_state
+    np.testing.assert_array_equal(bf16.val_scores, fp32.val_scores)
+    a = run_file(fp32, f, _tiny_preset(), test_from=TRAIN_ROWS).score[TRAIN_ROWS:]
+    b = run_file(bf16, f, _tiny_preset(), test_from=TRAIN_ROWS).score[TRAIN_ROWS:]
+    assert not np.array_equal(a, b)  # it did score in bf16
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.skab
+@skab
 def test_decisions_are_causal():
     f = load_skab(SKAB_DIR, ["valve1/1"])[0]
     preset = _tiny_preset()

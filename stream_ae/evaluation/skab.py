@@ -143,8 +143,12 @@ class Detector:
     history: dict  # fit_autoencoder's history
 
 
-def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: int = 0) -> Detector:
+def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: int = 0,
+                 precision: str = "fp32") -> Detector:
     """Fit ``preset`` on ``train``: time split, scaler on the fit part, autoencoder, threshold.
+
+    As ``stream-ae train`` does, the threshold is calibrated on fp32 scores; ``precision`` is
+    the precision the detector then scores at (as ``model.precision`` in the stream).
 
     Windows ending before the cut (``1 - preset.val_fraction`` of the rows) train the model;
     windows starting at or after it are held out: they stop training early and calibrate the
@@ -189,6 +193,8 @@ def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: i
     scorer = Scorer(artifact, device=device)
     threshold = build_threshold(preset.threshold)
     val_scores = scorer.score_rows(batch.rows, batch.starts[val_w]).score
+    if precision != "fp32":
+        scorer = Scorer(artifact, device=device, precision=precision)
     threshold.fit(val_scores)
     artifact.threshold = {"spec": preset.threshold.to_dict(), "state": threshold.state_dict()}
     return Detector(artifact, scorer, threshold.state_dict(), val_scores, history)
@@ -281,7 +287,8 @@ def _summarise(runs: list[FileRun]) -> dict:
 
 
 def run_protocol(protocol: str, files: list[SkabFile], preset: "Preset", data_dir=None,
-                 device: str = "cpu", seed: int = 0, progress: bool = True) -> tuple[dict, list[FileRun]]:
+                 device: str = "cpu", seed: int = 0, progress: bool = True,
+                 precision: str = "fp32") -> tuple[dict, list[FileRun]]:
     """Run protocol ``"A"`` or ``"B"`` for one preset: ``(metrics, per-file runs)``."""
     from tqdm.auto import tqdm
 
@@ -293,10 +300,10 @@ def run_protocol(protocol: str, files: list[SkabFile], preset: "Preset", data_di
         # 20x the windows of a protocol-A slice: the trainer's default batch of 256 keeps the
         # number of optimiser steps per epoch (and the run time) in the same range
         big = dataclasses.replace(preset, train=dataclasses.replace(preset.train, batch_size=256))
-        detector = fit_detector(load_anomaly_free(data_dir), big, device, seed)
+        detector = fit_detector(load_anomaly_free(data_dir), big, device, seed, precision)
     for f in tqdm(files, desc=desc, unit="file", disable=not progress, leave=False):
         if protocol == "A":
-            detector = fit_detector(f.head(TRAIN_ROWS), preset, device, seed)
+            detector = fit_detector(f.head(TRAIN_ROWS), preset, device, seed, precision)
             runs.append(run_file(detector, f, preset, test_from=TRAIN_ROWS))
         else:
             runs.append(run_file(detector, f, preset, test_from=0))
@@ -305,7 +312,8 @@ def run_protocol(protocol: str, files: list[SkabFile], preset: "Preset", data_di
 
 def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), protocols=("A",),
              files: list[str] | None = None, device: str = "cpu", seed: int = 0,
-             progress: bool = True, presets: dict | None = None, num_threads: int = 1) -> dict:
+             progress: bool = True, presets: dict | None = None, num_threads: int = 1,
+             precision: str = "fp32") -> dict:
     """Evaluate presets on SKAB.
 
     Returns ``{kind: {variant: {protocol: result}}}`` where ``result`` holds ``f1``, ``far``,
@@ -313,20 +321,23 @@ def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), proto
     (``standard``, ``low_fp``, ``low_fn``), ``per_file`` metrics, ``preset`` (its settings),
     ``seconds`` and ``runs`` (the per-file :class:`FileRun` series, for plotting; drop them
     before writing JSON, see :func:`results_to_json`). ``presets`` overrides the named presets
-    by kind (for experiments); ``num_threads`` caps torch's CPU threads during the run.
+    by kind (for experiments); ``num_threads`` caps torch's CPU threads during the run;
+    ``precision`` is the scoring precision (:func:`fit_detector`).
     """
     skab = load_skab(data_dir, files)
     out: dict = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)  # models this small gain nothing from more threads
     try:
-        _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets)
+        _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets,
+                      precision)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets):
+def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets,
+                  precision="fp32"):
     import time
 
     from stream_ae.presets import SKAB_THRESHOLD, get_preset
@@ -337,8 +348,9 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
             preset = base.with_variant(variant)
             for protocol in protocols:
                 t0 = time.perf_counter()
-                metrics, runs = run_protocol(protocol, skab, preset, data_dir, device, seed, progress)
-                metrics.update(preset=preset.to_dict(), seconds=time.perf_counter() - t0, runs=runs)
+                metrics, runs = run_protocol(protocol, skab, preset, data_dir, device, seed, progress, precision)
+                metrics.update(preset=preset.to_dict(), precision=precision, seconds=time.perf_counter() - t0,
+                               runs=runs)
                 out.setdefault(kind, {}).setdefault(variant, {})[protocol] = metrics
 
 
@@ -357,7 +369,7 @@ def run_skab_cli(args) -> int:
 
     Reads ``args.data``, ``.model`` ("conv", "lstm" or "conv,lstm"), ``.variant`` (comma list
     or "all"), ``.protocol`` ("published" = A, "anomaly-free" = B, or "all"), ``.json_path``,
-    ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device`` and ``.no_progress``.
+    ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device``, ``.precision`` and ``.no_progress``.
     """
     import json
 
@@ -373,7 +385,8 @@ def run_skab_cli(args) -> int:
         raise ConfigError(f"--protocol {proto_arg!r} is unknown; choose published, anomaly-free or all")
     results = evaluate(args.data, kinds, variants, _PROTOCOL_NAMES[proto_arg],
                        device=getattr(args, "device", "cpu"),
-                       progress=not getattr(args, "no_progress", False))
+                       progress=not getattr(args, "no_progress", False),
+                       precision=getattr(args, "precision", "fp32"))
     print(f"{'model':6} {'variant':14} {'protocol':8} {'F1':>6} {'FAR%':>7} {'MAR%':>7} "
           f"{'NAB std':>8} {'low FP':>8} {'low FN':>8} {'time s':>7}")
     for kind, by_v in results.items():
