@@ -166,6 +166,11 @@ def test_install_on_a_consumer_and_its_refusals(caplog):
         assert record_decoding.install(plain) and plain._fetcher.PartitionRecords is record_decoding._partition_records_class()
         assert not record_decoding.install(deser) and deser._fetcher.PartitionRecords is Fetcher.PartitionRecords
         assert "deserializes" in caplog.text
+        caplog.clear()
+        stock = KafkaConsumer(bootstrap_servers="localhost:1", api_version=(2, 8))
+        assert not record_decoding.install(stock, "kafka-python") and "PartitionRecords" not in vars(stock._fetcher)
+        assert "decoded by kafka-python" not in caplog.text  # asked for: no warning
+        stock.close()
     finally:
         plain.close()
         deser.close()

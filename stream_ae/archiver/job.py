@@ -102,8 +102,7 @@ class Archiver:
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": a.group_id,
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})
             stack.callback(self._close_consumer)
-            if s.kafka.record_decoder == "compiled":
-                record_decoding.install(self._consumer)
+            record_decoding.install(self._consumer, s.kafka.record_decoder)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             last_record = next_age_check = time.monotonic()
             while not stop.is_set():

@@ -297,12 +297,6 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
             "latency_max_ms": round(float(lat.max()), 1) if lat.size else None}
 
 
-def _settings_decoder() -> str:
-    from stream_ae.stream.settings import load_settings
-
-    return load_settings(env={}).kafka.record_decoder
-
-
 def _crc32c_native() -> bool:
     """kafka-python validates every fetched batch's CRC; in pure Python that is ~30% of a consumer."""
     from kafka.record.util import crc32c_c
@@ -334,7 +328,8 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
             produce_rate = _produce_all(broker.bootstrap, topics["readings_topic"], msgs)
             raw = raw_consume_rate(_settings(broker, topics), n)
             raw_compiled = raw_consume_rate(_settings(broker, topics), n, compiled=True)
-            det, profile = detector_rate(_settings(broker, topics, precision), artifact, n,
+            det_settings = _settings(broker, topics, precision)
+            det, profile = detector_rate(det_settings, artifact, n,
                                          tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
         finally:
             delete_topics(broker.bootstrap, list(topics.values()))
@@ -349,7 +344,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "load_generator": {"client": load_generator(), "linger_ms": GENERATOR_LINGER_MS},
         "model": {"source": "presets.PRESETS['conv']", "version": artifact.version, **artifact.model.to_dict()},
         "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision,
-                                                        "kafka.record_decoder": _settings_decoder()},
+                                                        "kafka.record_decoder": det_settings.kafka.record_decoder},
         "produce_msgs_per_s": round(produce_rate, 1),
         "raw_consume_msgs_per_s": round(raw, 1), "raw_max_records": RAW_MAX_RECORDS,
         "detector_msgs_per_s": round(det, 1),

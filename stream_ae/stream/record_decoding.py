@@ -28,6 +28,7 @@ import importlib
 import itertools
 import logging
 import operator
+import struct
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,12 @@ def available() -> str | None:
     return None
 
 
-def install(consumer: Any) -> bool:
+def install(consumer: Any, decoder: str = "compiled") -> bool:
     """Decode the consumer's fetched batches with :class:`FastPartitionRecords`; False (and
-    the consumer unchanged) when that cannot be done exactly."""
+    the consumer unchanged) when that cannot be done exactly, or ``decoder`` (the
+    ``kafka.record_decoder`` setting) is ``"kafka-python"``."""
+    if decoder != "compiled":
+        return False
     why = available()
     fetcher = getattr(consumer, "_fetcher", None)
     if why is None and fetcher is None:
@@ -184,8 +188,6 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
 def _all_v2(records) -> bool:
     """True when every batch of a fetched ``MemoryRecords`` is message format v2 (read from the
     headers alone; the reader is left where it was)."""
-    import struct
-
     buf = getattr(records, "_buffer", None)
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         return False  # not the MemoryRecords this was written against: kafka-python's reader

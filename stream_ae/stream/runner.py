@@ -126,8 +126,7 @@ class StreamRunner:
             self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
-            if s.kafka.record_decoder == "compiled":
-                record_decoding.install(self._consumer)
+            record_decoding.install(self._consumer, s.kafka.record_decoder)
             self._scoring = ThreadPoolExecutor(s.batch.scoring_threads, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
