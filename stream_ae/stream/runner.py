@@ -105,7 +105,7 @@ class StreamRunner:
         self._lock = threading.RLock()
         self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
         self.max_in_flight = settings.batch.scoring_threads + 1
-        self._scoring: ThreadPoolExecutor | None = None  # the model's thread, while run() runs
+        self._scoring: ThreadPoolExecutor | None = None  # the model's threads, while run() runs
 
     # Batches handed to the model's threads: one scoring on each, one prepared behind them
     # (``max_in_flight``). The poll loop never waits for the model unless the next batch is
