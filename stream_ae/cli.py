@@ -30,6 +30,13 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel names, got {text!r}")
+    return names
+
+
 def _layout_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("columns (wide layout: entity, timestamp, one column per channel)")
     g.add_argument("--entity-col", default=None, help="entity column (default: the model's, or 'entity')")
@@ -67,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: preset)")
     t.add_argument("--max-windows", type=int, default=None, help="cap on sampled training windows")
     t.add_argument("--threshold", choices=("evt", "quantile"), default=None, help="threshold rule (default: evt)")
+    t.add_argument("--detrend", type=_names, default=None, metavar="CHANNELS",
+                   help="comma-separated channels whose per-window trend the model ignores: slow drifts "
+                        "that are no fault on their own, e.g. temperatures (default: none)")
+    t.add_argument("--score-steps", type=int, default=None, metavar="N",
+                   help="score a window by the error of its newest N readings, 0 = all (default: preset)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -8,7 +8,8 @@ from stream_ae.errors import ConfigError
 
 
 def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=None, epochs=None,
-                   max_windows=None, threshold=None, seed=None, device=None, progress=None):
+                   max_windows=None, threshold=None, seed=None, device=None, progress=None,
+                   detrend=None, score_steps=None):
     """The named preset for `model` with `variant` and any explicit overrides applied."""
     from stream_ae.presets import PRESETS
 
@@ -19,12 +20,16 @@ def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=N
     if window is not None or hop is not None or max_gap is not None:
         win = dataclasses.replace(win, length=window or win.length, hop=hop or win.hop,
                                   max_gap_s=max_gap if max_gap is not None else win.max_gap_s)
-    model_cfg = dataclasses.replace(preset.model, window=win.length)
+    steps = preset.model.score_steps if score_steps is None else score_steps
+    if window is not None and score_steps is None:
+        steps = min(steps, win.length)  # a shorter window than the preset's: score at most all of it
+    model_cfg = dataclasses.replace(preset.model, window=win.length, score_steps=steps)
     changes = {k: v for k, v in dict(epochs=epochs, max_windows=max_windows, seed=seed,
                                       device=device, progress=progress).items() if v is not None}
     train_cfg = dataclasses.replace(preset.train, **changes)
     thr = preset.threshold if threshold is None else dataclasses.replace(preset.threshold, kind=threshold)
-    return dataclasses.replace(preset, model=model_cfg, window=win, train=train_cfg, threshold=thr)
+    out = dataclasses.replace(preset, model=model_cfg, window=win, train=train_cfg, threshold=thr)
+    return out if detrend is None else dataclasses.replace(out, detrend=tuple(detrend))
 
 
 def train_command(args, layout) -> Path:
@@ -35,7 +40,8 @@ def train_command(args, layout) -> Path:
     preset = resolve_preset(args.model, args.variant, window=args.window, hop=args.hop,
                             max_gap=args.max_gap, epochs=args.epochs, max_windows=args.max_windows,
                             threshold=args.threshold, seed=args.seed, device=args.device,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, detrend=args.detrend,
+                            score_steps=args.score_steps)
     artifact = train(args.history, layout, preset.window, preset.model, preset.train,
-                     preset.threshold, start=args.start, end=args.end)
+                     preset.threshold, start=args.start, end=args.end, detrend=preset.detrend)
     return save_artifact(artifact, args.out)

@@ -27,6 +27,7 @@ from stream_ae.artifact import Artifact
 from stream_ae.configs import PRECISIONS
 from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import build_model, window_errors
+from stream_ae.models.base import detrend_channels
 from stream_ae.models.polyphase import inference_model
 
 _PRECISIONS = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # autocast dtype of each
@@ -43,14 +44,20 @@ class WindowScores(nn.Module):
     ``forward(rows (N, C), starts (b,) int64) -> (score (b,), channel_error (b, C))``. With
     ``center`` and ``scale`` (C,), the rows are raw and scaled here as
     :meth:`ChannelScaler.transform` does, ``(x - center) / scale`` in float32; without, they
-    come scaled.
+    come scaled. ``detrend_mask`` (C,) and ``score_steps`` are the model's view and scored
+    steps (:class:`~stream_ae.models.config.ModelConfig` ``detrend``, ``score_steps``).
     """
 
     def __init__(self, model: nn.Module, length: int, center: np.ndarray | None = None,
-                 scale: np.ndarray | None = None) -> None:
+                 scale: np.ndarray | None = None, detrend_mask: Tensor | None = None,
+                 score_steps: int = 0) -> None:
         super().__init__()
         self.model = model
         self.length = int(length)
+        self.score_steps = int(score_steps)
+        self.detrends = detrend_mask is not None
+        if self.detrends:
+            self.register_buffer("detrend_mask", detrend_mask.detach().float().clone(), persistent=False)  # (C,)
         self.register_buffer("offsets", torch.arange(length), persistent=False)  # (T,) kept: device, length
         self.scales = center is not None
         if self.scales:
@@ -63,7 +70,9 @@ class WindowScores(nn.Module):
         # (b, T, C) gathered on the device: each window is T * C contiguous values of the
         # sliding view, so index_select copies blocks (10-15x faster than indexing every row)
         x = rows.unfold(0, self.length, 1).transpose(1, 2).index_select(0, starts)
-        return window_errors(x, self.model(x))
+        if self.detrends:  # the model's view of the windows, as in training (Autoencoder.view)
+            x = detrend_channels(x, self.detrend_mask)
+        return window_errors(x, self.model(x), self.score_steps)
 
 
 def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None = None) -> nn.Module:
@@ -191,7 +200,9 @@ class Scorer:
         model.load_state_dict(artifact.state_dict, strict=True)
         self.model = model.to(self.device).eval()
         # conv models run as stride-1 convolutions over phases (same numbers, ~1.2-1.3x faster)
-        module = WindowScores(inference_model(self.model), self.length, *artifact.scaler.affine())
+        module = WindowScores(inference_model(self.model), self.length, *artifact.scaler.affine(),
+                              detrend_mask=self.model.detrend_mask if artifact.model.detrend else None,
+                              score_steps=artifact.model.score_steps)
         module = module.to(self.device).eval()
         self._graph = score_graph(module, len(self.channels), _PRECISIONS[precision])
         # a traced graph holds its casts; the eager fallback needs the autocast context

@@ -156,6 +156,7 @@ def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: i
     """
     from stream_ae.artifact import FORMAT_VERSION, Artifact, make_version, utc_now, weights_bytes
     from stream_ae.models import build_model
+    from stream_ae.models.config import channel_indices
     from stream_ae.scaling import ChannelScaler
     from stream_ae.scoring import Scorer
     from stream_ae.thresholds import build_threshold
@@ -178,7 +179,8 @@ def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: i
         return WindowSet(scaled, batch.starts[mask], spec.length, batch.start_ts[mask],
                          batch.end_ts[mask], np.full(n, train.name, dtype=object))
 
-    config = dataclasses.replace(preset.model, n_channels=len(SKAB_CHANNELS), window=spec.length)
+    config = dataclasses.replace(preset.model, n_channels=len(SKAB_CHANNELS), window=spec.length,
+                                 detrend=channel_indices(preset.detrend, SKAB_CHANNELS))
     train_config = dataclasses.replace(preset.train, seed=seed, device=device, progress=False)
     torch.manual_seed(seed)
     model = build_model(config)
@@ -340,11 +342,12 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
                   precision="fp32"):
     import time
 
-    from stream_ae.presets import SKAB_THRESHOLD, get_preset
+    from stream_ae.presets import SKAB_ALERT, SKAB_DETREND, SKAB_THRESHOLD, get_preset
 
     for kind in model_kinds:
         for variant in variants:
-            base = (presets or {}).get(kind) or get_preset(kind).replace(threshold=SKAB_THRESHOLD)
+            base = (presets or {}).get(kind) or get_preset(kind).replace(
+                threshold=SKAB_THRESHOLD, alert=SKAB_ALERT, detrend=SKAB_DETREND)
             preset = base.with_variant(variant)
             for protocol in protocols:
                 t0 = time.perf_counter()

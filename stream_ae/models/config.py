@@ -38,6 +38,13 @@ class ModelConfig:
         or "kl" divergence of the mean sigmoid code activation to ``sparsity_target``.
     contractive_weight : weight of the encoder Jacobian penalty (contractive).
     kl_weight : weight of the KL term to N(0, I) (variational).
+    detrend : indices of channels (in the artifact's channel order) whose per-window
+        least-squares line is removed before the model reads the window, for slow drifts
+        that are no fault on their own (e.g. temperatures); ``stream-ae train --detrend``
+        names them.
+    score_steps : a window's score is the error of its newest ``score_steps`` steps
+        (0: the whole window). Scoring the newest readings lets an alert start and end
+        with the fault instead of up to a window later.
 
     Examples
     --------
@@ -66,16 +73,19 @@ class ModelConfig:
     sparsity_target: float = 0.05
     contractive_weight: float = 1e-3
     kl_weight: float = 1e-3
+    detrend: tuple[int, ...] = ()
+    score_steps: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.strides, list):  # JSON gives lists; keep the dataclass hashable
-            object.__setattr__(self, "strides", tuple(self.strides))
+        for name in ("strides", "detrend"):  # JSON gives lists; keep the dataclass hashable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def to_dict(self) -> dict:
-        """JSON-safe dict of every field (``strides`` as a list)."""
+        """JSON-safe dict of every field (``strides`` and ``detrend`` as lists)."""
         d = asdict(self)
-        d["strides"] = list(self.strides)
+        d["strides"], d["detrend"] = list(self.strides), list(self.detrend)
         return d
 
     @classmethod
@@ -101,12 +111,35 @@ class ModelConfig:
                 f"window {self.window} is shorter than the conv's total stride {math.prod(self.strides)} "
                 f"(strides {list(self.strides)}); use window >= {math.prod(self.strides)} or fewer/smaller strides"
             )
+        if not isinstance(self.detrend, tuple) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_channels for i in self.detrend):
+            raise ConfigError(f"detrend must list channel indices in [0, {self.n_channels - 1}], got {self.detrend!r}")
+        if len(set(self.detrend)) != len(self.detrend):
+            raise ConfigError(f"detrend names a channel twice: {list(self.detrend)}")
+        if isinstance(self.score_steps, bool) or not isinstance(self.score_steps, int) \
+                or not 0 <= self.score_steps <= self.window:
+            raise ConfigError(f"score_steps must be an integer in [0, window={self.window}] "
+                              f"(0 scores the whole window), got {self.score_steps!r}")
         _number("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         _number("noise_std", self.noise_std, lo=0.0)
         _number("sparsity_weight", self.sparsity_weight, lo=0.0)
         _number("sparsity_target", self.sparsity_target, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _number("contractive_weight", self.contractive_weight, lo=0.0)
         _number("kl_weight", self.kl_weight, lo=0.0)
+
+
+def channel_indices(names, channels, what: str = "detrend") -> tuple[int, ...]:
+    """Positions of channel ``names`` in ``channels`` (the artifact's order); a ConfigError names
+    any that are missing and the channels there are.
+
+    >>> channel_indices(["t2", "t1"], ("a", "t1", "t2"))
+    (2, 1)
+    """
+    missing = [n for n in names if n not in channels]
+    if missing:
+        raise ConfigError(f"{what} names {', '.join(map(repr, missing))}, not among the channels: "
+                          f"{', '.join(channels)}")
+    return tuple(channels.index(n) for n in names)
 
 
 def _choice(what: str, value, choices: tuple[str, ...]) -> None:

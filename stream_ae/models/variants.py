@@ -45,6 +45,7 @@ def training_loss(model: "Autoencoder", x: Tensor) -> tuple[Tensor, dict[str, fl
     """Loss of ``model`` on windows ``x`` (B, T, C) for its config's variant; see module doc."""
     cfg = model.config
     length = x.shape[1]
+    x = model.view(x)  # the windows as the model reads them (detrended channels)
     x_in = x
     if cfg.variant == "denoising" and model.training:
         x_in = x + cfg.noise_std * torch.randn_like(x)  # (B, T, C)

@@ -16,6 +16,7 @@ from stream_ae.artifact import FORMAT_VERSION, Artifact, make_version, utc_now, 
 from stream_ae.data.history import History
 from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import build_model, window_errors
+from stream_ae.models.config import channel_indices
 from stream_ae.scaling import ChannelScaler
 from stream_ae.scoring import Scorer, resolve_device
 from stream_ae.thresholds.base import build_threshold, threshold_to_dict
@@ -89,8 +90,8 @@ def _val_loss(model, rows: torch.Tensor, starts: torch.Tensor, offsets: torch.Te
     total = torch.zeros((), dtype=torch.float64, device=rows.device)
     with torch.inference_mode():
         for lo in range(0, starts.shape[0], batch):
-            x = rows[starts[lo:lo + batch, None] + offsets]  # (b, T, C)
-            total += window_errors(x, model(x))[0].double().sum()
+            x = model.view(rows[starts[lo:lo + batch, None] + offsets])  # (b, T, C)
+            total += window_errors(x, model(x))[0].double().sum()  # the training objective: every step
     return float(total) / max(1, starts.shape[0])
 
 
@@ -198,26 +199,28 @@ def _check_counts(train: WindowSet, val: WindowSet, stats: dict, needed_val: int
 
 
 def train(history, layout, window_spec, model_config, train_config: TrainConfig, threshold_spec,
-          start=None, end=None) -> Artifact:
+          start=None, end=None, detrend: tuple[str, ...] = ()) -> Artifact:
     """Train an autoencoder on a History (or a URI) and return a calibrated Artifact.
 
     The scaler is fitted on the training split only; the threshold is calibrated on the
     validation windows' scores, computed with :class:`~stream_ae.scoring.Scorer` (the one
     scoring path). ``model_config.n_channels`` and ``.window`` are set from the data and
-    ``window_spec``.
+    ``window_spec``; ``detrend`` channel names become ``model_config.detrend`` positions.
     """
     cfg = train_config
     if not isinstance(history, History):
         history = History.open(str(history), layout, start=start, end=end)
     channels = tuple(history.channels)
     layout = history.layout  # the layout the rows were actually read with
+    detrend_at = channel_indices(detrend, channels) if detrend else model_config.detrend
     with _torch_threads(cfg.num_threads):
         train_set, val_set, stats = sample_windows(
             history, layout, window_spec, channels, cfg.max_windows, cfg.seed,
             start=start, end=end, val_fraction=cfg.val_fraction)
         _check_counts(train_set, val_set, stats, max(MIN_VAL_WINDOWS, int(getattr(threshold_spec, "warmup", 0))))
         scaler = ChannelScaler().fit(train_set.rows)
-        config = dataclasses.replace(model_config, n_channels=len(channels), window=int(window_spec.length))
+        config = dataclasses.replace(model_config, n_channels=len(channels), window=int(window_spec.length),
+                                     detrend=detrend_at)
         torch.manual_seed(cfg.seed)
         model = build_model(config)
         fit = fit_autoencoder(model, train_set.with_rows(scaler.transform(train_set.rows)),
