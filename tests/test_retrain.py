@@ -193,3 +193,14 @@ def test_schedule_runs_when_due_or_after_drift(tmp_path, plant):
     assert early.decision in ("promoted", "kept_champion")
     assert not is_due(settings, if_drift=True)[0]               # the marker is older than this retrain now
     assert is_due(make_settings(tmp_path, plant, "retrain.interval=0s"))[0]
+
+
+def test_the_challenger_is_trained_with_the_settings_detrend_and_score_steps(tmp_path, plant):
+    from stream_ae.artifact import load_artifact
+
+    report = run_retrain(make_settings(tmp_path, plant, *POOR, "retrain.detrend=ch_2,ch_0",
+                                       "retrain.score_steps=4"), now=plant["now"])
+    assert report.decision == "promoted", report.reasons
+    model = load_artifact(Registry(tmp_path / "models").artifact_path(report.challenger["version"])).model
+    assert model.detrend == (2, 0) and model.score_steps == 4
+    assert report_file(report)["preset"]["detrend"] == ["ch_2", "ch_0"]

@@ -141,3 +141,25 @@ def test_train_config_is_validated():
     with pytest.raises(ConfigError, match="patience"):
         TrainConfig(patience=0)
     assert isinstance(WindowSet.from_windows(np.zeros((2, 4, 1))).windows, np.ndarray)
+
+
+def test_train_resolves_detrend_names_to_the_datas_channel_positions(plant):
+    _, history = plant
+    last = history.channels[-1]
+    art = train(history, Layout(), SPEC, TINY, _cfg(epochs=1), ThresholdSpec(kind="quantile", warmup=20),
+                detrend=(last, history.channels[0]))
+    assert art.model.detrend == (len(history.channels) - 1, 0)
+    with pytest.raises(ConfigError, match=r"detrend names 'nope', not among the channels: "):
+        train(history, Layout(), SPEC, TINY, _cfg(epochs=1), ThresholdSpec(), detrend=("nope",))
+
+
+def test_train_flags_reach_the_preset():
+    from stream_ae.cli import build_parser
+    from stream_ae.commands import resolve_preset
+
+    args = build_parser().parse_args(["train", "--history", "h", "--model", "conv",
+                                      "--detrend", "Temperature, Thermocouple", "--score-steps", "12"])
+    preset = resolve_preset(args.model, args.variant, detrend=args.detrend, score_steps=args.score_steps)
+    assert preset.detrend == ("Temperature", "Thermocouple") and preset.model.score_steps == 12
+    assert resolve_preset("conv", "undercomplete").model.score_steps == 20  # the preset's newest 20 of 60
+    assert resolve_preset("conv", "undercomplete", window=10).model.score_steps == 10  # never beyond the window

@@ -267,7 +267,8 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
     rule = PromotionRule(cfg.error_tolerance, cfg.alert_rate_tolerance, cfg.alert_rate_slack,
                          cfg.recall_tolerance, cfg.min_holdout_windows)
     preset = resolve_preset(cfg.model, cfg.variant, window=cfg.window, epochs=cfg.epochs,
-                            max_windows=cfg.max_windows, seed=cfg.seed, device=cfg.device, progress=progress)
+                            max_windows=cfg.max_windows, seed=cfg.seed, device=cfg.device, progress=progress,
+                            detrend=cfg.detrend, score_steps=cfg.score_steps)
     report = RetrainReport(run_id=f"{deployment}-{pd.Timestamp(now_ns, tz='UTC'):%Y%m%dT%H%M%SZ}", deployment=deployment,
                            decision="failed", now=_iso(now_ns), train_span=[_iso(train_start), _iso(hold_start)],
                            holdout_span=[_iso(hold_start), _iso(now_ns)], preset=preset.to_dict(),
@@ -347,7 +348,8 @@ def _train_and_publish(registry, history, preset, start: int, end: int, fp: str,
 
     log.info("training a challenger for %r on %s .. %s", deployment, _iso(start), _iso(end))
     artifact = train(history, history.layout, preset.window, preset.model, preset.train, preset.threshold,
-                     start=_iso(start), end=_iso(end))   # ISO strings: error messages name readable times
+                     start=_iso(start), end=_iso(end),   # ISO strings: error messages name readable times
+                     detrend=preset.detrend)
     artifact.training["retrain"] = {"fingerprint": fp, "deployment": deployment, "preset": preset.name}
     return registry.publish(artifact)
 

@@ -175,8 +175,12 @@ class RetrainSettings(_Section):
     epochs: Annotated[int, Meta(ge=1)] | None = None              # None: the preset's
     max_windows: Annotated[int, Meta(ge=1)] | None = None
     window: Annotated[int, Meta(ge=2)] | None = None
+    detrend: tuple[str, ...] | str = ()           # channels whose per-window trend the model ignores (train --detrend); "a,b" from --set
+    score_steps: Annotated[int, Meta(ge=0)] | None = None         # None: the preset's (train --score-steps)
 
     def __post_init__(self):
+        if isinstance(self.detrend, str):
+            msgspec.structs.force_setattr(self, "detrend", tuple(n.strip() for n in self.detrend.split(",") if n.strip()))
         for key in ("train_span", "holdout_span", "align", "interval"):
             seconds = parse_duration(getattr(self, key), f"retrain.{key}")
             if seconds <= 0 and key != "interval":
