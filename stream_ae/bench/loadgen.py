@@ -20,12 +20,15 @@ def load_generator() -> str:
     return f"confluent-kafka {confluent_kafka.__version__}"
 
 
-def paced_producer(bootstrap: str, topic: str, path: str, rate: float, warm_topic: str) -> None:
+def paced_producer(bootstrap: str, topic: str, path: str, rate: float, warm_topic: str, span=None) -> None:
     """Child process body: send the messages in ``path`` at ``rate`` per second (acks=all,
     idempotent, keys partitioned with murmur2 as the Java client and kafka-python do).
 
     One record to ``warm_topic`` is delivered first, so the connection and the idempotent
-    producer id are set up before the first reading's CreateTime is stamped."""
+    producer id are set up before the first reading's CreateTime is stamped. ``span``: a
+    shared array of two doubles that receives the wall-clock time of the first send and of
+    the last acknowledgement, so the caller measures the rate the readings were delivered at
+    (the child's start-up, a second or more, is not part of it)."""
     import msgspec
 
     msgs = msgspec.msgpack.decode(Path(path).read_bytes())
@@ -65,6 +68,8 @@ def paced_producer(bootstrap: str, topic: str, path: str, rate: float, warm_topi
                 raise RuntimeError("the load generator could not deliver every reading in 60 s")
     send(b"warm-up", b"{}", warm_topic)
     flush(close=False)
+    if span is not None:
+        span[0] = time.time()
     start, i = time.perf_counter(), 0
     while i < len(msgs):
         due = min(int((time.perf_counter() - start) * rate) + 1, len(msgs))
@@ -74,3 +79,5 @@ def paced_producer(bootstrap: str, topic: str, path: str, rate: float, warm_topi
         i = due
         time.sleep(0.002)
     flush()
+    if span is not None:
+        span[1] = time.time()

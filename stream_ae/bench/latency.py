@@ -1,0 +1,151 @@
+"""(c) of ``stream-ae bench stream``: latency at a paced load, and the broker's own share of it.
+
+Both runs read the same readings, paced from another process (``loadgen.paced_producer``) at
+the same rate for ``LATENCY_SECONDS``:
+
+* **alerts** (the target): a fresh StreamRunner consumes; every alert event's latency, from
+  the reading's Kafka CreateTime (stamped when it was sent) to the alert's acknowledgement;
+* **broker floor**: a bare kafka-python consumer (same client settings, record decoder and
+  process settings as the runner, no processing); every reading's latency, from its
+  CreateTime to the poll that returned it. What the alerts' figures add over it is the
+  detector's: batching, scoring, thresholds, the alert's produce and acknowledgement.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stream_ae.bench.loadgen import paced_producer
+
+LATENCY_SECONDS = 20.0  # length of each paced run
+
+
+class _LatencyTap:
+    """Records every observation of the runner's latency histogram, and forwards it."""
+
+    def __init__(self, histogram):
+        self.histogram, self.values = histogram, []
+
+    def observe(self, seconds: float) -> None:
+        self.values.append(seconds)
+        self.histogram.observe(seconds)
+
+
+class _PacedLoad:
+    """The load generator in a child process: ``count`` of ``msgs`` at ``rate`` per second."""
+
+    def __init__(self, bootstrap: str, topic: str, warm_topic: str, msgs, rate: float, out_dir: Path):
+        import msgspec
+
+        self.count = min(len(msgs), int(rate * LATENCY_SECONDS))
+        self.path = Path(out_dir) / "stream-bench-paced.msgpack"
+        self.path.write_bytes(msgspec.msgpack.encode(msgs[:self.count]))
+        ctx = multiprocessing.get_context("spawn")
+        self.span = ctx.Array("d", 2, lock=False)  # the generator's first send, last acknowledgement
+        self.child = ctx.Process(target=paced_producer,
+                                 args=(bootstrap, topic, str(self.path), rate, warm_topic, self.span))
+
+    def start(self) -> None:
+        if self.child.pid is None:
+            self.child.start()
+
+    def running(self) -> bool:
+        return self.child.pid is None or self.child.is_alive()
+
+    def finish(self) -> float:
+        """Wait for the generator; the rate its readings were delivered at (its start-up excluded)."""
+        self.child.join(60)
+        self.path.unlink(missing_ok=True)
+        first, last = self.span
+        if self.child.exitcode != 0 or not last > first > 0:
+            raise RuntimeError(f"the load generator failed (exit code {self.child.exitcode})")
+        return self.count / (last - first)
+
+
+def _percentiles(ms: np.ndarray, prefix: str) -> dict:
+    def q(p):
+        return round(float(np.percentile(ms, p)), 1) if ms.size else None
+
+    return {f"{prefix}p50_ms": q(50), f"{prefix}p99_ms": q(99),
+            f"{prefix}max_ms": round(float(ms.max()), 1) if ms.size else None}
+
+
+def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: str = "fp32") -> dict:
+    """(c) Offered load ``rate`` for ``LATENCY_SECONDS`` (as many of ``msgs`` as that takes);
+    every alert event's ingest-to-ack latency."""
+    from stream_ae.bench.stream import _run, _settings, _topics
+    from stream_ae.stream.broker import delete_topics
+    from stream_ae.stream.runner import StreamRunner
+
+    topics = _topics(broker.bootstrap, "lat")
+    try:
+        settings = _settings(broker, topics, precision)
+        load = _PacedLoad(broker.bootstrap, settings.kafka.readings_topic, settings.kafka.dead_letter_topic,
+                          msgs, rate, out_dir)
+        runner = StreamRunner(settings, artifact)
+        tap = _LatencyTap(runner.metrics.latency)
+        runner.metrics.latency = tap
+        m = runner.metrics
+
+        def done() -> bool:
+            if m.assigned:
+                load.start()
+            return (m.sample("stream_ae_messages_consumed_total") or 0) >= load.count and not load.running()
+
+        _run(runner, done)
+        achieved = load.finish()
+    finally:
+        delete_topics(broker.bootstrap, list(topics.values()))
+    lat = np.asarray(tap.values) * 1000
+    return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
+            "achieved_msgs_per_s": round(achieved, 1), "alert_events": int(lat.size),
+            **_percentiles(lat, "latency_")}
+
+
+def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: float = 300.0) -> dict:
+    """The broker floor under (c): the same paced readings read by a bare consumer; every
+    reading's latency from its CreateTime to the poll that returned it."""
+    from kafka import KafkaConsumer
+
+    from stream_ae.bench.stream import _settings, _topics
+    from stream_ae.stream import record_decoding
+    from stream_ae.stream.broker import delete_topics, wait_for_assignment
+    from stream_ae.stream.tuning import tune_process
+
+    topics = _topics(broker.bootstrap, "floor")
+    parts = []
+    try:
+        settings = _settings(broker, topics)
+        load = _PacedLoad(broker.bootstrap, settings.kafka.readings_topic, settings.kafka.dead_letter_topic,
+                          msgs, rate, out_dir)
+        consumer = KafkaConsumer(**{**settings.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
+        try:
+            if settings.kafka.record_decoder == "compiled":
+                record_decoding.install(consumer)
+            with contextlib.ExitStack() as stack:
+                tune_process(stack, settings.batch.torch_threads)
+                consumer.subscribe([settings.kafka.readings_topic])
+                wait_for_assignment(consumer)
+                load.start()
+                got, deadline = 0, time.monotonic() + timeout_s
+                while got < load.count and time.monotonic() < deadline:
+                    polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms,
+                                           max_records=settings.batch.max_size)
+                    now_ms = time.time() * 1000
+                    for batch in polled.values():
+                        got += len(batch)
+                        parts.append(now_ms - np.fromiter((r.timestamp for r in batch), np.float64, len(batch)))
+        finally:
+            consumer.close(autocommit=False)
+        achieved = load.finish()
+    finally:
+        delete_topics(broker.bootstrap, list(topics.values()))
+    if got < load.count:
+        raise RuntimeError(f"the bare consumer read {got} of {load.count} paced readings in {timeout_s:.0f} s")
+    lat = np.concatenate(parts) if parts else np.zeros(0)
+    return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
+            "achieved_msgs_per_s": round(achieved, 1), **_percentiles(lat, "")}
