@@ -61,17 +61,20 @@ SETTINGS = {"batch.max_size": 2048, "batch.max_wait_ms": 20, "kafka.client.fetch
 
 
 def _artifact_path(out_dir: Path) -> Path:
-    """The conv preset, 8 channels, trained 1 epoch on 20k windows of the plant's clean history; cached."""
+    """The conv preset, 8 channels, the two SKAB detrends at the same positions (``skab_detrend``),
+    trained 1 epoch on 20k windows of the plant's clean history; cached."""
     from stream_ae.artifact import save_artifact
     from stream_ae.data.layout import Layout
     from stream_ae.data.synthetic import write_history
     from stream_ae.presets import PRESETS
     from stream_ae.training import TrainConfig, train
 
-    from stream_ae.bench import config_key
+    from stream_ae.bench import config_key, skab_detrend
 
     preset = PRESETS["conv"]
-    key = config_key(preset.model, preset.window, preset.threshold) + f"/plant-{PLANT_SEED}x{ENTITIES}-{HISTORY_ROWS}"
+    detrend = skab_detrend([f"ch_{i}" for i in range(CHANNELS)])
+    key = (config_key(preset.model, preset.window, preset.threshold, detrend)
+           + f"/plant-{PLANT_SEED}x{ENTITIES}-{HISTORY_ROWS}")
     marker = out_dir / "stream-bench-model.json"
     if marker.exists():
         saved = json.loads(marker.read_text())
@@ -82,7 +85,8 @@ def _artifact_path(out_dir: Path) -> Path:
     df = _plant(0, anomalies=False)
     write_history(df, history)
     artifact = train(str(history), Layout(), preset.window, preset.model,
-                     TrainConfig(epochs=1, max_windows=20_000, device="cpu", progress=False), preset.threshold)
+                     TrainConfig(epochs=1, max_windows=20_000, device="cpu", progress=False), preset.threshold,
+                     detrend=detrend)
     path = save_artifact(artifact, out_dir / "stream-bench-models")
     marker.write_text(json.dumps({"path": str(path), "config": key}))
     return Path(path)
@@ -307,7 +311,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "kafka_crc32c": _crc32c_native(),
         "load_generator": {"client": load_generator(), "linger_ms": GENERATOR_LINGER_MS},
-        "model": {"source": "presets.PRESETS['conv']", "version": artifact.version, **artifact.model.to_dict()},
+        "model": {"source": "presets.PRESETS['conv'], detrended as SKAB's (ch_4, ch_5)", "version": artifact.version, **artifact.model.to_dict()},
         "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision,
                                                         "kafka.record_decoder": det_settings.kafka.record_decoder},
         "produce_msgs_per_s": round(produce_rate, 1),
