@@ -12,7 +12,6 @@ the same rate for ``LATENCY_SECONDS``:
 """
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import time
 from pathlib import Path
@@ -109,38 +108,24 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
 def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: float = 300.0) -> dict:
     """The broker floor under (c): the same paced readings read by a bare consumer; every
     reading's latency from its CreateTime to the poll that returned it."""
-    from kafka import KafkaConsumer
-
-    from stream_ae.bench.stream import _settings, _topics
-    from stream_ae.stream import record_decoding
-    from stream_ae.stream.broker import delete_topics, wait_for_assignment
-    from stream_ae.stream.tuning import tune_process
+    from stream_ae.bench.stream import _settings, _topics, bare_consumer
+    from stream_ae.stream.broker import delete_topics
 
     topics = _topics(broker.bootstrap, "floor")
-    parts = []
+    parts, got = [], 0
     try:
         settings = _settings(broker, topics)
         load = _PacedLoad(broker.bootstrap, settings.kafka.readings_topic, settings.kafka.dead_letter_topic,
                           msgs, rate, out_dir)
-        consumer = KafkaConsumer(**{**settings.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
-        try:
-            if settings.kafka.record_decoder == "compiled":
-                record_decoding.install(consumer)
-            with contextlib.ExitStack() as stack:
-                tune_process(stack, settings.batch.torch_threads)
-                consumer.subscribe([settings.kafka.readings_topic])
-                wait_for_assignment(consumer)
-                load.start()
-                got, deadline = 0, time.monotonic() + timeout_s
-                while got < load.count and time.monotonic() < deadline:
-                    polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms,
-                                           max_records=settings.batch.max_size)
-                    now_ms = time.time() * 1000
-                    for batch in polled.values():
-                        got += len(batch)
-                        parts.append(now_ms - np.fromiter((r.timestamp for r in batch), np.float64, len(batch)))
-        finally:
-            consumer.close(autocommit=False)
+        with bare_consumer(settings, compiled=settings.kafka.record_decoder == "compiled") as (consumer, _):
+            load.start()
+            deadline = time.monotonic() + timeout_s
+            while got < load.count and time.monotonic() < deadline:
+                polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms, max_records=settings.batch.max_size)
+                now_ms = time.time() * 1000
+                for batch in polled.values():
+                    got += len(batch)
+                    parts.append(now_ms - np.fromiter((r.timestamp for r in batch), np.float64, len(batch)))
         achieved = load.finish()
     finally:
         delete_topics(broker.bootstrap, list(topics.values()))

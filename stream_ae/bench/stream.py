@@ -163,14 +163,13 @@ def _overrides(broker, topics: dict) -> list[str]:
     return overrides + [f"kafka.{k}={v}" for k, v in topics.items()] + [f"{k}={v}" for k, v in SETTINGS.items()]
 
 
-def raw_consume_rate(settings, n: int, compiled: bool = False) -> float:
-    """(a) Records/s of a bare consumer group over the readings topic: no decode, no processing.
-    ``compiled``: with the detector's record decoder installed (stream/record_decoding.py).
-
-    It runs under the process settings the runner gives itself (``stream/tuning.py``: GIL
-    switch interval, frozen start-up heap), so (a) and (b) differ only in the work done: without
-    them kafka-python alone was 127-138 k/s against 156-165 k/s with them (three rounds, one
-    broker), a ceiling ~20 % low that flattered (b)/(a)."""
+@contextlib.contextmanager
+def bare_consumer(settings, compiled: bool):
+    """A consumer group member on the readings topic, assigned, under the process settings the
+    runner gives itself (``stream/tuning.py``: GIL switch interval, frozen start-up heap), so a
+    ceiling measured with it differs from the runner only in the work done. ``compiled``: try to
+    install the detector's record decoder (stream/record_decoding.py). Yields the consumer and
+    whether that decoder is installed (if not, kafka-python's reads, as the runner falls back)."""
     from kafka import KafkaConsumer
 
     from stream_ae.stream import record_decoding
@@ -179,19 +178,31 @@ def raw_consume_rate(settings, n: int, compiled: bool = False) -> float:
 
     consumer = KafkaConsumer(**{**settings.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
     try:
-        if compiled and not record_decoding.install(consumer):
-            return float("nan")
+        installed = bool(compiled) and record_decoding.install(consumer)
         with contextlib.ExitStack() as stack:
             tune_process(stack, settings.batch.torch_threads)
             consumer.subscribe([settings.kafka.readings_topic])
             wait_for_assignment(consumer)
-            t, got = time.perf_counter(), 0
-            while got < n:
-                for batch in consumer.poll(timeout_ms=100, max_records=RAW_MAX_RECORDS).values():
-                    got += len(batch)
-            return n / (time.perf_counter() - t)
+            yield consumer, installed
     finally:
         consumer.close(autocommit=False)
+
+
+def raw_consume_rate(settings, n: int, compiled: bool = False) -> float:
+    """(a) Records/s of a bare consumer group over the readings topic: no decode, no processing.
+    ``compiled``: with the detector's record decoder installed.
+
+    It runs under the runner's process settings (``bare_consumer``): without them kafka-python
+    alone was 127-138 k/s against 156-165 k/s with them (three rounds, one broker), a ceiling
+    ~20 % low that flattered (b)/(a)."""
+    with bare_consumer(settings, compiled) as (consumer, installed):
+        if compiled and not installed:
+            return float("nan")
+        t, got = time.perf_counter(), 0
+        while got < n:
+            for batch in consumer.poll(timeout_ms=100, max_records=RAW_MAX_RECORDS).values():
+                got += len(batch)
+        return n / (time.perf_counter() - t)
 
 
 def _run(runner, done, timeout_s: float = 600.0,
