@@ -23,6 +23,11 @@ from stream_ae.bench.loadgen import paced_producer
 LATENCY_SECONDS = 20.0  # length of each paced run
 
 
+def paced_readings(rate: float) -> int:
+    """How many readings a paced run sends at ``rate`` per second."""
+    return int(rate * LATENCY_SECONDS)
+
+
 class _LatencyTap:
     """Records every observation of the runner's latency histogram, and forwards it."""
 
@@ -40,7 +45,7 @@ class _PacedLoad:
     def __init__(self, bootstrap: str, topic: str, warm_topic: str, msgs, rate: float, out_dir: Path):
         import msgspec
 
-        self.count = min(len(msgs), int(rate * LATENCY_SECONDS))
+        self.count = min(len(msgs), paced_readings(rate))
         self.path = Path(out_dir) / "stream-bench-paced.msgpack"
         self.path.write_bytes(msgspec.msgpack.encode(msgs[:self.count]))
         ctx = multiprocessing.get_context("spawn")

@@ -33,7 +33,7 @@ import numpy as np
 
 from stream_ae.bench import cpu, emit
 from stream_ae.configs import PRECISIONS
-from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run
+from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run, paced_readings
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator
 
 ENTITIES = 16
@@ -309,7 +309,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
             delete_topics(broker.bootstrap, list(topics.values()))
         # (c) runs LATENCY_SECONDS: the same plant's readings, continued past the N of (a) and (b)
         # when half of (b) needs more, so the p99 is taken over hundreds of alert events
-        need = int(det / 2 * LATENCY_SECONDS)
+        need = paced_readings(det / 2)
         paced = msgs if len(msgs) >= need else _messages(need)
         lat = latency_run(broker, artifact, paced, det / 2, out_dir, precision)
         floor = broker_latency_run(broker, paced, det / 2, out_dir)
@@ -322,7 +322,9 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "kafka_crc32c": _crc32c_native(),
         "load_generator": {"client": load_generator(), "linger_ms": GENERATOR_LINGER_MS},
-        "model": {"source": "presets.PRESETS['conv'], detrended as SKAB's (ch_4, ch_5)", "version": artifact.version, **artifact.model.to_dict()},
+        "model": {"source": "presets.PRESETS['conv'], detrended as SKAB's ("
+                  + ", ".join(artifact.channels[i] for i in artifact.model.detrend) + ")",
+                  "version": artifact.version, **artifact.model.to_dict()},
         "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision,
                                                         "kafka.record_decoder": det_settings.kafka.record_decoder},
         "produce_msgs_per_s": round(produce_rate, 1),
