@@ -31,6 +31,39 @@ def test_the_rewrite_reconstructs_as_the_model_does(variant, shape):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tail", [1, 5, 20, 30])
+@pytest.mark.parametrize("variant", ["undercomplete", "variational"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "preset")
+def test_the_newest_steps_form_gives_the_models_newest_outputs(variant, shape, tail):
+    base = ModelConfig(kind="conv", variant=variant, n_channels=5, window=60, hidden=32, latent=16, kernel=7)
+    config = dataclasses.replace(base, **shape)
+    torch.manual_seed(3)
+    model = build_model(config).eval()
+    fast = inference_model(model, tail=tail)
+    assert isinstance(fast, PolyphaseConvAutoencoder)
+    x = torch.randn(21, config.window, config.n_channels)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert min(tail, config.window) <= got.shape[1] <= config.window
+    torch.testing.assert_close(got, want[:, -got.shape[1]:], rtol=1e-5, atol=1e-6)
+
+
+def test_the_newest_steps_form_skips_what_they_do_not_need():
+    """The preset (window 60, newest 20 scored) reads the input from step 16 and returns 22
+    outputs; a fault before step 16 cannot reach them, and the whole model agrees."""
+    model = build_model(ModelConfig(kind="conv", n_channels=8, window=60, hidden=32, latent=16, kernel=7)).eval()
+    fast = inference_model(model, tail=20)
+    assert fast.crop == 16
+    x = torch.randn(4, 60, 8)
+    bad = x.clone()
+    bad[:, :16] += 100.0
+    with torch.no_grad():
+        assert fast(x).shape == (4, 22, 8)
+        torch.testing.assert_close(fast(bad), fast(x))
+        torch.testing.assert_close(model(bad)[:, -22:], model(x)[:, -22:], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(bad)[:, :16], model(x)[:, :16], atol=1e-3)  # where it does reach
+
+
 def test_the_sparse_kl_code_activation_is_kept():
     model = build_model(ModelConfig(kind="conv", variant="sparse", sparsity="kl", n_channels=3, window=20)).eval()
     x = torch.randn(4, 20, 3)
