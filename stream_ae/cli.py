@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from stream_ae import __version__
+from stream_ae.allocator import keep_freed_memory
 from stream_ae.configs import PRECISIONS
 from stream_ae.errors import ConfigError, StreamAEError
 
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # torch's freed buffers stay in the process (allocator.py: no page-fault churn)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

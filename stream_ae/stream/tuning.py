@@ -11,12 +11,16 @@
   model, the clients: ~100 k objects) leaves the garbage collector's reach. Each full
   collection walked all of it, 100-200 ms with the GIL held, every few seconds: it was the
   p99 of the ingest-to-alert latency (300 -> 170 ms in ``stream-ae bench stream``).
+* **the allocator keeps freed blocks** (:mod:`stream_ae.allocator`; process-wide, not undone):
+  each scoring pass reuses the last one's memory instead of faulting fresh pages in.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import sys
+
+from stream_ae.allocator import keep_freed_memory
 
 #: Python's GIL switch interval while a consumer runs (seconds).
 SWITCH_INTERVAL_S = 0.0001
@@ -28,6 +32,7 @@ def tune_process(stack: contextlib.ExitStack, torch_threads: int) -> None:
     ``torch_threads`` 0 keeps torch's default."""
     import torch
 
+    keep_freed_memory()
     stack.callback(sys.setswitchinterval, sys.getswitchinterval())
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     if torch_threads:

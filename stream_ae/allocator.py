@@ -1,0 +1,44 @@
+"""The C allocator's settings for a process that runs the model over and over.
+
+torch on the CPU takes every intermediate tensor from ``malloc`` and gives it back at once.
+With glibc's defaults, blocks of a few MiB (the conv preset's layers over a micro-batch of
+2 048 windows: 1-8 MiB each) are mapped fresh from the kernel and unmapped on release, or
+trimmed off the heap's top, so every forward pass faults its pages in again: ~4 600 page
+faults per 2 048 windows, a third of the scoring process's time spent in the kernel. Keeping
+blocks up to 32 MiB on the heap (``M_MMAP_THRESHOLD``, glibc's largest) and up to 256 MiB of
+free heap top (``M_TRIM_THRESHOLD``) lets the next pass reuse them: 150 passes of 2 048
+windows (fp32, one thread) went from 914 k to 70 k page faults and 4.1 to 2.2 s.
+
+The setting is process-wide and stays; the memory kept is what the largest pass needed, which
+the process held at its peak anyway. Elsewhere than glibc it does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+#: Blocks up to this size come from the heap and are reused (glibc's maximum on 64-bit).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Free memory at the heap's top kept before it is given back to the kernel.
+TRIM_THRESHOLD = 256 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings above once per process; whether they are in force (False off glibc)."""
+    global _applied
+    if _applied is None:
+        _applied = False
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            log.debug("no glibc mallopt here: allocator settings left as they are")
+            return False
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
