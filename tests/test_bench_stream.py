@@ -77,3 +77,25 @@ def test_the_broker_floor_reads_every_paced_reading(broker, tmp_path):
     assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["max_ms"] < 60_000
     assert 0 < out["achieved_msgs_per_s"] <= 1500 * 1.1
     assert not list(tmp_path.glob("*.msgpack"))  # the generator's file is removed
+    halves = out["halves"]
+    assert halves["first"]["count"] + halves["second"]["count"] == 600  # every reading in one half
+    assert halves["first"]["count"] > 0 and halves["second"]["count"] > 0
+
+
+def test_the_halves_split_by_when_each_reading_was_sent():
+    """Unit: the readings sent before the span's middle are the first half, and the broker's
+    cores in each half come from its CPU samples inside that half."""
+    import numpy as np
+
+    from stream_ae.bench import latency
+
+    sent = np.array([100.0, 100.5, 101.0, 101.9, 102.1, 103.0, 104.0])
+    ms = np.array([10.0, 12.0, 11.0, 13.0, 50.0, 70.0, 60.0])
+    broker = latency._BrokerCpu()
+    broker.samples = [(100.0, 5.0), (101.0, 5.5), (102.0, 6.0), (103.0, 7.0), (104.0, 8.0)]
+    out = latency._halves(ms, sent, (100.0, 104.0), broker)
+    assert out["first"]["count"] == 4 and out["second"]["count"] == 3
+    assert out["first"]["max_ms"] == 13.0 and out["second"]["p50_ms"] == 60.0
+    assert out["first"]["broker_cores"] == 0.5  # 99..102: 5.0 -> 6.0 CPU seconds over 2 s
+    assert out["second"]["broker_cores"] == 1.0  # 102..105: 6.0 -> 8.0 over 2 s
+    assert latency._BrokerCpu().cores(0.0, 1.0) is None  # no samples: no figure
