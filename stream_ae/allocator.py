@@ -40,5 +40,6 @@ def keep_freed_memory() -> bool:
             log.debug("no glibc mallopt here: allocator settings left as they are")
             return False
         mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-        _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _applied = all(mallopt(param, value) == 1 for param, value in
+                       ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
     return _applied

@@ -72,6 +72,7 @@ def _halves(ms: np.ndarray, sent: np.ndarray, span: tuple[float, float], broker:
     first, last = span
     mid = (first + last) / 2
     out = {}
+    # the outer bounds get 1 s of slack: CreateTime is the producer's stamp, the span the generator's clock
     for name, lo, hi in (("first", first - 1.0, mid), ("second", mid, last + 1.0)):
         sel = ms[(sent >= lo) & (sent < hi)]
         out[name] = {"count": int(sel.size), **_percentiles(sel, ""), "broker_cores": broker.cores(lo, hi)}

@@ -150,10 +150,13 @@ def _tail_start(layers: list[nn.Module], crop: int) -> tuple[int, list[int]]:
 def _tail_layers(layers: list[nn.Module], window: int, tail: int) -> tuple[list[nn.Module], int] | None:
     """``layers`` rewritten to compute only (at least) the newest ``tail`` outputs, and the
     input crop; None when even the uncropped valid-left form yields fewer than ``tail``."""
-    crop = next((c for c in range(window - tail, -1, -1) if window - _tail_start(layers, c)[0] >= tail), None)
-    if crop is None:
+    for crop in range(window - tail, -1, -1):  # the latest start that still yields ``tail`` outputs
+        start, trims = _tail_start(layers, crop)
+        if window - start >= tail:
+            break
+    else:
         return None
-    trims = iter(_tail_start(layers, crop)[1])
+    trims = iter(trims)
     out: list[nn.Module] = []
     for layer in layers:
         if isinstance(layer, PhaseConv):
