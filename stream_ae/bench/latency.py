@@ -104,13 +104,13 @@ class _PacedLoad:
         """Wait for the generator; the rate its readings were delivered at (its start-up excluded)."""
         self.child.join(60)
         self.path.unlink(missing_ok=True)
-        first, last = self.span
+        first, last = self.sent_span()
         if self.child.exitcode != 0 or not last > first > 0:
             raise RuntimeError(f"the load generator failed (exit code {self.child.exitcode})")
         return self.count / (last - first)
 
     def sent_span(self) -> tuple[float, float]:
-        """The generator's first send and last acknowledgement (wall clock), after :meth:`finish`."""
+        """The generator's first send and last acknowledgement (wall clock), once it has ended."""
         return float(self.span[0]), float(self.span[1])
 
 
