@@ -83,19 +83,29 @@ def test_the_broker_floor_reads_every_paced_reading(broker, tmp_path):
 
 
 def test_the_halves_split_by_when_each_reading_was_sent():
-    """Unit: the readings sent before the span's middle are the first half, and the broker's
-    cores in each half come from its CPU samples inside that half."""
+    """Unit: the readings sent before the span's middle are the first half, and the cores in
+    each half come from the CPU samples inside that half; the load generator counts only
+    between the samples that saw it (it exits before the run ends)."""
     import numpy as np
 
-    from stream_ae.bench import latency
+    from stream_ae.bench import cpu, latency
 
     sent = np.array([100.0, 100.5, 101.0, 101.9, 102.1, 103.0, 104.0])
     ms = np.array([10.0, 12.0, 11.0, 13.0, 50.0, 70.0, 60.0])
-    broker = latency._BrokerCpu()
-    broker.samples = [(100.0, 5.0), (101.0, 5.5), (102.0, 6.0), (103.0, 7.0), (104.0, 8.0)]
-    out = latency._halves(ms, sent, (100.0, 104.0), broker)
+    track = latency._CpuTrack({"loop": lambda name: name == "loop"})
+    track.broker, track.generator = (7,), (8,)
+
+    def snap(at, loop_s, broker_s, generator_s=None):
+        kids = {7: broker_s} if generator_s is None else {7: broker_s, 8: generator_s}
+        return at, cpu.Snapshot(at, {1: ("loop", loop_s)}, kids)
+
+    track.samples = [snap(100.0, 0.0, 5.0, 1.0), snap(101.0, 0.5, 5.5, 1.2), snap(102.0, 1.0, 6.0, 1.4),
+                     snap(103.0, 1.25, 7.0, 1.5), snap(104.0, 1.5, 8.0)]  # the generator gone at 104
+    out = latency._halves(ms, sent, (100.0, 104.0), track)
     assert out["first"]["count"] == 4 and out["second"]["count"] == 3
     assert out["first"]["max_ms"] == 13.0 and out["second"]["p50_ms"] == 60.0
-    assert out["first"]["broker_cores"] == 0.5  # 99..102: 5.0 -> 6.0 CPU seconds over 2 s
-    assert out["second"]["broker_cores"] == 1.0  # 102..105: 6.0 -> 8.0 over 2 s
-    assert latency._BrokerCpu().cores(0.0, 1.0) is None  # no samples: no figure
+    first, second = out["first"]["cpu_cores"], out["second"]["cpu_cores"]
+    assert first["loop"] == 0.5 and second["loop"] == 0.25  # 0 -> 1 CPU s over 2 s; 1 -> 1.5 over 2 s
+    assert first["broker"] == 0.5 and second["broker"] == 1.0  # 5 -> 6 over 2 s; 6 -> 8 over 2 s
+    assert first["load_generator"] == 0.2 and second["load_generator"] == 0.1  # 1.4 -> 1.5 over 102..103
+    assert latency._CpuTrack({}).cores(0.0, 1.0) is None  # no samples: no figure

@@ -11,10 +11,11 @@ the same rate for ``LATENCY_SECONDS``:
   detector's: batching, scoring, thresholds, the alert's produce and acknowledgement.
 
 Each run also reports its two halves apart (``halves``: by when the reading was sent), with
-the embedded broker's cores in each. Tansu's memory store costs more CPU per message as a
-topic grows: at a steady 57 k msg/s its use rose from 0.36 to 0.82 of a core over one 20 s
-run, and the floor's p50 from 11 to 26 ms; on the 2-core machine the detector then shares
-less. The halves show how much of a p99 is that.
+the cores each part of the machine used then (``cpu_cores``: the runner's threads by group or
+the bare consumer, the embedded broker, the load generator, the whole machine). On Tansu the
+cost of serving fetches grows with the topic: at a steady 57 k msg/s the broker used 0.18 of a
+core throughout 20 s with no consumer, and 0.31 -> 0.55 with one consumer reading along; on
+the 2-core machine the detector then shares less. The halves show how much of a p99 is that.
 """
 from __future__ import annotations
 
@@ -47,35 +48,51 @@ class _LatencyTap:
         self.histogram.observe(seconds)
 
 
-class _BrokerCpu:
-    """The embedded broker's CPU seconds, sampled (at most every ``every_s``) as a run goes."""
+class _CpuTrack:
+    """Cores used as a run goes: this process's threads by group, the embedded broker and the
+    load generator, and the whole machine; sampled at most every ``every_s``."""
 
-    def __init__(self, every_s: float = 0.5):
-        self.pids = tuple(cpu.child_pids(cpu.BROKER_PROCESS))
-        self.every_s, self.samples = every_s, []  # (wall time, CPU seconds)
+    def __init__(self, groups: dict, every_s: float = 0.5):
+        self.groups, self.every_s = groups, every_s
+        self.broker = tuple(cpu.child_pids(cpu.BROKER_PROCESS))
+        self.generator: tuple[int, ...] = ()
+        self.samples: list[tuple[float, cpu.Snapshot]] = []  # (wall time, snapshot)
+
+    def watch_generator(self, pid: int | None) -> None:
+        if pid is not None:
+            self.generator = (pid,)
 
     def sample(self) -> None:
         now = time.time()
-        if self.pids and (not self.samples or now - self.samples[-1][0] >= self.every_s):
-            self.samples.append((now, sum(cpu.cpu_seconds(p) or 0.0 for p in self.pids)))
+        if not self.samples or now - self.samples[-1][0] >= self.every_s:
+            self.samples.append((now, cpu.snapshot(self.broker + self.generator)))
 
-    def cores(self, start: float, end: float) -> float | None:
-        """Cores used between the samples nearest inside [start, end]; None without two."""
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+    def cores(self, start: float, end: float) -> dict | None:
+        """Cores used between the samples nearest inside [start, end]; None without two. A child
+        process counts between the first and last samples that saw it (the generator exits at
+        the end of its run)."""
+        inside = [snap for at, snap in self.samples if start <= at <= end]
+        if len(inside) < 2 or inside[-1].at <= inside[0].at:
             return None
-        return round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]), 2)
+        out = cpu.cpu_between(inside[0], inside[-1], self.groups)
+        out.pop("children", None)
+        for label, pids in (("broker", self.broker), ("load_generator", self.generator)):
+            seen = [snap for snap in inside if all(p in snap.children for p in pids)]
+            if pids and len(seen) >= 2 and seen[-1].at > seen[0].at:
+                used = sum(seen[-1].children[p] - seen[0].children[p] for p in pids)
+                out[label] = round(used / (seen[-1].at - seen[0].at), 3)
+        return out
 
 
-def _halves(ms: np.ndarray, sent: np.ndarray, span: tuple[float, float], broker: _BrokerCpu) -> dict:
-    """Percentiles of the readings sent in each half of the generator's span, and the broker's cores."""
+def _halves(ms: np.ndarray, sent: np.ndarray, span: tuple[float, float], track: _CpuTrack) -> dict:
+    """Percentiles of the readings sent in each half of the generator's span, and the cores used then."""
     first, last = span
     mid = (first + last) / 2
     out = {}
     # the outer bounds get 1 s of slack: CreateTime is the producer's stamp, the span the generator's clock
     for name, lo, hi in (("first", first - 1.0, mid), ("second", mid, last + 1.0)):
         sel = ms[(sent >= lo) & (sent < hi)]
-        out[name] = {"count": int(sel.size), **_percentiles(sel, ""), "broker_cores": broker.cores(lo, hi)}
+        out[name] = {"count": int(sel.size), **_percentiles(sel, ""), "cpu_cores": track.cores(lo, hi)}
     return out
 
 
@@ -125,7 +142,7 @@ def _percentiles(ms: np.ndarray, prefix: str) -> dict:
 def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: str = "fp32") -> dict:
     """(c) Offered load ``rate`` for ``LATENCY_SECONDS`` (as many of ``msgs`` as that takes);
     every alert event's ingest-to-ack latency."""
-    from stream_ae.bench.stream import _run, _settings, _topics
+    from stream_ae.bench.stream import CPU_GROUPS, _run, _settings, _topics
     from stream_ae.stream.broker import delete_topics
     from stream_ae.stream.runner import StreamRunner
 
@@ -138,12 +155,13 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
         tap = _LatencyTap(runner.metrics.latency)
         runner.metrics.latency = tap
         m = runner.metrics
-        broker_cpu = _BrokerCpu()
+        track = _CpuTrack(CPU_GROUPS)
 
         def done() -> bool:
             if m.assigned:
                 load.start()
-                broker_cpu.sample()
+                track.watch_generator(load.child.pid)
+                track.sample()
             return (m.sample("stream_ae_messages_consumed_total") or 0) >= load.count and not load.running()
 
         _run(runner, done)
@@ -154,7 +172,7 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
     sent = np.asarray(tap.at) - np.asarray(tap.values)  # each event's reading's CreateTime
     return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
             "achieved_msgs_per_s": round(achieved, 1), "alert_events": int(lat.size),
-            **_percentiles(lat, "latency_"), "latency_halves": _halves(lat, sent, load.sent_span(), broker_cpu)}
+            **_percentiles(lat, "latency_"), "latency_halves": _halves(lat, sent, load.sent_span(), track)}
 
 
 def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: float = 300.0) -> dict:
@@ -170,13 +188,14 @@ def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: floa
         load = _PacedLoad(broker.bootstrap, settings.kafka.readings_topic, settings.kafka.dead_letter_topic,
                           msgs, rate, out_dir)
         with bare_consumer(settings, compiled=settings.kafka.record_decoder == "compiled") as (consumer, _):
-            broker_cpu = _BrokerCpu()
+            track = _CpuTrack({"consumer": lambda name: True})
             load.start()
+            track.watch_generator(load.child.pid)
             deadline = time.monotonic() + timeout_s
             while got < load.count and time.monotonic() < deadline:
                 polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms, max_records=settings.batch.max_size)
                 now_ms = time.time() * 1000
-                broker_cpu.sample()
+                track.sample()
                 for batch in polled.values():
                     got += len(batch)
                     created = np.fromiter((r.timestamp for r in batch), np.float64, len(batch))
@@ -191,4 +210,4 @@ def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: floa
     created = np.concatenate(sent) if sent else np.zeros(0)
     return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
             "achieved_msgs_per_s": round(achieved, 1), **_percentiles(lat, ""),
-            "halves": _halves(lat, created, load.sent_span(), broker_cpu)}
+            "halves": _halves(lat, created, load.sent_span(), track)}

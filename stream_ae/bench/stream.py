@@ -353,8 +353,9 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
                   "settings, decoder and process settings, no processing), every reading's CreateTime to "
                   "the poll that returned it: the latency (c) would have with a detector that took no time",
                   "latency_halves and broker_floor.halves: the same figures for the readings sent in each half "
-                  "of the paced run, with the embedded broker's cores then (its memory store costs more CPU per "
-                  "message as the topic grows)"],
+                  "of the paced run, with the cores each part used then (cpu_cores: the runner's threads or the "
+                  "bare consumer, the embedded broker, the load generator, the machine; Tansu's cost of "
+                  "serving fetches grows with the topic)"],
     }
     result["meets_targets"] = bool(result["ratio"] >= TARGET_RATIO and lat["latency_p99_ms"] is not None
                                    and lat["latency_p99_ms"] <= TARGET_P99_MS)
