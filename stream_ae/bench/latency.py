@@ -158,7 +158,7 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
         track = _CpuTrack(CPU_GROUPS)
 
         def done() -> bool:
-            if m.assigned:
+            if m.assigned and m.running:  # not after the runner stopped: its threads are gone
                 load.start()
                 track.watch_generator(load.child.pid)
                 track.sample()
