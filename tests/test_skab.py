@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from stream_ae.errors import DataError
-from stream_ae.evaluation.skab import (
-    SKAB_CHANNELS, TRAIN_ROWS, evaluate, fit_detector, load_anomaly_free, load_skab,
-    read_skab_csv, run_file, skab_files)
+from stream_ae.evaluation.skab import TRAIN_ROWS, evaluate, fit_detector, run_file
+from stream_ae.evaluation.skab_data import SKAB_CHANNELS, load_anomaly_free, load_skab, read_skab_csv, skab_files
 
 SKAB_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "skab"
 HEADER = "datetime;" + ";".join(SKAB_CHANNELS)

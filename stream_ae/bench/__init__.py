@@ -18,7 +18,7 @@ def skab_detrend(channels) -> tuple[str, ...]:
     >>> skab_detrend([f"ch_{i}" for i in range(8)])
     ('ch_4', 'ch_5')
     """
-    from stream_ae.evaluation.skab import SKAB_CHANNELS
+    from stream_ae.evaluation.skab_data import SKAB_CHANNELS
     from stream_ae.presets import SKAB_DETREND
 
     if len(channels) != len(SKAB_CHANNELS):
