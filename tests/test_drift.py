@@ -96,7 +96,7 @@ def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path)
     import numpy as np
 
     from stream_ae.drift import drift_marker_path
-    from stream_ae.stream.detector import DetectorOutput
+    from stream_ae.stream.detector_io import DetectorOutput
     from stream_ae.stream.drift_watch import DriftWatch
     from stream_ae.stream.metrics import StreamMetrics
     from stream_ae.stream.settings import load_settings

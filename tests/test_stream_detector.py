@@ -98,7 +98,7 @@ def make_detector(scorer, max_entities: int = 1000):
 
 
 def run(detector, entity, ts, values, chunk: int, partition=None, offset0: int = 0):
-    from stream_ae.stream.detector import ReadingBatch
+    from stream_ae.stream.detector_io import ReadingBatch
 
     events, windows, skipped = [], 0, 0
     n = len(ts)
@@ -199,7 +199,7 @@ def test_entity_cap_evicts_without_changing_events(scorer):
 
 
 def test_duplicates_and_out_of_order_readings_are_rejected_with_reasons(scorer):
-    from stream_ae.stream.detector import ReadingBatch
+    from stream_ae.stream.detector_io import ReadingBatch
 
     det = make_detector(scorer)
     v = np.ones((4, C), np.float32)
@@ -282,7 +282,8 @@ def test_entities_windowed_together_give_what_one_by_one_gives(monkeypatch):
     opens and resolves alerts, several partitions, and a replay after a restore."""
     import json
 
-    from stream_ae.stream.detector import Detector, ReadingBatch
+    from stream_ae.stream.detector import Detector
+    from stream_ae.stream.detector_io import ReadingBatch
     from stream_ae.thresholds import ThresholdSpec
 
     art = make_artifact(seed=3, kind="evt")

@@ -70,7 +70,7 @@ def _stages(artifact, scorer, records: list, lead: int, vectorised: bool) -> dic
         t0 = time.perf_counter()
         cols, _ = decoder.decode_columns(records[lo:lo + BATCH], detector.channels)
         t1 = time.perf_counter()
-        batch, _ = StreamRunner._to_batch(cols)
+        batch, _ = cols.to_batch()
         t2 = time.perf_counter()
         prep = detector.prepare(batch)
         t3 = time.perf_counter()

@@ -1,8 +1,15 @@
-"""Micro-batches bounded by size and by a maximum wait.
+"""Micro-batches bounded by size and by a maximum wait, fed by whole Kafka polls.
 
-The runner polls Kafka with the time this batch may still wait and as many records as it
-may still hold, so a batch closes either when it is full (throughput) or when its oldest
-record has waited ``max_wait_s`` (latency), whichever comes first.
+The runner polls Kafka with the time this batch may still wait, so a batch closes either
+when it is full (throughput) or when its oldest record has waited ``max_wait_s`` (latency),
+whichever comes first.
+
+A poll takes everything the client has buffered, up to :meth:`MicroBatcher.room` (two
+batches): kafka-python sends the next fetch only once a poll has emptied its buffer, so a
+poll capped at the room left in one batch leaves records behind and stalls the fetches
+until later polls drain them. What one batch cannot take starts the next, which keeps the
+time its records arrived. Each batch carries, per partition, one past the last offset it
+holds: what a commit may cover once it is processed.
 """
 
 from __future__ import annotations
@@ -27,16 +34,26 @@ class MicroBatcher:
 
     Examples
     --------
+    >>> from collections import namedtuple
+    >>> R = namedtuple("R", "offset")
     >>> t = [0.0]
     >>> b = MicroBatcher(max_records=3, max_wait_s=0.05, clock=lambda: t[0])
-    >>> b.add([1, 2]); b.ready()
+    >>> b.add(0, [R(10), R(11)]); b.ready()
     False
     >>> b.poll_timeout_ms(), b.room()
-    (50, 1)
+    (50, 4)
     >>> t[0] = 0.06; b.ready()
     True
     >>> b.take(), len(b)
-    ([1, 2], 0)
+    (([R(offset=10), R(offset=11)], {0: 12}), 0)
+
+    A poll that brings more than a batch: the rest starts the next one, with its own wait.
+
+    >>> t[0] = 1.0; b.add(0, [R(12), R(13)]); b.add(1, [R(5), R(6)])
+    >>> b.ready(), b.take()
+    (True, ([R(offset=12), R(offset=13), R(offset=5)], {0: 14, 1: 6}))
+    >>> len(b), b.ready(), b.poll_timeout_ms()
+    (1, False, 50)
     """
 
     def __init__(self, max_records: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic):
@@ -48,38 +65,50 @@ class MicroBatcher:
         self.max_wait_s = float(max_wait_s)
         self._clock = clock
         self._records: list[Any] = []
-        self._first_at: float | None = None
+        # one per add, oldest first: (start, stop) indices in _records, partition, added at
+        self._chunks: list[tuple[int, int, int, float]] = []
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, records: list[Any]) -> None:
-        """Append records (in poll order); starts the wait clock on the first one."""
-        if records and self._first_at is None:
-            self._first_at = self._clock()
-        self._records.extend(records)
+    def add(self, partition: int, records: list[Any]) -> None:
+        """Append one partition's records from a poll, in offset order (each has ``.offset``)."""
+        if records:
+            start = len(self._records)
+            self._records.extend(records)
+            self._chunks.append((start, len(self._records), partition, self._clock()))
 
     def room(self) -> int:
-        """How many more records this batch takes."""
-        return max(self.max_records - len(self._records), 0)
+        """How many more records the next poll may bring: up to two batches are held."""
+        return max(2 * self.max_records - len(self._records), 0)
 
     def remaining_s(self) -> float:
         """Seconds until the batch must close (``max_wait_s`` while it is empty)."""
-        if self._first_at is None:
+        if not self._chunks:
             return self.max_wait_s
-        return max(self._first_at + self.max_wait_s - self._clock(), 0.0)
+        return max(self._chunks[0][3] + self.max_wait_s - self._clock(), 0.0)
 
     def poll_timeout_ms(self) -> int:
         """Poll timeout for the next ``consumer.poll``: the remaining wait, in ms."""
         return int(round(self.remaining_s() * 1000))
 
     def ready(self) -> bool:
-        """True when the batch is full, or non-empty and its wait is over."""
+        """True when a batch is full, or non-empty and its wait is over."""
         if not self._records:
             return False
         return len(self._records) >= self.max_records or self.remaining_s() <= 0.0
 
-    def take(self) -> list[Any]:
-        """Return the held records and start a new batch."""
-        records, self._records, self._first_at = self._records, [], None
-        return records
+    def take(self) -> tuple[list[Any], dict[int, int]]:
+        """The next batch (up to ``max_records``, oldest first) and, per partition, one past
+        its last offset there; what is left over starts the next batch."""
+        n = min(self.max_records, len(self._records))
+        records, self._records = self._records[:n], self._records[n:]
+        ends: dict[int, int] = {}
+        rest = []
+        for start, stop, partition, added_at in self._chunks:
+            if start < n:  # later chunks of a partition hold later offsets
+                ends[partition] = records[min(stop, n) - 1].offset + 1
+            if stop > n:
+                rest.append((max(start - n, 0), stop - n, partition, added_at))
+        self._chunks = rest
+        return records, ends

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
@@ -24,8 +25,12 @@ from stream_ae.stream.codec import (
     _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, datetime_to_ns, dead_letter,
     values_to_row)
 
+from stream_ae.stream.detector_io import ReadingBatch
+
 if TYPE_CHECKING:
     from stream_ae.stream.codec import ReadingDecoder
+
+_TIMESTAMP, _PARTITION, _OFFSET = (operator.attrgetter(a) for a in ("timestamp", "partition", "offset"))
 
 
 class ReadingColumns(msgspec.Struct, gc=False):
@@ -38,6 +43,19 @@ class ReadingColumns(msgspec.Struct, gc=False):
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    def to_batch(self) -> tuple[ReadingBatch, np.ndarray]:
+        """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
+        msgs, n = self.messages, len(self)
+        try:
+            stamp = np.fromiter(map(_TIMESTAMP, msgs), np.float64, n) / 1000  # (N,)
+        except TypeError:  # a record without a timestamp (None)
+            stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000
+        ingest = np.where(stamp > 0, stamp, time.time())
+        batch = ReadingBatch(entity=self.entity, ts=self.ts_ns, values=self.values,  # values (N, C)
+                             partition=np.fromiter(map(_PARTITION, msgs), np.int64, n),
+                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n))
+        return batch, ingest
 
 
 def decode_columns(decoder: "ReadingDecoder", messages: Iterable[Any], channels: tuple[str, ...]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -29,54 +29,11 @@ from stream_ae.alerts import AlertPolicy, AlertTracker
 from stream_ae.data.many_windows import ManyWindows, push_clean_many
 from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
+from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReadingBatch:
-    """Decoded readings of one micro-batch, in poll order (columnar)."""
-
-    entity: np.ndarray  # (N,) object: str entity ids
-    ts: np.ndarray  # (N,) int64 ns since epoch
-    values: np.ndarray  # (N, C) float32, channel order = the model's; NaN = missing
-    partition: np.ndarray  # (N,) int64 Kafka partition (-1: not from Kafka)
-    offset: np.ndarray  # (N,) int64 Kafka offset
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    @classmethod
-    def from_arrays(cls, entity, ts, values, partition=None, offset=None) -> "ReadingBatch":
-        """Build a batch; without Kafka coordinates, partition -1 (never skipped as a replay)."""
-        n = len(ts)
-        return cls(
-            entity=np.asarray(entity, dtype=object),
-            ts=np.asarray(ts, dtype=np.int64),
-            values=np.asarray(values, dtype=np.float32).reshape(n, -1),
-            partition=np.full(n, -1, np.int64) if partition is None else np.asarray(partition, np.int64),
-            offset=np.arange(n, dtype=np.int64) if offset is None else np.asarray(offset, np.int64),
-        )
-
-
-@dataclass
-class DetectorOutput:
-    """What one micro-batch produced."""
-
-    events: list = field(default_factory=list)  # AlertEvent, in entity then time order
-    event_index: list = field(default_factory=list)  # per event: batch index of the reading that caused it
-    rejected: list = field(default_factory=list)  # (batch index, reason) for dead letters
-    windows_scored: int = 0
-    skipped: int = 0  # replayed readings already in the state
-    suppressed: int = 0  # events already published before a restart
-    scoring_s: float = 0.0
-    entities: list = field(default_factory=list)  # entity ids touched by this batch
-    # every window scored, in entity then time order: a read-only tap (drift watch, demo plot)
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))    # (B,)
-    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))           # (B,)
-    end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # (B,) ns
 
 
 @dataclass

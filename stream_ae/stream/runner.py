@@ -22,7 +22,8 @@ Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scorin
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
 decodes and windows the next one. At most ``max_in_flight`` (one more than the scoring
 threads) batches wait for or undergo scoring; while that many are, a ready batch
-keeps growing and is held back unless full. Batches are finished (thresholds, alert
+keeps growing, and the batcher keeps polling up to a second batch behind it (each poll
+empties the client's buffer, so the next fetch goes out at once; ``batcher.py``). Batches are finished (thresholds, alert
 lifecycles, publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
 shutdown first finish the batches in flight, so a checkpoint never covers a batch whose
 alerts are not produced and acknowledged.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 import signal
@@ -48,9 +48,10 @@ from stream_ae.stream.batcher import MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.columns import ReadingColumns
-from stream_ae.stream.detector import ReadingBatch, build_detector
+from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.metrics import StreamMetrics
+from stream_ae.stream.publisher import Publisher
 from stream_ae.stream.tuning import tune_process
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,8 @@ class StreamRunner:
         self._reload = reload
         self._next_reload = time.monotonic() + settings.model.reload_interval_s
         self._pending_scorer = None
-        self._consumer = self._producer = self._checkpointer = None
+        self._consumer = self._publisher = self._checkpointer = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
-        self._held_ends: dict[int, int] = {}  # the same for the records the batcher holds
         self._assigned: set[int] = set()
         self._to_restore: set[int] = set()
         self._failed = self._closing = False
@@ -120,10 +120,11 @@ class StreamRunner:
 
         s = self.settings
         with contextlib.ExitStack() as stack:
-            self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
-                                              "enable_idempotence": True, "linger_ms": 2})
-            stack.callback(self._producer.close, 10)
-            self._checkpointer = Checkpointer(self._producer, s.kafka.state_topic, self.checkpoint_interval_s)
+            producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
+                                        "enable_idempotence": True, "linger_ms": 2})
+            stack.callback(producer.close, 10)
+            self._checkpointer = Checkpointer(producer, s.kafka.state_topic, self.checkpoint_interval_s)
+            self._publisher = Publisher(producer, s.kafka, self._checkpointer, self.metrics)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
             record_decoding.install(self._consumer, s.kafka.record_decoder)
@@ -164,17 +165,15 @@ class StreamRunner:
             if self._to_restore:
                 self._finish_inflight()
                 records = self._restore(records)
-            for tp, batch in records.items():
-                if batch:  # each list: one partition, in offset order
-                    self.batcher.add(batch)
-                    self._held_ends[tp.partition] = batch[-1].offset + 1
+            for tp, batch in records.items():  # each list: one partition, in offset order
+                self.batcher.add(tp.partition, batch)
             finished = False
             while self._inflight and self._inflight[0].done():
                 self._finish_oldest()
                 finished = True
             if self.batcher.ready():
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
-                    self._finish_oldest()  # back-pressure: a full batch waits for the model
+                    self._finish_oldest()  # back-pressure: two batches held wait for the model
                     finished = True
                 if len(self._inflight) < self.max_in_flight:
                     self._submit_batch()
@@ -205,7 +204,7 @@ class StreamRunner:
     # -- one micro-batch --------------------------------------------------------------------
     def _submit_batch(self) -> None:
         """Decode and window the batcher's records; their scoring starts on the model's thread."""
-        records, ends, self._held_ends = self.batcher.take(), self._held_ends, {}
+        records, ends = self.batcher.take()
         if not records:
             return
         self._maybe_reload()
@@ -214,8 +213,8 @@ class StreamRunner:
         m.batch_size.observe(len(records))
         cols, bad = self.decoder.decode_columns(records, self.detector.channels)
         for letter in bad:
-            self._dead_letter(letter)
-        batch, ingest_s = self._to_batch(cols)
+            self._publisher.dead_letter(letter)
+        batch, ingest_s = cols.to_batch()
         prep = self.detector.prepare(batch)
         if self._scoring is not None and prep.rows is not None:
             future = self._scoring.submit(prep.score)
@@ -233,12 +232,12 @@ class StreamRunner:
         late_policy = self.settings.input.late_policy
         for i, reason in out.rejected:
             if late_policy == "dead_letter":
-                self._dead_letter(codec.dead_letter(job.cols.messages[i], reason, _REJECT_DETAIL[reason],
+                self._publisher.dead_letter(codec.dead_letter(job.cols.messages[i], reason, _REJECT_DETAIL[reason],
                                                     entity=job.cols.entity[i]))
             else:
                 m.dead_letters.labels(reason).inc()
         for event, i in zip(out.events, out.event_index):
-            self._publish(event, job.ingest_s[i])
+            self._publisher.alert(event, job.ingest_s[i])
         self.drift.observe(out, prep.scorer.version)
         m.windows.inc(out.windows_scored)
         m.batch_windows.observe(out.windows_scored)
@@ -258,44 +257,10 @@ class StreamRunner:
             self._finish_oldest()
 
     def _drain(self) -> None:
-        """Process what the batcher holds and finish everything in flight."""
-        self._submit_batch()
+        """Process everything the batcher holds and finish everything in flight."""
+        while self.batcher:  # it may hold more than one batch
+            self._submit_batch()
         self._finish_inflight()
-
-    @staticmethod
-    def _to_batch(cols: ReadingColumns) -> tuple[ReadingBatch, np.ndarray]:
-        """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
-        msgs, n = cols.messages, len(cols)
-        try:
-            stamp = np.fromiter(map(_TIMESTAMP, msgs), np.float64, n) / 1000  # (N,)
-        except TypeError:  # a record without a timestamp (None)
-            stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000
-        ingest = np.where(stamp > 0, stamp, time.time())
-        batch = ReadingBatch(entity=cols.entity, ts=cols.ts_ns, values=cols.values,  # values (N, C)
-                             partition=np.fromiter(map(_PARTITION, msgs), np.int64, n),
-                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n))
-        return batch, ingest
-
-    def _publish(self, event, ingest_s: float) -> None:
-        alert = codec.alert_message(event)
-        ck, m = self._checkpointer, self.metrics
-
-        def acked(md) -> None:
-            ck.alert_acked(md.partition, md.offset)
-            m.latency.observe(max(time.time() - ingest_s, 0.0))
-            m.alerts.labels(alert.state).inc()
-
-        self._producer.send(self.settings.kafka.alerts_topic, key=alert.entity.encode(),
-                            value=codec.encode_alert(alert)).add_callback(acked).add_errback(self._send_failed)
-
-    def _dead_letter(self, letter: codec.DeadLetter) -> None:
-        self.metrics.dead_letters.labels(letter.reason).inc()
-        self._producer.send(self.settings.kafka.dead_letter_topic, key=letter.original_key,
-                            value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
-
-    def _send_failed(self, exc) -> None:
-        log.error("a produce failed: %r; the next checkpoint will not commit", exc)
-        self._failed = True
 
     def _update_lag(self) -> None:
         lags = {}
@@ -317,7 +282,7 @@ class StreamRunner:
             self._finish_inflight()
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             self._checkpointer.write(self.detector.table.take_dirty(), positions)
-            if self._failed:
+            if self._failed or self._publisher.failed:
                 raise StreamAEError("an alert, dead letter or state record could not be produced; not "
                                     "committing (a restart replays from the last checkpoint)")
         self.metrics.checkpoints.inc()
@@ -337,7 +302,7 @@ class StreamRunner:
         """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
         parts = {tp.partition for tp in revoked}
         with self._lock:
-            if self._closing or self._failed or not parts:
+            if self._closing or self._failed or self._publisher.failed or not parts:
                 return
             self._drain()
             self.checkpoint(in_listener=True)
@@ -398,7 +363,6 @@ class _InFlight:
         return self.future.done()
 
 
-_TIMESTAMP, _PARTITION, _OFFSET = (operator.attrgetter(a) for a in ("timestamp", "partition", "offset"))
 _REJECT_DETAIL = {
     "duplicate": "a reading with this entity and timestamp was already accepted",
     "out_of_order": "older than the entity's last accepted reading",

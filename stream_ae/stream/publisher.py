@@ -1,0 +1,60 @@
+"""What the stream runner produces: alert events and dead letters.
+
+Alerts are keyed by entity on a producer with ``acks=all`` and idempotence; each
+acknowledgement is handed to the checkpointer (a partition's offsets are committed only
+after the alerts its readings caused are acknowledged) and observed as ingest-to-alert
+latency. A produce that fails marks the publisher failed: the runner then refuses to
+commit, and a restart replays from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from stream_ae.stream import codec
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Sends alert events and dead letters on the runner's producer.
+
+    Parameters
+    ----------
+    producer : kafka.KafkaProducer
+        ``acks="all"``, idempotent.
+    kafka : KafkaSettings
+        Where to: ``alerts_topic``, ``dead_letter_topic``.
+    checkpointer : Checkpointer
+        Told of every alert acknowledged.
+    metrics : StreamMetrics
+        Counts alerts by state and dead letters by reason; observes the latency.
+    """
+
+    def __init__(self, producer, kafka, checkpointer, metrics):
+        self.producer, self.kafka, self.checkpointer, self.metrics = producer, kafka, checkpointer, metrics
+        self.failed = False
+
+    def alert(self, event, ingest_s: float) -> None:
+        """Produce one alert event; ``ingest_s`` is when its reading entered Kafka (epoch s)."""
+        alert = codec.alert_message(event)
+        ck, m = self.checkpointer, self.metrics
+
+        def acked(md) -> None:
+            ck.alert_acked(md.partition, md.offset)
+            m.latency.observe(max(time.time() - ingest_s, 0.0))
+            m.alerts.labels(alert.state).inc()
+
+        self.producer.send(self.kafka.alerts_topic, key=alert.entity.encode(),
+                           value=codec.encode_alert(alert)).add_callback(acked).add_errback(self._send_failed)
+
+    def dead_letter(self, letter: codec.DeadLetter) -> None:
+        """Produce one dead letter (its key is the original record's)."""
+        self.metrics.dead_letters.labels(letter.reason).inc()
+        self.producer.send(self.kafka.dead_letter_topic, key=letter.original_key,
+                           value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+
+    def _send_failed(self, exc) -> None:
+        log.error("a produce failed: %r; the next checkpoint will not commit", exc)
+        self.failed = True
