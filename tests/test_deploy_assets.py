@@ -11,274 +11,31 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import fnmatch
 import importlib
 import importlib.util
-import io
 import json
 import re
-import shlex
-import tempfile
 import tomllib
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import yaml   # pyyaml, in the dev extra
 
 from stream_ae.backfill import shard_of
 from stream_ae.cli import build_parser
 from stream_ae.stream.settings import ENV_PREFIX, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-COMPOSE = DEPLOY / "compose.yaml"
-DOCKERFILES = (DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.cuda")
-YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
-JOBS = {"jobs.archive", "jobs.retrain"}
-SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash"}
-WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
-_K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-# ---- reading the assets ---------------------------------------------------------------------
-
-def _docs(path: Path) -> list:
-    with path.open() as f:
-        return [d for d in yaml.safe_load_all(f) if d is not None]
-
-
-def _k8s_objects() -> list[tuple[Path, dict]]:
-    return [(p, d) for p in sorted(K8S.rglob("*.yaml")) if p.name != "kustomization.yaml"
-            for d in _docs(p)]
-
-
-def _one(kind: str, name: str | None = None) -> dict:
-    found = [d for _, d in _k8s_objects() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    if len(found) != 1:
-        pytest.fail(f"expected one {kind} {name or ''} in {K8S}, found {len(found)}")
-    return found[0]
-
-
-def _pod_spec(obj: dict) -> dict:
-    if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return obj["spec"]["template"]["spec"]
-
-
-@dataclass
-class Dockerfile:
-    path: Path
-    instructions: list[tuple[str, str]]          # (INSTRUCTION, rest of line), continuations joined
-    args: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path) -> "Dockerfile":
-        text = re.sub(r"\\\n", " ", path.read_text())
-        instructions, args = [], {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            word, _, rest = line.partition(" ")
-            instructions.append((word.upper(), rest.strip()))
-            if word.upper() == "ARG" and "=" in rest:
-                key, _, value = rest.strip().partition("=")
-                args[key] = value
-        return cls(path, instructions, args)
-
-    def all(self, word: str) -> list[str]:
-        return [rest for w, rest in self.instructions if w == word]
-
-    def exec_form(self, word: str) -> list[str]:
-        values = self.all(word)
-        if len(values) != 1:
-            pytest.fail(f"{self.path.name}: expected one {word}, found {len(values)}")
-        return json.loads(values[0])
-
-
-CPU_IMAGE = Dockerfile.read(DEPLOY / "Dockerfile")
-
-
-@dataclass
-class Invocation:
-    """One command line a container runs, with the environment it runs in."""
-    where: str
-    argv: list[str]
-    env: dict[str, str]
-    mounts: dict[str, str]       # container path -> TOML text or "<volume>" (what is mounted there)
-
-
-def _split_script(script: str) -> list[list[str]]:
-    """Simple commands of a `sh -c` script: one per line and per `;`, `&&`, `||`, `|`, `&`;
-    redirections and shell keywords dropped."""
-    commands = []
-    for line in script.splitlines():
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
-        lexer.commenters = "#"
-        words, skip = [], False
-        for token in lexer:
-            if skip:
-                skip = False
-            elif token in (";", "&&", "||", "|", "&"):
-                commands.append(words)
-                words = []
-            elif token[0] in "<>":
-                skip = True                 # the redirection's target
-            else:
-                words.append(token)
-        commands.append(words)
-    return [w for w in commands if w and w[0] not in ("do", "done", "while", "then", "fi", "if", ":")]
-
-
-def _commands(argv: list[str]) -> list[list[str]]:
-    if argv and argv[0] in SHELLS and "-c" in argv:
-        return _split_script(argv[argv.index("-c") + 1])
-    return [argv]
-
-
-def _k8s_env(container: dict) -> dict[str, str]:
-    """A container's env with secretKeyRef resolved from secret.example.yaml, fieldRef as a stand-in."""
-    secrets = {d["metadata"]["name"]: d.get("stringData", {}) for _, d in _k8s_objects() if d["kind"] == "Secret"}
-    env = {}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-        elif "secretKeyRef" in item.get("valueFrom", {}):
-            ref = item["valueFrom"]["secretKeyRef"]
-            if ref["key"] not in secrets.get(ref["name"], {}):
-                pytest.fail(f"env {item['name']} reads Secret {ref['name']}/{ref['key']}, "
-                            "which secret.example.yaml does not show")
-            env[item["name"]] = secrets[ref["name"]][ref["key"]]
-        elif "fieldRef" in item.get("valueFrom", {}):
-            env[item["name"]] = "0" if "job-completion-index" in item["valueFrom"]["fieldRef"]["fieldPath"] \
-                else "stream-ae-pod-0"
-    return env
-
-
-def _k8s_invocations() -> list[Invocation]:
-    entrypoint, cmd = CPU_IMAGE.exec_form("ENTRYPOINT"), CPU_IMAGE.exec_form("CMD")
-    config_maps = {d["metadata"]["name"]: d["data"] for _, d in _k8s_objects() if d["kind"] == "ConfigMap"}
-    out = []
-    for path, obj in _k8s_objects():
-        if obj["kind"] not in WORKLOADS:
-            continue
-        spec = _pod_spec(obj)
-        volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        for c in spec["containers"]:
-            # Kubernetes semantics: command replaces ENTRYPOINT (and drops CMD); args replace CMD.
-            argv = list(c["command"]) if "command" in c else list(entrypoint)
-            argv += list(c.get("args", [] if "command" in c else cmd))
-            mounts = {}
-            for m in c.get("volumeMounts", []):
-                vol = volumes[m["name"]]
-                if "configMap" in vol:
-                    for key, text in config_maps[vol["configMap"]["name"]].items():
-                        mounts[f"{m['mountPath']}/{key}"] = text
-                else:
-                    mounts[m["mountPath"]] = "<volume>"
-            where = f"{path.relative_to(DEPLOY)}:{obj['metadata']['name']}/{c['name']}"
-            out.append(Invocation(where, argv, _k8s_env(c), mounts))
-    return out
-
-
-def _compose() -> dict:
-    return _docs(COMPOSE)[0]
-
-
-def _compose_invocations() -> list[Invocation]:
-    entrypoint, cmd = CPU_IMAGE.exec_form("ENTRYPOINT"), CPU_IMAGE.exec_form("CMD")
-    out = []
-    for name, svc in _compose()["services"].items():
-        if not str(svc.get("image", "")).startswith("stream-ae"):
-            continue
-        ep = svc.get("entrypoint", entrypoint)
-        # Compose: entrypoint replaces ENTRYPOINT and drops the image's CMD; command replaces CMD.
-        command = svc.get("command", [] if "entrypoint" in svc else cmd)
-        argv = [a.replace("$$", "$") for a in [*ep, *command]]
-        mounts = {}
-        for spec in svc.get("volumes", []):
-            source, target = spec.split(":")[:2]
-            host = (DEPLOY / source) if source.startswith(".") else None
-            mounts[target] = host.read_text() if host is not None and host.is_file() else "<volume>"
-        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
-        out.append(Invocation(f"compose.yaml:{name}", argv, env, mounts))
-    return out
-
-
-def _dockerfile_invocations() -> list[Invocation]:
-    out = []
-    for path in DOCKERFILES:
-        image = Dockerfile.read(path)
-        toml = (ROOT / "deploy" / "stream-ae.example.toml").read_text()
-        out.append(Invocation(path.name, image.exec_form("ENTRYPOINT") + image.exec_form("CMD"),
-                              {}, {"/etc/stream-ae/stream-ae.toml": toml}))
-    return out
-
-
-def _all_invocations() -> list[Invocation]:
-    return _k8s_invocations() + _compose_invocations() + _dockerfile_invocations()
-
-
-def _expand(word: str, env: dict[str, str]) -> str:
-    """Kubernetes $(VAR) and shell ${VAR} / $VAR expansion from the container's env."""
-    word = _K8S_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), word)
-    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), m.group(0)), word)
-
-
-def _parse(parser: argparse.ArgumentParser, argv: list[str], where: str) -> argparse.Namespace:
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parser.parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"{where}: `{shlex.join(argv)}` is refused by the parser: {err.getvalue().strip()}")
-
-
-def _stream_ae_calls() -> list[tuple[Invocation, list[str]]]:
-    calls = []
-    for inv in _all_invocations():
-        for words in _commands(inv.argv):
-            if words[0] == "stream-ae":
-                calls.append((inv, [_expand(w, inv.env) for w in words[1:]]))
-    return calls
-
-
-def _module_calls() -> list[tuple[Invocation, str, list[str]]]:
-    calls = []
-    for inv in _all_invocations():
-        for words in _commands(inv.argv):
-            if re.fullmatch(r"python[0-9.]*", Path(words[0]).name) and words[1:2] == ["-m"]:
-                calls.append((inv, words[2], [_expand(w, inv.env) for w in words[3:]]))
-    return calls
-
-
-def _settings_for(inv: Invocation, args: list[str]) -> Settings:
-    """What `--config PATH [--set ...]` gives in that container: the mounted TOML + its env."""
-    config = args[args.index("--config") + 1] if "--config" in args else None
-    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    env = {k: v for k, v in inv.env.items() if k.startswith(ENV_PREFIX)}
-    text = inv.mounts.get(config) if config else None
-    if config and text is None:
-        pytest.fail(f"{inv.where}: --config {config} but nothing is mounted there "
-                    f"(mounts: {sorted(inv.mounts)})")
-    if text == "<volume>":
-        pytest.fail(f"{inv.where}: --config {config} is a volume path, not a known file")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = None
-        if text is not None:
-            path = Path(tmp) / "stream-ae.toml"
-            path.write_text(text)
-        return load_settings(path, env=env, overrides=overrides)
+from deploy_reading import (
+    CPU_IMAGE, DEPLOY, DOCKERFILES, Dockerfile, JOBS, K8S, ROOT, WORKLOADS, YAML_FILES,
+    all_invocations, compose_file, compose_invocations, expand_vars, k8s_env, k8s_invocations,
+    module_calls, one_object, parse_args_at, pod_spec, settings_for, split_commands,
+    stream_ae_calls, yaml_docs)
 
 
 # ---- every file parses ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(DEPLOY)) for p in YAML_FILES])
 def test_every_yaml_file_parses_into_named_objects(path):
-    docs = _docs(path)
+    docs = yaml_docs(path)
     assert docs, f"{path} is empty"
     if K8S in path.parents and path.name != "kustomization.yaml":
         for d in docs:
@@ -297,7 +54,7 @@ def test_assets_exist():
 @pytest.mark.parametrize("kustomization", sorted(K8S.rglob("kustomization.yaml")),
                          ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_kustomization_lists_files_that_exist_and_names_the_images_used(kustomization):
-    k = _docs(kustomization)[0]
+    k = yaml_docs(kustomization)[0]
     here = kustomization.parent
     for res in k["resources"]:
         assert (here / res).exists(), f"{kustomization}: resource {res} does not exist"
@@ -305,28 +62,28 @@ def test_kustomization_lists_files_that_exist_and_names_the_images_used(kustomiz
     stray = [p.name for p in here.glob("*.yaml")
              if p not in listed and p.name not in ("kustomization.yaml", "secret.example.yaml")]
     assert not stray, f"{kustomization}: {stray} are in the folder but not applied"
-    images = {c["image"].split(":")[0] for r in listed for d in _docs(r) if d["kind"] in WORKLOADS
-              for c in _pod_spec(d)["containers"]}
+    images = {c["image"].split(":")[0] for r in listed for d in yaml_docs(r) if d["kind"] in WORKLOADS
+              for c in pod_spec(d)["containers"]}
     assert images <= {i["name"] for i in k.get("images", [])}, "every image is retagged by kustomize"
 
 
 # ---- commands, modules, settings -----------------------------------------------------------
 
 def test_assets_run_stream_ae_in_every_place_expected():
-    places = {inv.where.split(":")[-1] for inv, _ in _stream_ae_calls()}
+    places = {inv.where.split(":")[-1] for inv, _ in stream_ae_calls()}
     assert {"stream-ae-detector/detector", "detector", "stream-ae-backfill/backfill"} <= places
-    modules = {m for _, m, _ in _module_calls()}
+    modules = {m for _, m, _ in module_calls()}
     assert modules >= JOBS
 
 
-@pytest.mark.parametrize("call", _stream_ae_calls(), ids=lambda c: c[0].where)
+@pytest.mark.parametrize("call", stream_ae_calls(), ids=lambda c: c[0].where)
 def test_every_stream_ae_command_line_parses_with_the_real_cli(call):
     inv, args = call
     leftover = [a for a in args if "$" in a]
     assert not leftover, f"{inv.where}: {leftover} would reach the CLI unexpanded; define the variable in env"
-    parsed = _parse(build_parser(), args, inv.where)
+    parsed = parse_args_at(build_parser(), args, inv.where)
     if parsed.command == "serve":
-        settings = _settings_for(inv, args)
+        settings = settings_for(inv, args)
         assert settings.model.deployment or settings.model.artifact, f"{inv.where}: serve without a model"
 
 
@@ -341,7 +98,7 @@ def _job_parser(mod) -> argparse.ArgumentParser | None:
     return None
 
 
-@pytest.mark.parametrize("module", sorted({m for _, m, _ in _module_calls()}))
+@pytest.mark.parametrize("module", sorted({m for _, m, _ in module_calls()}))
 def test_every_python_module_entry_point_exists_and_takes_its_flags(module):
     try:
         spec = importlib.util.find_spec(module)
@@ -352,18 +109,18 @@ def test_every_python_module_entry_point_exists_and_takes_its_flags(module):
     assert hasattr(mod, "main"), f"{module} has no main(): `python -m {module}` would do nothing"
     parser = _job_parser(mod)
     assert parser is not None, f"{module}: no build_parser() or add_arguments(parser) to check the flags with"
-    for inv, name, args in _module_calls():
+    for inv, name, args in module_calls():
         if name == module:
-            _parse(parser, args, inv.where)
+            parse_args_at(parser, args, inv.where)
             if "--config" in args:
-                _settings_for(inv, args)
+                settings_for(inv, args)
 
 
-@pytest.mark.parametrize("inv", [i for i in _all_invocations() if "--config" in " ".join(i.argv)],
+@pytest.mark.parametrize("inv", [i for i in all_invocations() if "--config" in " ".join(i.argv)],
                          ids=lambda i: i.where)
 def test_settings_each_container_gets_load_through_load_settings(inv):
-    args = [w for words in _commands(inv.argv) for w in words]
-    settings = _settings_for(inv, args)
+    args = [w for words in split_commands(inv.argv) for w in words]
+    settings = settings_for(inv, args)
     volumes = [m for m, what in inv.mounts.items() if what == "<volume>"]
     paths = {"model.registry": settings.model.registry, "archive.root": settings.archive.root,
              "retrain.report_dir": settings.retrain.report_dir, "retrain.history": settings.retrain.history}
@@ -377,26 +134,26 @@ def test_env_settings_use_real_keys_and_a_bad_key_is_refused():
     # The check above is only worth something if load_settings refuses a wrong key.
     with pytest.raises(Exception, match="unknown setting"):
         load_settings(None, env={"STREAM_AE_KAFKA__BOOTSTRAP_SERVER": "kafka:9092"})
-    names = {k for inv in _all_invocations() for k in inv.env if k.startswith(ENV_PREFIX)}
+    names = {k for inv in all_invocations() for k in inv.env if k.startswith(ENV_PREFIX)}
     assert "STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD" in names
 
 
 def test_sasl_password_comes_from_a_secret_and_stays_masked():
-    detector = _pod_spec(_one("Deployment", "stream-ae-detector"))["containers"][0]
+    detector = pod_spec(one_object("Deployment", "stream-ae-detector"))["containers"][0]
     item = next(e for e in detector["env"] if e["name"] == "STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD")
     assert "secretKeyRef" in item["valueFrom"], "the password must not be a literal in the manifest"
     settings = load_settings(None, env={"STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD": "change-me"})
     assert "change-me" not in json.dumps(settings.redacted())
-    assert "change-me" not in _one("ConfigMap")["data"]["stream-ae.toml"]
+    assert "change-me" not in one_object("ConfigMap")["data"]["stream-ae.toml"]
 
 
 # ---- Kubernetes: detector, retrain, backfill ----------------------------------------------
 
 def _detector() -> tuple[dict, dict, Settings]:
-    dep = _one("Deployment", "stream-ae-detector")
-    container = _pod_spec(dep)["containers"][0]
-    inv = next(i for i in _k8s_invocations() if i.where.endswith("stream-ae-detector/detector"))
-    return dep, container, _settings_for(inv, inv.argv)
+    dep = one_object("Deployment", "stream-ae-detector")
+    container = pod_spec(dep)["containers"][0]
+    inv = next(i for i in k8s_invocations() if i.where.endswith("stream-ae-detector/detector"))
+    return dep, container, settings_for(inv, inv.argv)
 
 
 def _port(container: dict, ref) -> int:
@@ -425,7 +182,7 @@ def test_ops_defaults_are_what_the_assets_assume():
 
 def test_service_targets_the_detector_ports():
     dep, c, _ = _detector()
-    svc = _one("Service")
+    svc = one_object("Service")
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     for p in svc["spec"]["ports"]:
         assert _port(c, p["targetPort"]) == p["port"]
@@ -443,19 +200,19 @@ def test_detector_grace_period_outlasts_a_batch_a_flush_and_a_checkpoint():
     checkpoint_s = settings.kafka.checkpoint_interval_s
     flush_s = settings.kafka.client.get("request_timeout_ms", 30_000) / 1000
     needed = checkpoint_s + settings.batch.max_wait_ms / 1000 + flush_s
-    grace = _pod_spec(dep)["terminationGracePeriodSeconds"]
+    grace = pod_spec(dep)["terminationGracePeriodSeconds"]
     assert grace > needed, f"terminationGracePeriodSeconds {grace} <= {needed:.1f} s needed for a clean stop"
 
 
 def test_detector_runs_as_non_root_with_resources():
     dep, c, _ = _detector()
-    assert _pod_spec(dep)["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec(dep)["securityContext"]["runAsNonRoot"] is True
     assert {"cpu", "memory"} <= set(c["resources"]["requests"])
     assert "memory" in c["resources"]["limits"]
 
 
 def test_retrain_cronjob_never_overlaps_and_reports_failure():
-    cron = _one("CronJob", "stream-ae-retrain")
+    cron = one_object("CronJob", "stream-ae-retrain")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     job = cron["spec"]["jobTemplate"]["spec"]
     assert job["backoffLimit"] >= 1
@@ -465,19 +222,19 @@ def test_retrain_cronjob_never_overlaps_and_reports_failure():
 
 
 def test_backfill_indexed_job_shards_cover_every_entity_exactly_once():
-    job = _one("Job", "stream-ae-backfill")
+    job = one_object("Job", "stream-ae-backfill")
     spec = job["spec"]
     n = spec["completions"]
     assert spec["completionMode"] == "Indexed"
     assert spec["parallelism"] == n
     container = spec["template"]["spec"]["containers"][0]
-    env = _k8s_env(container)
+    env = k8s_env(container)
     argv = container["args"]
     shard_word = argv[argv.index("--shard") + 1]
     assert "$(JOB_COMPLETION_INDEX)" in shard_word
     shards = []
     for index in range(n):
-        parsed = _parse(build_parser(), [_expand(w, {**env, "JOB_COMPLETION_INDEX": str(index)}) for w in argv],
+        parsed = parse_args_at(build_parser(), [expand_vars(w, {**env, "JOB_COMPLETION_INDEX": str(index)}) for w in argv],
                         f"backfill index {index}")
         shards.append(parsed.shard)
     assert shards == [(i, n) for i in range(n)], f"the {n} pods run shards {shards}"
@@ -491,9 +248,9 @@ def test_backfill_indexed_job_shards_cover_every_entity_exactly_once():
 
 def _topics() -> dict[str, dict]:
     """Topics the compose `topics` service creates: name -> {partitions, config}."""
-    svc = _compose()["services"]["topics"]
+    svc = compose_file()["services"]["topics"]
     out = {}
-    for words in _commands([*svc["entrypoint"], *svc["command"]]):
+    for words in split_commands([*svc["entrypoint"], *svc["command"]]):
         if not words[0].endswith("kafka-topics.sh") or "--create" not in words:
             continue
         name = words[words.index("--topic") + 1]
@@ -504,23 +261,23 @@ def _topics() -> dict[str, dict]:
 
 def test_compose_creates_every_topic_the_services_use_with_matching_partitions():
     topics = _topics()
-    env = _compose()["services"]["kafka"]["environment"]
+    env = compose_file()["services"]["kafka"]["environment"]
     assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
-    for inv in _compose_invocations():
-        args = [w for words in _commands(inv.argv) for w in words]
-        k = _settings_for(inv, args).kafka
+    for inv in compose_invocations():
+        args = [w for words in split_commands(inv.argv) for w in words]
+        k = settings_for(inv, args).kafka
         for t in (k.readings_topic, k.alerts_topic, k.dead_letter_topic, k.state_topic):
             assert t in topics, f"{inv.where} uses topic {t!r}, which compose does not create"
         assert topics[k.state_topic]["partitions"] == topics[k.readings_topic]["partitions"]
         assert topics[k.state_topic]["config"].get("cleanup.policy") == "compact"
         host, port = k.bootstrap_servers.split(",")[0].rsplit(":", 1)
-        assert host in _compose()["services"], f"{inv.where}: bootstrap host {host!r} is not a service"
+        assert host in compose_file()["services"], f"{inv.where}: bootstrap host {host!r} is not a service"
         assert f"://:{port}" in env["KAFKA_LISTENERS"]
 
 
 def test_compose_kafka_runs_in_kraft_mode():
-    env = _compose()["services"]["kafka"]["environment"]
-    assert _compose()["services"]["kafka"]["image"].startswith("apache/kafka:")
+    env = compose_file()["services"]["kafka"]["environment"]
+    assert compose_file()["services"]["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in env["KAFKA_PROCESS_ROLES"]
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in env["KAFKA_LISTENERS"]
     assert not any("ZOOKEEPER" in k for k in env)
@@ -528,14 +285,14 @@ def test_compose_kafka_runs_in_kraft_mode():
 
 
 def test_compose_detector_scales_up_to_the_partitions_and_stops_gracefully():
-    services = _compose()["services"]
+    services = compose_file()["services"]
     detector = services["detector"]
     assert "ports" not in detector, "published ports would stop `--scale detector=N`"
     assert detector["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert int(detector["stop_grace_period"].rstrip("s")) > 30
     for name in ("archiver", "retrain"):
         assert services[name]["healthcheck"]["disable"] is True, f"{name} serves no /healthz"
-    assert any("sleep" in w for words in _commands([*services["retrain"]["entrypoint"],
+    assert any("sleep" in w for words in split_commands([*services["retrain"]["entrypoint"],
                                                    *services["retrain"]["command"]]) for w in words)
 
 
