@@ -24,7 +24,6 @@ import numpy as np
 from stream_ae.stream.codec import (
     _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, datetime_to_ns, dead_letter,
     values_to_row)
-
 from stream_ae.stream.detector_io import ReadingBatch
 
 if TYPE_CHECKING:

@@ -21,12 +21,12 @@ one consumer until SIGTERM / SIGINT.
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
 decodes and windows the next one. At most ``max_in_flight`` (one more than the scoring
-threads) batches wait for or undergo scoring; while that many are, a ready batch
-keeps growing, and the batcher keeps polling up to a second batch behind it (each poll
-empties the client's buffer, so the next fetch goes out at once; ``batcher.py``). Batches are finished (thresholds, alert
-lifecycles, publish, offsets) on this thread, in order. Every checkpoint, revoke, restore and the
-shutdown first finish the batches in flight, so a checkpoint never covers a batch whose
-alerts are not produced and acknowledged.
+threads) batches wait for or undergo scoring; while that many are, a ready batch keeps
+growing, and the batcher keeps polling up to a second batch behind it (each poll empties
+the client's buffer, so the next fetch goes out at once; ``batcher.py``). Batches are
+finished (thresholds, alert lifecycles, publish, offsets) on this thread, in order. Every
+checkpoint, revoke, restore and the shutdown first finish the batches in flight, so a
+checkpoint never covers a batch whose alerts are not produced and acknowledged.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class StreamRunner:
         for i, reason in out.rejected:
             if late_policy == "dead_letter":
                 self._publisher.dead_letter(codec.dead_letter(job.cols.messages[i], reason, _REJECT_DETAIL[reason],
-                                                    entity=job.cols.entity[i]))
+                                                              entity=job.cols.entity[i]))
             else:
                 m.dead_letters.labels(reason).inc()
         for event, i in zip(out.events, out.event_index):
