@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from stream_ae.stream import codec
-from test_stream_ops import Producer, Running, overrides_for, read_alerts, stream_topics, wait_for
+from stream_service import Producer, Running, overrides_for, read_alerts, stream_topics, wait_for
 
 DEPLOYMENT = "prod"
 STEP_S = 1

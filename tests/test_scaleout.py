@@ -16,7 +16,7 @@ import urllib.error
 import pytest
 
 from test_stream_detector import T, make_artifact, plant
-from test_stream_ops import (REPO, Producer, free_port, http_get, messages, overrides_for, read_alerts,
+from stream_service import (REPO, Producer, free_port, http_get, messages, overrides_for, read_alerts,
                              stream_topics, wait_for)
 
 pytestmark = pytest.mark.kafka
