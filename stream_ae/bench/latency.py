@@ -5,10 +5,11 @@ the same rate for ``LATENCY_SECONDS``:
 
 * **alerts** (the target): a fresh StreamRunner consumes; every alert event's latency, from
   the reading's Kafka CreateTime (stamped when it was sent) to the alert's acknowledgement;
-* **broker floor**: a bare kafka-python consumer (same client settings, record decoder and
-  process settings as the runner, no processing); every reading's latency, from its
-  CreateTime to the poll that returned it. What the alerts' figures add over it is the
-  detector's: batching, scoring, thresholds, the alert's produce and acknowledgement.
+* **broker floor**: a bare kafka-python consumer (same client settings, record decoder,
+  process settings and records per poll as the runner, no processing); every reading's
+  latency, from its CreateTime to the poll that returned it. What the alerts' figures add
+  over it is the detector's: batching, scoring, thresholds, the alert's produce and
+  acknowledgement.
 
 Each run also reports its two halves apart (``halves``: by when the reading was sent), with
 the cores each part of the machine used then (``cpu_cores``: the runner's threads by group or
@@ -179,6 +180,7 @@ def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: floa
     """The broker floor under (c): the same paced readings read by a bare consumer; every
     reading's latency from its CreateTime to the poll that returned it."""
     from stream_ae.bench.stream import _settings, _topics, bare_consumer
+    from stream_ae.stream.batcher import MicroBatcher
     from stream_ae.stream.broker import delete_topics
 
     topics = _topics(broker.bootstrap, "floor")
@@ -187,13 +189,15 @@ def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: floa
         settings = _settings(broker, topics)
         load = _PacedLoad(broker.bootstrap, settings.kafka.readings_topic, settings.kafka.dead_letter_topic,
                           msgs, rate, out_dir)
+        # a poll may bring what the runner's may: its batcher's room when empty (two batches)
+        max_records = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000).room()
         with bare_consumer(settings, compiled=settings.kafka.record_decoder == "compiled") as (consumer, _):
             track = _CpuTrack({"consumer": lambda name: True})
             load.start()
             track.watch_generator(load.child.pid)
             deadline = time.monotonic() + timeout_s
             while got < load.count and time.monotonic() < deadline:
-                polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms, max_records=settings.batch.max_size)
+                polled = consumer.poll(timeout_ms=settings.batch.max_wait_ms, max_records=max_records)
                 now_ms = time.time() * 1000
                 track.sample()
                 for batch in polled.values():
