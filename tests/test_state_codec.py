@@ -1,0 +1,63 @@
+"""The state topic's record codec (``stream/checkpoint.py``): MessagePack now, JSON before."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stream_ae.stream.checkpoint import PartitionRecord, decode_state, encode_state
+
+
+def _snapshot() -> dict:
+    return {"entity": "pump-7", "windows": 61, "partition": 2, "offsets": {"2": 1234},
+            "windower": {"tail_rows": [[0.5, float("nan")], [float("inf"), -float("inf")]], "filled": [0, 3]},
+            "threshold": {"peaks": [0.1 * i for i in range(50)], "ready": True, "t": None},
+            "model_version": "conv-undercomplete-1"}
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN equal to NaN."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+def test_a_snapshot_survives_the_round_trip_with_nan_and_infinities():
+    snap = _snapshot()
+    data = encode_state(snap)
+    assert data[:1] != b"{"  # binary, not the JSON of earlier versions
+    assert _same(decode_state(data), snap)
+
+
+def test_json_snapshots_written_by_earlier_versions_still_restore():
+    snap = _snapshot()
+    old = json.dumps(snap, separators=(",", ":"), allow_nan=True).encode()  # what encode_state wrote before
+    assert _same(decode_state(old), snap)
+
+
+def test_numpy_scalars_are_written_as_python_numbers():
+    out = decode_state(encode_state({"a": np.float64(1.5), "b": np.int64(7), "c": np.float32(0.25)}))
+    assert out == {"a": 1.5, "b": 7, "c": 0.25}
+    assert type(out["a"]) is float and type(out["b"]) is int
+
+
+def test_an_object_that_is_not_state_is_refused_by_name():
+    class Threshold:
+        pass
+
+    with pytest.raises(TypeError, match="holds a Threshold"):
+        encode_state({"a": Threshold()})
+
+
+def test_partition_record_round_trip_and_its_earlier_json_form():
+    rec = PartitionRecord(3, 1000, {0: 17, 1: 4}, 1.7e9)
+    assert PartitionRecord.decode(rec.encode()) == rec
+    old = json.dumps({"format": 1, "partition": 3, "next_offset": 1000, "alerts_offsets": {"0": 17, "1": 4},
+                      "written_at": 1.7e9}).encode()
+    assert PartitionRecord.decode(old) == rec
