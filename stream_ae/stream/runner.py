@@ -22,11 +22,12 @@ Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scorin
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
 decodes and windows the next one. At most ``max_in_flight`` (one more than the scoring
 threads) batches wait for or undergo scoring; while that many are, a ready batch keeps
-growing, and the batcher keeps polling up to a second batch behind it (each poll empties
-the client's buffer, so the next fetch goes out at once; ``batcher.py``). Batches are
-finished (thresholds, alert lifecycles, publish, offsets) on this thread, in order. Every
-checkpoint, revoke, restore and the shutdown first finish the batches in flight, so a
-checkpoint never covers a batch whose alerts are not produced and acknowledged.
+growing (bigger batches score cheaper per window), and the batcher keeps polling up to a
+second batch behind it (each poll empties the client's buffer, so the next fetch goes out
+at once; ``batcher.py``). Batches are finished (thresholds, alert lifecycles, publish,
+offsets) on this thread, in order. Every checkpoint, revoke, restore and the shutdown first
+finish the batches in flight, so a checkpoint never covers a batch whose alerts are not
+produced and acknowledged.
 """
 
 from __future__ import annotations
@@ -107,12 +108,6 @@ class StreamRunner:
         self.max_in_flight = settings.batch.scoring_threads + 1
         self._scoring: ThreadPoolExecutor | None = None  # the model's threads, while run() runs
 
-    # Batches handed to the model's threads: one scoring on each, one prepared behind them
-    # (``max_in_flight``). The poll loop never waits for the model unless the next batch is
-    # full: while the model is busy, the batch in the making keeps growing (bigger batches
-    # score cheaper per window) and the fetches keep flowing (a blocked poll loop is time the
-    # readings wait in the broker).
-
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; then finish the batch, checkpoint, commit and close."""
@@ -181,7 +176,7 @@ class StreamRunner:
             if finished:
                 self._update_lag()
         if self._assigned and self._checkpointer.due():
-            self.checkpoint()
+            self.checkpoint(wait=False)
         self._maybe_reload()
 
     def swap_scorer(self, scorer) -> None:
@@ -272,8 +267,10 @@ class StreamRunner:
         self.metrics.set_lag(lags)
 
     # -- checkpoint and recovery -------------------------------------------------------------
-    def checkpoint(self, *, in_listener: bool = False) -> None:
-        """Flush alerts, write changed entity states and replay positions, then commit."""
+    def checkpoint(self, *, in_listener: bool = False, wait: bool = True) -> None:
+        """Flush alerts, write changed entity states and replay positions, then commit: waiting
+        only if ``wait`` (the last one); the state topic's positions, not the commit, say where a
+        partition resumes (``_restore``), so the poll loop need not wait for the broker's answer."""
         from kafka import TopicPartition
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
@@ -290,8 +287,8 @@ class StreamRunner:
             return
         topic = self.settings.kafka.readings_topic
         offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, None, -1) for p, o in positions.items()}
-        if in_listener:  # on the client's IO thread: a blocking commit would deadlock it
-            self._consumer.commit_async(offsets)
+        if in_listener or not wait:  # in the listener (client's IO thread) a blocking commit would deadlock it
+            self._consumer.commit_async(offsets, callback=_commit_failed)
             return
         try:
             self._consumer.commit(offsets)
@@ -348,6 +345,12 @@ class StreamRunner:
         log.info("assigned %s: restored %d entities, %d events already published",
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
         return records
+
+
+def _commit_failed(offsets, response) -> None:
+    """``commit_async``'s callback (run within a later poll): a failure is only logged."""
+    if isinstance(response, BaseException):
+        log.warning("commit of %s failed (%r); the next owner resumes from the state topic", offsets, response)
 
 
 class _InFlight:
