@@ -56,7 +56,6 @@ def _stages(artifact, scorer, records: list, lead: int, vectorised: bool) -> dic
     """Microseconds per reading of each stage over ``records[lead:]`` (the first ``lead`` warm up)."""
     from stream_ae.stream import codec
     from stream_ae.stream.detector import build_detector
-    from stream_ae.stream.runner import StreamRunner
     from stream_ae.stream.settings import load_settings
 
     detector = build_detector(load_settings(env={}), scorer)  # the service's defaults

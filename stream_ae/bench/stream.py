@@ -350,8 +350,9 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
                   "achieved_msgs_per_s is the rate they were delivered at, from the generator's first "
                   "send to its last acknowledgement",
                   "broker_floor: the same paced readings read by a bare kafka-python consumer (same client "
-                  "settings, decoder and process settings, no processing), every reading's CreateTime to "
-                  "the poll that returned it: the latency (c) would have with a detector that took no time",
+                  "settings, decoder, process settings and records per poll, no processing), every reading's "
+                  "CreateTime to the poll that returned it: the latency (c) would have with a detector that "
+                  "took no time",
                   "latency_halves and broker_floor.halves: the same figures for the readings sent in each half "
                   "of the paced run, with the cores each part used then (cpu_cores: the runner's threads or the "
                   "bare consumer, the embedded broker, the load generator, the machine; Tansu's cost of "

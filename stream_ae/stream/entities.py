@@ -40,7 +40,7 @@ class EntityState:
     model_version: str = ""  # the model whose scores `threshold` has learned ("" = not yet known)
 
     def state_dict(self) -> dict:
-        """JSON-safe snapshot (NaN may appear as a float: encode with ``allow_nan``)."""
+        """Snapshot of plain values (NaN may appear as a float): ``checkpoint.encode_state`` writes it."""
         return {
             "entity": self.entity,
             "windower": self.windower.state_dict(),
