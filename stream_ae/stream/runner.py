@@ -26,8 +26,9 @@ growing (bigger batches score cheaper per window), and the batcher keeps polling
 second batch behind it (each poll empties the client's buffer, so the next fetch goes out
 at once; ``batcher.py``). Batches are finished (thresholds, alert lifecycles, publish,
 offsets) on this thread, in order. Every checkpoint, revoke, restore and the shutdown first
-finish the batches in flight, so a checkpoint never covers a batch whose alerts are not
-produced and acknowledged.
+finish the batches in flight (a periodic checkpoint lets them finish while polling on, and
+submits none meanwhile), so a checkpoint never covers a batch whose alerts are not produced
+and acknowledged.
 """
 
 from __future__ import annotations
@@ -93,13 +94,11 @@ class StreamRunner:
         self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
         self.checkpoint_interval_s = float(settings.kafka.checkpoint_interval_s if checkpoint_interval_s is None
                                            else checkpoint_interval_s)
-        self._reload = reload
+        self._reload, self._pending_scorer = reload, None
         self._next_reload = time.monotonic() + settings.model.reload_interval_s
-        self._pending_scorer = None
         self._consumer = self._publisher = self._checkpointer = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
-        self._assigned: set[int] = set()
-        self._to_restore: set[int] = set()
+        self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
         self._failed = self._closing = False
         # kafka-python calls the rebalance listener on its IO thread, possibly while this
         # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
@@ -166,7 +165,8 @@ class StreamRunner:
             while self._inflight and self._inflight[0].done():
                 self._finish_oldest()
                 finished = True
-            if self.batcher.ready():
+            checkpoint_due = bool(self._assigned) and self._checkpointer.due()
+            if self.batcher.ready() and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
                     self._finish_oldest()  # back-pressure: two batches held wait for the model
                     finished = True
@@ -175,7 +175,7 @@ class StreamRunner:
                 # else: the model is busy and the batch has room: it grows until either changes
             if finished:
                 self._update_lag()
-        if self._assigned and self._checkpointer.due():
+        if checkpoint_due and not self._inflight:
             self.checkpoint(wait=False)
         self._maybe_reload()
 
