@@ -206,3 +206,38 @@ def test_process_tuning_is_applied_while_running_and_undone_after():
         assert gc.get_freeze_count() > 1000  # the start-up heap is out of the collector's reach
     assert sys.getswitchinterval() == interval and torch.get_num_threads() == threads
     assert gc.get_freeze_count() == 0
+
+
+def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_poll_loop(artifact):
+    """A periodic checkpoint neither blocks on a batch still scoring nor lets a new batch in
+    meanwhile: the loop polls on, finishes the batch once scored, checkpoints (not waiting for
+    the commit), and only then submits again."""
+    from collections import namedtuple
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from stream_ae.stream.runner import StreamRunner, _InFlight
+    from stream_ae.stream.settings import load_settings
+
+    runner = StreamRunner(load_settings(env={}, overrides=["batch.max_wait_ms=0", "model.device=cpu"]), artifact)
+    calls, polls = [], []
+    due = [True]
+    runner._consumer = SimpleNamespace(poll=lambda **kw: polls.append(kw) or {})
+    runner._checkpointer = SimpleNamespace(due=lambda: due[0])
+    runner.checkpoint = lambda **kw: calls.append(("checkpoint", kw)) or due.__setitem__(0, False)
+    runner._submit_batch = lambda: calls.append("submit")
+    runner._finish_oldest = lambda: calls.append("finish") or runner._inflight.popleft()
+    runner._update_lag = lambda: None
+    runner._assigned = {0}
+    scoring = Future()
+    runner._inflight.append(_InFlight({0: 8}, None, None, scoring))
+    runner.batcher.add(0, [namedtuple("R", "offset")(8)])  # ready at once (max_wait 0)
+
+    for _ in range(3):
+        runner.step()
+    assert calls == [] and len(polls) == 3  # polled on; nothing finished, checkpointed or submitted
+    scoring.set_result(None)
+    runner.step()
+    assert calls == ["finish", ("checkpoint", {"wait": False})]
+    runner.step()
+    assert calls[-1] == "submit"
