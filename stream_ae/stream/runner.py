@@ -292,8 +292,8 @@ class StreamRunner:
             return
         try:
             self._consumer.commit(offsets)
-        except KafkaError as exc:  # lost the partitions meanwhile: the state topic holds the positions
-            log.warning("commit of %s failed (%r); the next owner resumes from the state topic", positions, exc)
+        except KafkaError as exc:  # lost the partitions meanwhile
+            _commit_failed(offsets, exc)
 
     def on_revoked(self, revoked) -> None:
         """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
@@ -348,7 +348,7 @@ class StreamRunner:
 
 
 def _commit_failed(offsets, response) -> None:
-    """``commit_async``'s callback (run within a later poll): a failure is only logged."""
+    """A commit's outcome (``commit_async``'s callback, or the blocking commit's error): logged."""
     if isinstance(response, BaseException):
         log.warning("commit of %s failed (%r); the next owner resumes from the state topic", offsets, response)
 
