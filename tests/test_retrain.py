@@ -138,6 +138,9 @@ def test_two_overlapping_runs_cannot_both_promote(tmp_path, plant, monkeypatch, 
         return decide(*args)
 
     monkeypatch.setattr(job, "decide", decide_together)
+    # What is tested is the race, not the models: a challenger's holdout alert rate varies from one
+    # training to the next (CI once saw 0.145 against a limit of 0.131), so the rule lets both qualify.
+    either_qualifies = ("retrain.alert_rate_tolerance=100", "retrain.error_tolerance=100")
     codes = {}
 
     def cli(name, minutes):
@@ -146,7 +149,8 @@ def test_two_overlapping_runs_cannot_both_promote(tmp_path, plant, monkeypatch, 
             *[a for o in (f"model.registry={tmp_path / 'models'}", f"retrain.deployment={DEPLOYMENT}",
                           f"retrain.history={plant['history']}", f"retrain.report_dir={tmp_path / 'reports'}",
                           "retrain.train_span=40m", "retrain.holdout_span=15m", "retrain.align=1s",
-                          "retrain.window=16", "retrain.device=cpu", *GOOD) for a in ("--set", o)]])
+                          "retrain.window=16", "retrain.device=cpu", *GOOD, *either_qualifies)
+                    for a in ("--set", o)]])
 
     threads = [threading.Thread(target=cli, args=(n, m)) for n, m in (("a", 0), ("b", 1))]
     for t in threads:
