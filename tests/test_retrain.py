@@ -138,8 +138,9 @@ def test_two_overlapping_runs_cannot_both_promote(tmp_path, plant, monkeypatch, 
         return decide(*args)
 
     monkeypatch.setattr(job, "decide", decide_together)
-    # What is tested is the race, not the models: a challenger's holdout alert rate varies from one
-    # training to the next (CI once saw 0.145 against a limit of 0.131), so the rule lets both qualify.
+    # What is tested is the race, not the models. Two trainings in one process share torch's global RNG,
+    # so neither is reproducible here (CI once saw an alert rate of 0.145 against a limit of 0.131):
+    # the rule is loosened so that both challengers qualify.
     either_qualifies = ("retrain.alert_rate_tolerance=100", "retrain.error_tolerance=100")
     codes = {}
 
