@@ -51,9 +51,11 @@ def test_what_a_batch_cannot_take_keeps_its_arrival_time():
     assert len(b) == 2 and not b.ready()
     t[0] = 0.079
     assert not b.ready() and b.poll_timeout_ms() == 1
+    assert b.ready(idle=True)                # an idle model thread takes it now
     t[0] = 0.08
     assert b.ready() and b.take() == ([Rec(1, 1), Rec(1, 2)], {1: 3})
     assert not b.ready() and b.poll_timeout_ms() == 50  # empty: a full wait
+    assert not b.ready(idle=True)            # nothing to take, idle or not
 
 
 def test_a_poll_may_bring_up_to_two_batches():

@@ -241,3 +241,46 @@ def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_p
     assert calls == ["finish", ("checkpoint", {"wait": False})]
     runner.step()
     assert calls[-1] == "submit"
+
+
+def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
+    """Below the model's capacity a reading does not wait out ``max_wait_ms``: what a poll brings is
+    submitted while a scoring thread is idle. With every thread busy the batch waits, as before,
+    for its wait to end, for it to fill, or for a thread to come free."""
+    from collections import namedtuple
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from stream_ae.stream.runner import StreamRunner, _InFlight
+    from stream_ae.stream.settings import load_settings
+
+    R, TP = namedtuple("R", "offset"), namedtuple("TP", "partition")
+    runner = StreamRunner(load_settings(env={}, overrides=[
+        "batch.max_wait_ms=60000", "batch.max_size=100", "batch.scoring_threads=2", "model.device=cpu"]), artifact)
+    submitted, scoring = [], []
+
+    def submit():
+        records, _ = runner.batcher.take()
+        submitted.append(len(records))
+        scoring.append(Future())
+        runner._inflight.append(_InFlight({0: records[-1].offset + 1}, None, None, scoring[-1]))
+
+    polled = iter([{}, {0: [R(0), R(1)]}, {0: [R(2)]}, {0: [R(3), R(4)]}, {0: [R(5)]}, {}])
+    runner._consumer = SimpleNamespace(poll=lambda **kw: {TP(p): rs for p, rs in next(polled).items()})
+    runner._checkpointer = SimpleNamespace(due=lambda: False)
+    runner._submit_batch = submit
+    runner._finish_oldest = lambda: runner._inflight.popleft()
+    runner._update_lag = lambda: None
+
+    runner.step()
+    assert submitted == []                      # nothing polled, nothing to score
+    runner.step()
+    assert submitted == [2]                     # both threads idle: scored now, not in 60 s
+    runner.step()
+    assert submitted == [2, 1]                  # one thread still idle
+    runner.step()
+    runner.step()
+    assert submitted == [2, 1] and len(runner.batcher) == 3   # both busy: the batch waits and grows
+    scoring[0].set_result(None)
+    runner.step()
+    assert submitted == [2, 1, 3]               # a thread came free: the grown batch goes

@@ -2,7 +2,9 @@
 
 The runner polls Kafka with the time this batch may still wait, so a batch closes either
 when it is full (throughput) or when its oldest record has waited ``max_wait_s`` (latency),
-whichever comes first.
+whichever comes first -- or at once while a model thread is idle: waiting then only adds
+latency. Below the model's capacity a reading is scored as soon as a poll brings it; under a
+backlog the threads stay busy, so the batches fill and throughput keeps its large batches.
 
 A poll takes everything the client has buffered, up to :meth:`MicroBatcher.room` (two
 batches): kafka-python sends the next fetch only once a poll has emptied its buffer, so a
@@ -42,6 +44,8 @@ class MicroBatcher:
     False
     >>> b.poll_timeout_ms(), b.room()
     (50, 4)
+    >>> b.ready(idle=True)            # a model thread is idle: no reason to wait
+    True
     >>> t[0] = 0.06; b.ready()
     True
     >>> b.take(), len(b)
@@ -92,11 +96,12 @@ class MicroBatcher:
         """Poll timeout for the next ``consumer.poll``: the remaining wait, in ms."""
         return int(round(self.remaining_s() * 1000))
 
-    def ready(self) -> bool:
-        """True when a batch is full, or non-empty and its wait is over."""
+    def ready(self, idle: bool = False) -> bool:
+        """True when a batch is full, or non-empty and its wait is over or ``idle`` (a model
+        thread has nothing to score)."""
         if not self._records:
             return False
-        return len(self._records) >= self.max_records or self.remaining_s() <= 0.0
+        return idle or len(self._records) >= self.max_records or self.remaining_s() <= 0.0
 
     def take(self) -> tuple[list[Any], dict[int, int]]:
         """The next batch (up to ``max_records``, oldest first) and, per partition, one past

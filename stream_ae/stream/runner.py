@@ -20,11 +20,11 @@ one consumer until SIGTERM / SIGINT.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
-decodes and windows the next one. At most ``max_in_flight`` (one more than the scoring
-threads) batches wait for or undergo scoring; while that many are, a ready batch keeps
-growing (bigger batches score cheaper per window), and the batcher keeps polling up to a
-second batch behind it (each poll empties the client's buffer, so the next fetch goes out
-at once; ``batcher.py``). Batches are finished (thresholds, alert lifecycles, publish,
+decodes and windows the next one. While a thread is idle, what a poll brings is submitted at
+once; otherwise a batch closes when full or when its wait is over, and at most one more than
+the threads waits for one (``max_in_flight``); beyond that, a ready batch keeps growing and up
+to a second batch is polled behind it (each poll empties the client's buffer, so the next
+fetch goes out at once; ``batcher.py``). Batches are finished (thresholds, alert lifecycles, publish,
 offsets) on this thread, in order. Every checkpoint, revoke, restore and the shutdown first
 finish the batches in flight (a periodic checkpoint lets them finish while polling on, and
 submits none meanwhile), so a checkpoint never covers a batch whose alerts are not produced
@@ -104,7 +104,7 @@ class StreamRunner:
         # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
         self._lock = threading.RLock()
         self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
-        self.max_in_flight = settings.batch.scoring_threads + 1
+        self.scoring_threads, self.max_in_flight = settings.batch.scoring_threads, settings.batch.scoring_threads + 1
         self._scoring: ThreadPoolExecutor | None = None  # the model's threads, while run() runs
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class StreamRunner:
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
             record_decoding.install(self._consumer, s.kafka.record_decoder)
-            self._scoring = ThreadPoolExecutor(s.batch.scoring_threads, thread_name_prefix="stream-ae-scoring")
+            self._scoring = ThreadPoolExecutor(self.scoring_threads, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             tune_process(stack, s.batch.torch_threads)  # threads, GIL switch interval, frozen heap
@@ -166,7 +166,7 @@ class StreamRunner:
                 self._finish_oldest()
                 finished = True
             checkpoint_due = bool(self._assigned) and self._checkpointer.due()
-            if self.batcher.ready() and not checkpoint_due:
+            if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
                     self._finish_oldest()  # back-pressure: two batches held wait for the model
                     finished = True

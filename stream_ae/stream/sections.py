@@ -92,7 +92,7 @@ class ModelSettings(_Section):
 
 class BatchSettings(_Section):
     max_size: Annotated[int, Meta(ge=1)] = 1024
-    max_wait_ms: Annotated[int, Meta(ge=0)] = 100
+    max_wait_ms: Annotated[int, Meta(ge=0)] = 100  # waited only while every scoring thread is busy
     torch_threads: Annotated[int, Meta(ge=0)] = 1  # model threads; 0 keeps torch's default (all cores)
     # micro-batches scored at once, each on its own thread (with torch_threads each)
     scoring_threads: Annotated[int, Meta(ge=1, le=16)] = 2
