@@ -1,4 +1,5 @@
-"""The state topic's record codec (``stream/checkpoint.py``): MessagePack now, JSON before."""
+"""The state topic's record codec (``stream/checkpoint.py``): MessagePack now, JSON before; and the
+checkpoints' clock."""
 from __future__ import annotations
 
 import json
@@ -61,3 +62,21 @@ def test_partition_record_round_trip_and_its_earlier_json_form():
     old = json.dumps({"format": 1, "partition": 3, "next_offset": 1000, "alerts_offsets": {"0": 17, "1": 4},
                       "written_at": 1.7e9}).encode()
     assert PartitionRecord.decode(old) == rec
+
+
+def test_the_checkpoint_interval_starts_over_at_a_restore():
+    """A restore has just read the state back: the next checkpoint is an interval after it, however
+    long the group join took, and the alerts positions never go back."""
+    from stream_ae.stream.checkpoint import Checkpointer
+
+    t = [0.0]
+    ck = Checkpointer(producer=None, state_topic="state", interval_s=3.0, clock=lambda: t[0])
+    t[0] = 2.9
+    assert not ck.due()
+    t[0] = 3.5                                   # the join took longer than an interval
+    assert ck.due()
+    ck.alert_acked(0, 9)
+    ck.restored({0: 4, 1: 7})
+    assert not ck.due() and ck.alerts_offsets == {0: 10, 1: 7}
+    t[0] = 6.5
+    assert ck.due()

@@ -115,8 +115,9 @@ def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kaf
            "--checkpoint-interval", "3", *overrides(args)]
     rng = random.Random(7)
     logs = []
-    # "alert": kill as soon as a new alert is on the topic, most likely after the last
-    # checkpoint, so the restart must recognise an event it already published
+    # "random" comes before the run's first checkpoint (an interval after its restore), so the
+    # restart replays what the run scored and must recognise the events it already published;
+    # "alert": kill as soon as a new alert is on the topic, most likely after the last checkpoint
     kills = ["random", "alert", "random"]
     for run in itertools.count():  # len(kills) kills, then one run to the end; kills may grow
         if run > len(kills):

@@ -9,8 +9,8 @@ reader keeps the last value per key, so an uncompacted topic works too). The sna
 an entity whose last reading came from readings partition ``p`` is written to state
 partition ``p`` explicitly (not through the key hash), keyed by the entity id.
 
-A checkpoint, between micro-batches (every ``checkpoint_interval_s``, on revoke, on
-shutdown):
+A checkpoint, between micro-batches (every ``checkpoint_interval_s``, counted from the last
+checkpoint or restore; on revoke; on shutdown):
 
 1. flush the producer: every alert produced so far is acknowledged;
 2. write a snapshot of every entity changed since the last checkpoint and one record per
@@ -257,10 +257,14 @@ class Checkpointer:
         if offset + 1 > self.alerts_offsets.get(partition, 0):
             self.alerts_offsets[partition] = offset + 1
 
-    def seen_alerts_end(self, ends: dict[int, int]) -> None:
+    def restored(self, ends: dict[int, int]) -> None:
+        """After a restore: the alerts topic was read to ``ends``, and the interval starts over.
+        The state was just read back, so the next checkpoint is due an interval from now rather
+        than at once (the interval would otherwise count from start-up, before the group join)."""
         for p, o in ends.items():
             if o > self.alerts_offsets.get(p, 0):
                 self.alerts_offsets[p] = o
+        self._last = self._clock()
 
     def write(self, snapshots: dict[str, dict], next_offsets: dict[int, int]) -> None:
         """Steps 1 and 2: flush alerts, write snapshots and positions, flush. The caller commits."""

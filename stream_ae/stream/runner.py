@@ -339,7 +339,7 @@ class StreamRunner:
             elif dropped:
                 self._consumer.seek(tp, dropped[0].offset)
         self.detector.suppress(published)
-        self._checkpointer.seen_alerts_end(ends)
+        self._checkpointer.restored(ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
         self.metrics.assigned = sorted(self._assigned)
         log.info("assigned %s: restored %d entities, %d events already published",
