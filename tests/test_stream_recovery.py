@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from stream_ae.stream import codec
-from stream_ae.stream.checkpoint import decode_state
+from stream_ae.stream.checkpoint import PARTITION_KEY, PartitionRecord, decode_state
 from test_stream_detector import STEP_NS, T, T0_NS, make_artifact, plant
 from test_stream_runner import make_settings, produce, read_all, reading_bytes, run_until, stream_topics
 
@@ -72,10 +72,70 @@ def committed_ends(bootstrap: str, group: str, topic: str, ends: dict[int, int])
         consumer.close()
 
 
+def restores(log_path: Path) -> list[tuple[int, int]]:
+    """(entities restored, events found already published) of each 'assigned' log line."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        if "assigned [" in line:
+            entities, events = line.split(": restored ")[1].split(" entities, ")
+            out.append((int(entities), int(events.split()[0])))
+    return out
+
+
 def published(log_path: Path) -> int:
-    """Events a restarted consumer found already published (from its 'assigned' log line)."""
-    text = log_path.read_text()
-    return sum(int(line.split(" entities, ")[1].split()[0]) for line in text.splitlines() if "assigned [" in line)
+    """Events a restarted consumer found already published (from its 'assigned' log lines)."""
+    return sum(events for _, events in restores(log_path))
+
+
+def checkpointed_positions(bootstrap: str, state_topic: str) -> dict[int, int]:
+    """Readings partition -> next offset, from the last replay-position record of each."""
+    last = {}
+    for r in read_all(bootstrap, state_topic):
+        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()):
+            rec = PartitionRecord.decode(r.value)
+            last[rec.partition] = rec.next_offset
+    return last
+
+
+def partition_ends(metas) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    for md in metas:
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    return ends
+
+
+def runner_command(art_path: Path, args: dict, checkpoint_interval_s: float) -> list[str]:
+    return [sys.executable, "-m", "stream_ae.stream.runner", "--artifact", str(art_path),
+            "--checkpoint-interval", str(checkpoint_interval_s), *overrides(args)]
+
+
+def start_runner(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """The runner as a subprocess, returned once its partitions are assigned and restored."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"assigned [" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the consumer never got its partitions:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.05)
+    return proc
+
+
+def uninterrupted_alerts(broker, topic_factory, kafka_config, art, readings_topic: str, n_readings: int):
+    """The alert events of a runner that reads the same readings with no interruption, and the runner."""
+    from stream_ae.stream.runner import StreamRunner
+
+    ref_topics = {k: v for k, v in stream_topics(topic_factory).items() if k != "readings_topic"}
+    ref_config = {**kafka_config, "group_id": f"ref-{uuid.uuid4().hex[:8]}"}
+    settings = make_settings(ref_config, {"readings_topic": readings_topic, **ref_topics},
+                             **{"batch.max_size": 100})
+    runner = StreamRunner(settings, art)
+    run_until(runner, lambda: runner.metrics.sample("stream_ae_messages_consumed_total") >= n_readings)
+    alerts = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, ref_topics["alerts_topic"])]
+    return alerts, ref_topics, runner
 
 
 def final_windows(bootstrap: str, state_topic: str) -> dict[str, int]:
@@ -88,17 +148,12 @@ def final_windows(bootstrap: str, state_topic: str) -> dict[str, int]:
 
 
 def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kafka_config, artifact_dir, tmp_path):
-    from stream_ae.stream.runner import StreamRunner
-
     art, art_path = artifact_dir
     messages = readings()
     topics = stream_topics(topic_factory)
     readings_topic = topics["readings_topic"]
     group = f"crash-{uuid.uuid4().hex[:8]}"
-    args = {"kafka.bootstrap_servers": broker.bootstrap, "kafka.group_id": group,
-            "kafka.session_timeout_ms": 3000, "batch.max_size": 100, "batch.max_wait_ms": 20,
-            "model.device": "cpu", "alerts.k": 2, "alerts.n": 4, "alerts.update_interval_s": 10,
-            "alerts.quiet_s": 20, **{f"kafka.{k}": v for k, v in topics.items()}}
+    args = crash_settings(broker, group, topics)
 
     # readings arrive over ~10 s while the consumer is killed and restarted
     metas: list = []
@@ -110,9 +165,7 @@ def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kaf
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "stream_ae.stream.runner", "--artifact", str(art_path),
-           "--checkpoint-interval", "3", *overrides(args)]
+    cmd = runner_command(art_path, args, checkpoint_interval_s=3)
     rng = random.Random(7)
     logs = []
     # "random" comes before the run's first checkpoint (an interval after its restore), so the
@@ -127,14 +180,8 @@ def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kaf
         # counted before the start: a restart can publish its first alerts while its
         # assignment is still being noticed, and those are the ones to kill right after
         seen = len(read_all(broker.bootstrap, topics["alerts_topic"]))
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = start_runner(cmd, log_path)
         try:
-            deadline = time.monotonic() + 60
-            while b"assigned [" not in log_path.read_bytes():
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the consumer never got its partitions"
-                time.sleep(0.05)
             if run < len(kills):
                 if kills[run] == "alert":
                     deadline = time.monotonic() + 20
@@ -143,54 +190,132 @@ def test_kill_9_mid_stream_publishes_every_alert_once(broker, topic_factory, kaf
                         time.sleep(0.05)
                 else:
                     time.sleep(rng.uniform(0.3, 2.0))  # a random point mid-stream
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-                # Restart once the broker has dropped the dead member (its session timeout), so
-                # the restart joins a group with no rebalance still to come. A kill that lands
-                # in a pending JoinGroup blocks the group id on Tansu until the broker restarts
-                # (../shared/KAFKA.md). One run in about a dozen failed here this way, we
-                # believe: 70 s over, the length of a run that never gets its partitions.
-                time.sleep(args["kafka.session_timeout_ms"] / 1000 + 1)
+                kill_and_wait_out_the_session(proc, args)
                 if run == len(kills) - 1 and not any(published(p) for p in logs) and len(kills) < 5:
                     kills.append("alert")  # not proven yet: once more, on the next alert
                 continue
             feeder.join(60)
-            ends = {}
-            for md in metas:
-                ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
-            deadline = time.monotonic() + 60
-            while not committed_ends(broker.bootstrap, group, readings_topic, ends):
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the restarted consumer did not catch up"
-                time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0, log_path.read_text()[-3000:]  # graceful shutdown
+            run_to_the_end(proc, log_path, broker.bootstrap, group, readings_topic, partition_ends(metas))
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     restarts = [line for p in logs for line in p.read_text().splitlines() if "assigned [" in line]
 
-    # the uninterrupted reference over the same readings
-    ref_topics = {k: v for k, v in stream_topics(topic_factory).items() if k != "readings_topic"}
-    ref_config = {**kafka_config, "group_id": f"ref-{uuid.uuid4().hex[:8]}"}
-    settings = make_settings(ref_config, {"readings_topic": readings_topic, **ref_topics},
-                             **{"batch.max_size": 100})
-    runner = StreamRunner(settings, art)
-    run_until(runner, lambda: runner.metrics.sample("stream_ae_messages_consumed_total") >= len(messages))
-
+    reference, ref_topics, runner = uninterrupted_alerts(broker, topic_factory, kafka_config, art, readings_topic,
+                                                        len(messages))
     crashed = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, topics["alerts_topic"])]
-    reference = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, ref_topics["alerts_topic"])]
-    duplicates = [e for e, n in Counter(a.event_id for a in crashed).items() if n > 1]
     print(f"\n{len(crashed)} events after {len(kills)} kills; {len(reference)} uninterrupted; restarts: "
           + " | ".join(line.split("assigned ")[-1] for line in restarts))
+    assert_same_events_once(crashed, reference)
+    assert_each_window_scored_once(broker.bootstrap, topics, ref_topics, runner)
+    assert len(restarts) == len(kills) + 1 >= 4
+    assert any(published(p) for p in logs[1:]), "no restart had to skip an already published event"
+
+
+def test_kill_9_after_a_checkpoint_recognises_the_events_published_since(broker, topic_factory, kafka_config,
+                                                                         artifact_dir, tmp_path):
+    """A kill placed between a checkpoint and the alerts that follow it: the restart restores the
+    checkpointed entity states, replays the readings after the checkpoint, derives those alerts
+    again and must drop every one, having read the alerts topic from the checkpoint's offsets."""
+    art, art_path = artifact_dir
+    messages = readings()
+    a, b = 250 * len(ENTITIES), 500 * len(ENTITIES)  # time-interleaved, one reading per entity a step
+    quiet, anomalous, rest = messages[:a], messages[a:b], messages[b:]
+    topics = stream_topics(topic_factory)
+    readings_topic, alerts_topic = topics["readings_topic"], topics["alerts_topic"]
+    group = f"crash-{uuid.uuid4().hex[:8]}"
+    args = crash_settings(broker, group, topics)
+    interval_s = 8.0  # the second checkpoint, an interval after the first, must not come before the kill
+    cmd = runner_command(art_path, args, checkpoint_interval_s=interval_s)
+    metas = produce(broker.bootstrap, readings_topic, quiet)  # steps 0-249: no alert
+    first = tmp_path / "run-0.log"
+    proc = start_runner(cmd, first)
+    try:
+        quiet_ends = partition_ends(metas)
+        deadline = time.monotonic() + interval_s + 30
+        while True:
+            checkpoint = checkpointed_positions(broker.bootstrap, topics["state_topic"])
+            if all(checkpoint.get(p, 0) >= o for p, o in quiet_ends.items()):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                "no checkpoint covered the quiet readings\n" + first.read_text()[-3000:]
+            time.sleep(0.1)
+        assert not read_all(broker.bootstrap, alerts_topic)
+        metas += produce(broker.bootstrap, readings_topic, anomalous)  # pump-b's anomaly, steps 300-360
+        deadline = time.monotonic() + 20
+        while not read_all(broker.bootstrap, alerts_topic):
+            assert proc.poll() is None and time.monotonic() < deadline, "no alert\n" + first.read_text()[-3000:]
+            time.sleep(0.02)
+        kill_and_wait_out_the_session(proc, args)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # the kill came after the alerts and before any later checkpoint
+    assert checkpointed_positions(broker.bootstrap, topics["state_topic"]) == checkpoint
+    before_restart = len(read_all(broker.bootstrap, alerts_topic))
+
+    second = tmp_path / "run-1.log"
+    proc = start_runner(cmd, second)
+    try:
+        metas += produce(broker.bootstrap, readings_topic, rest)  # pump-d's anomaly, steps 800-870
+        run_to_the_end(proc, second, broker.bootstrap, group, readings_topic, partition_ends(metas))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # the restart resumed from the checkpoint's entity states, not from the readings' start, and
+    # found on the alerts topic every event the killed run had published after that checkpoint
+    assert restores(second) == [(len(ENTITIES), before_restart)], second.read_text()[-3000:]
+
+    reference, ref_topics, runner = uninterrupted_alerts(broker, topic_factory, kafka_config, art, readings_topic,
+                                                        len(messages))
+    crashed = [codec.decode_alert(r.value) for r in read_all(broker.bootstrap, alerts_topic)]
+    print(f"\n{before_restart} events before the kill, {len(crashed)} in all; {len(reference)} uninterrupted")
+    assert_same_events_once(crashed, reference)
+    assert_each_window_scored_once(broker.bootstrap, topics, ref_topics, runner)
+
+
+def crash_settings(broker, group: str, topics: dict) -> dict:
+    return {"kafka.bootstrap_servers": broker.bootstrap, "kafka.group_id": group,
+            "kafka.session_timeout_ms": 3000, "batch.max_size": 100, "batch.max_wait_ms": 20,
+            "model.device": "cpu", "alerts.k": 2, "alerts.n": 4, "alerts.update_interval_s": 10,
+            "alerts.quiet_s": 20, **{f"kafka.{k}": v for k, v in topics.items()}}
+
+
+def kill_and_wait_out_the_session(proc: subprocess.Popen, args: dict) -> None:
+    """SIGKILL, then wait until the broker has dropped the dead member (its session timeout), so
+    the restart joins a group with no rebalance still to come. A kill that lands in a pending
+    JoinGroup blocks the group id on Tansu until the broker restarts (../shared/KAFKA.md). One
+    run in about a dozen failed here this way, we believe: 70 s over, the length of a run that
+    never gets its partitions."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    time.sleep(args["kafka.session_timeout_ms"] / 1000 + 1)
+
+
+def run_to_the_end(proc, log_path: Path, bootstrap: str, group: str, readings_topic: str, ends: dict) -> None:
+    """Wait until the group has committed every reading, then stop the runner with SIGTERM."""
+    deadline = time.monotonic() + 60
+    while not committed_ends(bootstrap, group, readings_topic, ends):
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the restarted consumer did not catch up"
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log_path.read_text()[-3000:]  # graceful shutdown
+
+
+def assert_same_events_once(crashed: list, reference: list) -> None:
+    duplicates = [e for e, n in Counter(a.event_id for a in crashed).items() if n > 1]
     assert not duplicates, f"events published twice: {duplicates}"
     assert {a.entity for a in reference} == {"pump-b", "pump-d"}
     assert {(a.event_id, a.state, a.entity, a.score) for a in crashed} == \
         {(a.event_id, a.state, a.entity, a.score) for a in reference}
+
+
+def assert_each_window_scored_once(bootstrap: str, topics: dict, ref_topics: dict, runner) -> None:
     want = {e: N_ROWS - T + 1 for e in ENTITIES}
-    assert final_windows(broker.bootstrap, topics["state_topic"]) == want  # each window scored once
-    assert final_windows(broker.bootstrap, ref_topics["state_topic"]) == want
+    assert final_windows(bootstrap, topics["state_topic"]) == want
+    assert final_windows(bootstrap, ref_topics["state_topic"]) == want
     assert runner.metrics.sample("stream_ae_windows_scored_total") == sum(want.values())
-    assert len(restarts) == len(kills) + 1 >= 4
-    assert any(published(p) for p in logs[1:]), "no restart had to skip an already published event"
