@@ -174,13 +174,16 @@ def test_replay_after_restore_skips_absorbed_readings_and_repeats_no_event(score
     half = n // 2 + 13
     first = make_detector(scorer)
     before, w1, _ = run(first, entity[:half], ts[:half], values[:half], chunk=50, partition=0)
-    snapshots = first.table.take_dirty()
+    from stream_ae.stream.checkpoint import Checkpointer, decode_state
+
+    states = first.table.take_dirty(Checkpointer.encode)  # as a checkpoint writes them
     after_crash, _, _ = run(first, entity[half:half + 200], ts[half:half + 200], values[half:half + 200],
                             chunk=50, partition=0, offset0=half)  # emitted, then the process died
 
     restarted = make_detector(scorer)
-    for e, snap in snapshots.items():
-        restarted.restore(e, snap)
+    for e, (partition, value) in states.items():
+        assert partition == 0
+        restarted.restore(e, decode_state(value))
     restarted.suppress(e.event_id for e in after_crash)
     replayed, w2, skipped = run(restarted, entity[half - 100:], ts[half - 100:], values[half - 100:],
                                 chunk=33, partition=0, offset0=half - 100)  # the commit was older
@@ -367,6 +370,8 @@ def test_the_detector_benchmark_times_every_stage_both_ways(artifact, capsys):
             us = both[way]["us_per_reading"]
             assert set(us) == {"decode", "batch", "prepare", "score", "finish"} and min(us.values()) > 0
         assert both["prepare_plus_finish_speedup"] > 0
+        checkpoint = both["together"]["checkpoint"]  # every entity changed: each one written
+        assert checkpoint["entities"] == int(e) and checkpoint["state_bytes_per_entity"] > 0
     assert main(["bench", "detector", "--entities", "16,x"]) == 2
     assert "--entities takes comma-separated positive integers" in capsys.readouterr().err
     assert main(["bench", "detector", "--n", "100"]) == 2

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from stream_ae.alerts.policy import AlertPolicy
+from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, DataError
 
 _NS = 1_000_000_000
@@ -366,13 +367,13 @@ class AlertTracker:
                 "alert": None if a is None else {
                     **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
                     "top": [[c, s] for c, s in _top_of(a)]}}
-        return {"format": STATE_FORMAT, "policy": self.policy.to_dict(), "entities": ents}
+        return {"format": STATE_FORMAT, "policy": spec_dict(self.policy), "entities": ents}
 
     def load_state_dict(self, d: dict) -> None:
         """Restore :meth:`state_dict` output (the policy must be the same)."""
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise ArtifactError(f"not an alert tracker state of format {STATE_FORMAT}")
-        if d.get("policy") != self.policy.to_dict():
+        if d.get("policy") != spec_dict(self.policy):
             raise ArtifactError(f"alert state was saved with policy {d.get('policy')} but this tracker "
                                 f"has {self.policy.to_dict()}; restore with the saved policy")
         ents = {}

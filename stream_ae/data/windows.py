@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from stream_ae.configs import from_mapping
+from stream_ae.configs import from_mapping, spec_dict
 from stream_ae.errors import ConfigError, DataError
 
 _NEG = np.int64(-(2**62))  # "no such row" position, far below any real one
@@ -300,7 +300,7 @@ class SeriesWindower:
     def state_dict(self) -> dict:
         """JSON-safe state (NaN may appear as a float) that :meth:`load_state_dict` restores exactly."""
         return {
-            "spec": self.spec.to_dict(),
+            "spec": spec_dict(self.spec),
             "n_channels": self.n_channels,
             "last_ts": self._last_ts,
             "k": self._k,

@@ -266,13 +266,19 @@ class Checkpointer:
                 self.alerts_offsets[p] = o
         self._last = self._clock()
 
-    def write(self, snapshots: dict[str, dict], next_offsets: dict[int, int]) -> None:
-        """Steps 1 and 2: flush alerts, write snapshots and positions, flush. The caller commits."""
+    @staticmethod
+    def encode(snapshot: dict) -> tuple[int, bytes]:
+        """An entity's snapshot as its state record: ``(readings partition or -1, value)``; what
+        :meth:`write` takes, made by ``EntityTable.take_dirty(encode=Checkpointer.encode)``."""
+        return snapshot.get("partition", -1), encode_state(snapshot)
+
+    def write(self, states: dict[str, tuple[int, bytes]], next_offsets: dict[int, int]) -> None:
+        """Steps 1 and 2: flush alerts, write the entities' ``states`` (:meth:`encode`) and the
+        positions, flush. The caller commits."""
         self.producer.flush()  # 1: every alert so far is acknowledged (delivery callbacks ran)
         futures = []
-        for entity, snap in snapshots.items():
-            p = snap.get("partition", -1)
-            futures.append(self.producer.send(self.state_topic, key=entity.encode(), value=encode_state(snap),
+        for entity, (p, value) in states.items():
+            futures.append(self.producer.send(self.state_topic, key=entity.encode(), value=value,
                                               partition=p if p >= 0 else None))
         now = time.time()
         for p, offset in next_offsets.items():
@@ -284,4 +290,4 @@ class Checkpointer:
             f.get(timeout=0)
         self._last = self._clock()
         self.count += 1
-        log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(snapshots), dict(next_offsets))
+        log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(states), dict(next_offsets))

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from stream_ae.configs import from_mapping
+from stream_ae.configs import from_mapping, spec_dict
 from stream_ae.errors import ArtifactError, ConfigError, DataError
 
 #: Fewest scores :meth:`Threshold.fit` accepts (and the smallest allowed ``warmup``).
@@ -189,7 +189,7 @@ class Threshold(ABC):
             raise ArtifactError(
                 f"not a {kind} threshold state of format {STATE_FORMAT}: "
                 f"got kind={_get(d, 'kind')!r}, format={_get(d, 'format')!r}")
-        if d.get("spec") != self.spec.to_dict():
+        if d.get("spec") != spec_dict(self.spec):
             raise ArtifactError(
                 f"threshold state was saved with spec {d.get('spec')} but this threshold has "
                 f"{self.spec.to_dict()}; build the threshold from the saved spec")

@@ -39,6 +39,7 @@ from collections import deque
 import libspot
 import numpy as np
 
+from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, DataError, StreamAEError
 from stream_ae.thresholds.base import (
     MIN_FIT_SCORES, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
@@ -236,7 +237,7 @@ class EvtThreshold(Threshold):
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "kind": "evt", "format": STATE_FORMAT, "spec": self.spec.to_dict(),
+            "kind": "evt", "format": STATE_FORMAT, "spec": spec_dict(self.spec),
             "method": self._method, "t": float_or_none(self._t), "z": float_or_none(self._z),
             "gamma": float_or_none(self._gamma), "sigma": float_or_none(self._sigma),
             "fallback": float_or_none(self._fallback), "n": self._n, "nt": self._nt,

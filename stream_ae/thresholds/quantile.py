@@ -24,6 +24,7 @@ from collections import deque
 import numpy as np
 from river import stats
 
+from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, DataError, StreamAEError
 from stream_ae.thresholds.base import (
     MIN_FIT_SCORES, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score)
@@ -110,7 +111,7 @@ class QuantileThreshold(Threshold):
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        d = {"kind": "quantile", "format": STATE_FORMAT, "spec": self.spec.to_dict(),
+        d = {"kind": "quantile", "format": STATE_FORMAT, "spec": spec_dict(self.spec),
              "seen": self._seen, "calibrated": self._calibrated}
         if self._recent is not None:
             d["window"] = list(self._recent)
