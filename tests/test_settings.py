@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from stream_ae.errors import ConfigError
-from stream_ae.stream.settings import (Secret, Settings, add_settings_arguments, load_settings,
+from stream_ae.stream.settings import (PRODUCER_BATCH_BYTES, Secret, Settings, add_settings_arguments, load_settings,
                                        settings_from_args)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "stream-ae.example.toml"
@@ -127,6 +127,9 @@ def test_client_kwargs_fit_each_kafka_python_client():
     assert consumer["fetch_max_bytes"] == 1048576 and "linger_ms" not in consumer
     assert producer["linger_ms"] == 5 and "fetch_max_bytes" not in producer
     assert consumer["heartbeat_interval_ms"] < consumer["session_timeout_ms"] == 3000
+    assert producer["batch_size"] == PRODUCER_BATCH_BYTES and "batch_size" not in consumer
+    own = load_settings(env={}, overrides=["kafka.client.batch_size=65536"])
+    assert own.kafka_client_kwargs("producer")["batch_size"] == 65536  # the user's value wins
     for role, cls in (("consumer", KafkaConsumer), ("producer", KafkaProducer),
                       ("admin", KafkaAdminClient)):
         assert set(s.kafka_client_kwargs(role)) <= set(cls.DEFAULT_CONFIG)
