@@ -80,3 +80,33 @@ def test_the_checkpoint_interval_starts_over_at_a_restore():
     assert not ck.due() and ck.alerts_offsets == {0: 10, 1: 7}
     t[0] = 6.5
     assert ck.due()
+
+
+def test_an_evicted_entity_is_parked_as_its_state_record_and_comes_back_whole():
+    from stream_ae.stream.entities import EntityState, EntityTable
+
+    class Part:  # stand-in for windower / threshold / tracker, with a state of its own
+        def __init__(self):
+            self.peaks = []
+
+        def state_dict(self):
+            return {"peaks": list(self.peaks)}
+
+        def load_state_dict(self, d):
+            self.peaks = list(d["peaks"])
+
+    table = EntityTable(lambda e: EntityState(e, Part(), Part(), Part()), max_entities=1)
+    a = table.get("a")
+    a.windows, a.partition, a.threshold.peaks = 7, 3, [0.5, float("nan")]
+    table.mark_dirty("a")
+    table.get("b").windows = 2
+    table.trim()  # "a" is evicted: parked as the record a checkpoint writes for it
+    assert "a" not in table and table.evictions == 1
+    records = table.take_dirty()
+    assert set(records) == {"a"} and records["a"][0] == 3
+    parked = decode_state(records["a"][1])
+    assert parked["windows"] == 7 and parked["threshold"]["peaks"][0] == 0.5
+    back = table.get("a")  # restored from the parked record
+    assert back.windows == 7 and back.partition == 3 and math.isnan(back.threshold.peaks[1])
+    table.trim()  # now "b" is evicted (windows 2, no partition yet); then that is revoked
+    assert table.drop_partitions({-1}) == 0 and table.get("b").windows == 0  # its record went too

@@ -174,9 +174,9 @@ def test_replay_after_restore_skips_absorbed_readings_and_repeats_no_event(score
     half = n // 2 + 13
     first = make_detector(scorer)
     before, w1, _ = run(first, entity[:half], ts[:half], values[:half], chunk=50, partition=0)
-    from stream_ae.stream.checkpoint import Checkpointer, decode_state
+    from stream_ae.stream.checkpoint import decode_state
 
-    states = first.table.take_dirty(Checkpointer.encode)  # as a checkpoint writes them
+    states = first.table.take_dirty()  # the state records a checkpoint writes
     after_crash, _, _ = run(first, entity[half:half + 200], ts[half:half + 200], values[half:half + 200],
                             chunk=50, partition=0, offset0=half)  # emitted, then the process died
 

@@ -96,11 +96,9 @@ def _snapshots(detector) -> dict:
     """What a checkpoint asks of the detector when every entity changed since the last one (no
     checkpoint was taken here, so all did): their state records, snapshotted and encoded as
     the runner takes them (the poll loop waits for it; sending them is the producer's part)."""
-    from stream_ae.stream.checkpoint import Checkpointer
-
     gc.collect()
     t = time.perf_counter()
-    states = detector.table.take_dirty(Checkpointer.encode)
+    states = detector.table.take_dirty()
     ms = (time.perf_counter() - t) * 1e3
     size = sum(len(value) for _, value in states.values())
     return {"entities": len(states), "snapshot_ms": round(ms, 1),

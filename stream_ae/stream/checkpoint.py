@@ -266,15 +266,10 @@ class Checkpointer:
                 self.alerts_offsets[p] = o
         self._last = self._clock()
 
-    @staticmethod
-    def encode(snapshot: dict) -> tuple[int, bytes]:
-        """An entity's snapshot as its state record: ``(readings partition or -1, value)``; what
-        :meth:`write` takes, made by ``EntityTable.take_dirty(encode=Checkpointer.encode)``."""
-        return snapshot.get("partition", -1), encode_state(snapshot)
-
     def write(self, states: dict[str, tuple[int, bytes]], next_offsets: dict[int, int]) -> None:
-        """Steps 1 and 2: flush alerts, write the entities' ``states`` (:meth:`encode`) and the
-        positions, flush. The caller commits."""
+        """Steps 1 and 2: flush alerts, write the entities' ``states`` (``entity -> (readings
+        partition or -1, encoded snapshot)``, ``EntityTable.take_dirty``) and the positions,
+        flush. The caller commits."""
         self.producer.flush()  # 1: every alert so far is acknowledged (delivery callbacks ran)
         futures = []
         for entity, (p, value) in states.items():

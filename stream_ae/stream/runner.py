@@ -278,7 +278,7 @@ class StreamRunner:
         with self._lock:
             self._finish_inflight()
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            self._checkpointer.write(self.detector.table.take_dirty(self._checkpointer.encode), positions)
+            self._checkpointer.write(self.detector.table.take_dirty(), positions)
             if self._failed or self._publisher.failed:
                 raise StreamAEError("an alert, dead letter or state record could not be produced; not "
                                     "committing (a restart replays from the last checkpoint)")
