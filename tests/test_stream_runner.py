@@ -161,6 +161,11 @@ def test_alerts_dead_letters_and_graceful_shutdown(broker, topic_factory, kafka_
     finally:
         consumer.close()
     assert committed == ends
+    # at least the last checkpoint, at the stop, wrote the three entities, and was timed
+    checkpoints = runner.metrics.sample("stream_ae_checkpoints_total")
+    assert checkpoints >= 1 and runner.metrics.sample("stream_ae_checkpoint_seconds_count") == checkpoints
+    assert runner.metrics.sample("stream_ae_checkpoint_states_total") >= 3
+    assert runner.metrics.sample("stream_ae_checkpoint_seconds_sum") > 0
     print(f"\nrunner end to end: {total / elapsed:,.0f} msg/s over {total} messages (incl. join)")
     assert runner.metrics.health()["model_version"] == artifact.version
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 _SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class StreamMetrics:
@@ -50,6 +51,12 @@ class StreamMetrics:
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
                          registry=r)
         self.checkpoints = Counter("stream_ae_checkpoints", "Checkpoints written", registry=r)
+        self.checkpoint_seconds = Histogram("stream_ae_checkpoint_seconds",
+                                            "Time a checkpoint held the poll loop: the alerts flushed, the "
+                                            "changed entities snapshotted, their states sent and flushed",
+                                            buckets=_CHECKPOINT_BUCKETS, registry=r)
+        self.checkpoint_states = Counter("stream_ae_checkpoint_states", "Entity states written by checkpoints",
+                                         registry=r)
         self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (ADWIN), "
                              "by direction", ["direction"], registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
@@ -63,6 +70,11 @@ class StreamMetrics:
             self.model_info.remove(self.model_version)
         self.model_version = version
         self.model_info.labels(version).set(1)
+
+    def checkpointed(self, seconds: float, states: int) -> None:
+        self.checkpoints.inc()
+        self.checkpoint_seconds.observe(seconds)
+        self.checkpoint_states.inc(states)
 
     def polled(self) -> None:
         self.last_poll = time.time()
