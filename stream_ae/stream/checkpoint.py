@@ -247,8 +247,7 @@ class Checkpointer:
         self.alerts_offsets: dict[int, int] = {}
         self._clock = clock
         self._last = clock()
-        self.count = self.last_states = 0
-        self.last_seconds = 0.0
+        self.count = 0
 
     def due(self) -> bool:
         return self._clock() - self._last >= self.interval_s
@@ -267,12 +266,12 @@ class Checkpointer:
                 self.alerts_offsets[p] = o
         self._last = self._clock()
 
-    def write(self, table, next_offsets: dict[int, int]) -> None:
+    def write(self, table, next_offsets: dict[int, int]) -> tuple[float, int]:
         """Steps 1 and 2: flush alerts, write the state records of the entities ``table``
         (``EntityTable``) holds changed and the positions, flush. The caller commits.
 
-        ``last_states`` and ``last_seconds`` then say how many entity states it wrote and how
-        long it took (it holds the poll loop: with thousands of entities, most of a second)."""
+        Returns how long it took (it holds the poll loop: with thousands of entities, most of
+        a second) and how many entity states it wrote."""
         started = time.perf_counter()
         self.producer.flush()  # 1: every alert so far is acknowledged (delivery callbacks ran)
         states = table.take_dirty()  # entity -> (readings partition or -1, encoded snapshot)
@@ -290,5 +289,5 @@ class Checkpointer:
             f.get(timeout=0)
         self._last = self._clock()
         self.count += 1
-        self.last_states, self.last_seconds = len(states), time.perf_counter() - started
         log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(states), dict(next_offsets))
+        return time.perf_counter() - started, len(states)

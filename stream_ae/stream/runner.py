@@ -278,11 +278,11 @@ class StreamRunner:
         with self._lock:
             self._finish_inflight()
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            self._checkpointer.write(self.detector.table, positions)
+            written = self._checkpointer.write(self.detector.table, positions)  # (seconds, states)
             if self._failed or self._publisher.failed:
                 raise StreamAEError("an alert, dead letter or state record could not be produced; not "
                                     "committing (a restart replays from the last checkpoint)")
-        self.metrics.checkpointed(self._checkpointer.last_seconds, self._checkpointer.last_states)
+        self.metrics.checkpointed(*written)
         if not positions:
             return
         topic = self.settings.kafka.readings_topic
