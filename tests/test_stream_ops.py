@@ -312,3 +312,89 @@ def test_rebalance_between_two_consumers_scores_every_reading_once(broker, topic
     ids = [x.event_id for x in alerts]
     assert len(ids) == len(set(ids)), "an alert event was published twice"
     assert [x.state for x in alerts if x.entity == "pump-b"] == ["open", "resolved"]
+
+
+@pytest.mark.kafka
+def test_a_member_evicted_during_a_stall_publishes_nothing_for_the_partitions_it_lost(
+        broker, topic_factory, kafka_config, models):
+    """A zombie member: the consumer owning pump-b stalls (its model thread hangs on the batch
+    that opens pump-b's alert, and the poll loop waits for it) past ``max_poll_interval_ms``, so the group
+    gives its partitions to the other consumer, which replays them from the checkpoint and
+    publishes pump-b's alert. When the stall ends, the stalled one must not publish that batch's
+    alerts, checkpoint or commit: its membership probe is refused and kafka-python's
+    ``on_partitions_lost`` drops what it held. Each event is on the topic once."""
+    import threading
+
+    import numpy as np
+
+    from stream_ae.scoring import Scorer
+    from stream_ae.stream.detector import build_detector
+    from stream_ae.stream.detector_io import ReadingBatch
+    from stream_ae.stream.runner import StreamRunner
+
+    topics = stream_topics(topic_factory, 4)
+    names = tuple(f"pump-{c}" for c in "abcdefgh")
+    entity, ts, values = plant(n_rows=300, entities=names, anomaly=("pump-b", 150, 200))
+    msgs = messages(entity, ts, values)
+    quiet = int((ts < ts.min() + 150 * STEP_NS).sum())            # rows 0-149 of every entity
+    settings = settings_for(kafka_config, topics, **{"batch.max_size": 50, "kafka.client.max_poll_interval_ms": 3000})
+    reference = build_detector(settings, Scorer(models[0], device="cpu")).process(ReadingBatch.from_arrays(entity, ts, values))
+    opens = [e.at for e in reference.events if e.entity == "pump-b" and e.state == "open"]
+    assert len(opens) == 1
+    runners = [Running(StreamRunner(settings, models[0], checkpoint_interval_s=0.5))]
+    producer = Producer(broker.bootstrap, topics["readings_topic"])
+    release, hung = threading.Event(), []
+    events = lambda r: sum(r.runner.metrics.sample("stream_ae_alerts_total", {"state": s}) or 0  # noqa: E731
+                           for s in ("open", "update", "resolved"))
+    try:
+        wait_for(lambda: len(runners[0].runner.metrics.assigned) == 4, 30, "the first consumer to own all partitions")
+        runners.append(Running(StreamRunner(settings, models[0], checkpoint_interval_s=0.5)))
+        wait_for(lambda: all(r.runner.metrics.assigned for r in runners)
+                 and sorted(sum((r.runner.metrics.assigned for r in runners), [])) == [0, 1, 2, 3],
+                 30, "the partitions to split between the two")
+        producer.send(msgs[:quiet])
+        total = lambda: sum(r.sample("stream_ae_windows_scored_total") for r in runners)  # noqa: E731
+        wait_for(lambda: total() >= len(names) * (150 - T + 1), 60, "the quiet rows to be scored")
+        owner, other = sorted(runners, key=lambda r: "pump-b" not in r.runner.detector.table)
+        assert "pump-b" in owner.runner.detector.table
+        checkpoints = owner.sample("stream_ae_checkpoints_total")
+        wait_for(lambda: owner.sample("stream_ae_checkpoints_total") > checkpoints + 1, 30, "a checkpoint")
+
+        prepare = owner.runner.detector.prepare
+
+        def prepare_then_hang(batch):             # the owner's model hangs on the batch that opens the alert
+            prep = prepare(batch)
+            if not hung and np.any((batch.entity == "pump-b") & (batch.ts == opens[0])):
+                hung.append(prep)
+                score = prep.score
+                prep.score = lambda: (release.wait(60), score())[1]
+            return prep
+
+        owner.runner.detector.prepare = prepare_then_hang
+        owned = list(owner.runner.metrics.assigned)
+        producer.send(msgs[quiet:])
+        wait_for(lambda: len(other.runner.metrics.assigned) == 4, 60, "the group to give the stalled one's partitions away")
+        wait_for(lambda: events(other) > 0, 60, "the survivor to publish pump-b's alert")
+        published_by_owner = events(owner)
+        release.set()                                          # the stall ends
+        wait_for(lambda: owner.runner.metrics.assigned
+                 and sorted(owner.runner.metrics.assigned + other.runner.metrics.assigned) == [0, 1, 2, 3],
+                 60, "the stalled one to rejoin the group")
+        published_after_the_stall = events(owner) - published_by_owner
+        resolved = lambda: sum(r.runner.metrics.sample("stream_ae_alerts_total", {"state": "resolved"}) or 0  # noqa: E731
+                               for r in runners)
+        wait_for(lambda: resolved() >= 1, 90, "pump-b's alert to resolve")
+        time.sleep(1.0)
+    finally:
+        release.set()
+        producer.close()
+        for r in runners:
+            if r.thread.is_alive():
+                r.stop()
+    alerts = read_alerts(broker.bootstrap, topics["alerts_topic"])
+    ids = [x.event_id for x in alerts]
+    assert len(ids) == len(set(ids)), "an alert event was published twice"
+    assert [x.state for x in alerts if x.entity == "pump-b"] == ["open", "resolved"]
+    assert published_after_the_stall == 0
+    assert owner.runner.membership.refused >= 1                 # its probe after the stall was refused
+    assert owner.sample("stream_ae_partitions_lost_total") == len(owned)   # what it held when it stalled

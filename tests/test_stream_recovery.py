@@ -1,7 +1,7 @@
 """The crash proof: kill -9 the consumer mid-stream, restart it, and compare with an uninterrupted run.
 
 Same readings, two consumer groups: a reference runner that is never interrupted, and a
-subprocess (``python -m stream_ae.stream.runner``) killed with SIGKILL at random points
+subprocess (``python -m stream_ae.stream.consumer_process``) killed with SIGKILL at random points
 while the readings arrive, then restarted. The alert events must be the same set, with no
 event published twice, and every window of every entity must be scored exactly once.
 """
@@ -105,7 +105,7 @@ def partition_ends(metas) -> dict[int, int]:
 
 
 def runner_command(art_path: Path, args: dict, checkpoint_interval_s: float) -> list[str]:
-    return [sys.executable, "-m", "stream_ae.stream.runner", "--artifact", str(art_path),
+    return [sys.executable, "-m", "stream_ae.stream.consumer_process", "--artifact", str(art_path),
             "--checkpoint-interval", str(checkpoint_interval_s), *overrides(args)]
 
 

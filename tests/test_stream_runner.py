@@ -232,7 +232,8 @@ def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_p
     runner.checkpoint = lambda **kw: calls.append(("checkpoint", kw)) or due.__setitem__(0, False)
     runner._submit_batch = lambda: calls.append("submit")
     runner._finish_oldest = lambda: calls.append("finish") or runner._inflight.popleft()
-    runner._update_lag = lambda: None
+    runner.metrics.update_lag = lambda consumer: None
+    runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True)
     runner._assigned = {0}
     scoring = Future()
     runner._inflight.append(_InFlight({0: 8}, None, None, scoring))
@@ -275,7 +276,8 @@ def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
     runner._checkpointer = SimpleNamespace(due=lambda: False)
     runner._submit_batch = submit
     runner._finish_oldest = lambda: runner._inflight.popleft()
-    runner._update_lag = lambda: None
+    runner.metrics.update_lag = lambda consumer: None
+    runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True)
 
     runner.step()
     assert submitted == []                      # nothing polled, nothing to score

@@ -31,10 +31,6 @@ from stream_ae.stream.columns import lines_are_values
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _TS_TYPE = pa.timestamp("ns", tz="UTC")
-_REJECT_DETAIL = {  # the stream runner's wording
-    "duplicate": "a reading with this entity and timestamp was already accepted",
-    "out_of_order": "older than the entity's last accepted reading",
-}
 _Indexed = namedtuple("_Indexed", "value offset")   # offset: the record's index in its batch
 
 
@@ -138,7 +134,7 @@ class ArchiveCore:
                 keep[i] = False
                 reason = "duplicate" if t == prev else "out_of_order"
                 if self.late_policy == "dead_letter":
-                    out.dead_letters.append((batch.first + int(index[i]), reason, _REJECT_DETAIL[reason], e))
+                    out.dead_letters.append((batch.first + int(index[i]), reason, codec.REJECT_DETAIL[reason], e))
                 out.reasons[reason] = out.reasons.get(reason, 0) + 1
             else:
                 last_ts[e] = t

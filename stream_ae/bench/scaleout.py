@@ -14,7 +14,7 @@ them; the benchmark scrapes every process's ``/metrics`` and ``/readyz`` and rep
 * the raw kafka-python consume rate of one consumer on the same topic, for reference.
 
 Processes, not threads: that is how replicas run, and it is the only way past the GIL.
-``stream-ae serve`` rather than ``python -m stream_ae.stream.runner`` because serve is the
+``stream-ae serve`` rather than ``python -m stream_ae.stream.consumer_process`` because serve is the
 entry point a deployment runs and the one that serves ``/metrics``. Figures are noisy and
 machine-specific: compare the ratio between k values within one run.
 """

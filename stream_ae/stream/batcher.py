@@ -82,6 +82,10 @@ class MicroBatcher:
             self._records.extend(records)
             self._chunks.append((start, len(self._records), partition, self._clock()))
 
+    def clear(self) -> None:
+        """Drop every record held (their partitions were lost: the next owner reads them)."""
+        self._records, self._chunks = [], []
+
     def room(self) -> int:
         """How many more records the next poll may bring: up to two batches are held."""
         return max(2 * self.max_records - len(self._records), 0)

@@ -45,6 +45,11 @@ Reason = Literal[
     "late", "out_of_order", "duplicate",                               # ordering, by the runner
 ]
 REASONS: tuple[str, ...] = Reason.__args__
+REJECT_DETAIL = {  # the detail of the ordering reasons, in the stream and the archiver alike
+    "duplicate": "a reading with this entity and timestamp was already accepted",
+    "out_of_order": "older than the entity's last accepted reading",
+    "late": "older than the allowed lateness",
+}
 Severity = Literal["info", "warning", "critical"]
 AlertState = Literal["open", "update", "resolved"]
 

@@ -321,6 +321,11 @@ class Detector:
         """Load an entity's checkpoint snapshot."""
         self.table.restore(entity, snapshot)
 
+    def discard(self, prep: "PreparedBatch") -> None:
+        """A prepared batch that will never be finished (its partitions were lost): its
+        entities may be evicted again. Their windows moved on; drop their partitions too."""
+        self.table.unpin(prep.out.entities)
+
     def forget_partitions(self, partitions: set[int]) -> int:
         """Drop the entities of revoked partitions (their new owner restores them)."""
         return self.table.drop_partitions(partitions)

@@ -177,13 +177,16 @@ class EntityTable:
         return out
 
     def drop_partitions(self, partitions: set[int]) -> int:
-        """Forget entities whose last reading came from ``partitions`` (revoked). Returns how many."""
+        """Forget entities whose last reading came from ``partitions`` (revoked or lost), with
+        any change not yet checkpointed: their next owner restores them. Returns how many live
+        entities went."""
         gone = [e for e, s in self._live.items() if s.partition in partitions]
         for e in gone:
             del self._live[e]
             self._dirty.discard(e)
-        for e in [e for e, (p, _) in self._parked.items() if p in partitions]:
-            del self._parked[e]
+        for parked in (self._parked, self._dirty_parked):
+            for e in [e for e, (p, _) in parked.items() if p in partitions]:
+                del parked[e]
         return len(gone)
 
     def clear(self) -> None:

@@ -11,6 +11,7 @@ The HTTP ``/metrics`` and ``/health`` endpoints serve :attr:`StreamMetrics.regis
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -50,6 +51,8 @@ class StreamMetrics:
                                "since start", registry=r)
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
                          registry=r)
+        self.lost = Counter("stream_ae_partitions_lost", "Partitions the group took away while this member "
+                            "stalled (its work on them dropped for the next owner)", registry=r)
         self.checkpoints = Counter("stream_ae_checkpoints", "Checkpoints written", registry=r)
         self.checkpoint_seconds = Histogram("stream_ae_checkpoint_seconds",
                                             "Time a checkpoint held the poll loop: the alerts flushed, the "
@@ -82,6 +85,17 @@ class StreamMetrics:
     def set_lag(self, lags: dict[int, int]) -> None:
         for p, lag in lags.items():
             self.lag.labels(str(p)).set(lag)
+
+    def update_lag(self, consumer) -> None:
+        """Lag from kafka-python's own figures: the fetch high-watermark (the embedded broker's
+        end offsets are wrong) minus the position; no request is sent."""
+        lags = {}
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                with contextlib.suppress(Exception):  # position may be unknown mid-rebalance
+                    lags[tp.partition] = max(hw - consumer.position(tp, timeout_ms=0) or 0, 0)
+        self.set_lag(lags)
 
     def health(self) -> dict:
         """A JSON-safe snapshot for ``/health``."""

@@ -15,8 +15,9 @@ raises on input):
 
 A flood of new entity ids is bounded by ``input.max_entities`` (least recently seen
 evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts and the
-checkpoint protocol are in ``checkpoint.py``. ``python -m stream_ae.stream.runner`` runs
-one consumer until SIGTERM / SIGINT.
+checkpoint protocol are in ``checkpoint.py``; the guard against acting on partitions the
+group took away during a stall is in ``membership.py``. ``python -m
+stream_ae.stream.consumer_process`` runs one consumer until SIGTERM / SIGINT.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
@@ -37,7 +38,6 @@ import contextlib
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-import signal
 import threading
 import time
 from typing import Callable
@@ -52,6 +52,7 @@ from stream_ae.stream.checkpoint import Checkpointer, recover
 from stream_ae.stream.columns import ReadingColumns
 from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
+from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.metrics import StreamMetrics
 from stream_ae.stream.publisher import Publisher
 from stream_ae.stream.tuning import tune_process
@@ -96,7 +97,7 @@ class StreamRunner:
                                            else checkpoint_interval_s)
         self._reload, self._pending_scorer = reload, None
         self._next_reload = time.monotonic() + settings.model.reload_interval_s
-        self._consumer = self._publisher = self._checkpointer = None
+        self._consumer = self._publisher = self._checkpointer = self.membership = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
         self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
         self._failed = self._closing = False
@@ -121,6 +122,7 @@ class StreamRunner:
             self._publisher = Publisher(producer, s.kafka, self._checkpointer, self.metrics)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
+            self.membership = GroupMembership(self._consumer, s.kafka.readings_topic)
             record_decoding.install(self._consumer, s.kafka.record_decoder)
             self._scoring = ThreadPoolExecutor(self.scoring_threads, thread_name_prefix="stream-ae-scoring")
             stack.callback(self._stop_scoring)
@@ -130,9 +132,10 @@ class StreamRunner:
             try:
                 while not stop.is_set():
                     self.step()
-                with self._lock:
-                    self._drain()
-                self.checkpoint()
+                if self.membership.confirm():  # not after a stall that cost the partitions
+                    with self._lock:
+                        self._drain()
+                    self.checkpoint()
             except BaseException:
                 self._failed = True  # no final commit: a restart replays from the last checkpoint
                 raise
@@ -150,31 +153,30 @@ class StreamRunner:
 
     def step(self) -> None:
         """One poll, and whatever is due: submit a batch, finish scored ones, checkpoint, reload."""
+        self.membership.confirm()  # after a stall, before anything is published again
         timeout = self.batcher.poll_timeout_ms()
         if self._inflight:  # come back soon to publish the scored batch's alerts
             timeout = min(max(timeout, 1), 2)  # >= 1 ms: a ready batch waiting for the model must not spin
         records = self._consumer.poll(timeout_ms=timeout, max_records=self.batcher.room() or 1)
         self.metrics.polled()
         with self._lock:
-            if self._to_restore:
-                self._finish_inflight()
+            if self._to_restore:  # a join has just confirmed the membership
+                self._finish_inflight(confirmed=True)
                 records = self._restore(records)
             for tp, batch in records.items():  # each list: one partition, in offset order
                 self.batcher.add(tp.partition, batch)
             finished = False
-            while self._inflight and self._inflight[0].done():
-                self._finish_oldest()
+            while self._inflight and self._inflight[0].done() and self._finish_oldest():
                 finished = True
             checkpoint_due = bool(self._assigned) and self._checkpointer.due()
             if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
-                    self._finish_oldest()  # back-pressure: two batches held wait for the model
-                    finished = True
+                    finished = self._finish_oldest() or finished  # back-pressure: wait for the model
                 if len(self._inflight) < self.max_in_flight:
                     self._submit_batch()
                 # else: the model is busy and the batch has room: it grows until either changes
             if finished:
-                self._update_lag()
+                self.metrics.update_lag(self._consumer)
         if checkpoint_due and not self._inflight:
             self.checkpoint(wait=False)
         self._maybe_reload()
@@ -218,16 +220,20 @@ class StreamRunner:
             future.set_result(prep.score())
         self._inflight.append(_InFlight(ends, cols, ingest_s, future))
 
-    def _finish_oldest(self) -> None:
-        """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight."""
-        job = self._inflight.popleft()
+    def _finish_oldest(self, confirmed: bool = False) -> bool:
+        """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight; False
+        (the batch stays) after a stall, until a poll has confirmed the group membership."""
+        job = self._inflight[0]
         prep = job.future.result()  # re-raises a scoring error here
+        if not (confirmed or self.membership.fresh()):
+            return False
+        self._inflight.popleft()
         out = self.detector.finish(prep)
         m = self.metrics
         late_policy = self.settings.input.late_policy
         for i, reason in out.rejected:
             if late_policy == "dead_letter":
-                self._publisher.dead_letter(codec.dead_letter(job.cols.messages[i], reason, _REJECT_DETAIL[reason],
+                self._publisher.dead_letter(codec.dead_letter(job.cols.messages[i], reason, codec.REJECT_DETAIL[reason],
                                                               entity=job.cols.entity[i]))
             else:
                 m.dead_letters.labels(reason).inc()
@@ -245,55 +251,37 @@ class StreamRunner:
         for p, end in job.ends.items():
             if end > self._next_offsets.get(p, -1):
                 self._next_offsets[p] = end
+        return True
 
-    def _finish_inflight(self) -> None:
-        """Finish every batch in flight (before a checkpoint, a restore or a revoke)."""
+    def _finish_inflight(self, confirmed: bool = False) -> bool:
+        """Finish every batch in flight; False if a stall left some for after the next poll."""
         while self._inflight:
-            self._finish_oldest()
+            if not self._finish_oldest(confirmed):
+                return False
+        return True
 
     def _drain(self) -> None:
-        """Process everything the batcher holds and finish everything in flight."""
+        """Process and finish everything held (a revoke, or the shutdown with a confirmed membership)."""
         while self.batcher:  # it may hold more than one batch
             self._submit_batch()
-        self._finish_inflight()
-
-    def _update_lag(self) -> None:
-        lags = {}
-        for tp in self._consumer.assignment():
-            hw = self._consumer.highwater(tp)
-            if hw is not None:
-                with contextlib.suppress(Exception):  # position may be unknown mid-rebalance
-                    lags[tp.partition] = max(hw - self._consumer.position(tp, timeout_ms=0) or 0, 0)
-        self.metrics.set_lag(lags)
+        self._finish_inflight(confirmed=True)
 
     # -- checkpoint and recovery -------------------------------------------------------------
     def checkpoint(self, *, in_listener: bool = False, wait: bool = True) -> None:
         """Flush alerts, write changed entity states and replay positions, then commit: waiting
         only if ``wait`` (the last one); the state topic's positions, not the commit, say where a
-        partition resumes (``_restore``), so the poll loop need not wait for the broker's answer."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
+        partition resumes (``_restore``), so the poll loop need not wait for the broker's answer.
+        After a stall, not before a poll has confirmed the membership (``membership.py``)."""
         with self._lock:
-            self._finish_inflight()
+            if not ((in_listener or self.membership.fresh()) and self._finish_inflight(in_listener)):
+                return
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             written = self._checkpointer.write(self.detector.table, positions)  # (seconds, states)
             if self._failed or self._publisher.failed:
                 raise StreamAEError("an alert, dead letter or state record could not be produced; not "
                                     "committing (a restart replays from the last checkpoint)")
         self.metrics.checkpointed(*written)
-        if not positions:
-            return
-        topic = self.settings.kafka.readings_topic
-        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, None, -1) for p, o in positions.items()}
-        if in_listener or not wait:  # in the listener (client's IO thread) a blocking commit would deadlock it
-            self._consumer.commit_async(offsets, callback=_commit_failed)
-            return
-        try:
-            self._consumer.commit(offsets)
-        except KafkaError as exc:  # lost the partitions meanwhile
-            _commit_failed(offsets, exc)
+        self.membership.commit(positions, blocking=wait and not in_listener)
 
     def on_revoked(self, revoked) -> None:
         """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
@@ -303,12 +291,36 @@ class StreamRunner:
                 return
             self._drain()
             self.checkpoint(in_listener=True)
-            self.detector.forget_partitions(parts)
-            for p in parts:
-                self._next_offsets.pop(p, None)
-            self._assigned -= parts
-            self._to_restore -= parts
-            self.metrics.assigned = sorted(self._assigned)
+            self._forget(parts)
+
+    def on_lost(self, lost) -> None:
+        """Listener (client IO thread): the group evicted this member after a stall, and the
+        partitions may already be another member's, restored from the last checkpoint. Nothing
+        more is published, checkpointed or committed for them: the readings held and the batches
+        in flight are dropped with the partitions' entities, and the next owner replays them."""
+        parts = {tp.partition for tp in lost}
+        with self._lock:
+            if self._closing or not parts:
+                return
+            self.batcher.clear()
+            while self._inflight:
+                with contextlib.suppress(Exception):  # a scoring error is the next owner's to see
+                    self.detector.discard(self._inflight.popleft().future.result())
+            others = self._assigned - parts  # none with kafka-python: it loses the whole assignment
+            self._forget(parts | others)
+            self._to_restore |= others  # their windows moved on with the dropped batches: replayed
+            self.metrics.lost.inc(len(parts))
+            log.warning("partitions %s lost to a rebalance this member missed (a stall): their readings "
+                        "held and in flight are dropped for the next owner to replay", sorted(parts))
+
+    def _forget(self, parts: set[int]) -> None:
+        self.detector.forget_partitions(parts)
+        for p in parts:
+            self._next_offsets.pop(p, None)
+        self._assigned -= parts
+        self._to_restore -= parts
+        self.membership.forget(parts)
+        self.metrics.assigned = sorted(self._assigned)
 
     def on_assigned(self, assigned) -> None:
         """Listener (client IO thread): note the partitions; the poll loop restores them."""
@@ -328,6 +340,7 @@ class StreamRunner:
             restored, published, ends = recover(reader, k.state_topic, k.alerts_topic, parts, codec.alert_event_id)
         finally:
             reader.close()
+        resume = {}  # partition -> where it resumes, when known
         for p in parts:
             tp = TopicPartition(k.readings_topic, p)
             for entity, snap in restored[p].entities.items():
@@ -335,22 +348,18 @@ class StreamRunner:
             dropped = records.pop(tp, None)
             if restored[p].positions is not None:
                 self._consumer.seek(tp, restored[p].positions.next_offset)
-                self._next_offsets[p] = restored[p].positions.next_offset
+                self._next_offsets[p] = resume[p] = restored[p].positions.next_offset
             elif dropped:
                 self._consumer.seek(tp, dropped[0].offset)
+                resume[p] = dropped[0].offset
         self.detector.suppress(published)
         self._checkpointer.restored(ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
+        self.membership.assigned(parts, resume)
         self.metrics.assigned = sorted(self._assigned)
         log.info("assigned %s: restored %d entities, %d events already published",
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
         return records
-
-
-def _commit_failed(offsets, response) -> None:
-    """A commit's outcome (``commit_async``'s callback, or the blocking commit's error): logged."""
-    if isinstance(response, BaseException):
-        log.warning("commit of %s failed (%r); the next owner resumes from the state topic", offsets, response)
 
 
 class _InFlight:
@@ -364,37 +373,3 @@ class _InFlight:
 
     def done(self) -> bool:
         return self.future.done()
-
-
-_REJECT_DETAIL = {
-    "duplicate": "a reading with this entity and timestamp was already accepted",
-    "out_of_order": "older than the entity's last accepted reading",
-    "late": "older than the allowed lateness",
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m stream_ae.stream.runner --artifact PATH [--set section.key=value ...]``."""
-    import argparse
-
-    from stream_ae.artifact import load_artifact
-    from stream_ae.stream.settings import add_settings_arguments, settings_from_args
-
-    parser = argparse.ArgumentParser(prog="python -m stream_ae.stream.runner")
-    parser.add_argument("--artifact", required=True, help="model artifact directory")
-    parser.add_argument("--checkpoint-interval", type=float, default=None,
-                        help="seconds between checkpoints (default: kafka.checkpoint_interval_s)")
-    add_settings_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = settings_from_args(args)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())  # only sets the flag: the loop finishes the batch
-    runner = StreamRunner(settings, load_artifact(args.artifact), checkpoint_interval_s=args.checkpoint_interval)
-    runner.run(stop)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
