@@ -177,6 +177,36 @@ def test_a_batch_is_archived_as_its_messages_decoded_one_by_one(tmp_path, hostil
         [(i, letter.reason) for i, (_, bad) in enumerate(alone) for letter in bad]
 
 
+def test_a_lost_partition_drops_its_buffer_where_a_revoked_one_archives_it(tmp_path):
+    """Revoked, a partition's buffered readings are archived before it goes (its next owner
+    resumes after them). Lost (the group evicted this member during a stall, and the next owner
+    may already be archiving them), they are dropped: archiving them too would double rows."""
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from stream_ae.archiver import worker
+    from stream_ae.archiver.job import Archiver
+
+    record = namedtuple("record", "offset value")
+    archiver = Archiver(load_settings(env={}, overrides=[f"archive.root={tmp_path}", "kafka.readings_topic=t"]),
+                        worker_process=False)
+    archiver._pool = worker.start(archiver._core_kwargs(), in_process=True)
+    forgotten = []
+    archiver.membership = SimpleNamespace(forget=forgotten.extend)
+    for p, entity in ((0, "kept"), (1, "dropped")):
+        archiver._pool.submit(worker.call, "recover", p).result()
+        archiver._owned.add(p)
+        batch = [record(i, _reading(entity, T0_MS + i * 60_000, dict.fromkeys(CHANNELS, float(i)))) for i in range(5)]
+        archiver._in_flight.append((archiver._pool.submit(worker.call, "ingest", p, *worker.pack(batch)), batch))
+    archiver.on_revoked([TopicPartition("t", 0)])
+    archiver.on_lost([TopicPartition("t", 1)])
+    assert [row[0] for row in _archived(tmp_path)] == ["kept"] * 5
+    assert archiver.report.lost == 1 and archiver._owned == set() and sorted(forgotten) == [0, 1]
+    assert archiver._to_commit == {}                       # nothing committed for either any more
+
+
 # ---- on the broker -------------------------------------------------------------------------------
 
 @pytest.mark.kafka

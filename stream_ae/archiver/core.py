@@ -118,6 +118,11 @@ class ArchiveCore:
                 self._buffers.pop(p, None)
         return out
 
+    def drop(self, partitions: list[int]) -> None:
+        """Forget the buffers of partitions the group took away (written by their next owner)."""
+        for p in partitions:
+            self._buffers.pop(p, None)
+
     # -- one chunk ------------------------------------------------------------------------------
     def _accept(self, buf: _Buffer, batch: "_Batch", out: Outcome) -> None:
         decoded = self._decode_fast(batch)

@@ -33,6 +33,7 @@ from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.broker import rebalance_listener
+from stream_ae.stream.membership import GroupMembership
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ArchiveReport:
     dead_letters: dict[str, int] = field(default_factory=dict)
     files: int = 0
     flushes: int = 0
+    lost: int = 0                   # partitions the group took away during a stall
     assigned_at: float | None = None
     last_flush_at: float | None = None
 
@@ -72,7 +74,7 @@ class Archiver:
         self._to_recover: set[int] = set()
         self._in_flight: collections.deque[tuple[cf.Future, list | None]] = collections.deque()  # (answer, records)
         self._to_commit: dict[int, int] = {}
-        self._consumer = self._producer = self._pool = None
+        self._consumer = self._producer = self._pool = self.membership = None
         self._closing = False
         self._failed: BaseException | None = None
         self._lock = threading.RLock()  # the rebalance listener runs on the client's IO thread
@@ -102,6 +104,7 @@ class Archiver:
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": a.group_id,
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})
             stack.callback(self._close_consumer)
+            self.membership = GroupMembership(self._consumer, s.kafka.readings_topic)
             record_decoding.install(self._consumer, s.kafka.record_decoder)
             self._consumer.subscribe([s.kafka.readings_topic], listener=rebalance_listener(self))
             last_record = next_age_check = time.monotonic()
@@ -116,10 +119,11 @@ class Archiver:
                     break
                 if idle_exit_s is not None and now - last_record >= idle_exit_s:
                     break
-            with self._lock:
-                self._drain()
-                self._apply(_result(self._pool.submit(worker.call, "flush", None)))
-            self._commit()
+            if self.membership.confirm():  # not after a stall that cost the partitions
+                with self._lock:
+                    self._drain()
+                    self._apply(_result(self._pool.submit(worker.call, "flush", None)))
+                self._commit()
         return self.report
 
     def _close_consumer(self) -> None:
@@ -129,6 +133,7 @@ class Archiver:
 
     def step(self, age_check: bool = False) -> int:
         """One poll handed to the worker; answers applied; durable offsets committed."""
+        self.membership.confirm()  # after a stall, before more files are written (membership.py)
         records = self._consumer.poll(timeout_ms=200, max_records=self.settings.batch.max_size)
         seeks = {}
         n = 0
@@ -142,7 +147,7 @@ class Archiver:
                     n += len(batch)
                     fut = self._pool.submit(worker.call, "ingest", tp.partition, *worker.pack(batch))
                     self._in_flight.append((fut, batch))
-            if age_check:
+            if age_check and self.membership.fresh():
                 self._in_flight.append((self._pool.submit(worker.call, "flush", None, True), None))
             while self._in_flight and (self._in_flight[0][0].done() or len(self._in_flight) > MAX_IN_FLIGHT):
                 self._apply(*self._pop())
@@ -178,10 +183,6 @@ class Archiver:
 
     def _commit(self) -> None:
         """Commit the offsets the worker reported durable (main thread, outside the lock)."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
         with self._lock:
             done, self._to_commit = self._to_commit, {}
         if not done:
@@ -190,11 +191,7 @@ class Archiver:
         if self._failed is not None:
             raise StreamAEError(f"a dead letter could not be produced ({self._failed!r}); the files are "
                                 "written, the offsets not committed: a restart resumes from the archive")
-        topic = self.settings.kafka.readings_topic
-        try:
-            self._consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, None, -1) for p, o in done.items()})
-        except KafkaError as exc:   # partitions moved meanwhile: the next owner resumes from the marker
-            log.warning("commit of %s failed (%r); the archive marker holds the position", done, exc)
+        self.membership.commit(done, blocking=True)   # a failure is logged: the archive marker holds the position
         self.report.last_flush_at = time.perf_counter()
 
     # -- rebalance ---------------------------------------------------------------------------------
@@ -218,15 +215,17 @@ class Archiver:
 
     def _seek(self, seeks: dict) -> None:
         """Start each at max(committed, last archived + 1) (outside the lock: needs the IO thread)."""
+        resume = {}
         for tp, (through, dropped_at) in seeks.items():
             committed = self._consumer.committed(tp)
             starts = [o for o in (committed, through + 1 if through >= 0 else None) if o is not None]
             if starts:
-                self._consumer.seek(tp, max(starts))
+                self._consumer.seek(tp, resume.setdefault(tp.partition, max(starts)))
             elif dropped_at is not None:
-                self._consumer.seek(tp, dropped_at)
+                self._consumer.seek(tp, resume.setdefault(tp.partition, dropped_at))
             log.info("partition %d: archived through offset %d, committed %s; resuming at %s",
                      tp.partition, through, committed, max(starts) if starts else "the earliest offset")
+        self.membership.assigned([tp.partition for tp in seeks], resume)
 
     def on_revoked(self, revoked) -> None:
         """Listener (IO thread): archive what the revoked partitions hold; the marker is the position."""
@@ -239,10 +238,32 @@ class Archiver:
                 self._apply(_result(self._pool.submit(worker.call, "flush", parts, False, True)))
             except Exception as exc:  # raised in the poll loop; the next owner resumes from the marker
                 self._failed = exc
-            self._owned -= set(parts)
-            self._to_recover -= set(parts)
-            for p in parts:
-                self._to_commit.pop(p, None)
+            self._forget(parts)
+
+    def on_lost(self, lost) -> None:
+        """Listener (IO thread): the group evicted this member after a stall. What the lost
+        partitions hold is dropped, not archived, and nothing is committed for them: the next
+        owner resumes at the archive's end and reads it again."""
+        with self._lock:
+            parts = [tp.partition for tp in lost if tp.partition in self._owned]
+            if self._closing or not parts:
+                return
+            try:
+                self._drain()   # the polls already handed over (their dead letters are at least once)
+                _result(self._pool.submit(worker.call, "drop", parts))
+            except Exception as exc:  # raised in the poll loop
+                self._failed = exc
+            self._forget(parts)
+            self.report.lost += len(parts)
+            log.warning("partitions %s lost to a rebalance this member missed (a stall): their buffered "
+                        "readings are dropped for the next owner to archive", parts)
+
+    def _forget(self, parts: list[int]) -> None:
+        self._owned -= set(parts)
+        self._to_recover -= set(parts)
+        for p in parts:
+            self._to_commit.pop(p, None)
+        self.membership.forget(parts)
 
     def on_assigned(self, assigned) -> None:
         """Listener (IO thread): note the partitions; the poll loop recovers them before use."""
