@@ -12,10 +12,12 @@ Kafka fences zombies with transactions, which the embedded broker cannot abort (
 transactions stay visible, ``../shared/KAFKA.md``). So the guard here uses the group itself:
 
 * ``confirm()`` runs before each poll. If the last confirmation is older than ``stall_s`` (half
-  the time in which the group can evict a member), it first commits, synchronously, the
-  offsets already committed (a no-op for the group's position). The group coordinator refuses
-  a commit from a member it has evicted (``UnknownMemberId``, ``IllegalGeneration``), and
-  kafka-python then calls ``on_partitions_lost`` at the next poll.
+  the time in which the group can evict a member), it first commits, synchronously, offsets
+  whose commit was acknowledged before (were a newer asynchronous commit still in flight, the
+  group's position would go back to them: harmless, since the stream's state topic and the
+  archive's own marker say where a partition resumes). The group coordinator refuses a commit from a member it
+  has evicted (``UnknownMemberId``, ``IllegalGeneration``), and kafka-python then calls
+  ``on_partitions_lost`` at the next poll.
 * ``fresh()`` is checked by the caller right before it publishes. After a stall it stays False
   until a ``confirm()`` succeeds, so the work of a batch waits for the next poll: it is
   published if the membership holds, and dropped in ``on_lost`` if not.
