@@ -344,8 +344,8 @@ def test_a_member_evicted_during_a_stall_publishes_nothing_for_the_partitions_it
     runners = [Running(StreamRunner(settings, models[0], checkpoint_interval_s=0.5))]
     producer = Producer(broker.bootstrap, topics["readings_topic"])
     release, hung = threading.Event(), []
-    events = lambda r: sum(r.runner.metrics.sample("stream_ae_alerts_total", {"state": s}) or 0  # noqa: E731
-                           for s in ("open", "update", "resolved"))
+    events = lambda r, states=("open", "update", "resolved"): sum(  # noqa: E731
+        r.runner.metrics.sample("stream_ae_alerts_total", {"state": s}) or 0 for s in states)
     try:
         wait_for(lambda: len(runners[0].runner.metrics.assigned) == 4, 30, "the first consumer to own all partitions")
         runners.append(Running(StreamRunner(settings, models[0], checkpoint_interval_s=0.5)))
@@ -381,9 +381,7 @@ def test_a_member_evicted_during_a_stall_publishes_nothing_for_the_partitions_it
                  and sorted(owner.runner.metrics.assigned + other.runner.metrics.assigned) == [0, 1, 2, 3],
                  60, "the stalled one to rejoin the group")
         published_after_the_stall = events(owner) - published_by_owner
-        resolved = lambda: sum(r.runner.metrics.sample("stream_ae_alerts_total", {"state": "resolved"}) or 0  # noqa: E731
-                               for r in runners)
-        wait_for(lambda: resolved() >= 1, 90, "pump-b's alert to resolve")
+        wait_for(lambda: sum(events(r, ("resolved",)) for r in runners) >= 1, 90, "pump-b's alert to resolve")
         time.sleep(1.0)
     finally:
         release.set()

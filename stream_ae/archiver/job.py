@@ -219,10 +219,10 @@ class Archiver:
         for tp, (through, dropped_at) in seeks.items():
             committed = self._consumer.committed(tp)
             starts = [o for o in (committed, through + 1 if through >= 0 else None) if o is not None]
-            if starts:
-                self._consumer.seek(tp, resume.setdefault(tp.partition, max(starts)))
-            elif dropped_at is not None:
-                self._consumer.seek(tp, resume.setdefault(tp.partition, dropped_at))
+            start = max(starts) if starts else dropped_at
+            if start is not None:
+                self._consumer.seek(tp, start)
+                resume[tp.partition] = start
             log.info("partition %d: archived through offset %d, committed %s; resuming at %s",
                      tp.partition, through, committed, max(starts) if starts else "the earliest offset")
         self.membership.assigned([tp.partition for tp in seeks], resume)
