@@ -20,12 +20,14 @@ def detect_offline(out: Path, history: Path, artifact_path: Path, df, train_end:
     print(f"backfill: {report.windows_scored:,} windows scored, {report.anomalies:,} anomalous, "
           f"{report.windows_per_s:,.0f} windows/s")
     table = ds.dataset(scores_dir, format="parquet", partitioning="hive").to_table().to_pandas()
+    channels = [c for c in df.columns if c not in ("entity", "timestamp")]
     frames, detections = {}, []
     for entity, g in table.groupby("entity"):
         g = g.sort_values("window_end")
         end_ns = g["window_end"].astype("int64").to_numpy()
         raw = df[(df["entity"] == entity) & (df["timestamp"].astype("int64") >= train_end)]
-        frames[entity] = dict(ts=raw["timestamp"].astype("int64").to_numpy(), signal=raw["ch_0"].to_numpy(),
-                              score_ts=end_ns, score=g["score"].to_numpy(), threshold=g["threshold"].to_numpy())
+        frames[entity] = dict(ts=raw["timestamp"].astype("int64").to_numpy(), values=raw[channels].to_numpy(),
+                              channels=channels, score_ts=end_ns, score=g["score"].to_numpy(),
+                              threshold=g["threshold"].to_numpy())
         detections += runs_to_detections(entity, end_ns, g["anomaly"].to_numpy(), merge_gap_ns=int(600e9))
     return frames, detections

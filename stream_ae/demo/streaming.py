@@ -143,7 +143,7 @@ def _detections(alerts: list, last_ts: dict) -> list[Detection]:
 
 
 def _frames(scorer, artifact, arrays) -> dict:
-    """Per entity: ts, signal (ch_0), window end, score and threshold from the one scoring path."""
+    """Per entity: ts, every channel's values, window end, score and threshold from the one scoring path."""
     from stream_ae.data.windows import SeriesWindower
     from stream_ae.thresholds import ThresholdSpec, build_threshold
 
@@ -156,7 +156,8 @@ def _frames(scorer, artifact, arrays) -> dict:
         threshold = build_threshold(ThresholdSpec.from_dict(artifact.threshold["spec"]))
         threshold.load_state_dict(artifact.threshold["state"])
         _, used = threshold.step_many(score)
-        frames[entity] = dict(ts=ts_ns[sel], signal=values[sel, 0], score_ts=wb.end_ts, score=score, threshold=used)
+        frames[entity] = dict(ts=ts_ns[sel], values=values[sel], channels=tuple(artifact.channels),
+                              score_ts=wb.end_ts, score=score, threshold=used)
     return frames
 
 
