@@ -72,10 +72,15 @@ def _interleave(good: list, bad: list) -> list:
 
 
 def _print_alert(alert, latency_ms: float, t0: float) -> None:
+    """One line per event. A resolved event says how long after its start it resolved (event time) and
+    carries its last flagged window's score and the highest severity it reached."""
     top = ", ".join(f"{c.channel} {c.share:.0%}" for c in alert.top_channels)
     ratio = alert.score / alert.threshold if alert.threshold > 0 else float("inf")
+    what = "score"
+    if alert.state == "resolved":
+        what = f"after {(alert.at - alert.started_at).total_seconds() / 60:.0f} min, last flagged"
     print(f"  [{time.perf_counter() - t0:5.1f} s] {alert.state.upper():<8} {alert.entity:<8} "
-          f"{alert.severity:<8} score {alert.score:.3g} / threshold {alert.threshold:.3g} ({ratio:.1f}x)  "
+          f"{alert.severity:<8} {what} {alert.score:.3g} / threshold {alert.threshold:.3g} ({ratio:.1f}x)  "
           f"top {top}  latency {latency_ms:.0f} ms", flush=True)
 
 
