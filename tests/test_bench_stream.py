@@ -109,3 +109,32 @@ def test_the_halves_split_by_when_each_reading_was_sent():
     assert first["broker"] == 0.5 and second["broker"] == 1.0  # 5 -> 6 over 2 s; 6 -> 8 over 2 s
     assert first["load_generator"] == 0.2 and second["load_generator"] == 0.1  # 1.4 -> 1.5 over 102..103
     assert latency._CpuTrack({}).cores(0.0, 1.0) is None  # no samples: no figure
+
+
+def test_the_latency_plot_bins_the_floor_and_draws_the_alerts_and_the_cores(tmp_path):
+    """Unit: the floor's percentiles per half second of sending time; the cores between
+    consecutive CPU samples (NaN where the generator was not seen); the picture is written."""
+    import numpy as np
+
+    from stream_ae.bench import cpu, latency
+    from stream_ae.bench.latency_plot import plot_latency
+
+    sent = np.array([0.1, 0.2, 0.4, 0.6, 1.7])
+    binned = latency.binned_percentiles(np.array([10.0, 30.0, 20.0, 5.0, 7.0]), sent)
+    assert binned["t_s"] == [0.25, 0.75, 1.75]  # the empty bin 1.0-1.5 is left out
+    assert binned["p50"] == [20.0, 5.0, 7.0] and binned["p99"][0] == np.percentile([10, 30, 20], 99)
+    assert latency.binned_percentiles(np.zeros(0), np.zeros(0)) == {"t_s": [], "p50": [], "p99": []}
+
+    track = latency._CpuTrack({})
+    track.broker, track.generator = (7,), (8,)
+    track.samples = [(100.0, cpu.Snapshot(100.0, {1: ("x", 0.0)}, {7: 1.0, 8: 0.0}, (0.0, 100.0))),
+                     (100.5, cpu.Snapshot(100.5, {1: ("x", 0.1)}, {7: 1.25, 8: 0.1}, (60.0, 200.0))),
+                     (101.5, cpu.Snapshot(101.5, {1: ("x", 0.2)}, {7: 1.75}, (150.0, 300.0)))]
+    cores = track.series(100.0)
+    assert cores["t_s"] == [0.25, 1.0] and cores["broker"] == [0.5, 0.5]
+    assert cores["load_generator"][0] == 0.2 and np.isnan(cores["load_generator"][1])  # gone by 101.5
+    assert cores["machine"][0] == round(0.6 * (cpu.os.cpu_count() or 1), 3)
+
+    png = plot_latency(tmp_path / "lat.png", {"sent_s": sent, "ms": np.array([50.0, 80.0, 250.0, 90.0, 60.0]),
+                                              "cores": cores}, binned, 200.0, "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

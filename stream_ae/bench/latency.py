@@ -20,6 +20,7 @@ the 2-core machine the detector then shares less. The halves show how much of a 
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import time
 from pathlib import Path
@@ -82,6 +83,21 @@ class _CpuTrack:
             if pids and len(seen) >= 2 and seen[-1].at > seen[0].at:
                 used = sum(seen[-1].children[p] - seen[0].children[p] for p in pids)
                 out[label] = round(used / (seen[-1].at - seen[0].at), 3)
+        return out
+
+    def series(self, t0: float) -> dict:
+        """Cores between consecutive samples, for the plot: the interval's middle (seconds after
+        ``t0``, wall clock), the machine, the broker and the load generator (NaN where unseen)."""
+        out: dict[str, list] = {"t_s": [], "machine": [], "broker": [], "load_generator": []}
+        for (w0, a), (w1, b) in zip(self.samples, self.samples[1:]):
+            if b.at <= a.at:
+                continue
+            out["t_s"].append((w0 + w1) / 2 - t0)
+            out["machine"].append(cpu.cpu_between(a, b, {}).get("machine_cores", math.nan))
+            for label, pids in (("broker", self.broker), ("load_generator", self.generator)):
+                seen = pids and all(p in a.children and p in b.children for p in pids)
+                used = sum(b.children[p] - a.children[p] for p in pids) if seen else math.nan
+                out[label].append(used / (b.at - a.at))
         return out
 
 
@@ -171,9 +187,11 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
         delete_topics(broker.bootstrap, list(topics.values()))
     lat = np.asarray(tap.values) * 1000
     sent = np.asarray(tap.at) - np.asarray(tap.values)  # each event's reading's CreateTime
+    first = load.sent_span()[0]
     return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
             "achieved_msgs_per_s": round(achieved, 1), "alert_events": int(lat.size),
-            **_percentiles(lat, "latency_"), "latency_halves": _halves(lat, sent, load.sent_span(), track)}
+            **_percentiles(lat, "latency_"), "latency_halves": _halves(lat, sent, load.sent_span(), track),
+            "_timeline": {"sent_s": sent - first, "ms": lat, "cores": track.series(first)}}  # for the plot
 
 
 def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: float = 300.0) -> dict:
@@ -214,4 +232,17 @@ def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: floa
     created = np.concatenate(sent) if sent else np.zeros(0)
     return {"offered_load_msgs_per_s": round(rate, 1), "readings": load.count,
             "achieved_msgs_per_s": round(achieved, 1), **_percentiles(lat, ""),
-            "halves": _halves(lat, created, load.sent_span(), track)}
+            "halves": _halves(lat, created, load.sent_span(), track),
+            "_timeline": binned_percentiles(lat, created - load.sent_span()[0])}  # for the plot
+
+
+def binned_percentiles(ms: np.ndarray, sent_s: np.ndarray, bin_s: float = 0.5) -> dict:
+    """p50 and p99 of ``ms`` per ``bin_s`` of sending time: {"t_s" (bin middles), "p50", "p99"}."""
+    if not ms.size:
+        return {"t_s": [], "p50": [], "p99": []}
+    bins = np.floor(sent_s / bin_s).astype(np.int64)  # (n,)
+    order = np.argsort(bins, kind="stable")
+    keys, starts = np.unique(bins[order], return_index=True)
+    groups = np.split(ms[order], starts[1:])
+    return {"t_s": ((keys + 0.5) * bin_s).tolist(), "p50": [float(np.percentile(g, 50)) for g in groups],
+            "p99": [float(np.percentile(g, 99)) for g in groups]}

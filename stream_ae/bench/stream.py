@@ -34,6 +34,7 @@ import numpy as np
 from stream_ae.bench import cpu, emit
 from stream_ae.configs import PRECISIONS
 from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run, paced_readings
+from stream_ae.bench.latency_plot import plot_latency
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator
 
 ENTITIES = 16
@@ -315,6 +316,8 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         floor = broker_latency_run(broker, paced, det / 2, out_dir)
         del paced
         kind = broker.kind
+    plot = plot_latency(out_dir / "stream-latency.png", lat.pop("_timeline"), floor.pop("_timeline"), TARGET_P99_MS,
+                        f"stream-ae bench stream (c): {det / 2:,.0f} msg/s offered, {lat['alert_events']} alert events")
 
     result = {
         "bench": "stream", "n": n, "entities": ENTITIES, "channels": CHANNELS, "broker": kind,
@@ -334,7 +337,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "raw_consume_compiled_decoder_msgs_per_s": round(raw_compiled, 1),
         "ratio_to_compiled_raw": round(det / raw_compiled, 3), **lat,
         "broker_floor": {k: floor[k] for k in ("achieved_msgs_per_s", "p50_ms", "p99_ms", "max_ms", "halves")},
-        "detector_profile": profile,
+        "detector_profile": profile, "latency_plot": str(plot),
         "targets": {"ratio": TARGET_RATIO, "latency_p99_ms": TARGET_P99_MS},
         "notes": [f"model trained 1 epoch on 20k windows of the plant's first {HISTORY_ROWS} rows per entity "
                   "(clean); the readings are the rows after them, anomalies injected; detector_profile."
