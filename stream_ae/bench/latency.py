@@ -17,6 +17,9 @@ the bare consumer, the embedded broker, the load generator, the whole machine). 
 cost of serving fetches grows with the topic: at a steady 57 k msg/s the broker used 0.18 of a
 core throughout 20 s with no consumer, and 0.31 -> 0.55 with one consumer reading along; on
 the 2-core machine the detector then shares less. The halves show how much of a p99 is that.
+
+Both runs also hand back a ``_timeline`` (each alert event's latency and the cores over time;
+the floor's p50 and p99 per half second) that ``latency_plot`` draws; it is not in the JSON.
 """
 from __future__ import annotations
 
