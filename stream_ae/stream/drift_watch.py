@@ -19,12 +19,15 @@ state is not checkpointed: after a restart it relearns the score level from the 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import numpy as np
 
 from stream_ae.drift import DriftMonitor, report_drift
 
 log = logging.getLogger(__name__)
+
+EVENTS_KEPT = 100  # drift events a watch remembers (the metric counts them all)
 
 
 class DriftWatch:
@@ -40,7 +43,7 @@ class DriftWatch:
         self._monitor = monitor_factory()
         self._version: str | None = None
         self.sample_per_batch = int(sample_per_batch)
-        self.events: list = []
+        self.events: deque = deque(maxlen=EVENTS_KEPT)  # the latest, for inspection: bounded over months
 
     def observe(self, out, model_version: str) -> list:
         """Feed one batch's scores; returns the drift events it caused (also recorded)."""
@@ -61,5 +64,5 @@ class DriftWatch:
                         extra={"fields": {"event": "drift", "model_version": model_version, **event.to_dict()}})
             if self.registry and self.deployment and event.direction == "up":
                 report_drift(self.registry, self.deployment, event)
-        self.events += found
+        self.events.extend(found)
         return found
