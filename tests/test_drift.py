@@ -120,3 +120,29 @@ def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path)
     assert (tmp_path / drift_marker_path("prod")).exists()
     # a new model's scores have other units: its detector starts from nothing
     assert watch.observe(batch(5.0), "v2") == []
+
+
+def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all():
+    """A service runs for months: the watch keeps the latest EVENTS_KEPT events; the metric counts every one."""
+    import numpy as np
+
+    from stream_ae.drift import DriftEvent
+    from stream_ae.stream.detector_io import DetectorOutput
+    from stream_ae.stream.drift_watch import EVENTS_KEPT, DriftWatch
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.settings import load_settings
+
+    class EveryBatchDrifts:  # a monitor that reports a drift on every update
+        n = 0
+
+        def update_many(self, scores, ts=None):
+            self.n += 1
+            return [DriftEvent("__model__", self.n, None, 0.0, 1.0, "down")]
+
+    metrics = StreamMetrics()
+    watch = DriftWatch(load_settings(env={}), metrics, monitor_factory=EveryBatchDrifts)
+    out = DetectorOutput(scores=np.ones(4, np.float32), flags=np.zeros(4, bool), end_ts=np.arange(4, dtype=np.int64))
+    for _ in range(EVENTS_KEPT + 50):
+        watch.observe(out, "v1")
+    assert len(watch.events) == EVENTS_KEPT and watch.events[-1].index == EVENTS_KEPT + 50
+    assert metrics.sample("stream_ae_drift_events_total", {"direction": "down"}) == EVENTS_KEPT + 50
