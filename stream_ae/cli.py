@@ -153,14 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs=argparse.REMAINDER, help="the job's own flags, e.g. --config stream-ae.toml")
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("which", choices=("backfill", "stream", "detector"),
+    bench.add_argument("which", choices=("backfill", "stream", "detector", "soak"),
                        help="what to measure (detector: the stream's per-reading cost against the entity "
-                            "count, no broker)")
+                            "count, no broker; soak: the detector's memory over millions of readings, "
+                            "steady and with new entity ids arriving)")
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
     bench.add_argument("--rows", default=None, help="backfill: comma-separated archive sizes, e.g. 1000000,10000000")
-    bench.add_argument("--n", type=int, default=None, help="stream, detector: number of readings")
+    bench.add_argument("--n", type=int, default=None, help="stream, detector: number of readings; soak: "
+                       "readings per phase")
     bench.add_argument("--entities", default=None,
-                       help="detector: comma-separated entity counts (default 16,256,4096)")
+                       help="detector: comma-separated entity counts (default 16,256,4096); soak: one "
+                            "count (default 256)")
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
     bench.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -253,6 +256,14 @@ def cmd_bench(args) -> int:
 
         entities = _counts(args.entities, "--entities") if args.entities else DEFAULT_ENTITIES
         run_detector_bench(entities, args.n or DEFAULT_N, args.precision, args.json_path)
+        return 0
+    if args.which == "soak":
+        from stream_ae.bench.soak import run_soak_bench
+
+        entities = _counts(args.entities, "--entities") if args.entities else (None,)
+        if len(entities) != 1:
+            raise ConfigError(f"bench soak takes one --entities count, got {args.entities!r}")
+        run_soak_bench(n=args.n, entities=entities[0], json_path=args.json_path)
         return 0
     from stream_ae.bench.stream import run_from_flags
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from stream_ae.allocator import keep_freed_memory
+from stream_ae.allocator import heap_in_use_bytes, keep_freed_memory
 
 # 50 rounds of 8 live buffers of 4 MiB, written and then freed together, as a forward pass's
 # intermediates are: with glibc's defaults the freed 32 MiB is trimmed off the heap each round and
@@ -14,7 +14,7 @@ from stream_ae.allocator import keep_freed_memory
 CHURN = """
 import resource, sys
 import numpy as np
-from stream_ae.allocator import keep_freed_memory
+from stream_ae.allocator import heap_in_use_bytes, keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 def one_round():
     live = [np.ones(1 << 20, np.float32) for _ in range(8)]
@@ -44,3 +44,16 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
 
 def test_applying_twice_is_harmless():
     assert keep_freed_memory() == keep_freed_memory()
+
+
+@pytest.mark.skipif(heap_in_use_bytes() is None, reason="glibc 2.33+ only (mallinfo2)")
+def test_the_heap_in_use_counts_a_live_block_and_not_a_freed_one_the_allocator_keeps():
+    import numpy as np
+
+    keep_freed_memory()
+    before = heap_in_use_bytes()
+    block = np.ones(2 * 2**20)  # 16 MiB: on the heap under the kept mmap threshold
+    held = heap_in_use_bytes()
+    del block
+    after = heap_in_use_bytes()
+    assert held - before >= 16 * 2**20 and abs(after - before) < 2**20
