@@ -16,8 +16,12 @@ float rounding (~1e-7 relative; tested for every kind and variant).
 """
 from __future__ import annotations
 
+import io
+import itertools
+import json
 import logging
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,14 +80,59 @@ class WindowScores(nn.Module):
         return window_errors(x, self.model(x), self.score_steps)
 
 
-def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None = None) -> nn.Module:
+#: The unfrozen trace of each graph structure seen (bytes of ``torch.jit.save``), newest last.
+_TRACES: "OrderedDict[tuple, bytes]" = OrderedDict()
+TRACES_KEPT = 8
+
+
+def _structure(module: WindowScores, n_channels: int, dtype, structure: str) -> tuple:
+    """What a trace bakes in besides the weights: the modules, the Python-level settings, the
+    tensors' names, shapes and types, the precision and the device (``structure``: the
+    caller's description of the model, e.g. its configuration)."""
+    tensors = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in
+                    itertools.chain(module.named_parameters(), module.named_buffers()))
+    return (repr(module), module.length, module.score_steps, module.detrends, module.scales, tensors,
+            n_channels, str(dtype), str(module.offsets.device), structure)
+
+
+def _traced(module: WindowScores, example: tuple, key: tuple) -> torch.jit.ScriptModule:
+    """``module`` as an unfrozen TorchScript module with its own weights.
+
+    ``torch.jit.trace`` registers every graph it makes in torch's process-wide compilation unit,
+    which never frees them: ~3 MiB of C heap per trace of the conv preset, so every hot reload
+    kept the previous model's graph. A module read back with ``torch.jit.load`` lives in a
+    compilation unit of its own and is freed with it. So each structure is traced once, saved,
+    and every graph is loaded from that and given the weights of the module it stands for."""
+    template = _TRACES.get(key)
+    if template is None:
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(module.eval(), example, check_trace=False), buffer)
+        template = _TRACES[key] = buffer.getvalue()
+        while len(_TRACES) > TRACES_KEPT:
+            _TRACES.popitem(last=False)
+    _TRACES.move_to_end(key)
+    graph = torch.jit.load(io.BytesIO(template), map_location=module.offsets.device)
+    mine = dict(itertools.chain(graph.named_parameters(), graph.named_buffers()))
+    theirs = dict(itertools.chain(module.named_parameters(), module.named_buffers()))
+    if mine.keys() != theirs.keys():
+        raise RuntimeError(f"the saved trace's tensors differ from the module's: {sorted(mine.keys() ^ theirs.keys())}")
+    for name, tensor in theirs.items():
+        mine[name].copy_(tensor)
+    return graph.eval()
+
+
+def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None = None,
+                structure: str = "") -> nn.Module:
     """``module`` traced (under ``dtype`` autocast when given) and frozen into a TorchScript
     graph; ``module`` itself if that fails (then :class:`Scorer` runs it under autocast).
 
     Traced under autocast, the graph holds the casts and, frozen, the weights already in
-    ``dtype``. TorchScript is deprecated upstream in favour of ``torch.compile``, which here
-    was both slower under a busy GIL and took ~20 s to compile per model (and again per hot
-    reload); the eager fallback keeps scoring working should a torch release drop tracing.
+    ``dtype``. A structure traced before is not traced again (:func:`_traced`: a trace is
+    never freed), so hot reloads of one architecture keep the memory flat. TorchScript is
+    deprecated upstream in favour of ``torch.compile``, which here was both slower under a
+    busy GIL and took ~20 s to compile per model (and again per hot reload); the eager
+    fallback keeps scoring working should a torch release drop tracing. ``structure``: the
+    caller's description of the model (its configuration), part of what identifies a trace.
     """
     length = int(module.offsets.shape[0])
     device = module.offsets.device
@@ -93,17 +142,19 @@ def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None
     generator = torch.Generator(device=device).manual_seed(0)
     check = (torch.randn(length + 6, n_channels, device=device, generator=generator),
              torch.tensor([5, 0, 3], device=device))  # other shapes than the trace's
+    key = _structure(module, n_channels, dtype, structure)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             with autocast:
-                graph = torch.jit.freeze(torch.jit.trace(module.eval(), example, check_trace=False))
+                graph = torch.jit.freeze(_traced(module, example, key))
                 want = module(*check)
             got = graph(*check)
         tol = 1e-5 if dtype is None else 1e-2
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * 1e-3)
     except Exception as exc:  # noqa: BLE001 - any failure only costs speed
+        _TRACES.pop(key, None)  # a saved trace that does not fit is not offered again
         log.warning("scoring graph could not be traced (%s); scoring with the eager model",
                     str(exc).strip().splitlines()[-1][:200])
         return module
@@ -207,7 +258,8 @@ class Scorer:
                               detrend_mask=self.model.detrend_mask if artifact.model.detrend else None,
                               score_steps=artifact.model.score_steps)
         module = module.to(self.device).eval()
-        self._graph = score_graph(module, len(self.channels), _PRECISIONS[precision])
+        self._graph = score_graph(module, len(self.channels), _PRECISIONS[precision],
+                                  structure=json.dumps(artifact.model.to_dict(), sort_keys=True))
         # a traced graph holds its casts; the eager fallback needs the autocast context
         self._autocast = _PRECISIONS[precision] if self._graph is module else None
 

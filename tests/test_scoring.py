@@ -176,3 +176,57 @@ def test_threads_scoring_at_once_get_what_one_thread_gets(artifact):
     for i, got in enumerate(together):
         np.testing.assert_array_equal(got.score, alone[i % len(jobs)].score)
         np.testing.assert_array_equal(got.channel_error, alone[i % len(jobs)].channel_error)
+
+
+def _other_weights(artifact: Artifact, seed: int = 7) -> Artifact:
+    import dataclasses
+
+    torch.manual_seed(seed)
+    state = build_model(artifact.model).state_dict()
+    return dataclasses.replace(artifact, state_dict=state, version=artifact.version + "-other")
+
+
+def test_a_structure_traced_before_is_loaded_again_with_the_new_model_s_weights(artifact, monkeypatch):
+    """Two models of one architecture (a hot reload): one trace between them, and each graph
+    scores with its own weights, as its eager module does."""
+    from stream_ae import scoring
+
+    other = _other_weights(artifact)
+    scoring._TRACES.clear()
+    graphs = [Scorer(artifact, device="cpu"), Scorer(other, device="cpu")]
+    assert len(scoring._TRACES) == 1 and all(isinstance(s._graph, torch.jit.ScriptModule) for s in graphs)
+    monkeypatch.setattr(scoring, "score_graph", lambda module, *args, **kwargs: module)
+    eager = [Scorer(artifact, device="cpu"), Scorer(other, device="cpu")]
+    rows, starts = _rows(), np.arange(0, 250, 3)
+    got = [s.score_rows(rows, starts).score for s in graphs]
+    want = [s.score_rows(rows, starts).score for s in eager]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(got[0], got[1])  # the weights differ, and so do the scores
+
+
+def test_building_scorers_again_and_again_keeps_the_heap_flat(artifact):
+    """A hot reload builds a Scorer: torch.jit.trace never frees what it registers, so each
+    structure is traced once. Measured against tracing every time, in the same process."""
+    import gc
+
+    from stream_ae import scoring
+    from stream_ae.allocator import heap_in_use_bytes
+
+    if heap_in_use_bytes() is None:
+        pytest.skip("glibc 2.33+ only (mallinfo2)")
+
+    def growth(retrace: bool, builds: int = 12) -> int:
+        Scorer(artifact, device="cpu")
+        gc.collect()
+        before = heap_in_use_bytes()
+        for _ in range(builds):
+            if retrace:
+                scoring._TRACES.clear()
+            Scorer(artifact, device="cpu")
+        gc.collect()
+        return heap_in_use_bytes() - before
+
+    reused, retraced = growth(retrace=False), growth(retrace=True)
+    assert retraced > 12 * 20_000, retraced  # what every reload used to keep
+    assert reused < retraced / 5, (reused, retraced)
