@@ -256,6 +256,27 @@ def test_hot_swap_restarts_thresholds_from_the_new_models_calibration(scorer, ar
     assert threshold_from_dict(threshold_to_dict(restored.threshold)).value == restored.threshold.value
 
 
+def test_months_of_hot_reloads_keep_a_few_calibrations_and_each_swap_seeds_from_its_own(scorer, artifact):
+    """Each reload's version brings its calibration; only the latest CALIBRATIONS_KEPT stay at
+    hand, and a version that comes back (a rollback) is seeded from its artifact again."""
+    import dataclasses
+
+    from stream_ae.stream.detector import CALIBRATIONS_KEPT
+
+    entity, ts, values = plant(anomaly=None)
+    det = make_detector(scorer)
+    versions = [scorer] + [Scorer(dataclasses.replace(artifact, version=f"v{i}"), device="cpu")
+                           for i in range(CALIBRATIONS_KEPT + 2)]
+    step = 100
+    for i, s in enumerate(versions + [scorer]):  # the last: a rollback to the first version
+        det.swap_scorer(s)
+        lo = 100 + i * step
+        run(det, entity[lo:lo + step], ts[lo:lo + step], values[lo:lo + step], chunk=step)
+        assert det.table.get("pump-a").model_version == s.version
+        assert len(det._calibrations) <= CALIBRATIONS_KEPT
+    assert list(det._calibrations)[-1] == scorer.version
+
+
 def test_runner_takes_its_checkpoint_interval_from_the_settings(artifact):
     """No broker needed: the runner's Kafka clients are created in run(), not in __init__."""
     from stream_ae.stream.runner import StreamRunner

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -34,6 +35,9 @@ from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
 
 log = logging.getLogger(__name__)
+#: Model versions whose threshold calibration is kept at hand (the running one, and the
+#: versions of batches still in flight or of a quick rollback).
+CALIBRATIONS_KEPT = 4
 
 
 @dataclass
@@ -95,8 +99,9 @@ class Detector:
         self.threshold_spec = threshold_spec
         self.threshold_state = threshold_state
         self.threshold_overrides = dict(threshold_overrides or {})
-        # A threshold learns one model's scores: per model version, the calibration to start from.
-        self._calibrations = {scorer.version: (threshold_spec, threshold_state)}
+        # A threshold learns one model's scores: per model version, the calibration to start from
+        # (the latest CALIBRATIONS_KEPT versions: a service hot-reloads for months)
+        self._calibrations = OrderedDict({scorer.version: (threshold_spec, threshold_state)})
         self.alert_policy = alert_policy
         self.window_spec = window_spec
         self.channels = tuple(scorer.channels)
@@ -128,6 +133,9 @@ class Detector:
         """Start ``state``'s threshold from ``scorer``'s calibration (a new entity, or a new model)."""
         if scorer.version not in self._calibrations:
             self._calibrations[scorer.version] = calibrated_threshold(scorer.artifact, self.threshold_overrides)
+            while len(self._calibrations) > CALIBRATIONS_KEPT:
+                self._calibrations.popitem(last=False)  # an older model's comes back from its artifact
+        self._calibrations.move_to_end(scorer.version)
         spec, calibration = self._calibrations[scorer.version]
         threshold = build_threshold(spec)
         if calibration is not None:
