@@ -1,5 +1,5 @@
-"""``stream-ae bench soak``: the stream goes on in order pass after pass, and churn evicts and
-parks exactly the retired entity ids, within the cap."""
+"""``stream-ae bench soak``: the stream goes on in order pass after pass (a hot reload included),
+and churn evicts and parks exactly the retired entity ids, within the cap."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_the_slope_is_fitted_over_the_second_half():
 
 def test_the_soak_scores_every_window_and_bounds_the_entities(tmp_path, one_torch_thread):
     artifact = make_artifact()
-    result = run_soak_bench(n=7500, entities=8, json_path=tmp_path / "soak.json", out_dir=tmp_path,
-                            artifact=artifact, pass_readings=1500)
+    result = run_soak_bench(n=16_500, entities=8, json_path=tmp_path / "soak.json", out_dir=tmp_path,
+                            artifact=artifact, pass_readings=1500)  # 11 passes: a hot reload after the 10th
     assert json.loads((tmp_path / "soak.json").read_text()) == result
     lead = artifact.window.length - 1  # readings an entity needs before its first window
     steady, churn = result["phases"]["steady"], result["phases"]["churn"]
@@ -40,7 +40,8 @@ def test_the_soak_scores_every_window_and_bounds_the_entities(tmp_path, one_torc
     assert churn["evictions"] == churn["entity_names_seen"] - 8 and churn["live_entities_end"] == 8
     assert churn["parked_entities_end"] == min(churn["evictions"], 8)
     for phase in (steady, churn):
-        assert phase["readings"] >= 7500 and phase["slope_kib_per_million_readings"] is not None
+        assert phase["readings"] >= 16_500 and phase["slope_kib_per_million_readings"] is not None
+        assert phase["hot_reloads"] == 1
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     for phase in (steady, churn):
         assert phase["heap_in_use_mib_end"] > 0 and phase["python_blocks_end"] > 0

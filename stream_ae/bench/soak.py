@@ -5,7 +5,8 @@ million. No broker: the stream's micro-batches (1024 readings, time-interleaved,
 through what the runner calls per batch -- prepare (replay check, windowing), score, finish
 (thresholds, alert lifecycles), the drift watch -- and every ``CHECKPOINT_EVERY`` batches a
 checkpoint's take of the changed entities' state records (what the runner sends to the state
-topic). One stretch of the plant (``PASS`` readings) repeats with its timestamps and offsets
+topic). Every ``RELOAD_EVERY`` passes a hot reload builds the model again as a new version and
+swaps it in (each entity's threshold restarts from that version's calibration). One stretch of the plant (``PASS`` readings) repeats with its timestamps and offsets
 moved on, so each entity's stream goes on in order (the seam between two passes is a jump in
 the values: alerts open and resolve there, which exercises their lifecycle too).
 
@@ -27,6 +28,7 @@ stream benchmark covers it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -44,6 +46,7 @@ DEFAULT_ENTITIES = 256
 PASS = 100_000              # readings of the plant stretch that repeats
 CHECKPOINT_EVERY = 50       # batches between two checkpoints' takes of the changed entities
 CHURN_GROUPS = 4            # churn: each pass renames one in this many entities
+RELOAD_EVERY = 10           # passes between two hot reloads (a new model version built and swapped in)
 
 
 def rss_mib() -> float:
@@ -98,6 +101,7 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
 
     from prometheus_client import CollectorRegistry, Counter
 
+    from stream_ae.scoring import Scorer
     from stream_ae.stream.detector import build_detector
     from stream_ae.stream.drift_watch import DriftWatch
     from stream_ae.stream.settings import load_settings
@@ -108,11 +112,16 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
         "soak_drift_events", "", ["direction"], registry=CollectorRegistry())))
     base = sorted({e for b in batches for e in b.entity.tolist()})
     out = {"readings": [], "rss_mib": [], "heap_mib": [], "py_blocks": [], "live": [], "parked": []}
-    seen = windows = events = drifts = 0
+    seen = windows = events = drifts = reloads = 0
+    version = scorer.version
     objects = None
     t0 = time.perf_counter()
     for k in range(max(1, -(-n // per_pass))):
         names = _names(base, k) if churn else None
+        if k and k % RELOAD_EVERY == 0:  # a hot reload: a new version of the model, built and swapped in
+            scorer = Scorer(dataclasses.replace(scorer.artifact, version=f"{version}-reload{k}"), device="cpu")
+            detector.swap_scorer(scorer)
+            reloads += 1
         for i, batch in enumerate(batches):
             result = detector.finish(detector.prepare(_moved(batch, k, span_ns, per_pass, names)).score())
             drifts += len(drift.observe(result, scorer.version))
@@ -136,7 +145,7 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
         if churn else len(base)
     gc.collect()
     return {"churn": churn, "readings": seen, "seconds": round(time.perf_counter() - t0, 1),
-            "windows_scored": windows, "alert_events": events, "drift_events": drifts, "evictions": detector.table.evictions,
+            "windows_scored": windows, "alert_events": events, "drift_events": drifts, "hot_reloads": reloads, "evictions": detector.table.evictions,
             "rss_mib_after_first_pass": out["rss_mib"][0], "rss_mib_end": out["rss_mib"][-1],
             "rss_growth_mib": round(out["rss_mib"][-1] - out["rss_mib"][0], 1),
             "slope_kib_per_million_readings": slope_kib_per_m(out["readings"], out["rss_mib"]),
