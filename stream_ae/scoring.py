@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class WindowScores(nn.Module):
 
 #: The unfrozen trace of each graph structure seen (bytes of ``torch.jit.save``), newest last.
 _TRACES: "OrderedDict[tuple, bytes]" = OrderedDict()
+_TRACES_LOCK = threading.Lock()  # a hot reload builds its Scorer on another thread than the first
 TRACES_KEPT = 8
 
 
@@ -103,19 +105,21 @@ def _traced(module: WindowScores, example: tuple, key: tuple) -> torch.jit.Scrip
     kept the previous model's graph. A module read back with ``torch.jit.load`` lives in a
     compilation unit of its own and is freed with it. So each structure is traced once, saved,
     and every graph is loaded from that and given the weights of the module it stands for."""
-    template = _TRACES.get(key)
-    if template is None:
-        buffer = io.BytesIO()
-        torch.jit.save(torch.jit.trace(module.eval(), example, check_trace=False), buffer)
-        template = _TRACES[key] = buffer.getvalue()
-        while len(_TRACES) > TRACES_KEPT:
-            _TRACES.popitem(last=False)
-    _TRACES.move_to_end(key)
+    with _TRACES_LOCK:
+        template = _TRACES.get(key)
+        if template is None:
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.trace(module.eval(), example, check_trace=False), buffer)
+            template = _TRACES[key] = buffer.getvalue()
+            while len(_TRACES) > TRACES_KEPT:
+                _TRACES.popitem(last=False)
+        _TRACES.move_to_end(key)
     graph = torch.jit.load(io.BytesIO(template), map_location=module.offsets.device)
     mine = dict(itertools.chain(graph.named_parameters(), graph.named_buffers()))
     theirs = dict(itertools.chain(module.named_parameters(), module.named_buffers()))
     if mine.keys() != theirs.keys():
-        raise RuntimeError(f"the saved trace's tensors differ from the module's: {sorted(mine.keys() ^ theirs.keys())}")
+        raise RuntimeError("the saved trace's tensors differ from the module's: "
+                           f"{sorted(mine.keys() ^ theirs.keys())}")
     for name, tensor in theirs.items():
         mine[name].copy_(tensor)
     return graph.eval()
@@ -154,7 +158,8 @@ def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None
         tol = 1e-5 if dtype is None else 1e-2
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * 1e-3)
     except Exception as exc:  # noqa: BLE001 - any failure only costs speed
-        _TRACES.pop(key, None)  # a saved trace that does not fit is not offered again
+        with _TRACES_LOCK:
+            _TRACES.pop(key, None)  # a saved trace that does not fit is not offered again
         log.warning("scoring graph could not be traced (%s); scoring with the eager model",
                     str(exc).strip().splitlines()[-1][:200])
         return module

@@ -6,9 +6,10 @@ through what the runner calls per batch -- prepare (replay check, windowing), sc
 (thresholds, alert lifecycles), the drift watch -- and every ``CHECKPOINT_EVERY`` batches a
 checkpoint's take of the changed entities' state records (what the runner sends to the state
 topic). Every ``RELOAD_EVERY`` passes a hot reload builds the model again as a new version and
-swaps it in (each entity's threshold restarts from that version's calibration). One stretch of the plant (``PASS`` readings) repeats with its timestamps and offsets
-moved on, so each entity's stream goes on in order (the seam between two passes is a jump in
-the values: alerts open and resolve there, which exercises their lifecycle too).
+swaps it in (each entity's threshold restarts from that version's calibration). One stretch
+of the plant (``PASS`` readings) repeats with its timestamps and offsets moved on, so each
+entity's stream goes on in order (the seam between two passes is a jump in the values: alerts
+open and resolve there, which exercises their lifecycle too).
 
 Two phases, ``n`` readings each, in one process under the runner's process settings:
 
@@ -22,8 +23,8 @@ Reported per phase, after each pass: resident memory (``/proc/self/statm``); the
 :mod:`stream_ae.allocator` keeps); Python's allocated blocks; the live and parked entities.
 Then each one's growth from the end of the first pass and the slope of memory over the
 second half (KiB per million readings, least squares), the objects the garbage collector
-tracks (the start-up heap is frozen, as in the runner), and a picture, ``soak.png``. Decoding keeps no state and is left out (the
-stream benchmark covers it).
+tracks (the start-up heap is frozen, as in the runner), and a picture, ``soak.png``.
+Decoding keeps no state and is left out (the stream benchmark covers it).
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
         if churn else len(base)
     gc.collect()
     return {"churn": churn, "readings": seen, "seconds": round(time.perf_counter() - t0, 1),
-            "windows_scored": windows, "alert_events": events, "drift_events": drifts, "hot_reloads": reloads, "evictions": detector.table.evictions,
+            "windows_scored": windows, "alert_events": events, "drift_events": drifts, "hot_reloads": reloads,
+            "evictions": detector.table.evictions,
             "rss_mib_after_first_pass": out["rss_mib"][0], "rss_mib_end": out["rss_mib"][-1],
             "rss_growth_mib": round(out["rss_mib"][-1] - out["rss_mib"][0], 1),
             "slope_kib_per_million_readings": slope_kib_per_m(out["readings"], out["rss_mib"]),
@@ -162,7 +164,6 @@ def run_soak_bench(n: int | None = None, entities: int | None = None, json_path=
                    artifact=None, pass_readings: int = PASS) -> dict:
     """Both phases; print and return the figures (the per-pass series go to the picture only).
     ``artifact``: the model (default: the stream benchmark's, trained and cached in ``out_dir``)."""
-
     from stream_ae.bench.stream import TORCH_THREADS, _artifact
     from stream_ae.errors import ConfigError
     from stream_ae.progress import progress_bar
