@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384, 65536)
@@ -28,6 +28,7 @@ class StreamMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, fds (Linux)
         self.consumed = Counter("stream_ae_messages_consumed", "Records read from the readings topic", registry=r)
         self.dead_letters = Counter("stream_ae_dead_letters", "Records not scored, by reason", ["reason"],
                                     registry=r)
