@@ -61,3 +61,45 @@ def heap_in_use_bytes() -> int | None:
     fn.restype = _MallInfo2
     info = fn()
     return int(info.uordblks + info.hblkhd)
+
+
+def trim_free_memory() -> bool:
+    """Give the free memory of every arena back to the kernel (glibc's ``malloc_trim(0)``:
+    the heap's top and whole free pages inside it); False off glibc."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    trim(0)
+    return True
+
+
+class PeriodicTrim:
+    """A daemon thread that calls :func:`trim_free_memory` every ``interval_s``.
+
+    The settings above keep what a scoring pass frees, so the next pass does not fault it in
+    again. With micro-batches of many sizes on two scoring threads, each thread's arena then
+    fragments: in a run of the whole runner its free memory went 12 -> 90 MiB in three minutes
+    while the memory in use stayed ~10 MiB, and the resident size crept up with it. Trimming
+    once a minute gives that back (100 MiB took 6 ms); the next pass faults in one pass's pages
+    (a few ms) once per interval instead of on every pass. ``stop()`` ends the thread."""
+
+    def __init__(self, interval_s: float = 60.0):
+        import threading
+
+        self.interval_s = float(interval_s)
+        self.trims = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stream-ae-malloc-trim", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if not trim_free_memory():
+                return
+            self.trims += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

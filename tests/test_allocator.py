@@ -57,3 +57,31 @@ def test_the_heap_in_use_counts_a_live_block_and_not_a_freed_one_the_allocator_k
     del block
     after = heap_in_use_bytes()
     assert held - before >= 16 * 2**20 and abs(after - before) < 2**20
+
+
+TRIM = """
+import sys, numpy as np
+from pathlib import Path
+from stream_ae.allocator import PeriodicTrim, keep_freed_memory
+def rss():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+print(keep_freed_memory())
+blocks = [np.ones(2**19) for _ in range(25)]  # 100 MiB in 4 MiB blocks, on the heap
+held = rss()
+del blocks
+kept = rss()
+trim = PeriodicTrim(0.05)
+import time; time.sleep(0.5)
+trim.stop()
+print(held, kept, rss(), trim.trims)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not keep_freed_memory(), reason="glibc only")
+def test_the_periodic_trim_gives_back_what_the_settings_keep():
+    out = subprocess.run([sys.executable, "-c", TRIM], check=True, capture_output=True, text=True).stdout
+    applied, figures = out.split("\n", 1)
+    held, kept, trimmed, trims = (float(x) for x in figures.split())
+    assert applied == "True" and trims >= 1
+    assert kept > held - 10  # freed, but kept by the allocator settings
+    assert trimmed < kept - 80, (held, kept, trimmed)  # given back to the kernel

@@ -200,6 +200,7 @@ def test_process_tuning_is_applied_while_running_and_undone_after():
 
     import torch
 
+    from stream_ae.allocator import keep_freed_memory
     from stream_ae.stream.tuning import SWITCH_INTERVAL_S, tune_process
 
     interval, threads = sys.getswitchinterval(), torch.get_num_threads()
@@ -209,8 +210,11 @@ def test_process_tuning_is_applied_while_running_and_undone_after():
         assert sys.getswitchinterval() == pytest.approx(min(interval, SWITCH_INTERVAL_S))
         assert torch.get_num_threads() == 1
         assert gc.get_freeze_count() > 1000  # the start-up heap is out of the collector's reach
+        trimming = [t for t in threading.enumerate() if t.name == "stream-ae-malloc-trim"]
+        assert len(trimming) == (1 if keep_freed_memory() else 0)
     assert sys.getswitchinterval() == interval and torch.get_num_threads() == threads
     assert gc.get_freeze_count() == 0
+    assert not any(t.is_alive() for t in trimming)  # stopped with the rest
 
 
 def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_poll_loop(artifact):
