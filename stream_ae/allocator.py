@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,21 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 _applied: bool | None = None
 
 
+def _libc(name: str):
+    """The C library's function ``name``; None where there is none (not glibc, or too old)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; whether they are in force (False off glibc)."""
     global _applied
     if _applied is None:
         _applied = False
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
+        mallopt = _libc("mallopt")
+        if mallopt is None:
             log.debug("no glibc mallopt here: allocator settings left as they are")
             return False
         mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
@@ -54,9 +61,8 @@ def heap_in_use_bytes() -> int | None:
     """Bytes the C allocator has handed out and not had back (glibc's ``mallinfo2``: heap
     blocks in use plus mapped ones); None off glibc 2.33+. Unlike the resident size, it does
     not hide a leak inside the free memory the settings above keep."""
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    fn = _libc("mallinfo2")
+    if fn is None:
         return None
     fn.restype = _MallInfo2
     info = fn()
@@ -66,9 +72,8 @@ def heap_in_use_bytes() -> int | None:
 def trim_free_memory() -> bool:
     """Give the free memory of every arena back to the kernel (glibc's ``malloc_trim(0)``:
     the heap's top and whole free pages inside it); False off glibc."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
     trim(0)
@@ -86,8 +91,6 @@ class PeriodicTrim:
     (a few ms) once per interval instead of on every pass. ``stop()`` ends the thread."""
 
     def __init__(self, interval_s: float = 60.0):
-        import threading
-
         self.interval_s = float(interval_s)
         self.trims = 0
         self._stop = threading.Event()
