@@ -89,18 +89,17 @@ class _CpuTrack:
         return out
 
     def series(self, t0: float) -> dict:
-        """Cores between consecutive samples, for the plot: the interval's middle (seconds after
-        ``t0``, wall clock), the machine, the broker and the load generator (NaN where unseen)."""
+        """:meth:`cores` between consecutive samples, for the plot: the interval's middle (seconds
+        after ``t0``, wall clock), the machine, the broker and the load generator (NaN where unseen)."""
         out: dict[str, list] = {"t_s": [], "machine": [], "broker": [], "load_generator": []}
-        for (w0, a), (w1, b) in zip(self.samples, self.samples[1:]):
-            if b.at <= a.at:
+        for (w0, _), (w1, _) in zip(self.samples, self.samples[1:]):
+            cores = self.cores(w0, w1)
+            if cores is None:
                 continue
             out["t_s"].append((w0 + w1) / 2 - t0)
-            out["machine"].append(cpu.cpu_between(a, b, {}).get("machine_cores", math.nan))
-            for label, pids in (("broker", self.broker), ("load_generator", self.generator)):
-                seen = pids and all(p in a.children and p in b.children for p in pids)
-                used = sum(b.children[p] - a.children[p] for p in pids) if seen else math.nan
-                out[label].append(used / (b.at - a.at))
+            for label, key in (("machine", "machine_cores"), ("broker", "broker"),
+                               ("load_generator", "load_generator")):
+                out[label].append(cores.get(key, math.nan))
         return out
 
 
