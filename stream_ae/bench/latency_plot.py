@@ -4,6 +4,7 @@ the load generator used meanwhile. A p99 is one number; the picture shows when t
 events came and what the machine was doing then."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ def plot_latency(path: Path, alerts: dict, floor: dict, target_ms: float, title:
     ax_cpu.plot(cores["t_s"], cores["machine"], color="k", lw=1.0, label="machine (everything)")
     ax_cpu.plot(cores["t_s"], cores["broker"], color="tab:orange", lw=1.0, label="embedded broker")
     ax_cpu.plot(cores["t_s"], cores["load_generator"], color="tab:green", lw=1.0, label="load generator")
-    ax_cpu.axhline(1.0 * _cores(), color="0.7", lw=0.6)
-    ax_cpu.set_ylim(0, _cores() * 1.05)
+    ax_cpu.axhline(os.cpu_count() or 1, color="0.7", lw=0.6)
+    ax_cpu.set_ylim(0, (os.cpu_count() or 1) * 1.05)
     ax_cpu.set_ylabel("cores, during (c)")
     ax_cpu.set_xlabel("seconds after the first paced reading")
     ax_cpu.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -46,9 +47,3 @@ def plot_latency(path: Path, alerts: dict, floor: dict, target_ms: float, title:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
-
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
