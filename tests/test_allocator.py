@@ -60,11 +60,9 @@ def test_the_heap_in_use_counts_a_live_block_and_not_a_freed_one_the_allocator_k
 
 
 TRIM = """
-import sys, numpy as np
-from pathlib import Path
+import numpy as np
 from stream_ae.allocator import PeriodicTrim, keep_freed_memory
-def rss():
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+from stream_ae.bench.soak import rss_mib as rss
 print(keep_freed_memory())
 blocks = [np.ones(2**19) for _ in range(25)]  # 100 MiB in 4 MiB blocks, on the heap
 held = rss()
