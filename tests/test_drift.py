@@ -146,3 +146,45 @@ def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all(
         watch.observe(out, "v1")
     assert len(watch.events) == EVENTS_KEPT and watch.events[-1].index == EVENTS_KEPT + 50
     assert metrics.sample("stream_ae_drift_events_total", {"direction": "down"}) == EVENTS_KEPT + 50
+
+
+def test_the_stream_watch_resumes_from_a_checkpoint_as_if_never_stopped(tmp_path):
+    """A consumer restarted in the middle of a creep reports the same drift, at the same window,
+    as one that never stopped: its watch comes back from the partition records of a checkpoint
+    (MessagePack, as on the state topic), the newest one written with the model it runs."""
+    from stream_ae.stream.checkpoint import PartitionRecord
+    from stream_ae.stream.detector_io import DetectorOutput
+    from stream_ae.stream.drift_watch import DriftWatch
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.settings import load_settings
+
+    settings = load_settings(env={}, overrides=[])
+    rng = np.random.default_rng(3)
+    batches = [rng.lognormal(0.4 * i / 120, 0.2, 256).astype(np.float32) for i in range(120)]  # a slow creep
+
+    def feed(watch, part):
+        return [e for s in part for e in watch.observe(
+            DetectorOutput(scores=s, flags=np.zeros(256, bool), end_ts=np.arange(256, dtype=np.int64)), "v1")]
+
+    whole = feed(DriftWatch(settings, StreamMetrics()), batches)
+    before = DriftWatch(settings, StreamMetrics())
+    events = feed(before, batches[:60])
+    # what the restarted consumer reads back: an older record, one of another model, the newest
+    old_state = DriftWatch(settings, StreamMetrics())
+    feed(old_state, batches[:10])
+    records = [PartitionRecord(0, 10, {}, 100.0, old_state.state()),
+               PartitionRecord(1, 10, {}, 300.0, {**before.state(), "model_version": "v0"}),
+               PartitionRecord(2, 60, {}, 200.0, before.state()),
+               PartitionRecord(3, 0, {}, 50.0, None)]  # a record written before the watch was kept
+    saved = [(r.written_at, r.drift) for r in map(PartitionRecord.decode, (r.encode() for r in records))]
+    after = DriftWatch(settings, StreamMetrics())
+    assert after.resume(saved, "v1")
+    assert after.state() == before.state()
+    events += feed(after, batches[60:])
+    assert events and events == whole                     # same drift, same windows
+    # a fresh watch (the old behaviour) reports the creep differently or not at all
+    assert feed(DriftWatch(settings, StreamMetrics()), batches[60:]) != whole
+    # a watch already running (a rebalance added partitions) keeps its own state
+    assert not before.resume(saved, "v1")
+    # nothing saved with the running model: a fresh start
+    assert not DriftWatch(settings, StreamMetrics()).resume(saved, "v2")

@@ -14,8 +14,9 @@ checkpoint or restore; on revoke; on shutdown):
 
 1. flush the producer: every alert produced so far is acknowledged;
 2. write a snapshot of every entity changed since the last checkpoint and one record per
-   assigned readings partition, key ``__partition__/<p>``, holding the next readings offset
-   and the alerts-topic offsets (per alerts partition) as of this checkpoint; flush;
+   assigned readings partition, key ``__partition__/<p>``, holding the next readings offset,
+   the alerts-topic offsets (per alerts partition) as of this checkpoint and the consumer's
+   drift watch (``drift_watch.py``; the same few KB in each of its partitions' records); flush;
 3. commit the readings offsets (asynchronously but for the last one: a partition resumes
    from its state record's offset, so the group's commit is only a fallback for a partition
    that has no checkpoint yet).
@@ -101,17 +102,19 @@ class PartitionRecord:
     next_offset: int  # next readings offset not in the state
     alerts_offsets: dict[int, int] = field(default_factory=dict)  # alerts partition -> offset
     written_at: float = 0.0
+    drift: dict | None = None  # the writer's DriftWatch.state() (records before it: none)
 
     def encode(self) -> bytes:
         return encode_state({"format": FORMAT, "partition": self.partition, "next_offset": self.next_offset,
                              "alerts_offsets": {str(k): v for k, v in self.alerts_offsets.items()},
-                             "written_at": self.written_at})
+                             "written_at": self.written_at, "drift": self.drift})
 
     @classmethod
     def decode(cls, data: bytes) -> "PartitionRecord":
         d = decode_state(data)
         return cls(int(d["partition"]), int(d["next_offset"]),
-                   {int(k): int(v) for k, v in d["alerts_offsets"].items()}, float(d.get("written_at", 0.0)))
+                   {int(k): int(v) for k, v in d["alerts_offsets"].items()}, float(d.get("written_at", 0.0)),
+                   d.get("drift"))
 
 
 def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200) -> Iterator[Any]:
@@ -266,9 +269,10 @@ class Checkpointer:
                 self.alerts_offsets[p] = o
         self._last = self._clock()
 
-    def write(self, table, next_offsets: dict[int, int]) -> tuple[float, int]:
+    def write(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, int]:
         """Steps 1 and 2: flush alerts, write the state records of the entities ``table``
-        (``EntityTable``) holds changed and the positions, flush. The caller commits.
+        (``EntityTable``) holds changed and the positions (with ``drift``, the drift watch's
+        state), flush. The caller commits.
 
         Returns how long it took (it holds the poll loop: with thousands of entities, most of
         a second) and how many entity states it wrote."""
@@ -281,7 +285,7 @@ class Checkpointer:
                                               partition=p if p >= 0 else None))
         now = time.time()
         for p, offset in next_offsets.items():
-            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now)
+            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift)
             futures.append(self.producer.send(self.state_topic, key=partition_key(p), value=rec.encode(),
                                               partition=p))
         self.producer.flush()

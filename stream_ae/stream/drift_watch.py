@@ -13,8 +13,17 @@ ADWIN costs about 10 µs a score, as much as scoring the window: each batch feed
 spaced sample of at most ``sample_per_batch`` normal scores (an unbiased sample of the same
 distribution), which keeps the watch under 1 µs a window.
 
-A hot reload starts a fresh detector: a new model's scores have other units. The detector's
-state is not checkpointed: after a restart it relearns the score level from the next scores.
+A hot reload starts a fresh detector: a new model's scores have other units.
+
+The detector's state goes into every checkpoint (:meth:`DriftWatch.state`, in each assigned
+partition's replay-position record, ``checkpoint.py``), and a consumer that starts takes it
+back (:meth:`DriftWatch.resume`) from the newest of its partitions' records written with the
+model it runs. Without that, ADWIN's window, which is what lets it see a creep over weeks,
+started again at every deploy or crash. A consumer that is already watching when a rebalance
+gives it more partitions keeps its own state: the watch is per consumer, not per partition
+(per partition, each would see a fraction of the scores and a fleet-wide shift would be
+reported once per partition). A watch saved by another river version or with other
+parameters is not restored (logged); it starts afresh, as before.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ from collections import deque
 import numpy as np
 
 from stream_ae.drift import DriftMonitor, report_drift
+from stream_ae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,33 @@ class DriftWatch:
         self._version: str | None = None
         self.sample_per_batch = int(sample_per_batch)
         self.events: deque = deque(maxlen=EVENTS_KEPT)  # the latest, for inspection: bounded over months
+
+    def state(self) -> dict | None:
+        """What a checkpoint keeps (JSON-safe, a few KB): the model version watched and the
+        detector's state; None before the first batch."""
+        if self._version is None:
+            return None
+        return {"model_version": self._version, "monitor": self._monitor.state_dict()}
+
+    def resume(self, saved: list[tuple[float, dict | None]], model_version: str) -> bool:
+        """Continue from the newest ``(written_at, state())`` saved with ``model_version``, if
+        this watch has seen nothing yet; True if it did."""
+        if self._version is not None:
+            return False  # watching already: a rebalance added partitions
+        mine = [(at, s) for at, s in saved if s and s.get("model_version") == model_version]
+        if not mine:
+            return False
+        at, newest = max(mine, key=lambda pair: pair[0])
+        monitor = self._factory()
+        try:
+            monitor.load_state_dict(newest["monitor"])
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            log.warning("drift watch not restored, it starts afresh: %s", exc)
+            return False
+        if not getattr(monitor, "restored_exactly", True):
+            log.warning("drift watch saved by another river version: its detector starts afresh")
+        self._monitor, self._version = monitor, model_version
+        return True
 
     def observe(self, out, model_version: str) -> list:
         """Feed one batch's scores; returns the drift events it caused (also recorded)."""

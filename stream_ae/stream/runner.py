@@ -276,7 +276,7 @@ class StreamRunner:
             if not ((in_listener or self.membership.fresh()) and self._finish_inflight(in_listener)):
                 return
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            written = self._checkpointer.write(self.detector.table, positions)  # (seconds, states)
+            written = self._checkpointer.write(self.detector.table, positions, self.drift.state())  # (s, states)
             if self._failed or self._publisher.failed:
                 raise StreamAEError("an alert, dead letter or state record could not be produced; not "
                                     "committing (a restart replays from the last checkpoint)")
@@ -353,6 +353,8 @@ class StreamRunner:
                 self._consumer.seek(tp, dropped[0].offset)
                 resume[p] = dropped[0].offset
         self.detector.suppress(published)
+        self.drift.resume([(r.positions.written_at, r.positions.drift) for r in restored.values() if r.positions],
+                          self.detector.model_version)
         self._checkpointer.restored(ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
         self.membership.assigned(parts, resume)
