@@ -48,11 +48,16 @@ def artifact_dir(tmp_path_factory):
     return art, save_artifact(art, tmp_path_factory.mktemp("models"))
 
 
-def readings() -> list[tuple[bytes, bytes]]:
+def plant_arrays():
+    """entity (N,), ts (N,) ns, values (N, C): two alerts, pump-b's then pump-d's."""
     entity, ts, values = plant(n_rows=N_ROWS, entities=ENTITIES, anomaly=("pump-b", 300, 360), seed=3)
     step = (ts - T0_NS) // STEP_NS
     values[(entity == "pump-d") & (step >= 800) & (step < 870), 0] += 25.0  # a second alert elsewhere
-    return [(e.encode(), reading_bytes(e, t, v)) for e, t, v in zip(entity, ts, values)]
+    return entity, ts, values
+
+
+def readings() -> list[tuple[bytes, bytes]]:
+    return [(e.encode(), reading_bytes(e, t, v)) for e, t, v in zip(*plant_arrays())]
 
 
 def overrides(settings_args: dict) -> list[str]:
