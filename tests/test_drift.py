@@ -81,6 +81,34 @@ def test_state_from_another_river_version_restarts_and_says_so():
         DriftMonitor(delta=2.0)
 
 
+def test_min_shift_reports_a_step_and_a_creep_once_each_and_a_small_daily_cycle_never():
+    """ADWIN alone reports every swing of a 10 % daily cycle in the scores; with ``min_shift`` an
+    event is the level leaving the model's starting level by that much: a +0.3 step within a few
+    hundred scores, a creep once it has added up to ~0.2, each once; and the reference and the
+    excursion survive a restore, so a restarted watch does not report the same creep again."""
+    n = 200_000
+    i = np.arange(n)
+    noise = np.random.default_rng(0).lognormal(0.0, 0.3, n)
+    cycle = np.exp(0.1 * np.sin(2 * np.pi * i / 40_000)) * noise
+    assert len(DriftMonitor().update_many(cycle)) > 5
+    assert DriftMonitor(min_shift=0.2).update_many(cycle) == []
+    assert DriftMonitor(min_shift=0.2).update_many(noise) == []
+    step = DriftMonitor(min_shift=0.2).update_many(np.where(i >= n // 2, np.exp(0.3), 1.0) * noise)
+    assert [e.direction for e in step] == ["up"] and n // 2 < step[0].index < n // 2 + 1000
+    assert step[0].mean_before == step[0].reference and step[0].mean_after - step[0].reference >= 0.2
+    creep = np.exp(0.5 * i / n) * noise      # +0.5 in log score over the run
+    whole = DriftMonitor(min_shift=0.2).update_many(creep)
+    assert [e.direction for e in whole] == ["up"]
+    assert 0.3 * n < whole[0].index < 0.6 * n  # when the creep had added up to ~0.2 (0.4 n)
+    part = DriftMonitor(min_shift=0.2)
+    got = part.update_many(creep[: n * 3 // 4])
+    resumed = DriftMonitor(min_shift=0.2)
+    resumed.load_state_dict(json.loads(json.dumps(part.state_dict())))
+    assert got == whole and resumed.update_many(creep[n * 3 // 4:]) == []
+    with pytest.raises(ConfigError, match="min_shift"):
+        DriftMonitor(min_shift=-1.0)
+
+
 def test_report_drift_writes_the_marker_the_retrain_job_reads(tmp_path):
     event = DriftEvent("pump-a", 4100, 10**18, -0.01, 0.6, "up")
     record = report_drift(tmp_path / "models", "prod", event)

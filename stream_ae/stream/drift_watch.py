@@ -2,7 +2,9 @@
 
 One ADWIN detector over the scores of the running model (per model, not per entity, so
 memory stays flat however many entities there are), fed only windows the threshold judged
-normal: an anomaly is not drift. When ADWIN reports a shift, the runner
+normal: an anomaly is not drift. A shift is ADWIN's mean log score leaving the level the model
+started from by ``[drift] min_shift`` (0.2 by default; see :class:`~stream_ae.drift.DriftMonitor`:
+over months of scores, ADWIN alone reports every daily cycle). When there is one, the runner
 
 * counts it in ``stream_ae_drift_events_total{direction}``,
 * logs a structured ``drift`` event (JSON logs carry its fields), and
@@ -10,8 +12,9 @@ normal: an anomaly is not drift. When ADWIN reports a shift, the runner
   that makes ``python -m jobs.retrain --if-drift`` retrain early.
 
 ADWIN costs about 10 µs a score, as much as scoring the window: each batch feeds it an evenly
-spaced sample of at most ``sample_per_batch`` normal scores (an unbiased sample of the same
-distribution), which keeps the watch under 1 µs a window.
+spaced sample of at most ``[drift] sample_per_batch`` normal scores (an unbiased sample of the
+same distribution), which keeps the watch under 1 µs a window. ``[drift] enabled = false``
+turns the watch off.
 
 A hot reload starts a fresh detector: a new model's scores have other units.
 
@@ -22,11 +25,12 @@ model it runs. Without that, ADWIN's window, which is what lets it see a creep o
 started again at every deploy or crash. A consumer that is already watching when a rebalance
 gives it more partitions keeps its own state: the watch is per consumer, not per partition
 (per partition, each would see a fraction of the scores and a fleet-wide shift would be
-reported once per partition). A watch saved by another river version or with other
-parameters is not restored (logged); it starts afresh, as before.
+reported once per partition). A watch saved with other parameters is not restored; one saved
+by another river version keeps its starting level while ADWIN starts afresh (both logged).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 
@@ -43,16 +47,20 @@ EVENTS_KEPT = 100  # drift events a watch remembers (the metric counts them all)
 class DriftWatch:
     """``observe(output, model_version)`` after each finished micro-batch."""
 
-    def __init__(self, settings, metrics, monitor_factory=DriftMonitor, sample_per_batch: int = 64):
+    def __init__(self, settings, metrics, monitor_factory=None):
         import river.drift  # noqa: F401 - ~1 s of imports (scipy): at start-up, not in the first batch
 
+        d = settings.drift
+        if monitor_factory is None:
+            monitor_factory = functools.partial(DriftMonitor, delta=d.delta, min_shift=d.min_shift)
+        self.enabled = d.enabled
         self.metrics = metrics
         self.registry = settings.model.registry if settings.model.deployment else None
         self.deployment = settings.model.deployment
         self._factory = monitor_factory
         self._monitor = monitor_factory()
         self._version: str | None = None
-        self.sample_per_batch = int(sample_per_batch)
+        self.sample_per_batch = int(d.sample_per_batch)
         self.events: deque = deque(maxlen=EVENTS_KEPT)  # the latest, for inspection: bounded over months
 
     def state(self) -> dict | None:
@@ -84,6 +92,8 @@ class DriftWatch:
 
     def observe(self, out, model_version: str) -> list:
         """Feed one batch's scores; returns the drift events it caused (also recorded)."""
+        if not self.enabled:
+            return []
         if model_version != self._version:
             self._monitor, self._version = self._factory(), model_version
         normal = np.flatnonzero(~out.flags & np.isfinite(out.scores))  # (b,) an anomaly is not drift
@@ -96,7 +106,7 @@ class DriftWatch:
             self.metrics.drift.labels(event.direction).inc()
             # scores rising means the model fits worse (retrain); falling is worth a note only
             level = logging.WARNING if event.direction == "up" else logging.INFO
-            log.log(level, "drift: model %s scores moved %s (mean log-score %.3f -> %.3f)", model_version,
+            log.log(level, "drift: model %s scores moved %s (mean log score %.3f -> %.3f)", model_version,
                         event.direction, event.mean_before, event.mean_after,
                         extra={"fields": {"event": "drift", "model_version": model_version, **event.to_dict()}})
             if self.registry and self.deployment and event.direction == "up":

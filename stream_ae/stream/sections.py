@@ -127,6 +127,17 @@ class InputSettings(_Section):
     max_entities: Annotated[int, Meta(ge=1)] = 100_000
 
 
+class DriftSettings(_Section):
+    """The stream's drift watch (``stream_ae.stream.drift_watch``): ADWIN over normal windows' log scores."""
+
+    enabled: bool = True
+    # an event when ADWIN's mean log score leaves the model's starting level by this much
+    # (0.2: scores ~22 % higher or ~18 % lower); 0 reports every change ADWIN finds
+    min_shift: Annotated[float, Meta(ge=0.0)] = 0.2
+    delta: Prob = 0.002                                  # ADWIN's significance
+    sample_per_batch: Annotated[int, Meta(ge=1)] = 64    # normal scores fed per micro-batch
+
+
 class OpsSettings(_Section):
     metrics_port: Port = 9108
     health_port: Port = 8080

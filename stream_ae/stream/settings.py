@@ -30,7 +30,7 @@ import msgspec
 from stream_ae.errors import ConfigError
 
 from stream_ae.stream.sections import (_MASK, AlertSettings, ArchiveSettings,  # noqa: F401 - re-exported
-                                       BatchSettings, InputSettings, KafkaSettings, ModelSettings,
+                                       BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
                                        _accepted_keys, _Section, parse_duration)
 
@@ -48,6 +48,7 @@ class Settings(_Section):
     threshold: ThresholdSettings = msgspec.field(default_factory=ThresholdSettings)
     alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     input: InputSettings = msgspec.field(default_factory=InputSettings)
+    drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
     ops: OpsSettings = msgspec.field(default_factory=OpsSettings)
     archive: ArchiveSettings = msgspec.field(default_factory=ArchiveSettings)
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
