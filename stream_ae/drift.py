@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -225,6 +226,14 @@ class DriftMonitor:
                                      direction="up" if after > before else "down",
                                      reference=reference if self.min_shift > 0.0 else None))
         return events
+
+    def shift(self, key: str = MODEL_KEY) -> float:
+        """``key``'s level (ADWIN's mean of the watched value) minus its starting level (the
+        reference of ``min_shift``); NaN until the starting level is known."""
+        det, start = self._detectors.get(key), self._start.get(key)
+        if det is None or start is None or start[1] >= 0:
+            return math.nan
+        return float(det.estimation) - start[0]
 
     def counts(self) -> dict[str, int]:
         """Drift events reported so far, per key."""

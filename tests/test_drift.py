@@ -138,12 +138,16 @@ def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path)
         scores = rng.lognormal(level, 0.2, 256).astype(np.float32)
         return DetectorOutput(scores=scores, flags=np.full(256, flagged), end_ts=np.arange(256, dtype=np.int64))
 
-    for _ in range(60):
+    shift = lambda: metrics.sample("stream_ae_drift_shift")  # noqa: E731
+    assert watch.observe(batch(0.0), "v1") == [] and np.isnan(shift())  # starting level not known yet
+    for _ in range(59):
         assert watch.observe(batch(0.0), "v1") == []
+    assert abs(shift()) < 0.05
     for _ in range(60):  # anomalies (flagged) at a much higher level are not drift
         assert watch.observe(batch(3.0, flagged=True), "v1") == []
     found = [e for _ in range(60) for e in watch.observe(batch(1.0), "v1")]
     assert found and found[0].direction == "up"
+    assert 0.9 < shift() < 1.1  # the gauge shows how far the level has moved
     assert metrics.sample("stream_ae_drift_events_total", {"direction": "up"}) >= 1
     assert (tmp_path / drift_marker_path("prod")).exists()
     # a new model's scores have other units: its detector starts from nothing
@@ -166,6 +170,9 @@ def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all(
         def update_many(self, scores, ts=None):
             self.n += 1
             return [DriftEvent("__model__", self.n, None, 0.0, 1.0, "down")]
+
+        def shift(self):
+            return 1.0
 
     metrics = StreamMetrics()
     watch = DriftWatch(load_settings(env={}), metrics, monitor_factory=EveryBatchDrifts)

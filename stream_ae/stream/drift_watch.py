@@ -102,6 +102,7 @@ class DriftWatch:
         if len(normal) > self.sample_per_batch:
             normal = normal[np.linspace(0, len(normal) - 1, self.sample_per_batch).astype(np.int64)]
         found = self._monitor.update_many(out.scores[normal], ts=out.end_ts[normal])
+        self.metrics.drift_shift.set(self._monitor.shift())
         for event in found:
             self.metrics.drift.labels(event.direction).inc()
             # scores rising means the model fits worse (retrain); falling is worth a note only

@@ -63,6 +63,9 @@ class StreamMetrics:
                                          registry=r)
         self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (ADWIN), "
                              "by direction", ["direction"], registry=r)
+        self.drift_shift = Gauge("stream_ae_drift_shift", "The running model's mean log score over ADWIN's "
+                                 "window minus its starting level: drift is reported at +/- [drift] min_shift "
+                                 "(NaN until the first 200 normal scores are in)", registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
         self.last_poll = 0.0
         self.assigned: list[int] = []
