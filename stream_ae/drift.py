@@ -100,8 +100,8 @@ class DriftMonitor:
         (over its adaptive window: the long-run level while nothing changes, the recent one
         after a change; judged only over at least ``grace_period`` values) leaving the key's
         *reference*, the mean of its first ``grace_period`` watched values (the level the
-        model started from), by at least ``min_shift``; one
-        event per excursion, which ends when the mean is back within ``min_shift / 2``. Over
+        model started from), by at least ``min_shift``; one event per excursion, which ends
+        when the mean is back within ``min_shift / 2``. Over
         millions of scores ADWIN finds changes far too small to matter: a 10 % daily cycle in
         the scores gave 53 events in 1 M scores, each a shift of 0.001-0.005 in the mean log
         score. A slow creep is reported when it has added up to ``min_shift``.
@@ -124,7 +124,7 @@ class DriftMonitor:
         self.log = bool(log)
         self.floor = float(floor)
         self.min_shift = float(min_shift)
-        self._judge_width = max(self.grace_period, 1)
+        self._baseline = max(self.grace_period, 1)  # values in a starting level; fewest ADWIN is judged over
         self.restored_exactly = True
         self._detectors: dict[str, object] = {}
         self._seen: dict[str, int] = {}
@@ -157,10 +157,10 @@ class DriftMonitor:
     def _reference(self, key: str, value: float) -> float | None:
         """The key's starting level: the mean of its first ``grace_period`` values (None before)."""
         start = self._start[key]
-        if start[1] >= 0 and start[1] < max(self.grace_period, 1):
+        if 0 <= start[1] < self._baseline:
             start[0] += value
             start[1] += 1
-            if start[1] == max(self.grace_period, 1):
+            if start[1] == self._baseline:
                 start[:] = [start[0] / start[1], -1]
         return start[0] if start[1] < 0 else None
 
@@ -212,7 +212,7 @@ class DriftMonitor:
             reference = self._reference(key, value)
             if self.min_shift > 0.0:
                 # ADWIN's mean over fewer values (just after a cut) is too noisy to judge by
-                if reference is None or det.width < self._judge_width \
+                if reference is None or det.width < self._baseline \
                         or not self._left_reference(key, det.estimation, reference):
                     continue
                 before, after = reference, det.estimation

@@ -110,8 +110,9 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
     settings = load_settings(env={}, overrides=[f"input.max_entities={entities}"])
     detector = build_detector(settings, scorer)
     registry = CollectorRegistry()
-    drift = DriftWatch(settings, types.SimpleNamespace(drift=Counter("soak_drift_events", "", ["direction"], registry=registry),
-                                                       drift_shift=Gauge("soak_drift_shift", "", registry=registry)))
+    drift = DriftWatch(settings, types.SimpleNamespace(
+        drift=Counter("soak_drift_events", "", ["direction"], registry=registry),
+        drift_shift=Gauge("soak_drift_shift", "", registry=registry)))
     base = sorted({e for b in batches for e in b.entity.tolist()})
     out = {"readings": [], "rss_mib": [], "heap_mib": [], "py_blocks": [], "live": [], "parked": []}
     seen = windows = events = drifts = reloads = 0

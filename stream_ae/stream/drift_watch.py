@@ -78,7 +78,7 @@ class DriftWatch:
         mine = [(at, s) for at, s in saved if s and s.get("model_version") == model_version]
         if not mine:
             return False
-        at, newest = max(mine, key=lambda pair: pair[0])
+        newest = max(mine, key=lambda pair: pair[0])[1]
         monitor = self._factory()
         try:
             monitor.load_state_dict(newest["monitor"])
