@@ -15,8 +15,9 @@ checkpoint or restore; on revoke; on shutdown):
 1. flush the producer: every alert produced so far is acknowledged;
 2. write a snapshot of every entity changed since the last checkpoint and one record per
    assigned readings partition, key ``__partition__/<p>``, holding the next readings offset,
-   the alerts-topic offsets (per alerts partition) as of this checkpoint and the consumer's
-   drift watch (``drift_watch.py``; the same few KB in each of its partitions' records); flush;
+   the alerts-topic and dead-letter-topic offsets (per partition of each) as of this checkpoint
+   and the consumer's drift watch (``drift_watch.py``; the same few KB in each of its
+   partitions' records); flush;
 3. commit the readings offsets (asynchronously but for the last one: a partition resumes
    from its state record's offset, so the group's commit is only a fallback for a partition
    that has no checkpoint yet).
@@ -24,7 +25,9 @@ checkpoint or restore; on revoke; on shutdown):
 On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
 fetch high-watermark (``end_offsets`` is wrong on Tansu), keep the last value per key,
 restore those entities; then read the alerts topic from the stored alerts offsets to its
-end and hand the ``event_id`` s found to :meth:`Detector.suppress`. The detector replays
+end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
+from its stored offsets, whose letters' sources (topic, partition, offset) the publisher
+does not send again. The detector replays
 from the checkpointed offset, skipping readings already in a restored state, and does not
 return an event that is already published. A crash between any two steps leaves a state
 at least as old as the commit, so a replay recomputes what is missing and nothing twice.
@@ -103,18 +106,20 @@ class PartitionRecord:
     alerts_offsets: dict[int, int] = field(default_factory=dict)  # alerts partition -> offset
     written_at: float = 0.0
     drift: dict | None = None  # the writer's DriftWatch.state() (records before it: none)
+    dead_letter_offsets: dict[int, int] = field(default_factory=dict)  # dead-letter partition -> offset
 
     def encode(self) -> bytes:
         return encode_state({"format": FORMAT, "partition": self.partition, "next_offset": self.next_offset,
                              "alerts_offsets": {str(k): v for k, v in self.alerts_offsets.items()},
-                             "written_at": self.written_at, "drift": self.drift})
+                             "written_at": self.written_at, "drift": self.drift,
+                             "dead_letter_offsets": {str(k): v for k, v in self.dead_letter_offsets.items()}})
 
     @classmethod
     def decode(cls, data: bytes) -> "PartitionRecord":
         d = decode_state(data)
         return cls(int(d["partition"]), int(d["next_offset"]),
                    {int(k): int(v) for k, v in d["alerts_offsets"].items()}, float(d.get("written_at", 0.0)),
-                   d.get("drift"))
+                   d.get("drift"), {int(k): int(v) for k, v in d.get("dead_letter_offsets", {}).items()})
 
 
 def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200) -> Iterator[Any]:
@@ -212,13 +217,26 @@ def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id
     return ids, ends
 
 
+def _output_starts(reader, topic: str, restored: dict[int, Restored], offsets_of) -> dict[int, int]:
+    """Per partition of an output topic, the oldest offset the restored checkpoints stored
+    (``offsets_of(PartitionRecord)``); 0 where a partition has no checkpoint."""
+    starts: dict[int, int] = {}
+    for q in sorted(reader.partitions_for_topic(topic) or ()):
+        for r in restored.values():
+            start = offsets_of(r.positions).get(q, 0) if r.positions is not None else 0
+            starts[q] = min(starts.get(q, start), start)
+    return starts
+
+
 def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
-            event_id: Callable[[bytes], str | None], timeout_s: float = 60.0) -> tuple[dict[int, Restored], set, dict]:
+            event_id: Callable[[bytes], str | None], timeout_s: float = 60.0,
+            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], str | None] | None = None):
     """Everything a consumer needs to take over readings ``partitions``.
 
     Returns the restored state per partition, the event ids published since the oldest of
     their checkpoints (a partition without a checkpoint reads the alerts topic from the
-    beginning), and the alerts offsets read to.
+    beginning), and the alerts offsets read to; with ``dead_letter_topic``, also the ids
+    (``letter_id``) of the dead letters published since then and the offsets read to.
     """
     state_parts = reader.partitions_for_topic(state_topic) or set()
     if not set(partitions) <= state_parts:
@@ -226,13 +244,13 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
             f"state topic {state_topic!r} has partitions {sorted(state_parts)} but readings partitions "
             f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
     restored = read_state(reader, state_topic, partitions, timeout_s)
-    starts: dict[int, int] = {}
-    for q in sorted(reader.partitions_for_topic(alerts_topic) or ()):
-        for r in restored.values():
-            start = r.positions.alerts_offsets.get(q, 0) if r.positions is not None else 0
-            starts[q] = min(starts.get(q, start), start)
+    starts = _output_starts(reader, alerts_topic, restored, lambda rec: rec.alerts_offsets)
     published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s)
-    return restored, published, ends
+    if dead_letter_topic is None:
+        return restored, published, ends
+    starts = _output_starts(reader, dead_letter_topic, restored, lambda rec: rec.dead_letter_offsets)
+    letters, letter_ends = read_published(reader, dead_letter_topic, starts, letter_id, timeout_s)
+    return restored, published, ends, letters, letter_ends
 
 
 class Checkpointer:
@@ -248,6 +266,7 @@ class Checkpointer:
         self.state_topic = state_topic
         self.interval_s = float(interval_s)
         self.alerts_offsets: dict[int, int] = {}
+        self.dead_letter_offsets: dict[int, int] = {}
         self._clock = clock
         self._last = clock()
         self.count = 0
@@ -260,13 +279,20 @@ class Checkpointer:
         if offset + 1 > self.alerts_offsets.get(partition, 0):
             self.alerts_offsets[partition] = offset + 1
 
-    def restored(self, ends: dict[int, int]) -> None:
-        """After a restore: the alerts topic was read to ``ends``, and the interval starts over.
-        The state was just read back, so the next checkpoint is due an interval from now rather
-        than at once (the interval would otherwise count from start-up, before the group join)."""
+    def letter_acked(self, partition: int, offset: int) -> None:
+        """Called from the producer's delivery callback for every dead letter."""
+        if offset + 1 > self.dead_letter_offsets.get(partition, 0):
+            self.dead_letter_offsets[partition] = offset + 1
+
+    def restored(self, ends: dict[int, int], letter_ends: dict[int, int] | None = None) -> None:
+        """After a restore: the alerts topic was read to ``ends`` (the dead-letter topic to
+        ``letter_ends``), and the interval starts over. The state was just read back, so the
+        next checkpoint is due an interval from now rather than at once (the interval would
+        otherwise count from start-up, before the group join)."""
         for p, o in ends.items():
-            if o > self.alerts_offsets.get(p, 0):
-                self.alerts_offsets[p] = o
+            self.alert_acked(p, o - 1)
+        for p, o in (letter_ends or {}).items():
+            self.letter_acked(p, o - 1)
         self._last = self._clock()
 
     def write(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, int]:
@@ -285,7 +311,7 @@ class Checkpointer:
                                               partition=p if p >= 0 else None))
         now = time.time()
         for p, offset in next_offsets.items():
-            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift)
+            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift, dict(self.dead_letter_offsets))
             futures.append(self.producer.send(self.state_topic, key=partition_key(p), value=rec.encode(),
                                               partition=p))
         self.producer.flush()

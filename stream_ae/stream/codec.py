@@ -338,3 +338,19 @@ def alert_event_id(data: bytes) -> str | None:
 def decode_dead_letter(data: bytes) -> DeadLetter:
     """Validate and decode a dead letter; raises ``msgspec.ValidationError`` if invalid."""
     return _DEAD_LETTER_DECODER.decode(data)
+
+
+def dead_letter_source(letter: DeadLetter) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the record a dead letter stands for: one reading has at
+    most one dead letter, so this identifies it; None for one not from Kafka."""
+    if letter.source_topic is None or letter.source_partition is None or letter.source_offset is None:
+        return None
+    return letter.source_topic, letter.source_partition, letter.source_offset
+
+
+def dead_letter_id(data: bytes) -> tuple[str, int, int] | None:
+    """:func:`dead_letter_source` of a dead-letter-topic record; None for a foreign record."""
+    try:
+        return dead_letter_source(decode_dead_letter(data))
+    except Exception:  # noqa: BLE001 - any undecodable record is foreign
+        return None

@@ -5,6 +5,10 @@ acknowledgement is handed to the checkpointer (a partition's offsets are committ
 after the alerts its readings caused are acknowledged) and observed as ingest-to-alert
 latency. A produce that fails marks the publisher failed: the runner then refuses to
 commit, and a restart replays from the last checkpoint.
+
+Dead letters are acknowledged to the checkpointer too. After a restore, ``already_sent`` holds
+the sources (readings topic, partition, offset) of the dead letters found on the topic since
+the checkpoint; the replay derives them again, and each is dropped instead of sent twice.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Publisher:
     def __init__(self, producer, kafka, checkpointer, metrics):
         self.producer, self.kafka, self.checkpointer, self.metrics = producer, kafka, checkpointer, metrics
         self.failed = False
+        self.already_sent: set[tuple[str, int, int]] = set()  # dead letters a replay must not repeat
 
     def alert(self, event, ingest_s: float) -> None:
         """Produce one alert event; ``ingest_s`` is when its reading entered Kafka (epoch s)."""
@@ -50,10 +55,21 @@ class Publisher:
                            value=codec.encode_alert(alert)).add_callback(acked).add_errback(self._send_failed)
 
     def dead_letter(self, letter: codec.DeadLetter) -> None:
-        """Produce one dead letter (its key is the original record's)."""
+        """Produce one dead letter (its key is the original record's), unless a replay finds it
+        already sent."""
+        source = codec.dead_letter_source(letter)
+        if source is not None and source in self.already_sent:
+            self.already_sent.discard(source)
+            return
         self.metrics.dead_letters.labels(letter.reason).inc()
+        ck = self.checkpointer
         self.producer.send(self.kafka.dead_letter_topic, key=letter.original_key,
-                           value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+                           value=codec.encode_dead_letter(letter)).add_callback(
+            lambda md: ck.letter_acked(md.partition, md.offset)).add_errback(self._send_failed)
+
+    def forget(self, topic: str, partitions: set[int]) -> None:
+        """Partitions no longer this consumer's: their replays are another's to judge."""
+        self.already_sent = {s for s in self.already_sent if s[0] != topic or s[1] not in partitions}
 
     def _send_failed(self, exc) -> None:
         log.error("a produce failed: %r; the next checkpoint will not commit", exc)

@@ -315,6 +315,7 @@ class StreamRunner:
 
     def _forget(self, parts: set[int]) -> None:
         self.detector.forget_partitions(parts)
+        self._publisher.forget(self.settings.kafka.readings_topic, parts)
         for p in parts:
             self._next_offsets.pop(p, None)
         self._assigned -= parts
@@ -337,7 +338,9 @@ class StreamRunner:
         reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
                                   "enable_auto_commit": False, "fetch_max_wait_ms": 50})
         try:
-            restored, published, ends = recover(reader, k.state_topic, k.alerts_topic, parts, codec.alert_event_id)
+            restored, published, ends, letters, letter_ends = recover(
+                reader, k.state_topic, k.alerts_topic, parts, codec.alert_event_id,
+                dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id)
         finally:
             reader.close()
         resume = {}  # partition -> where it resumes, when known
@@ -353,9 +356,12 @@ class StreamRunner:
                 self._consumer.seek(tp, dropped[0].offset)
                 resume[p] = dropped[0].offset
         self.detector.suppress(published)
+        resumes = {p: r.positions.next_offset if r.positions else 0 for p, r in restored.items()}
+        self._publisher.already_sent |= {s for s in letters if s[0] == k.readings_topic
+                                         and s[1] in resumes and s[2] >= resumes[s[1]]}
         self.drift.resume([(r.positions.written_at, r.positions.drift) for r in restored.values() if r.positions],
                           self.detector.model_version)
-        self._checkpointer.restored(ends)  # the alerts read; the next checkpoint an interval from now
+        self._checkpointer.restored(ends, letter_ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
         self.membership.assigned(parts, resume)
         self.metrics.assigned = sorted(self._assigned)
