@@ -209,8 +209,6 @@ class StreamRunner:
         m.consumed.inc(len(records))
         m.batch_size.observe(len(records))
         cols, bad = self.decoder.decode_columns(records, self.detector.channels)
-        for letter in bad:
-            self._publisher.dead_letter(letter)
         batch, ingest_s = cols.to_batch()
         prep = self.detector.prepare(batch)
         if self._scoring is not None and prep.rows is not None:
@@ -218,7 +216,7 @@ class StreamRunner:
         else:  # nothing to score, or no model thread (not running): score here
             future = Future()
             future.set_result(prep.score())
-        self._inflight.append(_InFlight(ends, cols, ingest_s, future))
+        self._inflight.append(_InFlight(ends, cols, ingest_s, future, bad))
 
     def _finish_oldest(self, confirmed: bool = False) -> bool:
         """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight; False
@@ -228,6 +226,8 @@ class StreamRunner:
         if not (confirmed or self.membership.fresh()):
             return False
         self._inflight.popleft()
+        for letter in job.letters:  # the decoder's, sent with the batch's alerts: after the membership check
+            self._publisher.dead_letter(letter)
         out = self.detector.finish(prep)
         m = self.metrics
         late_policy = self.settings.input.late_policy
@@ -373,11 +373,12 @@ class StreamRunner:
 class _InFlight:
     """A batch between :meth:`StreamRunner._submit_batch` and :meth:`StreamRunner._finish_oldest`."""
 
-    __slots__ = ("ends", "cols", "ingest_s", "future")
+    __slots__ = ("ends", "cols", "ingest_s", "future", "letters")
 
-    def __init__(self, ends: dict, cols: ReadingColumns, ingest_s: np.ndarray, future: Future):
-        # ends: partition -> one past the batch's last offset there (what a commit may cover)
-        self.ends, self.cols, self.ingest_s, self.future = ends, cols, ingest_s, future
+    def __init__(self, ends: dict, cols: ReadingColumns, ingest_s: np.ndarray, future: Future, letters=()):
+        # ends: partition -> one past the batch's last offset there (what a commit may cover);
+        # letters: the decoder's dead letters, published when the batch is finished
+        self.ends, self.cols, self.ingest_s, self.future, self.letters = ends, cols, ingest_s, future, letters
 
     def done(self) -> bool:
         return self.future.done()
