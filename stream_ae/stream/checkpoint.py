@@ -230,7 +230,7 @@ def _output_starts(reader, topic: str, restored: dict[int, Restored], offsets_of
 
 def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
             event_id: Callable[[bytes], str | None], timeout_s: float = 60.0,
-            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], str | None] | None = None):
+            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], Any] | None = None):
     """Everything a consumer needs to take over readings ``partitions``.
 
     Returns the restored state per partition, the event ids published since the oldest of
