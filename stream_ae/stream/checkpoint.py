@@ -276,13 +276,11 @@ class Checkpointer:
 
     def alert_acked(self, partition: int, offset: int) -> None:
         """Called from the producer's delivery callback for every alert."""
-        if offset + 1 > self.alerts_offsets.get(partition, 0):
-            self.alerts_offsets[partition] = offset + 1
+        _advance(self.alerts_offsets, partition, offset + 1)
 
     def letter_acked(self, partition: int, offset: int) -> None:
         """Called from the producer's delivery callback for every dead letter."""
-        if offset + 1 > self.dead_letter_offsets.get(partition, 0):
-            self.dead_letter_offsets[partition] = offset + 1
+        _advance(self.dead_letter_offsets, partition, offset + 1)
 
     def restored(self, ends: dict[int, int], letter_ends: dict[int, int] | None = None) -> None:
         """After a restore: the alerts topic was read to ``ends`` (the dead-letter topic to
@@ -290,9 +288,9 @@ class Checkpointer:
         next checkpoint is due an interval from now rather than at once (the interval would
         otherwise count from start-up, before the group join)."""
         for p, o in ends.items():
-            self.alert_acked(p, o - 1)
+            _advance(self.alerts_offsets, p, o)
         for p, o in (letter_ends or {}).items():
-            self.letter_acked(p, o - 1)
+            _advance(self.dead_letter_offsets, p, o)
         self._last = self._clock()
 
     def write(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, int]:
@@ -321,3 +319,9 @@ class Checkpointer:
         self.count += 1
         log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(states), dict(next_offsets))
         return time.perf_counter() - started, len(states)
+
+
+def _advance(offsets: dict[int, int], partition: int, offset: int) -> None:
+    """Raise ``offsets[partition]`` to ``offset`` (a lower bound on where the next record lands)."""
+    if offset > offsets.get(partition, 0):
+        offsets[partition] = offset
