@@ -356,9 +356,8 @@ class StreamRunner:
                 self._consumer.seek(tp, dropped[0].offset)
                 resume[p] = dropped[0].offset
         self.detector.suppress(published)
-        resumes = {p: r.positions.next_offset if r.positions else 0 for p, r in restored.items()}
         self._publisher.already_sent |= {s for s in letters if s[0] == k.readings_topic
-                                         and s[1] in resumes and s[2] >= resumes[s[1]]}
+                                         and s[1] in restored and s[2] >= resume.get(s[1], 0)}
         self.drift.resume([(r.positions.written_at, r.positions.drift) for r in restored.values() if r.positions],
                           self.detector.model_version)
         self._checkpointer.restored(ends, letter_ends)  # the alerts read; the next checkpoint an interval from now
