@@ -67,9 +67,10 @@ class Publisher:
                            value=codec.encode_dead_letter(letter)).add_callback(
             lambda md: ck.letter_acked(md.partition, md.offset)).add_errback(self._send_failed)
 
-    def forget(self, topic: str, partitions: set[int]) -> None:
-        """Partitions no longer this consumer's: their replays are another's to judge."""
-        self.already_sent = {s for s in self.already_sent if s[0] != topic or s[1] not in partitions}
+    def forget(self, partitions: set[int]) -> None:
+        """Readings partitions no longer this consumer's: their replays are another's to judge
+        (``already_sent`` only ever holds the readings topic's records)."""
+        self.already_sent = {s for s in self.already_sent if s[1] not in partitions}
 
     def _send_failed(self, exc) -> None:
         log.error("a produce failed: %r; the next checkpoint will not commit", exc)

@@ -315,7 +315,7 @@ class StreamRunner:
 
     def _forget(self, parts: set[int]) -> None:
         self.detector.forget_partitions(parts)
-        self._publisher.forget(self.settings.kafka.readings_topic, parts)
+        self._publisher.forget(parts)
         for p in parts:
             self._next_offsets.pop(p, None)
         self._assigned -= parts
