@@ -110,3 +110,82 @@ def test_an_evicted_entity_is_parked_as_its_state_record_and_comes_back_whole():
     assert back.windows == 7 and back.partition == 3 and math.isnan(back.threshold.peaks[1])
     table.trim()  # now "b" is evicted (windows 2, no partition yet); then that is revoked
     assert table.drop_partitions({-1}) == 0 and table.get("b").windows == 0  # its record went too
+
+
+class _GatedProducer:
+    """A producer whose flushes wait for ``gate``; it logs every call."""
+
+    def __init__(self):
+        import threading
+
+        self.gate, self.calls = threading.Event(), []
+
+    def flush(self):
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.calls.append(("flush",))
+
+    def send(self, topic, key, value, partition):
+        from concurrent.futures import Future
+
+        self.calls.append(("send", key, value, partition))
+        done = Future()
+        done.set_result(None)
+        done.get = lambda timeout: None
+        return done
+
+
+class _Table:
+    def __init__(self, states):
+        self.states = states
+
+    def take_dirty(self):
+        states, self.states = self.states, {}
+        return states
+
+
+def test_a_checkpoint_holds_the_poll_loop_for_its_snapshot_only_and_stores_the_offsets_acknowledged_by_then():
+    """The write (flush, send, flush) runs on the checkpoint thread; the partition record stores the
+    output offsets acknowledged at the snapshot, a lower bound on where anything produced after it lands,
+    not what is acknowledged while the write goes on (a restore reading from there would miss it)."""
+    from stream_ae.stream.checkpoint import Checkpointer
+
+    producer = _GatedProducer()
+    ck = Checkpointer(producer, "state", interval_s=5.0)
+    ck.alert_acked(0, 9)
+    ck.letter_acked(1, 3)
+    try:
+        held, write = ck.begin(_Table({"pump-1": (2, b"s1"), "pump-2": (-1, b"s2")}), {2: 100, 3: 7}, {"d": 1})
+        assert not write.done() and producer.calls == []  # the caller is back while the write waits
+        ck.alert_acked(0, 20)                               # an alert of a later batch is acknowledged
+        producer.gate.set()
+        seconds, states = write.result(timeout=10)
+    finally:
+        producer.gate.set()
+        ck.close()
+    assert states == 2 and seconds >= held >= 0 and ck.count == 1
+    kinds = [c[0] for c in producer.calls]
+    assert kinds == ["flush", "send", "send", "send", "send", "flush"]  # the alerts before the snapshot first
+    sent = {c[1]: (c[2], c[3]) for c in producer.calls if c[0] == "send"}
+    assert sent[b"pump-1"] == (b"s1", 2) and sent[b"pump-2"] == (b"s2", None)
+    rec = PartitionRecord.decode(sent[b"__partition__/2"][0])
+    assert (rec.next_offset, rec.alerts_offsets, rec.dead_letter_offsets, rec.drift) == (100, {0: 10}, {1: 4}, {"d": 1})
+    assert PartitionRecord.decode(sent[b"__partition__/3"][0]).next_offset == 7
+    assert ck.alerts_offsets == {0: 21}                     # the next checkpoint stores that one
+
+
+def test_no_state_is_written_after_an_alert_that_failed():
+    """A state that assumes its alerts were published must not land when one of them failed:
+    after a crash the restore would take it, and the alert would be lost."""
+    from stream_ae.errors import StreamAEError
+    from stream_ae.stream.checkpoint import Checkpointer
+
+    producer = _GatedProducer()
+    producer.gate.set()
+    ck = Checkpointer(producer, "state", interval_s=5.0, output_failed=lambda: True)
+    try:
+        _, write = ck.begin(_Table({"pump-1": (0, b"s1")}), {0: 5})
+        with pytest.raises(StreamAEError, match="no state is written"):
+            write.result(timeout=10)
+    finally:
+        ck.close()
+    assert producer.calls == [("flush",)] and ck.count == 0

@@ -166,6 +166,8 @@ def test_alerts_dead_letters_and_graceful_shutdown(broker, topic_factory, kafka_
     assert checkpoints >= 1 and runner.metrics.sample("stream_ae_checkpoint_seconds_count") == checkpoints
     assert runner.metrics.sample("stream_ae_checkpoint_states_total") >= 3
     assert runner.metrics.sample("stream_ae_checkpoint_seconds_sum") > 0
+    assert runner.metrics.sample("stream_ae_checkpoint_write_seconds_count") == checkpoints
+    assert runner.metrics.sample("stream_ae_checkpoint_write_seconds_sum") > 0
     print(f"\nrunner end to end: {total / elapsed:,.0f} msg/s over {total} messages (incl. join)")
     assert runner.metrics.health()["model_version"] == artifact.version
 
@@ -246,7 +248,8 @@ def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_p
     from concurrent.futures import Future
     from types import SimpleNamespace
 
-    from stream_ae.stream.runner import StreamRunner, _InFlight
+    from stream_ae.stream.batcher import InFlight
+    from stream_ae.stream.runner import StreamRunner
     from stream_ae.stream.settings import load_settings
 
     runner = StreamRunner(load_settings(env={}, overrides=["batch.max_wait_ms=0", "model.device=cpu"]), artifact)
@@ -261,7 +264,7 @@ def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_p
     runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True)
     runner._assigned = {0}
     scoring = Future()
-    runner._inflight.append(_InFlight({0: 8}, None, None, scoring))
+    runner._inflight.append(InFlight({0: 8}, None, None, scoring))
     runner.batcher.add(0, [namedtuple("R", "offset")(8)])  # ready at once (max_wait 0)
 
     for _ in range(3):
@@ -282,7 +285,8 @@ def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
     from concurrent.futures import Future
     from types import SimpleNamespace
 
-    from stream_ae.stream.runner import StreamRunner, _InFlight
+    from stream_ae.stream.batcher import InFlight
+    from stream_ae.stream.runner import StreamRunner
     from stream_ae.stream.settings import load_settings
 
     R, TP = namedtuple("R", "offset"), namedtuple("TP", "partition")
@@ -294,7 +298,7 @@ def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
         records, _ = runner.batcher.take()
         submitted.append(len(records))
         scoring.append(Future())
-        runner._inflight.append(_InFlight({0: records[-1].offset + 1}, None, None, scoring[-1]))
+        runner._inflight.append(InFlight({0: records[-1].offset + 1}, None, None, scoring[-1]))
 
     polled = iter([{}, {0: [R(0), R(1)]}, {0: [R(2)]}, {0: [R(3), R(4)]}, {0: [R(5)]}, {}])
     runner._consumer = SimpleNamespace(poll=lambda **kw: {TP(p): rs for p, rs in next(polled).items()})

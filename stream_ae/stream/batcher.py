@@ -17,9 +17,16 @@ holds: what a commit may cover once it is processed.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from stream_ae.errors import ConfigError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    import numpy as np
+
+    from stream_ae.stream.columns import ReadingColumns
 
 
 class MicroBatcher:
@@ -121,3 +128,17 @@ class MicroBatcher:
                 rest.append((max(start - n, 0), stop - n, partition, added_at))
         self._chunks = rest
         return records, ends
+
+
+class InFlight:
+    """A micro-batch being scored: between the runner's ``_submit_batch`` and ``_finish_oldest``."""
+
+    __slots__ = ("ends", "cols", "ingest_s", "future", "letters")
+
+    def __init__(self, ends: dict, cols: ReadingColumns, ingest_s: np.ndarray, future: Future, letters=()):
+        # ends: partition -> one past the batch's last offset there (what a commit may cover);
+        # letters: the decoder's dead letters, published when the batch is finished
+        self.ends, self.cols, self.ingest_s, self.future, self.letters = ends, cols, ingest_s, future, letters
+
+    def done(self) -> bool:
+        return self.future.done()

@@ -10,17 +10,25 @@ an entity whose last reading came from readings partition ``p`` is written to st
 partition ``p`` explicitly (not through the key hash), keyed by the entity id.
 
 A checkpoint, between micro-batches (every ``checkpoint_interval_s``, counted from the last
-checkpoint or restore; on revoke; on shutdown):
+checkpoint or restore; on revoke; on shutdown), once the batches in flight are finished:
 
-1. flush the producer: every alert produced so far is acknowledged;
-2. write a snapshot of every entity changed since the last checkpoint and one record per
-   assigned readings partition, key ``__partition__/<p>``, holding the next readings offset,
-   the alerts-topic and dead-letter-topic offsets (per partition of each) as of this checkpoint
-   and the consumer's drift watch (``drift_watch.py``; the same few KB in each of its
-   partitions' records); flush;
-3. commit the readings offsets (asynchronously but for the last one: a partition resumes
-   from its state record's offset, so the group's commit is only a fallback for a partition
-   that has no checkpoint yet).
+1. on the poll loop, take a snapshot of every entity changed since the last checkpoint and one
+   record per assigned readings partition, key ``__partition__/<p>``, holding the next
+   readings offset, the alerts-topic and dead-letter-topic offsets (per partition of each)
+   acknowledged so far and the consumer's drift watch (``drift_watch.py``; the same few KB in
+   each of its partitions' records); the poll loop goes on;
+2. on the checkpoint thread: flush the producer, so every alert and dead letter produced
+   before the snapshot is acknowledged (if any failed, stop: no state goes out that assumes
+   it published); then write the records and flush;
+3. back on the poll loop, once that is done, commit the readings offsets (asynchronously but
+   for the last one: a partition resumes from its state record's offset, so the group's
+   commit is only a fallback for a partition that has no checkpoint yet).
+
+The stored output offsets are lower bounds on where anything produced after the snapshot
+lands (an alert still in flight at the snapshot lands at or after them), so a restore that
+reads the alerts topic from them finds every event the replay derives again, and perhaps a
+few the state already holds. One checkpoint is written at a time, from one thread, so each
+state partition receives the records in checkpoint order.
 
 On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
 fetch high-watermark (``end_offsets`` is wrong on Tansu), keep the last value per key,
@@ -38,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -254,21 +263,25 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
 
 
 class Checkpointer:
-    """Writes checkpoints through the runner's producer and tracks the alerts positions.
+    """Writes checkpoints through the runner's producer and tracks the output positions.
 
-    ``alerts_offsets`` is a lower bound, per alerts partition, on where any alert produced
-    after the current checkpoint can land: the end seen on restore, raised by every
-    acknowledged alert.
+    ``alerts_offsets`` (``dead_letter_offsets``) is a lower bound, per partition of the alerts
+    (dead-letter) topic, on where anything produced after the current moment can land: the end
+    seen on restore, raised by every acknowledged alert (letter). ``output_failed`` says whether
+    an alert or dead letter failed to be produced (``Publisher.failed``).
     """
 
-    def __init__(self, producer, state_topic: str, interval_s: float, clock=time.monotonic):
+    def __init__(self, producer, state_topic: str, interval_s: float, clock=time.monotonic,
+                 output_failed: Callable[[], bool] = lambda: False):
         self.producer = producer
         self.state_topic = state_topic
         self.interval_s = float(interval_s)
         self.alerts_offsets: dict[int, int] = {}
         self.dead_letter_offsets: dict[int, int] = {}
+        self.output_failed = output_failed
         self._clock = clock
         self._last = clock()
+        self._thread: ThreadPoolExecutor | None = None
         self.count = 0
 
     def due(self) -> bool:
@@ -293,32 +306,51 @@ class Checkpointer:
             _advance(self.dead_letter_offsets, p, o)
         self._last = self._clock()
 
-    def write(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, int]:
-        """Steps 1 and 2: flush alerts, write the state records of the entities ``table``
-        (``EntityTable``) holds changed and the positions (with ``drift``, the drift watch's
-        state), flush. The caller commits.
+    def begin(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, Future]:
+        """Step 1 on the calling thread (the poll loop): the snapshot of the entities ``table``
+        (``EntityTable``) holds changed and of the positions (with ``drift``, the drift watch's
+        state); step 2 on the checkpoint thread. The caller commits once the future is done.
 
-        Returns how long it took (it holds the poll loop: with thousands of entities, most of
-        a second) and how many entity states it wrote."""
+        Returns how long the snapshot held the caller (with thousands of entities, a tenth of
+        a second) and the write's future: ``(seconds from the snapshot until every record was
+        acknowledged, entity states written)``, or the producer's error. Call it again only
+        once the previous future is done (the caller waits: records must land in order)."""
         started = time.perf_counter()
-        self.producer.flush()  # 1: every alert so far is acknowledged (delivery callbacks ran)
         states = table.take_dirty()  # entity -> (readings partition or -1, encoded snapshot)
-        futures = []
-        for entity, (p, value) in states.items():
-            futures.append(self.producer.send(self.state_topic, key=entity.encode(), value=value,
-                                              partition=p if p >= 0 else None))
         now = time.time()
-        for p, offset in next_offsets.items():
-            rec = PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift, dict(self.dead_letter_offsets))
-            futures.append(self.producer.send(self.state_topic, key=partition_key(p), value=rec.encode(),
-                                              partition=p))
+        positions = {p: PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift,
+                                        dict(self.dead_letter_offsets)).encode()
+                     for p, offset in next_offsets.items()}
+        self._last = self._clock()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-checkpoint")
+        write = self._thread.submit(self._write, states, positions, started)
+        return time.perf_counter() - started, write
+
+    def _write(self, states: dict[str, tuple[int, bytes]], positions: dict[int, bytes],
+               started: float) -> tuple[float, int]:
+        """Step 2, on the checkpoint thread."""
+        self.producer.flush()  # everything produced before the snapshot is acknowledged (callbacks ran)
+        if self.output_failed():
+            raise StreamAEError("an alert or dead letter could not be produced; no state is written "
+                                "after it (a restart replays from the last checkpoint)")
+        futures = [self.producer.send(self.state_topic, key=entity.encode(), value=value,
+                                      partition=p if p >= 0 else None)
+                   for entity, (p, value) in states.items()]
+        futures += [self.producer.send(self.state_topic, key=partition_key(p), value=value, partition=p)
+                    for p, value in positions.items()]
         self.producer.flush()
         for f in futures:  # raises the producer's error: the caller must not commit
             f.get(timeout=0)
-        self._last = self._clock()
         self.count += 1
-        log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(states), dict(next_offsets))
+        log.debug("checkpoint %d: %d entities, partitions %s", self.count, len(states), sorted(positions))
         return time.perf_counter() - started, len(states)
+
+    def close(self) -> None:
+        """Wait for a write in progress and stop the checkpoint thread (before the producer closes)."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
 
 def _advance(offsets: dict[int, int], partition: int, offset: int) -> None:

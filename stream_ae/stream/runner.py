@@ -28,8 +28,8 @@ to a second batch is polled behind it (each poll empties the client's buffer, so
 fetch goes out at once; ``batcher.py``). Batches are finished (thresholds, alert lifecycles, publish,
 offsets) on this thread, in order. Every checkpoint, revoke, restore and the shutdown first
 finish the batches in flight (a periodic checkpoint lets them finish while polling on, and
-submits none meanwhile), so a checkpoint never covers a batch whose alerts are not produced
-and acknowledged.
+submits none meanwhile), so a checkpoint never covers a batch whose alerts are not produced;
+its thread writes the state only once they are acknowledged.
 """
 
 from __future__ import annotations
@@ -42,14 +42,11 @@ import threading
 import time
 from typing import Callable
 
-import numpy as np
-
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
-from stream_ae.stream.batcher import MicroBatcher
+from stream_ae.stream.batcher import InFlight, MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer, recover
-from stream_ae.stream.columns import ReadingColumns
 from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
@@ -104,7 +101,8 @@ class StreamRunner:
         # kafka-python calls the rebalance listener on its IO thread, possibly while this
         # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
         self._lock = threading.RLock()
-        self._inflight: deque[_InFlight] = deque()  # prepared batches, oldest first
+        self._inflight: deque[InFlight] = deque()  # prepared batches, oldest first
+        self._writing: tuple[Future, dict[int, int]] | None = None  # a checkpoint being written, its positions
         self.scoring_threads, self.max_in_flight = settings.batch.scoring_threads, settings.batch.scoring_threads + 1
         self._scoring: ThreadPoolExecutor | None = None  # the model's threads, while run() runs
 
@@ -118,7 +116,9 @@ class StreamRunner:
             producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
                                         "enable_idempotence": True, "linger_ms": 2})
             stack.callback(producer.close, 10)
-            self._checkpointer = Checkpointer(producer, s.kafka.state_topic, self.checkpoint_interval_s)
+            self._checkpointer = Checkpointer(producer, s.kafka.state_topic, self.checkpoint_interval_s,
+                                              output_failed=lambda: self._publisher.failed)
+            stack.callback(self._checkpointer.close)  # a write in progress ends before the producer closes
             self._publisher = Publisher(producer, s.kafka, self._checkpointer, self.metrics)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
             stack.callback(self._close_consumer)
@@ -168,7 +168,7 @@ class StreamRunner:
             finished = False
             while self._inflight and self._inflight[0].done() and self._finish_oldest():
                 finished = True
-            checkpoint_due = bool(self._assigned) and self._checkpointer.due()
+            checkpoint_due = bool(self._assigned) and self._writing is None and self._checkpointer.due()
             if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
                     finished = self._finish_oldest() or finished  # back-pressure: wait for the model
@@ -177,6 +177,10 @@ class StreamRunner:
                 # else: the model is busy and the batch has room: it grows until either changes
             if finished:
                 self.metrics.update_lag(self._consumer)
+        if self._writing is not None and self._writing[0].done():
+            with self._lock:
+                written = self._written()
+            self.membership.commit(written, blocking=False)
         if checkpoint_due and not self._inflight:
             self.checkpoint(wait=False)
         self._maybe_reload()
@@ -216,7 +220,7 @@ class StreamRunner:
         else:  # nothing to score, or no model thread (not running): score here
             future = Future()
             future.set_result(prep.score())
-        self._inflight.append(_InFlight(ends, cols, ingest_s, future, bad))
+        self._inflight.append(InFlight(ends, cols, ingest_s, future, bad))
 
     def _finish_oldest(self, confirmed: bool = False) -> bool:
         """Thresholds, alert lifecycles, publish and offsets of the oldest batch in flight; False
@@ -268,20 +272,35 @@ class StreamRunner:
 
     # -- checkpoint and recovery -------------------------------------------------------------
     def checkpoint(self, *, in_listener: bool = False, wait: bool = True) -> None:
-        """Flush alerts, write changed entity states and replay positions, then commit: waiting
-        only if ``wait`` (the last one); the state topic's positions, not the commit, say where a
-        partition resumes (``_restore``), so the poll loop need not wait for the broker's answer.
-        After a stall, not before a poll has confirmed the membership (``membership.py``)."""
+        """Snapshot the changed entity states and the replay positions for the checkpoint thread
+        to write (``checkpoint.py``); commit them once written. A periodic one (``wait=False``)
+        lets the poll loop go on meanwhile and commits without waiting for the answer: the state
+        topic, not the commit, says where a partition resumes. Not after a stall before a poll
+        has confirmed the membership (``membership.py``)."""
         with self._lock:
             if not ((in_listener or self.membership.fresh()) and self._finish_inflight(in_listener)):
                 return
+            self.membership.commit(self._written(block=True), blocking=False)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            written = self._checkpointer.write(self.detector.table, positions, self.drift.state())  # (s, states)
-            if self._failed or self._publisher.failed:
-                raise StreamAEError("an alert, dead letter or state record could not be produced; not "
-                                    "committing (a restart replays from the last checkpoint)")
-        self.metrics.checkpointed(*written)
-        self.membership.commit(positions, blocking=wait and not in_listener)
+            held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state())
+            self.metrics.checkpoint_seconds.observe(held)
+            self._writing = (write, positions)
+            if not (wait or in_listener):
+                return
+            written = self._written(block=True)
+        self.membership.commit(written, blocking=wait and not in_listener)
+
+    def _written(self, block: bool = False) -> dict[int, int] | None:
+        """Once the checkpoint being written is (``block``: wait), its positions still assigned; or its error."""
+        if self._writing is None or not (block or self._writing[0].done()):
+            return None
+        (write, positions), self._writing = self._writing, None
+        seconds, states = write.result()  # the producer's error, or no state after a failed alert
+        if self._failed or self._publisher.failed:
+            raise StreamAEError("an alert, dead letter or state record could not be produced; not "
+                                "committing (a restart replays from the last checkpoint)")
+        self.metrics.checkpointed(seconds, states)
+        return {p: o for p, o in positions.items() if p in self._assigned}
 
     def on_revoked(self, revoked) -> None:
         """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
@@ -333,6 +352,7 @@ class StreamRunner:
         is processed; their records from this poll are dropped and fetched again."""
         from kafka import KafkaConsumer, TopicPartition
 
+        self.membership.commit(self._written(block=True), blocking=False)  # this member's last write first
         parts, self._to_restore = sorted(self._to_restore), set()
         k = self.settings.kafka
         reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
@@ -368,16 +388,3 @@ class StreamRunner:
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
         return records
 
-
-class _InFlight:
-    """A batch between :meth:`StreamRunner._submit_batch` and :meth:`StreamRunner._finish_oldest`."""
-
-    __slots__ = ("ends", "cols", "ingest_s", "future", "letters")
-
-    def __init__(self, ends: dict, cols: ReadingColumns, ingest_s: np.ndarray, future: Future, letters=()):
-        # ends: partition -> one past the batch's last offset there (what a commit may cover);
-        # letters: the decoder's dead letters, published when the batch is finished
-        self.ends, self.cols, self.ingest_s, self.future, self.letters = ends, cols, ingest_s, future, letters
-
-    def done(self) -> bool:
-        return self.future.done()
