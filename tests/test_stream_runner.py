@@ -277,6 +277,50 @@ def test_a_due_checkpoint_waits_for_the_batches_in_flight_without_blocking_the_p
     assert calls[-1] == "submit"
 
 
+def test_the_poll_loop_scores_on_while_a_checkpoint_is_written_and_commits_it_once_written(artifact):
+    """The checkpoint thread writes (here: its flush is held) while the loop polls and submits
+    batches; no second checkpoint starts meanwhile, and the positions are committed only once
+    the records are acknowledged."""
+    import threading
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from stream_ae.stream.checkpoint import Checkpointer
+    from stream_ae.stream.runner import StreamRunner
+    from stream_ae.stream.settings import load_settings
+
+    R, TP = namedtuple("R", "offset"), namedtuple("TP", "partition")
+    runner = StreamRunner(load_settings(env={}, overrides=["batch.max_wait_ms=0", "model.device=cpu"]), artifact)
+    gate, sent, commits, submitted = threading.Event(), [], [], []
+    producer = SimpleNamespace(flush=lambda: gate.wait(10),
+                               send=lambda *a, **kw: sent.append(kw["key"]) or SimpleNamespace(get=lambda timeout: None))
+    runner._checkpointer = Checkpointer(producer, "state", interval_s=0.0)
+    runner._publisher = SimpleNamespace(failed=False)
+    offsets = iter(range(100))
+    runner._consumer = SimpleNamespace(poll=lambda **kw: {TP(0): [R(next(offsets))]})
+    runner._submit_batch = lambda: submitted.append(runner.batcher.take()[0])
+    runner.metrics.update_lag = lambda consumer: None
+    runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True,
+                                        commit=lambda positions, blocking: positions and commits.append(positions))
+    runner._assigned, runner._next_offsets = {0}, {0: 10}
+    try:
+        runner.step()                                     # due at once: the snapshot, then on to the next poll
+        assert runner._writing is not None and not runner._writing[0].done()
+        for _ in range(3):
+            runner.step()
+        assert len(submitted) == 3 and sent == [] and commits == []  # scored on; nothing written or committed yet
+        assert runner._checkpointer.count == 0            # and no second checkpoint began
+        gate.set()
+        runner._writing[0].result(timeout=10)
+        runner.step()
+        assert sent == [b"__partition__/0"] and commits == [{0: 10}] and runner._writing is None
+        runner.step()                                     # the interval (0 s) is over: the next one begins
+        assert runner._writing is not None
+    finally:
+        gate.set()
+        runner._checkpointer.close()
+
+
 def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
     """Below the model's capacity a reading does not wait out ``max_wait_ms``: what a poll brings is
     submitted while a scoring thread is idle. With every thread busy the batch waits, as before,
