@@ -178,9 +178,7 @@ class StreamRunner:
             if finished:
                 self.metrics.update_lag(self._consumer)
         if self._writing is not None and self._writing[0].done():
-            with self._lock:
-                written = self._written()
-            self.membership.commit(written, blocking=False)
+            self._commit_written()
         if checkpoint_due and not self._inflight:
             self.checkpoint(wait=False)
         self._maybe_reload()
@@ -280,7 +278,7 @@ class StreamRunner:
         with self._lock:
             if not ((in_listener or self.membership.fresh()) and self._finish_inflight(in_listener)):
                 return
-            self.membership.commit(self._written(block=True), blocking=False)  # one write at a time
+            self._commit_written(block=True)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state())
             self.metrics.checkpoint_seconds.observe(held)
@@ -289,6 +287,11 @@ class StreamRunner:
                 return
             written = self._written(block=True)
         self.membership.commit(written, blocking=wait and not in_listener)
+
+    def _commit_written(self, block: bool = False) -> None:
+        """Commit, without waiting for the answer, the checkpoint being written once it is (``block``: wait)."""
+        with self._lock:
+            self.membership.commit(self._written(block), blocking=False)
 
     def _written(self, block: bool = False) -> dict[int, int] | None:
         """Once the checkpoint being written is (``block``: wait), its positions still assigned; or its error."""
@@ -352,7 +355,7 @@ class StreamRunner:
         is processed; their records from this poll are dropped and fetched again."""
         from kafka import KafkaConsumer, TopicPartition
 
-        self.membership.commit(self._written(block=True), blocking=False)  # this member's last write first
+        self._commit_written(block=True)  # this member's last write first
         parts, self._to_restore = sorted(self._to_restore), set()
         k = self.settings.kafka
         reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
