@@ -1,4 +1,5 @@
-"""Drift of the score stream: ADWIN per entity finds a level shift, not stationary noise; exact resume."""
+"""Drift of the score stream: the level over a day of event time against the model's starting
+level; a step and a creep once each, a strong daily rhythm never; exact resume."""
 
 from __future__ import annotations
 
@@ -7,106 +8,163 @@ import json
 import numpy as np
 import pytest
 
-from stream_ae.drift import MODEL_KEY, DriftEvent, DriftMonitor, drift_marker_path, report_drift
+from stream_ae.drift import (REFERENCE_METRIC, DriftEvent, DriftMonitor, artifact_reference,
+                             drift_marker_path, reference_level, report_drift)
 from stream_ae.errors import ConfigError
 
-
-def scores(n: int, level: float = 0.0, seed: int = 0) -> np.ndarray:
-    """Reconstruction-error-like scores: log-normal around exp(level)."""
-    return np.random.default_rng(seed).lognormal(level, 0.3, n)
+HOUR = 3600 * 10**9
+EVERY = HOUR // 20  # a score every 3 minutes
 
 
-def test_a_level_shift_is_found_soon_after_it_happens():
+def plant(days: float, seed: int = 0, rhythm: float = 0.3, step: float = 0.0, step_day: float = 4.0,
+          creep: float = 0.0):
+    """(scores, ts): log-normal scores whose log level swings ``rhythm`` over each day (a plant
+    whose model fits some hours better than others), plus a ``step`` at ``step_day`` and a
+    linear ``creep`` (total over the run)."""
+    n = int(days * 24 * 20)
+    ts = np.arange(n, dtype=np.int64) * EVERY
+    day = ts / (24 * HOUR)
+    level = rhythm * np.sin(2 * np.pi * day) + np.where(day >= step_day, step, 0.0) + creep * day / days
+    return np.exp(level) * np.random.default_rng(seed).lognormal(0.0, 0.3, n), ts
+
+
+def feed(monitor, scores, ts, flags=None, batch: int = 256):
+    """Feed in stream-sized batches, as the watch does."""
+    return [e for i in range(0, len(scores), batch)
+            for e in monitor.update_many(scores[i:i + batch], ts=ts[i:i + batch],
+                                         flags=None if flags is None else flags[i:i + batch])]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_strong_daily_rhythm_is_not_drift(seed):
+    """The scores swing +/-0.3 in log every day (more than min_shift): over a month, no event;
+    the level over a day stays near the reference."""
+    monitor = DriftMonitor(reference=0.0)
+    assert feed(monitor, *plant(30, seed)) == []
+    assert abs(monitor.shift()) < 0.05
+    # judged over two hours, the same rhythm is an excursion up and one down every day
+    assert len(feed(DriftMonitor(reference=0.0, horizon_s=2 * 3600, min_values=20), *plant(30, seed))) == 60
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_step_is_reported_once_when_enough_of_the_day_holds_it(seed):
+    """+0.3 on day 4 under the same rhythm: one "up" event, once 2/3 of a day (0.2 / 0.3) holds the
+    new level, give or take the rhythm's share of those hours; the event names both levels."""
+    scores, ts = plant(10, seed, step=0.3)
+    events = feed(DriftMonitor(reference=0.0), scores, ts)
+    assert [e.direction for e in events] == ["up"]
+    e = events[0]
+    hours_after = (e.ts - 4 * 24 * HOUR) / HOUR
+    assert 11 <= hours_after <= 21, hours_after
+    assert e.mean_before == e.reference == 0.0 and 0.2 <= e.mean_after < 0.3
+    assert e.index == int(np.sum(ts < e.ts))          # every score before the judged moment was seen
+
+
+def test_a_creep_is_reported_once_when_it_has_added_up():
+    """+0.5 over 20 days: one event, when the day's mean has crept ~0.2 (day 8 plus half a
+    day of lag), and none for the rest of the creep."""
+    events = feed(DriftMonitor(reference=0.0), *plant(20, 1, creep=0.5))
+    assert [e.direction for e in events] == ["up"]
+    assert 8.0 <= events[0].ts / (24 * HOUR) <= 9.5
+
+
+def test_without_a_reference_the_first_full_day_is_the_starting_level():
+    """No event before a whole horizon has been seen; the first day's level is the reference, so
+    a model whose scores simply sit at 1.0 (log) is not drifting; a step from there is."""
+    scores, ts = plant(8, 2, step=0.4, step_day=3.0)
     monitor = DriftMonitor()
-    before, after = scores(4000, 0.0, seed=1), scores(2000, 0.7, seed=2)
-    ts = np.arange(6000, dtype=np.int64) * 10**9
-    events = monitor.update_many(np.concatenate([before, after]), keys="pump-a", ts=ts)
-    assert events, "a doubling of the scores went unnoticed"
-    first = events[0]
-    assert first.key == "pump-a" and first.direction == "up" and first.mean_after > first.mean_before
-    assert 4000 < first.index <= 4300                       # within a few hundred scores of the shift
-    assert first.ts == ts[first.index - 1]
-    assert monitor.counts() == {"pump-a": len(events)}
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_stationary_noise_raises_nothing(seed):
-    assert DriftMonitor().update_many(scores(20_000, 0.0, seed=seed)) == []
+    first_day = ts < 24 * HOUR
+    assert feed(monitor, 2.7 * scores[first_day], ts[first_day]) == [] and np.isnan(monitor.shift())
+    events = feed(monitor, 2.7 * scores[~first_day], ts[~first_day])
+    assert [e.direction for e in events] == ["up"]
+    assert abs(events[0].reference - 1.0) < 0.05 and events[0].ts > 3 * 24 * HOUR
+    # with a reference, nothing is judged either before a whole horizon
+    assert feed(DriftMonitor(reference=-5.0), scores[first_day], ts[first_day]) == []
 
 
 def test_entities_are_watched_separately_and_flagged_windows_are_not_learned():
-    monitor = DriftMonitor()
-    n = 3000
-    a, b = scores(2 * n, 0.0, seed=3), np.concatenate([scores(n, 0.0, seed=4), scores(n, -0.8, seed=5)])
-    keys = np.array(["a", "b"] * 2 * n, dtype=object)
-    events = monitor.update_many(np.column_stack([a, b]).ravel(), keys=keys)
-    assert {e.key for e in events} == {"b"} and events[0].direction == "down"
+    sa, ts = plant(6, 3, rhythm=0.0)
+    sb, _ = plant(6, 4, rhythm=0.0, step=-0.8, step_day=3.0)
+    keys = np.array(["a", "b"] * len(ts), dtype=object)
+    events = DriftMonitor(reference=0.0).update_many(np.column_stack([sa, sb]).ravel(), keys=keys,
+                                                     ts=np.repeat(ts, 2))
+    assert [(e.key, e.direction) for e in events] == [("b", "down")]
     # a burst of anomalies, flagged by the threshold, is not drift; NaN scores are skipped
-    burst = scores(n, 0.0, seed=6)
-    burst[1000:1600] *= 50.0
-    flags = np.zeros(n, dtype=bool)
-    flags[1000:1600] = True
+    burst, ts = plant(4, 5, rhythm=0.0)
+    hours = (ts >= 2 * 24 * HOUR) & (ts < 2 * 24 * HOUR + 8 * HOUR)
+    burst[hours] *= 50.0
     burst[5] = np.nan
-    quiet = DriftMonitor()
-    assert quiet.update_many(burst, flags=flags) == []
-    assert DriftMonitor().update_many(burst), "the same burst, unflagged, should look like a change"
+    assert feed(DriftMonitor(reference=0.0), burst, ts, flags=hours) == []
+    assert feed(DriftMonitor(reference=0.0), burst, ts), "the same burst, unflagged, moves the day's level"
 
 
 def test_state_round_trips_through_json_exactly():
-    stream = np.concatenate([scores(3000, 0.0, seed=7), scores(3000, 0.6, seed=8)])
-    whole = DriftMonitor()
-    expected = whole.update_many(stream, keys="k")
-    part = DriftMonitor()
-    got = part.update_many(stream[:3500], keys="k")
-    resumed = DriftMonitor()
+    scores, ts = plant(10, 6, step=0.3)
+    whole = DriftMonitor(reference=0.0)
+    expected = feed(whole, scores, ts)
+    cut = 4 * 24 * 20 + 137  # a few hours after the step, mid-bucket
+    part = DriftMonitor(reference=0.0)
+    got = feed(part, scores[:cut], ts[:cut])
+    resumed = DriftMonitor(reference=0.0)
     resumed.load_state_dict(json.loads(json.dumps(part.state_dict())))
-    assert resumed.restored_exactly
-    got += resumed.update_many(stream[3500:], keys="k")
+    got += feed(resumed, scores[cut:], ts[cut:])
     assert got == expected and got                                  # same events, same indices
-    assert resumed.counts() == whole.counts()
+    assert resumed.counts() == whole.counts() and resumed.state_dict() == whole.state_dict()
+    assert len(json.dumps(whole.state_dict())) < 2000               # 25 buckets, whatever the run length
 
 
-def test_state_from_another_river_version_restarts_and_says_so():
-    monitor = DriftMonitor()
-    monitor.update_many(scores(500))
-    state = monitor.state_dict()
-    state["river"] = "0.0.0"
-    other = DriftMonitor()
-    other.load_state_dict(state)
-    assert not other.restored_exactly
-    assert other.state_dict()["keys"][MODEL_KEY]["seen"] == 500     # counters kept, detector fresh
+def test_a_state_of_another_format_or_other_parameters_is_refused_with_a_reason():
+    monitor = DriftMonitor(reference=0.0)
+    feed(monitor, *plant(2, 7))
     with pytest.raises(ConfigError, match="saved with"):
-        DriftMonitor(delta=0.01).load_state_dict(monitor.state_dict())
-    with pytest.raises(ConfigError, match="delta"):
-        DriftMonitor(delta=2.0)
+        DriftMonitor(reference=0.1).load_state_dict(monitor.state_dict())
+    with pytest.raises(ConfigError, match="saved with"):
+        DriftMonitor(reference=0.0, horizon_s=3600.0).load_state_dict(monitor.state_dict())
+    with pytest.raises(ConfigError, match="format 1 was river's ADWIN"):
+        DriftMonitor().load_state_dict({"format": 1, "river": "0.22", "params": {}, "keys": {}})
+    for bad in ({"min_shift": 0.0}, {"horizon_s": 0.0}, {"reference": float("nan")}):
+        with pytest.raises(ConfigError):
+            DriftMonitor(**bad)
+    with pytest.raises(ConfigError, match="event time"):
+        DriftMonitor().update_many([1.0, 2.0])
 
 
-def test_min_shift_reports_a_step_and_a_creep_once_each_and_a_small_daily_cycle_never():
-    """ADWIN alone reports every swing of a 10 % daily cycle in the scores; with ``min_shift`` an
-    event is the level leaving the model's starting level by that much: a +0.3 step within a few
-    hundred scores, a creep once it has added up to ~0.2, each once; and the reference and the
-    excursion survive a restore, so a restarted watch does not report the same creep again."""
-    n = 200_000
-    i = np.arange(n)
-    noise = np.random.default_rng(0).lognormal(0.0, 0.3, n)
-    cycle = np.exp(0.1 * np.sin(2 * np.pi * i / 40_000)) * noise
-    assert len(DriftMonitor().update_many(cycle)) > 5
-    assert DriftMonitor(min_shift=0.2).update_many(cycle) == []
-    assert DriftMonitor(min_shift=0.2).update_many(noise) == []
-    step = DriftMonitor(min_shift=0.2).update_many(np.where(i >= n // 2, np.exp(0.3), 1.0) * noise)
-    assert [e.direction for e in step] == ["up"] and n // 2 < step[0].index < n // 2 + 1000
-    assert step[0].mean_before == step[0].reference and step[0].mean_after - step[0].reference >= 0.2
-    creep = np.exp(0.5 * i / n) * noise      # +0.5 in log score over the run
-    whole = DriftMonitor(min_shift=0.2).update_many(creep)
-    assert [e.direction for e in whole] == ["up"]
-    assert 0.3 * n < whole[0].index < 0.6 * n  # when the creep had added up to ~0.2 (0.4 n)
-    part = DriftMonitor(min_shift=0.2)
-    got = part.update_many(creep[: n * 3 // 4])
-    resumed = DriftMonitor(min_shift=0.2)
-    resumed.load_state_dict(json.loads(json.dumps(part.state_dict())))
-    assert got == whole and resumed.update_many(creep[n * 3 // 4:]) == []
-    with pytest.raises(ConfigError, match="min_shift"):
-        DriftMonitor(min_shift=-1.0)
+def test_scores_older_than_the_horizon_change_nothing():
+    scores, ts = plant(3, 8)
+    monitor = DriftMonitor(reference=0.0)
+    feed(monitor, scores, ts)
+    before = monitor.state_dict()
+    assert monitor.update_many([1e6], ts=[0]) == [] and monitor.state_dict() == before
+
+
+def test_a_reading_stamped_in_2099_does_not_blind_the_watch_and_an_outage_does_not_either():
+    """One source's clock fault is skipped: the step after it is still reported, at the same
+    moment; a stream that resumes after three days of silence is judged from then on."""
+    scores, ts = plant(10, 9, step=0.3)
+    expected = feed(DriftMonitor(reference=0.0), scores, ts)
+    faulty = ts.copy()
+    faulty[3 * 24 * 20 + 7] = np.datetime64("2099-01-01", "ns").astype(np.int64)  # on day 3
+    got = feed(DriftMonitor(reference=0.0), scores, faulty)
+    assert [e.direction for e in got] == ["up"] and got[0].ts == expected[0].ts
+    gap = np.where(ts >= 2 * 24 * HOUR, ts + 3 * 24 * HOUR, ts)       # nothing from day 2 to day 5
+    resumed = feed(DriftMonitor(reference=0.0), scores, gap)
+    assert [e.direction for e in resumed] == ["up"] and resumed[0].ts > 7 * 24 * HOUR
+
+
+def test_the_reference_is_the_level_of_the_normal_validation_windows_stored_in_the_artifact():
+    val = np.random.default_rng(9).lognormal(-2.0, 0.3, 5000)
+    threshold = float(np.quantile(val, 0.99))
+    level = reference_level(np.concatenate([val, [1e9, np.nan]]), threshold)
+    assert abs(level - np.mean(np.log(val[val <= threshold]))) < 1e-12 and abs(level + 2.0) < 0.02
+    assert reference_level(val, float("nan")) == pytest.approx(np.mean(np.log(val)))
+
+    class Trained:
+        training = {"metrics": {REFERENCE_METRIC: level}}
+
+    class Older:  # trained before the level was stored
+        training = {"metrics": {"val_loss": 0.1}}
+
+    assert artifact_reference(Trained()) == level and artifact_reference(Older()) is None
 
 
 def test_report_drift_writes_the_marker_the_retrain_job_reads(tmp_path):
@@ -118,13 +176,20 @@ def test_report_drift_writes_the_marker_the_retrain_job_reads(tmp_path):
         report_drift(tmp_path / "models", "../etc", event)
 
 
-def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path):
-    """The runner's watch: normal scores that shift up raise the metric and write the marker the
-    retrain job reads; flagged windows are never fed; a new model version starts afresh."""
-    import numpy as np
 
-    from stream_ae.drift import drift_marker_path
+def _batch(i: int, level: float, flagged: bool = False, seed: int = 0):
+    """The i-th micro-batch of a stream: 256 normal (or flagged) scores over 30 minutes of event time."""
     from stream_ae.stream.detector_io import DetectorOutput
+
+    scores = np.random.default_rng((seed, i)).lognormal(level, 0.2, 256).astype(np.float32)
+    end_ts = i * 10 * EVERY + np.arange(256, dtype=np.int64) * (10 * EVERY // 256)
+    return DetectorOutput(scores=scores, flags=np.full(256, flagged), end_ts=end_ts)
+
+
+def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path):
+    """The runner's watch: normal scores whose level moves up from the model's reference raise
+    the metric and write the marker the retrain job reads; flagged windows are never fed; a new
+    model version starts afresh from its own reference."""
     from stream_ae.stream.drift_watch import DriftWatch
     from stream_ae.stream.metrics import StreamMetrics
     from stream_ae.stream.settings import load_settings
@@ -132,26 +197,21 @@ def test_stream_drift_watch_counts_drift_and_writes_the_retrain_marker(tmp_path)
     settings = load_settings(env={}, overrides=[f"model.registry={tmp_path}", "model.deployment=prod"])
     metrics = StreamMetrics()
     watch = DriftWatch(settings, metrics)
-    rng = np.random.default_rng(0)
-
-    def batch(level, flagged=False):
-        scores = rng.lognormal(level, 0.2, 256).astype(np.float32)
-        return DetectorOutput(scores=scores, flags=np.full(256, flagged), end_ts=np.arange(256, dtype=np.int64))
-
     shift = lambda: metrics.sample("stream_ae_drift_shift")  # noqa: E731
-    assert watch.observe(batch(0.0), "v1") == [] and np.isnan(shift())  # starting level not known yet
-    for _ in range(59):
-        assert watch.observe(batch(0.0), "v1") == []
+    assert watch.observe(_batch(0, 0.0), "v1", reference=0.0) == [] and np.isnan(shift())  # no hour closed yet
+    for i in range(1, 60):  # 30 hours at the reference
+        assert watch.observe(_batch(i, 0.0), "v1", reference=0.0) == []
     assert abs(shift()) < 0.05
-    for _ in range(60):  # anomalies (flagged) at a much higher level are not drift
-        assert watch.observe(batch(3.0, flagged=True), "v1") == []
-    found = [e for _ in range(60) for e in watch.observe(batch(1.0), "v1")]
-    assert found and found[0].direction == "up"
-    assert 0.9 < shift() < 1.1  # the gauge shows how far the level has moved
-    assert metrics.sample("stream_ae_drift_events_total", {"direction": "up"}) >= 1
+    for i in range(60, 120):  # anomalies (flagged) at a much higher level are not drift
+        assert watch.observe(_batch(i, 3.0, flagged=True), "v1", reference=0.0) == []
+    found = [e for i in range(120, 180) for e in watch.observe(_batch(i, 1.0), "v1", reference=0.0)]
+    assert [e.direction for e in found] == ["up"]
+    assert 0.9 < shift() < 1.1  # the gauge shows how far the day's level has moved
+    assert metrics.sample("stream_ae_drift_events_total", {"direction": "up"}) == 1
     assert (tmp_path / drift_marker_path("prod")).exists()
-    # a new model's scores have other units: its detector starts from nothing
-    assert watch.observe(batch(5.0), "v2") == []
+    # a new model's scores have other units: its monitor starts from nothing, at its own reference
+    assert watch.observe(_batch(180, 5.0), "v2", reference=5.0) == []
+    assert watch.state()["model_version"] == "v2" and watch.state()["monitor"]["params"]["reference"] == 5.0
 
 
 def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all():
@@ -175,7 +235,7 @@ def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all(
             return 1.0
 
     metrics = StreamMetrics()
-    watch = DriftWatch(load_settings(env={}), metrics, monitor_factory=EveryBatchDrifts)
+    watch = DriftWatch(load_settings(env={}), metrics, monitor_factory=lambda reference: EveryBatchDrifts())
     out = DetectorOutput(scores=np.ones(4, np.float32), flags=np.zeros(4, bool), end_ts=np.arange(4, dtype=np.int64))
     for _ in range(EVENTS_KEPT + 50):
         watch.observe(out, "v1")
@@ -183,43 +243,43 @@ def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all(
     assert metrics.sample("stream_ae_drift_events_total", {"direction": "down"}) == EVENTS_KEPT + 50
 
 
+
+
 def test_the_stream_watch_resumes_from_a_checkpoint_as_if_never_stopped(tmp_path):
     """A consumer restarted in the middle of a creep reports the same drift, at the same window,
     as one that never stopped: its watch comes back from the partition records of a checkpoint
     (MessagePack, as on the state topic), the newest one written with the model it runs."""
     from stream_ae.stream.checkpoint import PartitionRecord
-    from stream_ae.stream.detector_io import DetectorOutput
     from stream_ae.stream.drift_watch import DriftWatch
     from stream_ae.stream.metrics import StreamMetrics
     from stream_ae.stream.settings import load_settings
 
     settings = load_settings(env={}, overrides=[])
-    rng = np.random.default_rng(3)
-    batches = [rng.lognormal(0.4 * i / 120, 0.2, 256).astype(np.float32) for i in range(120)]  # a slow creep
+    batches = [_batch(i, 0.4 * i / 240, seed=3) for i in range(240)]  # +0.4 over 5 days
 
-    def feed(watch, part):
-        return [e for s in part for e in watch.observe(
-            DetectorOutput(scores=s, flags=np.zeros(256, bool), end_ts=np.arange(256, dtype=np.int64)), "v1")]
+    def feed_watch(watch, part):
+        return [e for out in part for e in watch.observe(out, "v1", reference=0.0)]
 
-    whole = feed(DriftWatch(settings, StreamMetrics()), batches)
+    whole = feed_watch(DriftWatch(settings, StreamMetrics()), batches)
     before = DriftWatch(settings, StreamMetrics())
-    events = feed(before, batches[:60])
+    events = feed_watch(before, batches[:120])
     # what the restarted consumer reads back: an older record, one of another model, the newest
     old_state = DriftWatch(settings, StreamMetrics())
-    feed(old_state, batches[:10])
+    feed_watch(old_state, batches[:10])
     records = [PartitionRecord(0, 10, {}, 100.0, old_state.state()),
                PartitionRecord(1, 10, {}, 300.0, {**before.state(), "model_version": "v0"}),
                PartitionRecord(2, 60, {}, 200.0, before.state()),
                PartitionRecord(3, 0, {}, 50.0, None)]  # a record written before the watch was kept
     saved = [(r.written_at, r.drift) for r in map(PartitionRecord.decode, (r.encode() for r in records))]
     after = DriftWatch(settings, StreamMetrics())
-    assert after.resume(saved, "v1")
+    assert after.resume(saved, "v1", reference=0.0)
     assert after.state() == before.state()
-    events += feed(after, batches[60:])
+    events += feed_watch(after, batches[120:])
     assert events and events == whole                     # same drift, same windows
-    # a fresh watch (the old behaviour) reports the creep differently or not at all
-    assert feed(DriftWatch(settings, StreamMetrics()), batches[60:]) != whole
+    # a fresh watch judges only after a whole day of its own: the creep is reported later
+    assert feed_watch(DriftWatch(settings, StreamMetrics()), batches[120:]) != whole
     # a watch already running (a rebalance added partitions) keeps its own state
-    assert not before.resume(saved, "v1")
-    # nothing saved with the running model: a fresh start
-    assert not DriftWatch(settings, StreamMetrics()).resume(saved, "v2")
+    assert not before.resume(saved, "v1", reference=0.0)
+    # nothing saved with the running model, or saved with another reference: a fresh start
+    assert not DriftWatch(settings, StreamMetrics()).resume(saved, "v2", reference=0.0)
+    assert not DriftWatch(settings, StreamMetrics()).resume(saved, "v1", reference=0.5)

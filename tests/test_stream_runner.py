@@ -174,7 +174,7 @@ def test_alerts_dead_letters_and_graceful_shutdown(broker, topic_factory, kafka_
 
 def test_a_restarted_consumer_resumes_its_drift_watch_from_the_checkpoint(broker, topic_factory, kafka_config,
                                                                           artifact):
-    """The drift watch's ADWIN state travels in the checkpoint: a consumer started after a graceful
+    """The drift watch's state travels in the checkpoint: a consumer started after a graceful
     stop watches on from exactly where the last one stopped, not from nothing."""
     from stream_ae.stream.runner import StreamRunner
 

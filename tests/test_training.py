@@ -7,6 +7,7 @@ import torch
 
 from stream_ae.artifact import load_artifact, save_artifact
 from stream_ae.data import History, Layout, WindowSpec, generate_plant, write_history
+from stream_ae.drift import artifact_reference
 from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import ModelConfig, build_model
 from stream_ae.scoring import Scorer
@@ -116,6 +117,11 @@ def test_end_to_end_train_gives_a_calibrated_artifact(plant, tmp_path):
     assert t["span"]["first"] < t["cut"] < t["span"]["last"]
     assert t["windows"]["train"] > t["windows"]["val"] > 0 and t["epochs"] == 3
     assert np.isfinite(t["metrics"]["val_loss"]) and "0.99" in t["metrics"]["val_score_quantiles"]
+    # the drift watch's starting level: the mean log score of the normal validation windows,
+    # between the log of the median score and that of the threshold
+    level = artifact_reference(art)
+    assert level == t["metrics"]["val_log_score_mean"]
+    assert np.log(t["metrics"]["val_score_quantiles"]["0.5"]) - 1.0 < level < np.log(t["metrics"]["threshold_value"])
     # the scaler saw the training split only (rows before the cut), not the validation rows
     df = plant[0]
     before_cut = int((df.timestamp < pd.Timestamp(t["cut"])).sum())

@@ -102,6 +102,7 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
 
     from prometheus_client import CollectorRegistry, Counter, Gauge
 
+    from stream_ae.drift import artifact_reference
     from stream_ae.scoring import Scorer
     from stream_ae.stream.detector import build_detector
     from stream_ae.stream.drift_watch import DriftWatch
@@ -127,7 +128,7 @@ def _phase(scorer, batches, span_ns: int, per_pass: int, n: int, entities: int, 
             reloads += 1
         for i, batch in enumerate(batches):
             result = detector.finish(detector.prepare(_moved(batch, k, span_ns, per_pass, names)).score())
-            drifts += len(drift.observe(result, scorer.version))
+            drifts += len(drift.observe(result, scorer.version, artifact_reference(scorer.artifact)))
             windows += result.windows_scored
             events += len(result.events)
             if (i + 1) % CHECKPOINT_EVERY == 0:

@@ -65,11 +65,13 @@ class StreamMetrics:
                                                   buckets=_CHECKPOINT_BUCKETS, registry=r)
         self.checkpoint_states = Counter("stream_ae_checkpoint_states", "Entity states written by checkpoints",
                                          registry=r)
-        self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (ADWIN), "
-                             "by direction", ["direction"], registry=r)
-        self.drift_shift = Gauge("stream_ae_drift_shift", "The running model's mean log score over ADWIN's "
-                                 "window minus its starting level: drift is reported at +/- [drift] min_shift "
-                                 "(NaN until the first 200 normal scores are in)", registry=r)
+        self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (the level "
+                             "over [drift] horizon), by direction", ["direction"], registry=r)
+        self.drift_shift = Gauge("stream_ae_drift_shift", "The running model's mean log score over the closed "
+                                 "buckets of the latest [drift] horizon minus its starting level: drift is "
+                                 "reported at +/- [drift] min_shift once a whole horizon is in (NaN until the "
+                                 "first bucket closes, or the first horizon for a model without a stored "
+                                 "starting level)", registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
         self.last_poll = 0.0
         self.assigned: list[int] = []

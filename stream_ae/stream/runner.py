@@ -42,6 +42,7 @@ import threading
 import time
 from typing import Callable
 
+from stream_ae.drift import artifact_reference
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.batcher import InFlight, MicroBatcher
@@ -241,7 +242,7 @@ class StreamRunner:
                 m.dead_letters.labels(reason).inc()
         for event, i in zip(out.events, out.event_index):
             self._publisher.alert(event, job.ingest_s[i])
-        self.drift.observe(out, prep.scorer.version)
+        self.drift.observe(out, prep.scorer.version, artifact_reference(prep.scorer.artifact))
         m.windows.inc(out.windows_scored)
         m.batch_windows.observe(out.windows_scored)
         if out.windows_scored:
@@ -382,7 +383,7 @@ class StreamRunner:
         self._publisher.already_sent |= {s for s in letters if s[0] == k.readings_topic
                                          and s[1] in restored and s[2] >= resume.get(s[1], 0)}
         self.drift.resume([(r.positions.written_at, r.positions.drift) for r in restored.values() if r.positions],
-                          self.detector.model_version)
+                          self.detector.model_version, artifact_reference(self.detector.scorer.artifact))
         self._checkpointer.restored(ends, letter_ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
         self.membership.assigned(parts, resume)

@@ -128,14 +128,19 @@ class InputSettings(_Section):
 
 
 class DriftSettings(_Section):
-    """The stream's drift watch (``stream_ae.stream.drift_watch``): ADWIN over normal windows' log scores."""
+    """The stream's drift watch (``stream_ae.stream.drift_watch``): the level of normal windows'
+    log scores over a horizon of event time, against the model's starting level."""
 
     enabled: bool = True
-    # an event when ADWIN's mean log score leaves the model's starting level by this much
-    # (0.2: scores ~22 % higher or ~18 % lower); 0 reports every change ADWIN finds
-    min_shift: Annotated[float, Meta(ge=0.0)] = 0.2
-    delta: Prob = 0.002                                  # ADWIN's significance
+    # an event when the mean log score over the horizon leaves the model's starting level by
+    # this much (0.2: scores ~22 % higher or ~18 % lower)
+    min_shift: Annotated[float, Meta(gt=0.0)] = 0.2
+    horizon: str = "1d"              # event time the level is the mean over: at least the plant's rhythm
     sample_per_batch: Annotated[int, Meta(ge=1)] = 64    # normal scores fed per micro-batch
+
+    def __post_init__(self):
+        if parse_duration(self.horizon, "drift.horizon") <= 0:
+            raise ValueError("drift.horizon must be longer than 0 s, e.g. \"1d\"")
 
 
 class OpsSettings(_Section):

@@ -179,13 +179,20 @@ def _set_dotted(tree: dict, origins: dict, dotted: str, value: Any, origin: str)
     origins[dotted] = origin
 
 
+# settings an earlier release had: what to do instead (shown after "unknown setting ...")
+REMOVED = {
+    "drift.delta": "; it was ADWIN's significance, and the drift watch no longer runs ADWIN (it "
+                   "judges the mean log score over drift.horizon): delete the key",
+}
+
+
 def _check_keys(tree: Mapping, struct: type, prefix: str, origins: dict) -> None:
     fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(f"unknown setting {dotted!r} ({_origin(dotted, origins)})"
-                              + _suggest(key, prefix, fields))
+                              + (REMOVED.get(dotted) or _suggest(key, prefix, fields)))
         kind = fields[key]
         if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
             if not isinstance(value, Mapping):

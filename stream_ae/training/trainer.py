@@ -14,6 +14,7 @@ from stream_ae.progress import progress_bar
 from stream_ae import __version__ as PACKAGE_VERSION
 from stream_ae.artifact import FORMAT_VERSION, Artifact, make_version, utc_now, weights_bytes
 from stream_ae.data.history import History
+from stream_ae.drift import REFERENCE_METRIC, reference_level
 from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import build_model, window_errors
 from stream_ae.models.config import channel_indices
@@ -249,6 +250,8 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
             "val_score_quantiles": {str(q): float(v) for q, v in zip(VAL_QUANTILES, quantiles)},
             "val_score_max": float(val_scores.max()),
             "threshold_value": _json_float(getattr(threshold, "value", float("nan"))),
+            # the level the stream's drift watch measures shifts from (stream_ae.drift)
+            REFERENCE_METRIC: reference_level(val_scores, getattr(threshold, "value", None)),
         },
     }
     return artifact
