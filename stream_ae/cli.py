@@ -153,10 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs=argparse.REMAINDER, help="the job's own flags, e.g. --config stream-ae.toml")
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("which", choices=("backfill", "stream", "detector", "soak"),
+    bench.add_argument("which", choices=("backfill", "stream", "detector", "soak", "drift"),
                        help="what to measure (detector: the stream's per-reading cost against the entity "
                             "count, no broker; soak: the detector's memory over millions of readings, "
-                            "steady and with new entity ids arriving)")
+                            "steady and with new entity ids arriving; drift: what the drift watch reports "
+                            "over a week of a plant with a daily rhythm, with and without a sensor change)")
     bench.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
     bench.add_argument("--rows", default=None, help="backfill: comma-separated archive sizes, e.g. 1000000,10000000")
     bench.add_argument("--n", type=int, default=None, help="stream, detector: number of readings; soak: "
@@ -264,6 +265,11 @@ def cmd_bench(args) -> int:
         if len(entities) != 1:
             raise ConfigError(f"bench soak takes one --entities count, got {args.entities!r}")
         run_soak_bench(n=args.n, entities=entities[0], json_path=args.json_path)
+        return 0
+    if args.which == "drift":
+        from stream_ae.bench.drift import run_drift_bench
+
+        run_drift_bench(json_path=args.json_path)
         return 0
     from stream_ae.bench.stream import run_from_flags
 
