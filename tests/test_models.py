@@ -110,10 +110,16 @@ class TestModelContract:
         assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
 
     def test_trains_under_bf16_autocast(self, trained):
+        """The model code is autocast-safe (the CUDA trainer's AMP), checked with CPU autocast.
+        oneDNN's LSTM has no bf16 kernel on a CPU without native bf16 (AVX512-BF16 / AMX: an AMD
+        EPYC without AVX-512, say); there the check runs on ATen's own kernels instead."""
+        from stream_ae.scoring import cpu_has_native_bf16
+
         model, test, *_ = trained
         model.train()
         try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.backends.mkldnn.flags(enabled=cpu_has_native_bf16()), \
+                    torch.autocast("cpu", dtype=torch.bfloat16):
                 loss, _ = model.training_loss(test[:16])
             loss.backward()
         finally:
