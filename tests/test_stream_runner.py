@@ -364,3 +364,37 @@ def test_a_batch_closes_early_only_while_a_model_thread_is_idle(artifact):
     scoring[0].set_result(None)
     runner.step()
     assert submitted == [2, 1, 3]               # a thread came free: the grown batch goes
+
+
+def test_a_checkpoint_that_fails_on_revoke_stops_the_poll_loop_instead_of_being_only_logged(artifact):
+    """kafka-python logs a rebalance listener's error and goes on: the runner forgets the revoked
+    partitions all the same, commits nothing, and its next poll raises (a restart replays)."""
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from kafka.errors import KafkaTimeoutError
+
+    from stream_ae.errors import StreamAEError
+    from stream_ae.stream.checkpoint import Checkpointer
+    from stream_ae.stream.runner import StreamRunner
+    from stream_ae.stream.settings import load_settings
+
+    def timed_out(timeout):
+        raise KafkaTimeoutError("state record not acknowledged")
+
+    runner = StreamRunner(load_settings(env={}, overrides=["model.device=cpu"]), artifact)
+    commits, producer = [], SimpleNamespace(flush=lambda: None, send=lambda *a, **kw: SimpleNamespace(get=timed_out))
+    runner._checkpointer = Checkpointer(producer, "state", interval_s=3600.0)
+    runner._publisher = SimpleNamespace(failed=False, forget=lambda parts: None)
+    runner._consumer = SimpleNamespace(poll=lambda **kw: {})
+    runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True, forget=lambda parts: None,
+                                        commit=lambda positions, blocking: positions and commits.append(positions))
+    runner._assigned, runner._next_offsets = {0, 1}, {0: 10, 1: 20}
+    try:
+        with pytest.raises(KafkaTimeoutError):                  # what kafka-python would log and swallow
+            runner.on_revoked([namedtuple("TP", "partition")(0)])
+        assert runner._assigned == {1} and 0 not in runner._next_offsets and commits == []
+        with pytest.raises(StreamAEError, match="checkpoint of revoked partitions failed.*not acknowledged"):
+            runner.step()
+    finally:
+        runner._checkpointer.close()

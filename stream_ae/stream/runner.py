@@ -99,8 +99,8 @@ class StreamRunner:
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
         self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
         self._failed = self._closing = False
-        # kafka-python calls the rebalance listener on its IO thread, possibly while this
-        # thread is between polls: the lock keeps batches, checkpoints and rebalances apart
+        self._revoke_error: BaseException | None = None  # kafka-python logs a listener's error and goes on
+        # the rebalance listener may run on kafka-python's IO thread: this keeps batches, checkpoints, rebalances apart
         self._lock = threading.RLock()
         self._inflight: deque[InFlight] = deque()  # prepared batches, oldest first
         self._writing: tuple[Future, dict[int, int]] | None = None  # a checkpoint being written, its positions
@@ -161,6 +161,9 @@ class StreamRunner:
         records = self._consumer.poll(timeout_ms=timeout, max_records=self.batcher.room() or 1)
         self.metrics.polled()
         with self._lock:
+            if self._revoke_error is not None:
+                raise StreamAEError(f"the checkpoint of revoked partitions failed ({self._revoke_error}); stopping "
+                                    "without a commit: a restart replays from the last checkpoint") from self._revoke_error
             if self._to_restore:  # a join has just confirmed the membership
                 self._finish_inflight(confirmed=True)
                 records = self._restore(records)
@@ -208,9 +211,8 @@ class StreamRunner:
         if not records:
             return
         self._maybe_reload()
-        m = self.metrics
-        m.consumed.inc(len(records))
-        m.batch_size.observe(len(records))
+        self.metrics.consumed.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
         cols, bad = self.decoder.decode_columns(records, self.detector.channels)
         batch, ingest_s = cols.to_batch()
         prep = self.detector.prepare(batch)
@@ -233,9 +235,8 @@ class StreamRunner:
             self._publisher.dead_letter(letter)
         out = self.detector.finish(prep)
         m = self.metrics
-        late_policy = self.settings.input.late_policy
         for i, reason in out.rejected:
-            if late_policy == "dead_letter":
+            if self.settings.input.late_policy == "dead_letter":
                 self._publisher.dead_letter(codec.dead_letter(job.cols.messages[i], reason, codec.REJECT_DETAIL[reason],
                                                               entity=job.cols.entity[i]))
             else:
@@ -312,9 +313,14 @@ class StreamRunner:
         with self._lock:
             if self._closing or self._failed or self._publisher.failed or not parts:
                 return
-            self._drain()
-            self.checkpoint(in_listener=True)
-            self._forget(parts)
+            try:
+                self._drain()
+                self.checkpoint(in_listener=True)
+            except BaseException as exc:  # for the poll loop to raise: the client would only log it
+                self._failed, self._revoke_error = True, exc
+                raise
+            finally:
+                self._forget(parts)  # revoked either way: nothing more is written for them
 
     def on_lost(self, lost) -> None:
         """Listener (client IO thread): the group evicted this member after a stall, and the
