@@ -2,7 +2,7 @@
 
 For each seed, a synthetic plant of 4 entities, one reading a minute for 10 days, whose
 channels follow a daily season (``generate_plant``, no injected anomaly). A conv autoencoder is
-trained on days 1-3, as the demo's is; days 4-10 are scored through the backfill (the one
+trained on days 1-3 (the demo's preset, ``demo_preset``); days 4-10 are scored through the backfill (the one
 scoring path) and fed, in event-time order and in micro-batches of 256 windows, to the stream's
 :class:`~stream_ae.stream.drift_watch.DriftWatch` with the default ``[drift]`` settings and the
 model's stored starting level. Two cases per seed, both from the same model:
@@ -17,7 +17,6 @@ calibrated threshold calls normal, the spread of the hourly means over the first
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -57,8 +56,10 @@ def _watch(scores, flags, ts, version: str, reference: float | None) -> list:
 
 
 def _case(scores, flags, ts, t0: int, version: str, reference: float | None) -> dict:
+    from stream_ae.drift import FLOOR
+
     day_ns, hour_ns = 86_400 * 10**9, 3_600 * 10**9
-    logs = np.log(np.maximum(scores, 1e-12))
+    logs = np.log(np.maximum(scores, FLOOR))
     normal = ~flags
     day = (ts - t0) // day_ns
     hour = (ts - t0) // hour_ns
@@ -78,14 +79,13 @@ def _case(scores, flags, ts, t0: int, version: str, reference: float | None) -> 
 def run_drift_bench(seeds=(7, 8), json_path=None) -> dict:
     from stream_ae.artifact import save_artifact
     from stream_ae.bench import emit
-    from stream_ae.commands import resolve_preset
     from stream_ae.data.layout import Layout
     from stream_ae.data.synthetic import generate_plant, write_history
+    from stream_ae.demo import demo_preset
     from stream_ae.drift import artifact_reference
     from stream_ae.training import train
 
-    preset = resolve_preset("conv", "undercomplete", epochs=6, max_windows=16_000)
-    preset = preset.replace(train=dataclasses.replace(preset.train, batch_size=256))
+    preset = demo_preset()
     drift_log = logging.getLogger("stream_ae.stream.drift_watch")
     level, result = drift_log.level, {"settings": "[drift] defaults", "gain": GAIN, "seeds": {}}
     drift_log.setLevel(logging.ERROR)  # the events are in the figures

@@ -17,6 +17,15 @@ import numpy as np
 ENTITIES, CHANNELS, ROWS, CLEAN_ROWS, FREQ_S, SEASON = 4, 6, 12_000, 7_200, 10.0, 360
 
 
+def demo_preset():
+    """The demo's model: the conv preset, undercomplete, 6 epochs of up to 16 000 windows in
+    batches of 256 (a few seconds on 2 cores)."""
+    from stream_ae.commands import resolve_preset
+
+    preset = resolve_preset("conv", "undercomplete", epochs=6, max_windows=16_000)
+    return preset.replace(train=dataclasses.replace(preset.train, batch_size=256))
+
+
 def prepare(out: Path, seed: int):
     """Write the synthetic history and train a model on its clean span, unless the history and a
     model made from this same plant and training configuration are already in ``out``.
@@ -25,7 +34,6 @@ def prepare(out: Path, seed: int):
     configuration): another ``--seed``, or a release whose plant or preset differ, trains
     afresh instead of scoring with a model of another plant."""
     from stream_ae.artifact import load_artifact, save_artifact
-    from stream_ae.commands import resolve_preset
     from stream_ae.data.layout import Layout
     from stream_ae.data.synthetic import generate_plant, write_history
     from stream_ae.training import train
@@ -33,8 +41,7 @@ def prepare(out: Path, seed: int):
     out.mkdir(parents=True, exist_ok=True)
     df, injected = generate_plant(n_entities=ENTITIES, n_channels=CHANNELS, n_rows=ROWS, freq_s=FREQ_S,
                                   seed=seed, clean_rows=CLEAN_ROWS, season_period=SEASON)
-    preset = resolve_preset("conv", "undercomplete", epochs=6, max_windows=16_000)
-    preset = preset.replace(train=dataclasses.replace(preset.train, batch_size=256))
+    preset = demo_preset()
     plant, key = cache_keys(df, preset)
     history = out / "history"
     if _marker(history) != plant:
