@@ -304,7 +304,7 @@ class DriftMonitor:
 
 def artifact_reference(artifact) -> float | None:
     """The starting level stored in ``artifact`` at training (None for one trained before
-    stream_ae stored it: the monitor then takes its first scores' level)."""
+    stream_ae stored it: the monitor then takes the level of its first full horizon)."""
     value = ((artifact.training or {}).get("metrics") or {}).get(REFERENCE_METRIC)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 

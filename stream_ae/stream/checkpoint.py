@@ -15,8 +15,8 @@ checkpoint or restore; on revoke; on shutdown), once the batches in flight are f
 1. on the poll loop, take a snapshot of every entity changed since the last checkpoint and one
    record per assigned readings partition, key ``__partition__/<p>``, holding the next
    readings offset, the alerts-topic and dead-letter-topic offsets (per partition of each)
-   acknowledged so far and the consumer's drift watch (``drift_watch.py``; the same few KB in
-   each of its partitions' records); the poll loop goes on;
+   acknowledged so far and the consumer's drift watch (``drift_watch.py``; the same few hundred
+   bytes in each of its partitions' records); the poll loop goes on;
 2. on the checkpoint thread: flush the producer, so every alert and dead letter produced
    before the snapshot is acknowledged (if any failed, stop: no state goes out that assumes
    it published); then write the records and flush;
