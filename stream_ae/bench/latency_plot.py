@@ -14,13 +14,10 @@ def plot_latency(path: Path, alerts: dict, floor: dict, target_ms: float, title:
     """``alerts``: {"sent_s", "ms", "cores": {"t_s", "machine", "broker", "load_generator"}}
     from ``latency_run``; ``floor``: {"t_s", "p50", "p99"} from ``broker_latency_run``. Times
     are seconds after each run's first paced send."""
-    import matplotlib
+    from stream_ae.figures import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_lat, ax_cpu) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True, layout="constrained",
-                                         gridspec_kw={"height_ratios": [2, 1]})
+    fig = figure(figsize=(13, 6.5), layout="constrained")
+    ax_lat, ax_cpu = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     sent, ms = np.asarray(alerts["sent_s"]), np.asarray(alerts["ms"])
     over = ms > target_ms
     ax_lat.scatter(sent[~over], ms[~over], s=6, color="tab:blue", label=f"alert event ({int((~over).sum())})")
@@ -44,6 +41,4 @@ def plot_latency(path: Path, alerts: dict, floor: dict, target_ms: float, title:
     ax_cpu.set_xlabel("seconds after the first paced reading")
     ax_cpu.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

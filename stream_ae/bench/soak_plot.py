@@ -8,13 +8,10 @@ import numpy as np
 
 def plot_soak(path: Path, phases: dict, title: str) -> Path:
     """``phases``: name -> {"readings", "rss_mib", "heap_mib", "live", "parked"}, one value per pass."""
-    import matplotlib
+    from stream_ae.figures import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(phases), figsize=(6 * len(phases), 6), sharex="col", layout="constrained",
-                             squeeze=False, gridspec_kw={"height_ratios": [2, 1]})
+    fig = figure(figsize=(6 * len(phases), 6), layout="constrained")
+    axes = fig.subplots(2, len(phases), sharex="col", squeeze=False, gridspec_kw={"height_ratios": [2, 1]})
     for col, (name, s) in enumerate(phases.items()):
         x = np.asarray(s["readings"]) / 1e6
         ax_mem, ax_ent = axes[0, col], axes[1, col]
@@ -30,6 +27,5 @@ def plot_soak(path: Path, phases: dict, title: str) -> Path:
         ax_ent.set_xlabel("readings seen (millions)")
         ax_ent.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return Path(path)

@@ -34,15 +34,11 @@ def plot_demo(path: Path, frames: dict, injected, detections, title: str) -> Pat
     Each entity's signal panel draws the channels its injected anomalies touch, each as a
     z-score over the run (channels differ in level and scale), and names the kind and the
     channels of every injected span."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from stream_ae.figures import figure, save
 
     entities = sorted(frames)
-    fig, axes = plt.subplots(len(entities) * 2, 1, figsize=(13, 2.6 * len(entities) * 2), sharex=True,
-                             layout="constrained")
-    axes = np.atleast_1d(axes)
+    fig = figure(figsize=(13, 2.6 * len(entities) * 2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(entities) * 2, 1, sharex=True))
     to_h = lambda ts, t0: (np.asarray(ts) - t0) / 3.6e12  # noqa: E731 - ns -> hours
     t0 = min(int(f["ts"][0]) for f in frames.values())
     for i, ent in enumerate(entities):
@@ -70,6 +66,4 @@ def plot_demo(path: Path, frames: dict, injected, detections, title: str) -> Pat
     axes[1].legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("hours since start (orange: injected anomaly, red: detected)")
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

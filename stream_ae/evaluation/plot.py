@@ -18,15 +18,12 @@ def plot_file_run(run: "FileRun", path: str | Path, channels: Sequence[str] | No
     points where the alert was open are marked along the bottom of the score panel and
     labelled changepoints are dotted lines.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from stream_ae.figures import figure, save
 
     path = Path(path)
     t = (run.ts - run.ts[0]) / 1e9  # seconds since the file's start
-    fig, (ax_sig, ax_score) = plt.subplots(2, 1, figsize=(13, 8), sharex=True,
-                                           gridspec_kw={"height_ratios": [3, 2]})
+    fig = figure(figsize=(13, 8))
+    ax_sig, ax_score = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     v = run.values.astype(np.float64)
     span = np.nanmax(v, 0) - np.nanmin(v, 0)
     norm = (v - np.nanmin(v, 0)) / np.where(span > 0, span, 1.0)  # (N, C) in [0, 1]
@@ -59,10 +56,7 @@ def plot_file_run(run: "FileRun", path: str | Path, channels: Sequence[str] | No
     ax_score.legend(loc="upper left", fontsize=8, ncol=5)
     fig.suptitle(title or run.name)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _shade(ax, t: np.ndarray, mask: np.ndarray, color: str, alpha: float, label: str | None) -> None:

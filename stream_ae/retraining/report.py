@@ -103,14 +103,11 @@ def plot_scores(path, scores: dict[str, np.ndarray], thresholds: dict[str, float
 
 
 def _plot_scores(path: Path, scores: dict, thresholds: dict, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from stream_ae.figures import figure, save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     finite = [s[np.isfinite(s) & (s > 0)] for s in scores.values()]
     finite = [s for s in finite if s.size]
-    fig = Figure(figsize=(8, 4.5))   # no pyplot: no global state, no GUI backend
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     if finite:
         lo, hi = min(float(s.min()) for s in finite), max(float(s.max()) for s in finite)
@@ -130,7 +127,4 @@ def _plot_scores(path: Path, scores: dict, thresholds: dict, title: str) -> Path
     ax.set_ylabel("windows")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
-    return path
+    return save(fig, path, dpi=100)
