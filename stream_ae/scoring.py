@@ -187,15 +187,35 @@ def check_precision(precision: str, device: torch.device) -> None:
                           "CPU lacks; use 'fp32'")
 
 
+#: The score (and channel error) of a window whose error overflows float32 -- a reading of
+#: ~1e20 on a standardised channel does -- or comes out NaN from such an overflow: the largest
+#: float32. Infinity would reach an alert's JSON as ``null`` (the schema wants a number, so the
+#: event could not be recognised again after a restart) and a threshold's fit as NaN.
+SCORE_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass
 class ScoreBatch:
-    """Scores of B windows: ``score`` (B,) and ``channel_error`` (B, C), float32."""
+    """Scores of B windows: ``score`` (B,) and ``channel_error`` (B, C), float32, finite
+    (at most :data:`SCORE_MAX`)."""
 
     score: np.ndarray
     channel_error: np.ndarray
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
+
+    def saturated(self) -> "ScoreBatch":
+        """This batch with NaN and infinity replaced by :data:`SCORE_MAX` (itself when all finite).
+
+        >>> b = ScoreBatch(np.array([1.0, np.inf], np.float32), np.array([[1.0], [np.nan]], np.float32))
+        >>> b.saturated().score.tolist() == [1.0, SCORE_MAX], b.saturated().channel_error[1, 0] == SCORE_MAX
+        (True, True)
+        """
+        if np.isfinite(self.score).all() and np.isfinite(self.channel_error).all():
+            return self
+        fix = lambda a: np.nan_to_num(a, nan=SCORE_MAX, posinf=SCORE_MAX, neginf=0.0)  # noqa: E731
+        return ScoreBatch(fix(self.score), fix(self.channel_error))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -316,7 +336,7 @@ class Scorer:
         scores, channel = parts[0]  # (B + pad,), (B + pad, C), float32 either way
         if self.device.type != "cpu":
             scores, channel = scores.cpu(), channel.cpu()
-        return ScoreBatch(scores.numpy()[:b], channel.numpy()[:b])
+        return ScoreBatch(scores.numpy()[:b], channel.numpy()[:b]).saturated()
 
     def score_windows(self, windows: np.ndarray) -> ScoreBatch:
         """Score raw windows (B, T, C); same numbers as :meth:`score_rows` on the same data."""

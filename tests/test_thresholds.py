@@ -108,12 +108,17 @@ class TestThresholdContract:
         assert flags.mean() < 0.05                             # not flooding on normal scores
         assert th.step(100.0)
 
-    def test_nan_score_is_a_data_error(self, name):
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_a_score_that_is_not_finite_is_a_data_error(self, name, bad):
+        """An infinite score would fit a NaN threshold that then never flags (``Scorer``
+        saturates overflowing windows, so none reaches a threshold from the scoring path)."""
         th = build_threshold(SPECS[name])
-        with pytest.raises(DataError, match="NaN"):
-            th.step(float("nan"))
+        with pytest.raises(DataError, match=f"score is {bad}.*must be finite"):
+            th.step(bad)
         with pytest.raises(DataError, match="index 2"):
-            th.step_many([1.0, 2.0, float("nan")])
+            th.step_many([1.0, 2.0, bad])
+        with pytest.raises(DataError, match="must be finite"):
+            th.fit(np.r_[np.ones(500), bad])
 
 
 # ---- EVT ------------------------------------------------------------------------------------

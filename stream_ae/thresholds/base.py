@@ -200,19 +200,22 @@ def _get(d, key):
 
 
 def as_scores(scores) -> np.ndarray:
-    """Scores as a 1-D float64 array; NaN is a :class:`DataError` (a score must be a number)."""
+    """Scores as a 1-D float64 array; NaN or infinity is a :class:`DataError` (a score must be a
+    finite number: ``Scorer`` saturates an overflowing window at ``scoring.SCORE_MAX``)."""
     x = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if np.isnan(x).any():
-        raise DataError(f"scores contain NaN at index {int(np.flatnonzero(np.isnan(x))[0])}; "
-                        "drop windows that could not be scored before thresholding")
+    if not np.isfinite(x).all():
+        i = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise DataError(f"scores contain {x[i]} at index {i}; a score must be finite: drop windows that "
+                        "could not be scored, or saturate them, before thresholding")
     return x
 
 
 def check_score(score) -> float:
-    """One score as a float; NaN is a :class:`DataError`."""
+    """One score as a float; NaN or infinity is a :class:`DataError`."""
     x = float(score)
-    if x != x:
-        raise DataError("score is NaN; drop windows that could not be scored before thresholding")
+    if not math.isfinite(x):
+        raise DataError(f"score is {x}; a score must be finite: drop windows that could not be scored, "
+                        "or saturate them, before thresholding")
     return x
 
 
