@@ -268,3 +268,16 @@ def test_state_from_another_spec_is_refused():
         other.load_state_dict(th.state_dict())
     with pytest.raises(ArtifactError):
         QuantileThreshold().load_state_dict(th.state_dict())
+
+
+def test_evt_after_a_calm_spell_does_not_fall_to_its_excess_threshold_and_lock_there():
+    """Hours calmer than the calibration raise n but not Nt; uncapped, SPOT's q * n / Nt
+    passed 1, the threshold fell below t, every later peak was flagged and never learned, and
+    1.6 % of normal windows stayed flagged (0.19 % with the cap)."""
+    rng = np.random.default_rng(1)
+    th = build_threshold(ThresholdSpec(kind="evt", q=1e-3, level=0.98))
+    th.fit(rng.exponential(size=1000))
+    th.step_many(0.5 * rng.exponential(size=30_000))   # an idling machine
+    flags, values = th.step_many(rng.exponential(size=50_000))
+    assert values.min() > th.state_dict()["t"] + 1.0
+    assert flags.mean() < 0.005
