@@ -320,3 +320,37 @@ def test_a_batch_decodes_exactly_as_its_messages_one_by_one(hostile, unknown_fie
     # only a batch of well-formed readings takes the one-call path (a value beyond float32 is
     # well-formed JSON: it is dead-lettered after decoding, as the message-by-message path does)
     assert (whole is not None) == all(b"1e39" in (h or b"") or b"2024-05" in (h or b"") for h in hostile)
+
+
+HOSTILE = {  # found by review: each stopped the consumer (the decoder raised) before
+    "invalid UTF-8": b'{"entity": "Pumpe-D\xfcsseldorf", "ts": 5, "values": {"a": 1, "b": 2, "c": 3}}',
+    "nested after NaN": b'{"entity": "e", "ts": 5, "values": {"a": NaN}, "z": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    "nested, ignored": b'{"entity": "e", "ts": 5, "values": {"a": 1, "b": 2, "c": 3}, "z": '
+                       + b"[" * 3000 + b"]" * 3000 + b"}",
+    "year 1": b'{"entity": "e", "ts": "0001-01-01T00:00:00Z", "values": {"a": 1, "b": 2, "c": 3}}',
+    "year 2300": b'{"entity": "e", "ts": "2300-01-01T00:00:00Z", "values": {"a": 1, "b": 2, "c": 3}}',
+    "year 1960": b'{"entity": "e", "ts": "1960-01-01T00:00:00Z", "values": {"a": 1, "b": 2, "c": 3}}',
+    "state key": b'{"entity": "__partition__/0", "ts": 5, "values": {"a": 1, "b": 2, "c": 3}}',
+}
+
+
+@pytest.mark.parametrize("unknown_fields", ["reject", "ignore"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_messages_are_dead_lettered_on_every_path_and_the_batch_goes_on(name, unknown_fields):
+    channels = ("a", "b", "c")
+    blobs = [GOOD % (i, 1000 + i) for i in range(4)]
+    blobs[2:2] = [HOSTILE[name]]
+    records = [record(b, offset=i) for i, b in enumerate(blobs)]
+    decoder = ReadingDecoder(unknown_fields=unknown_fields)
+    cols, bad = decoder.decode_columns(records, channels)
+    assert [m.offset for m in cols.messages] == [0, 1, 3, 4]
+    assert [(b.source_offset, b.original) for b in bad] == [(2, HOSTILE[name])]
+    assert bad[0].reason in ("malformed", "non_finite", "unknown_field")
+    if name != "state key":  # the dict path (archiver) has no state topic to guard
+        ok, letters = decoder.decode(records)
+        assert [r.message.offset for r in ok] == [0, 1, 3, 4] and [b.source_offset for b in letters] == [2]
+    assert _one_by_one(decoder, records, channels)[3] == [0, 1, 3, 4]
+    if name.startswith("year"):
+        assert "outside 1970-01-01 to 2262-04-11" in bad[0].detail
+    if name == "state key":
+        assert "reserved" in bad[0].detail

@@ -136,6 +136,20 @@ def datetime_to_ns(t: dt.datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
 
 
+def reading_ts_ns(t) -> int | None:
+    """A decoded reading's ``ts`` (epoch ms, bounded by the schema, or an aware datetime) as ns
+    since the epoch; None for a datetime outside the span epoch milliseconds allow, 1970-01-01
+    to 2262-04-11 (int64 nanoseconds end there).
+
+    >>> reading_ts_ns(1_000), reading_ts_ns(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
+    (1000000000, None)
+    """
+    if type(t) is int:
+        return t * 1_000_000
+    ns = datetime_to_ns(t)
+    return ns if 0 <= ns <= _MAX_EPOCH_MS * 1_000_000 else None
+
+
 def ns_to_datetime(ns: int) -> dt.datetime:
     """UTC datetime of epoch nanoseconds (microsecond precision).
 
@@ -182,7 +196,7 @@ def _non_finite_tokens(data: bytes) -> bool:
     seen = []
     try:
         json.loads(data, parse_constant=seen.append)
-    except ValueError:       # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
         return False
     return bool(seen)
 
@@ -232,6 +246,14 @@ class ReadingDecoder:
                           if reason == "non_finite" else str(exc))
                 bad.append(dead_letter(message, reason, detail))
                 continue
+            except Exception as exc:  # invalid UTF-8 in a string, nesting too deep to parse ...
+                bad.append(dead_letter(message, "malformed", f"{type(exc).__name__}: {exc}"))
+                continue
+            ts_ns = reading_ts_ns(r.ts)
+            if ts_ns is None:
+                bad.append(dead_letter(message, "malformed", f"timestamp {r.ts.isoformat()} is outside 1970-01-01 "
+                                       "to 2262-04-11, the span epoch milliseconds allow", entity=r.entity))
+                continue
             for name, v in r.values.items():
                 if v is not None and not -_F32_MAX <= v <= _F32_MAX:
                     bad.append(dead_letter(message, "non_finite",
@@ -239,8 +261,6 @@ class ReadingDecoder:
                                            entity=r.entity))
                     break
             else:
-                ts = r.ts
-                ts_ns = ts * 1_000_000 if type(ts) is int else datetime_to_ns(ts)
                 ok.append(DecodedReading(r.entity, ts_ns, r.values, message))
         return ok, bad
 

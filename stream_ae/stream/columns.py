@@ -22,9 +22,12 @@ import msgspec
 import numpy as np
 
 from stream_ae.stream.codec import (
-    _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, datetime_to_ns, dead_letter,
+    _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, dead_letter, reading_ts_ns,
     values_to_row)
 from stream_ae.stream.detector_io import ReadingBatch
+
+#: Entity ids the stream refuses: its state topic keys partition records with it (``checkpoint.PARTITION_KEY``).
+RESERVED_ENTITY_PREFIX = "__partition__/"
 
 if TYPE_CHECKING:
     from stream_ae.stream.codec import ReadingDecoder
@@ -76,11 +79,12 @@ def decode_columns(decoder: "ReadingDecoder", messages: Iterable[Any], channels:
         if fast is not None and value is not None and len(value) <= decoder.max_bytes:
             try:
                 r = fast[0](value)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except Exception:  # the general path below names what is wrong
                 pass
-        if r is not None:
+        t = None if r is None else reading_ts_ns(r.ts)
+        if t is not None:
             entity.append(r.entity)
-            ts.append(_ts_ns(r.ts))
+            ts.append(t)
             rows.append(msgspec.structs.astuple(r.values))
             kept.append(message)
             continue
@@ -100,11 +104,6 @@ def decode_columns(decoder: "ReadingDecoder", messages: Iterable[Any], channels:
                 rows.append(row.tolist())
                 kept.append(message)
     return _columns(decoder, entity, ts, rows, kept, bad, len(channels))
-
-
-def _ts_ns(t) -> int:
-    """A decoded ``ts`` (epoch ms or an aware datetime) as ns since the epoch."""
-    return t * 1_000_000 if type(t) is int else datetime_to_ns(t)
 
 
 def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list, list, list] | None:
@@ -127,15 +126,17 @@ def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list
         if not lines_are_values(joined, lengths):
             return None
         readings = fast[1](joined)
-    except (AttributeError, TypeError, IndexError, msgspec.ValidationError, msgspec.DecodeError):
-        return None  # a tombstone, an empty value, a bad message: decode them one by one
+    except Exception:  # a tombstone, an empty value, any bad message (invalid UTF-8, deep nesting ...)
+        return None    # decode them one by one: the general path names what is wrong
     if len(readings) != len(messages):
         return None
     ts = list(map(_TS, readings))
     try:
         ts_ns = np.array(ts, dtype=np.int64) * 1_000_000  # all epoch ms (msgspec bounded them)
     except TypeError:  # some are RFC 3339 datetimes
-        ts_ns = [_ts_ns(t) for t in ts]
+        ts_ns = [reading_ts_ns(t) for t in ts]
+        if None in ts_ns:
+            return None  # one is out of range: the general path dead-letters it
     return list(map(_ENTITY, readings)), ts_ns, [msgspec.structs.astuple(r.values) for r in readings]
 
 
@@ -176,10 +177,18 @@ def _columns(decoder: "ReadingDecoder", entity: list, ts: list, rows: list, kept
     values = values.reshape(len(rows), n_channels)
     with np.errstate(invalid="ignore"):
         out_of_range = (np.abs(values) > _F32_MAX).any(axis=1)  # (N,) the dict path checks per value
-    if out_of_range.any():
-        for i in np.flatnonzero(out_of_range):
-            bad = bad + decoder.decode([kept[i]])[1]
-        keep = ~out_of_range
+    for i in np.flatnonzero(out_of_range):
+        bad = bad + decoder.decode([kept[i]])[1]
+    drop = out_of_range
+    reserved = [e for e in set(entity) if e.startswith(RESERVED_ENTITY_PREFIX)]  # a few names a batch
+    if reserved:
+        taken = np.isin(np.array(entity, dtype=object), reserved) & ~out_of_range
+        bad = bad + [dead_letter(kept[i], "malformed", f"entity ids starting with {RESERVED_ENTITY_PREFIX!r} are "
+                                 "reserved: the state topic keeps partition records under them", entity=entity[i])
+                     for i in np.flatnonzero(taken)]
+        drop = out_of_range | taken
+    if drop.any():
+        keep = ~drop
         entity = [e for e, k in zip(entity, keep) if k]
         ts = [t for t, k in zip(ts, keep) if k]
         kept = [m for m, k in zip(kept, keep) if k]
