@@ -13,11 +13,9 @@ raises on input):
 * a timestamp equal to the entity's last (``duplicate``) or older (``out_of_order``):
   dead-lettered, or only counted when ``input.late_policy = "drop"``.
 
-A flood of new entity ids is bounded by ``input.max_entities`` (least recently seen
-evicted, snapshotted first; see ``entities.py``). Recovery, exactly-once alerts and the
-checkpoint protocol are in ``checkpoint.py``; the guard against acting on partitions the
-group took away during a stall is in ``membership.py``. ``python -m
-stream_ae.stream.consumer_process`` runs one consumer until SIGTERM / SIGINT.
+Entity floods: ``entities.py``. Recovery, exactly-once alerts, checkpoints: ``checkpoint.py``.
+Partitions the group took away during a stall: ``membership.py``. One consumer until SIGTERM /
+SIGINT: ``python -m stream_ae.stream.consumer_process``.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
@@ -311,9 +309,11 @@ class StreamRunner:
         """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
         parts = {tp.partition for tp in revoked}
         with self._lock:
-            if self._closing or self._failed or self._publisher.failed or not parts:
+            if self._closing or not parts:
                 return
             try:
+                if self._failed or self._publisher.failed:  # no checkpoint can be written: stop at the next poll
+                    raise StreamAEError("an alert, dead letter or state record could not be produced")
                 self._drain()
                 self.checkpoint(in_listener=True)
             except BaseException as exc:  # for the poll loop to raise: the client would only log it
