@@ -57,7 +57,7 @@ from stream_ae.errors import StreamAEError
 
 log = logging.getLogger(__name__)
 
-PARTITION_KEY = "__partition__/"  # the decoder refuses entity ids that start so (columns.RESERVED_ENTITY_PREFIX)
+PARTITION_KEY = "__partition__/"  # the decoder refuses entity ids that start so (columns.py)
 FORMAT = 1
 
 

@@ -24,10 +24,8 @@ import numpy as np
 from stream_ae.stream.codec import (
     _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, dead_letter, reading_ts_ns,
     values_to_row)
+from stream_ae.stream.checkpoint import PARTITION_KEY as RESERVED_ENTITY_PREFIX  # entity ids refused
 from stream_ae.stream.detector_io import ReadingBatch
-
-#: Entity ids the stream refuses: its state topic keys partition records with it (``checkpoint.PARTITION_KEY``).
-RESERVED_ENTITY_PREFIX = "__partition__/"
 
 if TYPE_CHECKING:
     from stream_ae.stream.codec import ReadingDecoder
