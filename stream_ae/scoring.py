@@ -209,7 +209,7 @@ class ScoreBatch:
         """This batch with NaN and infinity replaced by :data:`SCORE_MAX` (itself when all finite).
 
         >>> b = ScoreBatch(np.array([1.0, np.inf], np.float32), np.array([[1.0], [np.nan]], np.float32))
-        >>> b.saturated().score.tolist() == [1.0, SCORE_MAX], b.saturated().channel_error[1, 0] == SCORE_MAX
+        >>> b.saturated().score.tolist() == [1.0, SCORE_MAX], bool(b.saturated().channel_error[1, 0] == SCORE_MAX)
         (True, True)
         """
         if np.isfinite(self.score).all() and np.isfinite(self.channel_error).all():
