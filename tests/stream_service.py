@@ -102,7 +102,7 @@ class Producer:
 def read_alerts(bootstrap: str, topic: str) -> list:
     from kafka import KafkaConsumer, TopicPartition
 
-    from stream_ae.stream.checkpoint import read_to_end
+    from stream_ae.stream.recovery import read_to_end
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:

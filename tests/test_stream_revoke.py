@@ -25,7 +25,7 @@ def test_a_revoke_after_a_failed_produce_forgets_the_partitions_and_the_next_pol
     runner._publisher = SimpleNamespace(  # an earlier alert's produce failed
         failed=True, forget=lambda parts: None, alert=lambda event, ingest: sent.append(event.entity),
         dead_letter=lambda letter: sent.append((letter.source_partition, letter.source_offset)))
-    runner._checkpointer = SimpleNamespace(due=lambda: False)
+    runner._checkpointer = SimpleNamespace(due=lambda: False, release=lambda parts: None)
     runner._consumer = SimpleNamespace(poll=lambda **kw: {})
     runner.metrics.update_lag = lambda consumer: None
     runner.membership = SimpleNamespace(confirm=lambda: True, fresh=lambda: True, forget=lambda parts: None)

@@ -65,7 +65,7 @@ def read_all(bootstrap: str, topic: str) -> list:
     """Every record of a topic, up to the fetch high-watermark."""
     from kafka import KafkaConsumer
 
-    from stream_ae.stream.checkpoint import read_to_end
+    from stream_ae.stream.recovery import read_to_end
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:

@@ -113,7 +113,7 @@ def _alert_ids(bootstrap: str, topic: str) -> list[str]:
     from kafka import KafkaConsumer, TopicPartition
 
     from stream_ae.stream import codec
-    from stream_ae.stream.checkpoint import read_to_end
+    from stream_ae.stream.recovery import read_to_end
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:

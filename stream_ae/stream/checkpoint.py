@@ -30,15 +30,14 @@ reads the alerts topic from them finds every event the replay derives again, and
 few the state already holds. One checkpoint is written at a time, from one thread, so each
 state partition receives the records in checkpoint order.
 
-On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
-fetch high-watermark (``end_offsets`` is wrong on Tansu), keep the last value per key,
-restore those entities; then read the alerts topic from the stored alerts offsets to its
-end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
-from its stored offsets, whose letters' sources (topic, partition, offset) the publisher
-does not send again. The detector replays
-from the checkpointed offset, skipping readings already in a restored state, and does not
-return an event that is already published. A crash between any two steps leaves a state
-at least as old as the commit, so a replay recomputes what is missing and nothing twice.
+A restored partition *holds* its stored output offsets (0 without a record) until its replay
+has reached the readings high-watermark first seen after the restore: the previous owner may
+have published events from any reading below it, events this owner only suppresses once its
+replay derives them again. A checkpoint taken before then (periodic, revoke, shutdown) stores,
+per output partition, the lower of the offset reached and the held one, so the next owner
+reads those events too; without the hold, a second failover published them again.
+
+On assignment, ``recovery.py`` reads all of this back.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import msgspec
 import numpy as np
@@ -131,137 +130,6 @@ class PartitionRecord:
                    d.get("drift"), {int(k): int(v) for k, v in d.get("dead_letter_offsets", {}).items()})
 
 
-def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200) -> Iterator[Any]:
-    """Yield every record of ``starts`` (TopicPartition -> offset, None = beginning) up to the
-    fetch high-watermark each partition had when it was first fetched.
-
-    ``consumer`` is a group-less KafkaConsumer used for nothing else. Raises
-    :class:`StreamAEError` when the topic cannot be read within ``timeout_s``.
-    """
-    if not starts:
-        return
-    tps = list(starts)
-    consumer.assign(tps)
-    for tp, offset in starts.items():
-        if offset is None:
-            consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
-    target: dict = {}
-    done: set = set()
-    deadline = time.monotonic() + timeout_s
-    while len(done) < len(tps):
-        for tp, records in consumer.poll(timeout_ms=poll_ms, max_records=10_000).items():
-            for r in records:
-                if tp not in target or r.offset < target[tp]:
-                    yield r
-        for tp in tps:
-            if tp in done:
-                continue
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                target.setdefault(tp, hw)
-                if consumer.position(tp) >= target[tp]:
-                    done.add(tp)
-                    consumer.pause(tp)
-        if time.monotonic() > deadline:
-            missing = sorted(f"{tp.topic}[{tp.partition}]" for tp in set(tps) - done)
-            raise StreamAEError(
-                f"could not read {', '.join(missing)} to the end within {timeout_s:.0f} s; "
-                "check that the broker is reachable and the topic exists"
-            )
-
-
-@dataclass
-class Restored:
-    """What a readings partition's state partition held."""
-
-    entities: dict[str, dict] = field(default_factory=dict)  # entity -> snapshot
-    positions: PartitionRecord | None = None
-    published: set[str] = field(default_factory=set)  # event ids on the alerts topic since then
-    alerts_end: dict[int, int] = field(default_factory=dict)  # alerts partition -> high-watermark read
-
-
-def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0) -> dict[int, Restored]:
-    """Last value per key of the given state partitions (tombstones delete)."""
-    from kafka import TopicPartition
-
-    latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
-    for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s):
-        latest[r.partition][r.key] = r.value
-    out = {}
-    for p, values in latest.items():
-        restored = Restored()
-        for key, value in values.items():
-            if value is None or key is None:
-                continue
-            if key.startswith(PARTITION_KEY.encode()):
-                rec = PartitionRecord.decode(value)
-                if rec.partition == p:
-                    restored.positions = rec
-            else:
-                restored.entities[key.decode()] = decode_state(value)
-        out[p] = restored
-    return out
-
-
-def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id: Callable[[bytes], str | None],
-                   timeout_s: float = 60.0) -> tuple[set[str], dict[int, int]]:
-    """Event ids on the alerts topic from ``starts`` (alerts partition -> offset) to the end,
-    and the offset each partition was read to."""
-    from kafka import TopicPartition
-
-    ids: set[str] = set()
-    ends = dict(starts)
-    tps = {TopicPartition(alerts_topic, p): o for p, o in starts.items()}
-    for r in read_to_end(consumer, tps, timeout_s):
-        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
-        eid = event_id(r.value) if r.value is not None else None
-        if eid is not None:
-            ids.add(eid)
-    for tp in tps:
-        hw = consumer.highwater(tp)
-        if hw is not None:
-            ends[tp.partition] = max(ends[tp.partition], hw)
-    return ids, ends
-
-
-def _output_starts(reader, topic: str, restored: dict[int, Restored], offsets_of) -> dict[int, int]:
-    """Per partition of an output topic, the oldest offset the restored checkpoints stored
-    (``offsets_of(PartitionRecord)``); 0 where a partition has no checkpoint."""
-    starts: dict[int, int] = {}
-    for q in sorted(reader.partitions_for_topic(topic) or ()):
-        for r in restored.values():
-            start = offsets_of(r.positions).get(q, 0) if r.positions is not None else 0
-            starts[q] = min(starts.get(q, start), start)
-    return starts
-
-
-def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
-            event_id: Callable[[bytes], str | None], timeout_s: float = 60.0,
-            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], Any] | None = None):
-    """Everything a consumer needs to take over readings ``partitions``.
-
-    Returns the restored state per partition, the event ids published since the oldest of
-    their checkpoints (a partition without a checkpoint reads the alerts topic from the
-    beginning), and the alerts offsets read to; with ``dead_letter_topic``, also the ids
-    (``letter_id``) of the dead letters published since then and the offsets read to.
-    """
-    state_parts = reader.partitions_for_topic(state_topic) or set()
-    if not set(partitions) <= state_parts:
-        raise StreamAEError(
-            f"state topic {state_topic!r} has partitions {sorted(state_parts)} but readings partitions "
-            f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
-    restored = read_state(reader, state_topic, partitions, timeout_s)
-    starts = _output_starts(reader, alerts_topic, restored, lambda rec: rec.alerts_offsets)
-    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s)
-    if dead_letter_topic is None:
-        return restored, published, ends
-    starts = _output_starts(reader, dead_letter_topic, restored, lambda rec: rec.dead_letter_offsets)
-    letters, letter_ends = read_published(reader, dead_letter_topic, starts, letter_id, timeout_s)
-    return restored, published, ends, letters, letter_ends
-
-
 class Checkpointer:
     """Writes checkpoints through the runner's producer and tracks the output positions.
 
@@ -282,6 +150,7 @@ class Checkpointer:
         self._clock = clock
         self._last = clock()
         self._thread: ThreadPoolExecutor | None = None
+        self._holds: dict[int, _Hold] = {}  # restored readings partition -> its stored output offsets
         self.count = 0
 
     def due(self) -> bool:
@@ -306,10 +175,50 @@ class Checkpointer:
             _advance(self.dead_letter_offsets, p, o)
         self._last = self._clock()
 
-    def begin(self, table, next_offsets: dict[int, int], drift: dict | None = None) -> tuple[float, Future]:
+    def hold(self, partition: int, positions: PartitionRecord | None) -> None:
+        """At the restore of readings ``partition`` from ``positions`` (None: no record): its
+        checkpoints store no output offset past the restored ones until its replay reaches the
+        readings high-watermark (module docstring)."""
+        self._holds[partition] = _Hold(dict(positions.alerts_offsets) if positions else {},
+                                       dict(positions.dead_letter_offsets) if positions else {})
+
+    def release(self, partitions) -> None:
+        """The partitions are no longer this consumer's."""
+        for p in partitions:
+            self._holds.pop(p, None)
+
+    def output_offsets(self, partition: int, next_offset: int,
+                       highwater: Callable[[int], int | None]) -> tuple[dict[int, int], dict[int, int]]:
+        """The alerts and dead-letter offsets a record of ``partition`` at ``next_offset`` stores.
+
+        >>> c = Checkpointer(None, "state", 5.0)
+        >>> c.alerts_offsets = {0: 40, 1: 12}
+        >>> c.hold(3, PartitionRecord(3, 100, {0: 25}))
+        >>> c.output_offsets(3, 150, lambda p: None)  # high-watermark not fetched yet: held
+        ({0: 25, 1: 0}, {})
+        >>> c.output_offsets(3, 150, lambda p: 180)  # the replay is not there yet
+        ({0: 25, 1: 0}, {})
+        >>> c.output_offsets(3, 180, lambda p: 500)  # passed the first high-watermark seen: released
+        ({0: 40, 1: 12}, {})
+        """
+        alerts, letters = dict(self.alerts_offsets), dict(self.dead_letter_offsets)  # acks raise them meanwhile
+        held = self._holds.get(partition)
+        if held is None:
+            return alerts, letters
+        if held.target is None:
+            held.target = highwater(partition)
+        if held.target is not None and next_offset >= held.target:
+            del self._holds[partition]
+            return alerts, letters
+        return ({q: min(o, held.alerts.get(q, 0)) for q, o in alerts.items()},
+                {q: min(o, held.letters.get(q, 0)) for q, o in letters.items()})
+
+    def begin(self, table, next_offsets: dict[int, int], drift: dict | None = None,
+              highwater: Callable[[int], int | None] = lambda p: None) -> tuple[float, Future]:
         """Step 1 on the calling thread (the poll loop): the snapshot of the entities ``table``
         (``EntityTable``) holds changed and of the positions (with ``drift``, the drift watch's
-        state); step 2 on the checkpoint thread. The caller commits once the future is done.
+        state; ``highwater(p)``: the readings partition's fetch high-watermark, or None);
+        step 2 on the checkpoint thread. The caller commits once the future is done.
 
         Returns how long the snapshot held the caller (with thousands of entities, a tenth of
         a second) and the write's future: ``(seconds from the snapshot until every record was
@@ -318,9 +227,10 @@ class Checkpointer:
         started = time.perf_counter()
         states = table.take_dirty()  # entity -> (readings partition or -1, encoded snapshot)
         now = time.time()
-        positions = {p: PartitionRecord(p, offset, dict(self.alerts_offsets), now, drift,
-                                        dict(self.dead_letter_offsets)).encode()
-                     for p, offset in next_offsets.items()}
+        positions = {}
+        for p, offset in next_offsets.items():
+            alerts, letters = self.output_offsets(p, offset, highwater)
+            positions[p] = PartitionRecord(p, offset, alerts, now, drift, letters).encode()
         self._last = self._clock()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-checkpoint")
@@ -351,6 +261,15 @@ class Checkpointer:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
+
+
+@dataclass
+class _Hold:
+    """A restored partition's stored output offsets, and the readings offset that releases them."""
+
+    alerts: dict[int, int]
+    letters: dict[int, int]
+    target: int | None = None  # the first readings high-watermark seen after the restore
 
 
 def _advance(offsets: dict[int, int], partition: int, offset: int) -> None:

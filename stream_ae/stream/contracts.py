@@ -6,6 +6,20 @@ generated from them and a test fails when they drift. Command line::
     python -m stream_ae.stream.contracts --write-schemas schemas/   # after changing a Struct
     python -m stream_ae.stream.contracts --check schemas/           # exit 1 when out of date
     python -m stream_ae.stream.contracts --bench                    # decode cost per reading
+
+The consumer's input policy: every record that is not scored goes to the dead-letter topic
+with its reason, the original bytes and its source topic/partition/offset; the consumer
+never raises on input.
+
+* malformed JSON or UTF-8, wrong types, unknown top-level fields, ``NaN``/``Infinity`` tokens,
+  values outside float32, timestamps outside 1970..2262, oversized records, reserved entity
+  ids: the codec's reasons (``codec.py``);
+* a channel the model expects is absent from ``values``: ``missing_channel`` (a ``null``
+  value is a reading that could not be measured: it is forward-filled by the windower
+  for up to ``max_fill`` rows, then breaks the window sequence);
+* a channel the model does not know: ``unknown_channel`` (the model would silently ignore it);
+* a timestamp equal to the entity's last (``duplicate``) or older (``out_of_order``):
+  dead-lettered, or only counted when ``input.late_policy = "drop"``.
 """
 from __future__ import annotations
 

@@ -1,21 +1,9 @@
 """The Kafka edge of the streaming detector: poll, decode, detect, publish, checkpoint.
 
-Input policy (every record that is not scored goes to the dead-letter topic with its
-reason, the original bytes and its source topic/partition/offset; the consumer never
-raises on input):
-
-* malformed JSON, wrong types, unknown top-level fields, ``NaN``/``Infinity`` tokens,
-  values outside float32, oversized records: the codec's reasons (``codec.py``);
-* a channel the model expects is absent from ``values``: ``missing_channel`` (a ``null``
-  value is a reading that could not be measured: it is forward-filled by the windower
-  for up to ``max_fill`` rows, then breaks the window sequence);
-* a channel the model does not know: ``unknown_channel`` (the model would silently ignore it);
-* a timestamp equal to the entity's last (``duplicate``) or older (``out_of_order``):
-  dead-lettered, or only counted when ``input.late_policy = "drop"``.
-
-Entity floods: ``entities.py``. Recovery, exactly-once alerts, checkpoints: ``checkpoint.py``.
-Partitions the group took away during a stall: ``membership.py``. One consumer until SIGTERM /
-SIGINT: ``python -m stream_ae.stream.consumer_process``.
+Input policy (what is dead-lettered, and why): ``contracts.py``. Entity floods: ``entities.py``.
+Recovery, exactly-once alerts, checkpoints: ``checkpoint.py`` and ``recovery.py``. Partitions
+the group took away during a stall: ``membership.py``. One consumer until SIGTERM / SIGINT:
+``python -m stream_ae.stream.consumer_process``.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
@@ -45,12 +33,13 @@ from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.batcher import InFlight, MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
-from stream_ae.stream.checkpoint import Checkpointer, recover
+from stream_ae.stream.checkpoint import Checkpointer
 from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.metrics import StreamMetrics
 from stream_ae.stream.publisher import Publisher
+from stream_ae.stream.recovery import take_over
 from stream_ae.stream.tuning import tune_process
 
 log = logging.getLogger(__name__)
@@ -280,7 +269,7 @@ class StreamRunner:
                 return
             self._commit_written(block=True)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state())
+            held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater)
             self.metrics.checkpoint_seconds.observe(held)
             self._writing = (write, positions)
             if not (wait or in_listener):
@@ -345,6 +334,7 @@ class StreamRunner:
     def _forget(self, parts: set[int]) -> None:
         self.detector.forget_partitions(parts)
         self._publisher.forget(parts)
+        self._checkpointer.release(parts)
         for p in parts:
             self._next_offsets.pop(p, None)
         self._assigned -= parts
@@ -360,31 +350,27 @@ class StreamRunner:
     def _restore(self, records: dict) -> dict:
         """Restore newly assigned partitions from the state topic before any of their records
         is processed; their records from this poll are dropped and fetched again."""
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         self._commit_written(block=True)  # this member's last write first
         parts, self._to_restore = sorted(self._to_restore), set()
         k = self.settings.kafka
-        reader = KafkaConsumer(**{**self.settings.kafka_client_kwargs("consumer"), "group_id": None,
-                                  "enable_auto_commit": False, "fetch_max_wait_ms": 50})
-        try:
-            restored, published, ends, letters, letter_ends = recover(
-                reader, k.state_topic, k.alerts_topic, parts, codec.alert_event_id,
-                dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id)
-        finally:
-            reader.close()
-        resume = {}  # partition -> where it resumes, when known
+        restored, published, ends, letters, letter_ends = take_over(self.settings, parts)
+        resume = {}  # partition -> where it resumes: its record's offset, else the group's (its commit or reset)
         for p in parts:
             tp = TopicPartition(k.readings_topic, p)
             for entity, snap in restored[p].entities.items():
                 self.detector.restore(entity, snap)
             dropped = records.pop(tp, None)
-            if restored[p].positions is not None:
-                self._consumer.seek(tp, restored[p].positions.next_offset)
-                self._next_offsets[p] = resume[p] = restored[p].positions.next_offset
-            elif dropped:
-                self._consumer.seek(tp, dropped[0].offset)
-                resume[p] = dropped[0].offset
+            positions = restored[p].positions
+            start = positions.next_offset if positions else dropped[0].offset if dropped else None
+            if start is not None:
+                self._consumer.seek(tp, start)
+            else:  # an idle partition still gets a record, or every restore would read the outputs from 0
+                start = self._consumer.position(tp, timeout_ms=10_000)  # None: unknown for now
+            if start is not None:
+                self._next_offsets[p] = resume[p] = start
+            self._checkpointer.hold(p, positions)  # until the replay passes the previous owner
         self.detector.suppress(published)
         self._publisher.already_sent |= {s for s in letters if s[0] == k.readings_topic
                                          and s[1] in restored and s[2] >= resume.get(s[1], 0)}
@@ -398,3 +384,10 @@ class StreamRunner:
                  parts, sum(len(restored[p].entities) for p in parts), len(published))
         return records
 
+    def _highwater(self, p: int) -> int | None:
+        """Readings partition ``p``'s fetch high-watermark; None until a fetch has told it."""
+        from kafka import TopicPartition
+
+        with contextlib.suppress(Exception):  # no longer assigned (a revoke under way)
+            return self._consumer.highwater(TopicPartition(self.settings.kafka.readings_topic, p))
+        return None
