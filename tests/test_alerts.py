@@ -149,7 +149,22 @@ def test_restored_tracker_continues_the_open_alert():
     (resolved,) = feed(restored, [0], t0=60)
     assert (resolved.alert_id, resolved.sequence) == (opened.alert_id, 1)
     with pytest.raises(ArtifactError, match="policy"):
-        AlertTracker(AlertPolicy(k=2)).load_state_dict(tr.state_dict())
+        AlertTracker(AlertPolicy(k=2)).load_state_dict({**tr.state_dict(), "policy": {"k": "many"}})
+
+
+def test_state_saved_under_another_policy_goes_on_under_the_new_one():
+    """The [alerts] settings changed between a checkpoint and the restart: the open alert keeps
+    its id and resolves under the new quiet period, its severity in the new bands."""
+    old = AlertPolicy(k=1, n=1, quiet_s=60, bands=[("warning", 1.0), ("critical", 2.0)])
+    tr = AlertTracker(old)
+    (opened,) = tr.observe("e", 0, 5.0, 1.0, True, np.ones(len(CH)), CH, "v1")  # critical
+    new = AlertPolicy(k=2, n=3, quiet_s=10, bands=[("minor", 1.0), ("critical", 3.0)])
+    restored = AlertTracker(new)
+    restored.load_state_dict(json.loads(json.dumps(tr.state_dict())))
+    assert restored.open_alerts() == {"e": opened.alert_id}
+    (resolved,) = restored.observe("e", 10 * 10**9, 0.1, 1.0, False, np.ones(len(CH)), CH, "v1")
+    assert (resolved.alert_id, resolved.state, resolved.severity) == (opened.alert_id, "resolved", "critical")
+    assert tr.observe("e", 10 * 10**9, 0.1, 1.0, False, np.ones(len(CH)), CH, "v1") == []  # old quiet: 60 s
 
 
 def test_top_channels_are_ordered_shares_of_the_window_error():

@@ -83,9 +83,11 @@ def test_the_checkpoint_interval_starts_over_at_a_restore():
 
 
 def test_an_evicted_entity_is_parked_as_its_state_record_and_comes_back_whole():
+    from stream_ae.alerts import AlertTracker
+    from stream_ae.data.windows import SeriesWindower, WindowSpec
     from stream_ae.stream.entities import EntityState, EntityTable
 
-    class Part:  # stand-in for windower / threshold / tracker, with a state of its own
+    class Part:  # stand-in for the threshold, with a state of its own
         def __init__(self):
             self.peaks = []
 
@@ -95,7 +97,8 @@ def test_an_evicted_entity_is_parked_as_its_state_record_and_comes_back_whole():
         def load_state_dict(self, d):
             self.peaks = list(d["peaks"])
 
-    table = EntityTable(lambda e: EntityState(e, Part(), Part(), Part()), max_entities=1)
+    table = EntityTable(lambda e: EntityState(e, SeriesWindower(WindowSpec(length=3), 1), Part(), AlertTracker()),
+                        max_entities=1)
     a = table.get("a")
     a.windows, a.partition, a.threshold.peaks = 7, 3, [0.5, float("nan")]
     table.mark_dirty("a")

@@ -98,6 +98,17 @@ class AlertPolicy:
         """Build from a dict; unknown keys are a :class:`ConfigError`."""
         return from_mapping(cls, d, "alert")
 
+    def band_map(self, saved: "AlertPolicy") -> list[int]:
+        """For alert state saved under ``saved`` (the settings changed since): the band each of
+        its bands becomes here, the one of the same name, else the nearest index that exists.
+
+        >>> AlertPolicy(bands=[("minor", 1.0), ("critical", 3.0)]).band_map(AlertPolicy())  # warning, critical
+        [0, 1]
+        """
+        names = [name for name, _ in self.bands]
+        return [names.index(name) if name in names else min(i, len(names) - 1)
+                for i, (name, _) in enumerate(saved.bands)]
+
 
 def _as_bands(bands) -> tuple[tuple[str, float], ...]:
     try:

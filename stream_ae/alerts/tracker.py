@@ -15,7 +15,7 @@ import numpy as np
 
 from stream_ae.alerts.policy import AlertPolicy
 from stream_ae.configs import spec_dict
-from stream_ae.errors import ArtifactError, DataError
+from stream_ae.errors import ArtifactError, ConfigError, DataError
 
 _NS = 1_000_000_000
 STATE_FORMAT = 1
@@ -370,12 +370,17 @@ class AlertTracker:
         return {"format": STATE_FORMAT, "policy": spec_dict(self.policy), "entities": ents}
 
     def load_state_dict(self, d: dict) -> None:
-        """Restore :meth:`state_dict` output (the policy must be the same)."""
+        """Restore :meth:`state_dict` output. State saved under another policy (the settings
+        changed) goes on under this one: open alerts keep their ids, the k-of-n history keeps
+        its last ``n`` windows, and a band gone from the settings becomes its nearest."""
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise ArtifactError(f"not an alert tracker state of format {STATE_FORMAT}")
+        band = None
         if d.get("policy") != spec_dict(self.policy):
-            raise ArtifactError(f"alert state was saved with policy {d.get('policy')} but this tracker "
-                                f"has {self.policy.to_dict()}; restore with the saved policy")
+            try:
+                band = self.policy.band_map(AlertPolicy.from_dict(d.get("policy")))
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise ArtifactError(f"alert state names no valid policy ({exc})") from exc
         ents = {}
         try:
             for entity, e in d["entities"].items():
@@ -384,8 +389,10 @@ class AlertTracker:
                 if e["alert"] is not None:
                     a = dict(e["alert"])
                     a["top"] = [(str(c), float(s)) for c, s in a["top"]]
+                    if band is not None:
+                        a["last_emit_band"], a["peak_band"] = band[a["last_emit_band"]], band[a["peak_band"]]
                     st.alert = _Alert(**a)
                 ents[str(entity)] = st
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ArtifactError(f"corrupt alert tracker state ({exc!r})") from exc
         self._entities = ents

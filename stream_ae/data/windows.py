@@ -310,18 +310,37 @@ class SeriesWindower:
             "tail_rows": self._tail_rows.tolist(),
         }
 
+    def respec(self, spec: WindowSpec) -> None:
+        """Go on under ``spec``, of the same window length (another hop, gap or fill limit: a
+        new model). The rows held stay; the new hop counts from the last window.
+
+        >>> w = SeriesWindower(WindowSpec(length=3), 1)
+        >>> ts = np.arange(1, 6, dtype=np.int64) * 10**9
+        >>> w.push(ts, np.ones((5, 1))).end_index.tolist()  # hop 1
+        [2, 3, 4]
+        >>> w.respec(WindowSpec(length=3, hop=2))
+        >>> w.push(ts + 5 * 10**9, np.ones((5, 1))).end_index.tolist()
+        [1, 3]
+        """
+        if spec.length != self.spec.length:
+            raise ConfigError(f"a windower of {self.spec.length}-row windows cannot go on with {spec.length}-row ones")
+        self.spec = spec
+        self._max_gap_ns = None if spec.max_gap_s is None else int(round(spec.max_gap_s * 1e9))
+        self._k = self._normalise_k(self._k)
+
     def load_state_dict(self, d: dict) -> None:
-        """Restore a state saved by :meth:`state_dict` with the same spec and channel count."""
+        """Restore a state saved by :meth:`state_dict` with the same window length and channel
+        count; one saved under another hop, gap or fill limit goes on under this one (:meth:`respec`)."""
         try:
             spec, n_channels = WindowSpec.from_dict(d["spec"]), int(d["n_channels"])
-            if spec != self.spec or n_channels != self.n_channels:
+            if spec.length != self.spec.length or n_channels != self.n_channels:
                 raise ConfigError(
                     f"windower state was saved for {spec} with {n_channels} channels, "
                     f"this windower has {self.spec} with {self.n_channels}"
                 )
             c = self.n_channels
             self._last_ts = None if d["last_ts"] is None else int(d["last_ts"])
-            self._k = int(d["k"])
+            self._k = self._normalise_k(int(d["k"]))
             self._run = np.asarray(d["run"], np.int64).reshape(c)
             self._last = np.asarray(d["last"], np.float32).reshape(c)
             self._tail_ts = np.asarray(d["tail_ts"], np.int64).reshape(-1)

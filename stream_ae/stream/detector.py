@@ -155,9 +155,14 @@ class Detector:
         return self.scorer.version
 
     def swap_scorer(self, scorer) -> None:
-        """Use another model from the next batch on (hot reload); channels and length must match."""
+        """Use another model from the next batch on (hot reload); channels and length must match.
+        Its hop, gap and fill limit apply at once (an evicted entity's, when it comes back)."""
         self._check_scorer(scorer)
         self.scorer = scorer
+        if scorer.window != self.window_spec:
+            self.window_spec = scorer.window
+            for state in self.table.states():
+                state.windower.respec(scorer.window)
 
     def suppress(self, event_ids: Iterable[str]) -> None:
         """Event ids already on the alerts topic: a replay will not return them again."""

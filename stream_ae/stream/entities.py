@@ -22,6 +22,7 @@ from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from stream_ae.configs import spec_dict
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.stream.checkpoint import decode_state, encode_state
 
@@ -58,8 +59,11 @@ class EntityState:
         """Restore a snapshot made by :meth:`state_dict`."""
         try:
             self.model_version = str(d.get("model_version", ""))  # absent in snapshots before it existed
-            self.windower.load_state_dict(d["windower"])
+            self._load_windower(d["windower"])
             self._load_threshold(d["threshold"])
+            if d["tracker"].get("policy") != spec_dict(self.tracker.policy):
+                _note_once(f"alert state saved under the policy {d['tracker'].get('policy')} goes on under "
+                           f"{spec_dict(self.tracker.policy)} (the [alerts] settings changed); open alerts keep their ids")
             self.tracker.load_state_dict(d["tracker"])
             self.offsets = {int(p): int(o) for p, o in d["offsets"].items()}
             self.partition = int(d["partition"])
@@ -70,6 +74,19 @@ class EntityState:
                 "delete the state topic to start this entity afresh"
             ) from exc
 
+    def _load_windower(self, windower_state: dict) -> None:
+        """A snapshot taken under another hop, gap or fill limit goes on under the running one;
+        one of another window length or channel count cannot: that entity's windows start over."""
+        saved, spec = windower_state["spec"], self.windower.spec
+        if int(saved["length"]) != spec.length or int(windower_state["n_channels"]) != self.windower.n_channels:
+            log.warning("entity %r: its saved windows (%s rows, %s channels) do not fit the model's (%d, %d); "
+                        "they start over, so its next %d readings form no window", self.entity, saved["length"],
+                        windower_state["n_channels"], spec.length, self.windower.n_channels, spec.length - 1)
+            return
+        if saved != spec_dict(spec):
+            _note_once(f"windows saved under {saved} go on under the model's {spec_dict(spec)}")
+        self.windower.load_state_dict(windower_state)
+
     def _load_threshold(self, threshold_state: dict) -> None:
         """A snapshot's threshold may be of another model's rule (another kind after a hot
         reload): then it cannot apply, and the detector re-seeds it from the running model."""
@@ -79,6 +96,16 @@ class EntityState:
             log.warning("entity %r: threshold state of model %r does not fit the running rule (%s); "
                         "it restarts from the model's calibration", self.entity, self.model_version, exc)
             self.model_version = ""
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Log a settings change seen in restored state once per process, not once per entity."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        log.warning("%s", message)
 
 
 class EntityTable:
@@ -95,10 +122,13 @@ class EntityTable:
 
     Examples
     --------
-    >>> class Part:  # stand-in for windower / threshold / tracker
+    >>> from stream_ae.alerts import AlertTracker
+    >>> from stream_ae.data.windows import SeriesWindower, WindowSpec
+    >>> class Threshold:  # a stand-in
     ...     def state_dict(self): return {}
     ...     def load_state_dict(self, d): pass
-    >>> table = EntityTable(lambda e: EntityState(e, Part(), Part(), Part()), max_entities=2)
+    >>> table = EntityTable(lambda e: EntityState(e, SeriesWindower(WindowSpec(length=3), 1), Threshold(),
+    ...                                          AlertTracker()), max_entities=2)
     >>> _ = table.get("a"); _ = table.get("b"); table.get("a").windows = 5
     >>> _ = table.get("c"); table.trim()  # evicts "b", the least recently seen
     >>> sorted(table.live()), table.evictions
@@ -132,6 +162,10 @@ class EntityTable:
     def live(self) -> list[str]:
         """Entity ids held in memory, least recently seen first."""
         return list(self._live)
+
+    def states(self) -> list[EntityState]:
+        """The states held in memory (their order of use unchanged)."""
+        return list(self._live.values())
 
     def get(self, entity: str) -> EntityState:
         """The entity's state (restored from its parked snapshot, or new); marks it seen."""
