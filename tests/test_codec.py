@@ -192,7 +192,7 @@ def test_alert_round_trip_conforms_to_its_schema_file():
 
 
 def test_an_alert_event_goes_on_the_wire_as_its_schema_says_and_its_id_comes_back():
-    from stream_ae.alerts.tracker import AlertEvent
+    from stream_ae.alerts.events import AlertEvent
 
     event = AlertEvent(alert_id="a1", event_id="a1:open:0", entity="pump-1", model_version="m1",
                        state="open", started_at=1_700_000_000_000_000_000, at=1_700_000_001_500_000_000,

@@ -288,13 +288,13 @@ def test_runner_takes_its_checkpoint_interval_from_the_settings(artifact):
 
 
 def test_readings_are_grouped_by_entity_in_order_of_first_appearance():
-    from stream_ae.stream.detector import _group_by_entity
+    from stream_ae.stream.detector_io import group_by_entity
 
     ents = np.array(["b", "a", "b", "c", "a", "b"], dtype=object)
-    names, order, counts = _group_by_entity(ents)
+    names, order, counts = group_by_entity(ents)
     assert names == ["b", "a", "c"] and counts.tolist() == [3, 2, 1]
     assert order.tolist() == [0, 2, 5, 1, 4, 3]
-    names, order, counts = _group_by_entity(np.array(["x"], dtype=object))
+    names, order, counts = group_by_entity(np.array(["x"], dtype=object))
     assert names == ["x"] and order.tolist() == [0] and counts.tolist() == [1]
 
 

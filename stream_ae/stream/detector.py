@@ -30,7 +30,7 @@ from stream_ae.alerts import AlertPolicy, AlertTracker
 from stream_ae.data.many_windows import ManyWindows, push_clean_many
 from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
-from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch
+from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch, group_by_entity, nothing_replayed
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.thresholds import ThresholdSpec, build_threshold
 
@@ -190,7 +190,7 @@ class Detector:
             return prep
         if batch.values.shape != (n, len(self.channels)):
             raise DataError(f"readings must have values (N, {len(self.channels)}), got {batch.values.shape}")
-        names, order, counts = _group_by_entity(batch.entity)  # order: batch indices, entity by entity
+        names, order, counts = group_by_entity(batch.entity)  # order: batch indices, entity by entity
         states = [self.table.get(entity) for entity in names]
         first = np.cumsum(counts) - counts  # (E,) where each entity's readings start in ``order``
         part, off = batch.partition[order], batch.offset[order]  # (n,) entity by entity, in poll order
@@ -199,7 +199,7 @@ class Detector:
         taken = [False] * len(names)
         if self.vectorised:
             many = push_clean_many([s.windower for s in states], batch.ts[order], batch.values[order], counts,
-                                   _nothing_replayed(states, part, off, counts, first))
+                                   nothing_replayed(states, part, off, counts, first))
             taken = many.taken.tolist()
         last_part = batch.partition[last].tolist()
         next_off = (np.maximum.reduceat(off, first) + 1).tolist()
@@ -342,32 +342,6 @@ class Detector:
     def forget_partitions(self, partitions: set[int]) -> int:
         """Drop the entities of revoked partitions (their new owner restores them)."""
         return self.table.drop_partitions(partitions)
-
-
-def _group_by_entity(entity: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(names, order, counts)``: the entity ids in order of first appearance, the batch
-    indices entity by entity (each entity's in poll order), and how many each has.
-
-    ``pandas.factorize`` hashes the ids (4x faster than sorting them with ``np.unique`` for a
-    micro-batch of 1024 readings) and numbers them in order of first appearance."""
-    import pandas as pd
-
-    if len(entity) == 1:
-        return [entity[0]], np.zeros(1, np.int64), np.ones(1, np.int64)
-    codes, names = pd.factorize(entity)
-    return names.tolist(), np.argsort(codes, kind="stable"), np.bincount(codes, minlength=len(names))
-
-
-def _nothing_replayed(states: list, part: np.ndarray, off: np.ndarray, counts: np.ndarray,
-                      first: np.ndarray) -> np.ndarray:
-    """(E,) bool: entity i's readings (``part``/``off`` entity by entity) come from one
-    partition and none of them is already in its state (see :meth:`Detector._skip_replayed`)."""
-    seg = np.repeat(np.arange(len(states)), counts)
-    p0 = part[first]
-    nxt = np.fromiter((s.offsets.get(p, -1) if s.offsets else -1 for s, p in zip(states, p0.tolist())),
-                      np.int64, len(states))
-    odd = (part != p0[seg]) | ((off < nxt[seg]) & (part >= 0))
-    return np.bincount(seg, weights=odd, minlength=len(states)) == 0
 
 
 def build_detector(settings, scorer) -> Detector:

