@@ -25,6 +25,11 @@ class AlertPolicy:
         of the last emitted score.
     quiet_s
         An alert resolves after this long without a flagged window.
+    silence_s
+        An alert also resolves when its entity sends no window for this long while other
+        entities' windows go on (the stream measures it in its readings partition's event
+        time: the latest window end seen there), so a sensor that dies mid-alert does not
+        leave the alert open for good. None: five times ``quiet_s``; 0: never.
     bands
         ``(name, ratio)`` pairs, ratios increasing: a window's severity is the last band whose
         ratio is at most ``score / threshold`` (the first band if none is).
@@ -45,6 +50,7 @@ class AlertPolicy:
     update_interval_s: float = 30.0
     update_min_change: float = 0.2
     quiet_s: float = 120.0
+    silence_s: float | None = None
     bands: tuple[tuple[str, float], ...] = (("warning", 1.0), ("critical", 2.0))
     top_k: int = 3
 
@@ -68,12 +74,25 @@ class AlertPolicy:
                 raise ConfigError(f"alert {name} must be a number >= 0, got {x!r}")
         if self.quiet_s <= 0:
             raise ConfigError(f"alert quiet_s must be > 0, got {self.quiet_s}")
+        x = self.silence_s
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+                              or (x != 0 and x < self.quiet_s)):
+            raise ConfigError(f"alert silence_s must be 0 (never) or at least quiet_s ({self.quiet_s}), got {x!r}")
         names = [b[0] for b in self.bands]
         ratios = [b[1] for b in self.bands]
         if not names or len(set(names)) != len(names) or not all(names):
             raise ConfigError(f"alert bands need distinct non-empty names, got {names}")
         if any(not (r > 0 and math.isfinite(r)) for r in ratios) or ratios != sorted(set(ratios)):
             raise ConfigError(f"alert band ratios must be positive and strictly increasing, got {ratios}")
+
+    @property
+    def silence(self) -> float:
+        """``silence_s`` in effect, in seconds (0: never).
+
+        >>> AlertPolicy(quiet_s=60).silence, AlertPolicy(silence_s=0).silence
+        (300.0, 0.0)
+        """
+        return 5.0 * self.quiet_s if self.silence_s is None else float(self.silence_s)
 
     def band(self, ratio: float) -> int:
         """Index of the severity band for ``score / threshold``."""

@@ -40,17 +40,21 @@ class _Alert:
 class _Entity:
     history: deque                 # (end_ts, flagged) of the last n windows
     last_ts: int | None = None
+    last_clock: int | None = None  # with an alert open: the others' event time at the last window, when known
     alert: _Alert | None = None
 
 
 class _Run:
     """One entity's chunk of scored windows, as :meth:`AlertTracker.observe_many` walks it."""
 
-    __slots__ = ("entity", "ts", "scores", "thresholds", "flags", "channel_error", "channels", "model_version")
+    __slots__ = ("entity", "ts", "scores", "thresholds", "flags", "channel_error", "channels", "model_version",
+                 "clock", "after")
 
-    def __init__(self, entity, ts, scores, thresholds, flags, channel_error, channels, model_version):
+    def __init__(self, entity, ts, scores, thresholds, flags, channel_error, channels, model_version, clock=None):
         self.entity, self.ts, self.scores, self.thresholds, self.flags = entity, ts, scores, thresholds, flags
         self.channel_error, self.channels, self.model_version = channel_error, channels, model_version
+        self.clock = clock  # (B,) others' event time before each window, or None
+        self.after = None if clock is None else np.maximum(clock, ts)  # (B,) ... and after it
 
     def top(self, j: int, k: int) -> list[tuple[str, float]]:
         return top_channels(self.channel_error[j], self.channels, k)
@@ -82,6 +86,7 @@ class AlertTracker:
         self._entities: dict[str, _Entity] = {}
         self._quiet_ns = int(round(policy.quiet_s * _NS))
         self._update_ns = int(round(policy.update_interval_s * _NS))
+        self._silence_ns = int(round(policy.silence * _NS))
 
     def open_alerts(self) -> dict[str, str]:
         """``{entity: alert_id}`` of the alerts open now."""
@@ -101,8 +106,15 @@ class AlertTracker:
 
     def observe_many(self, entity: str, end_ts_ns: np.ndarray, scores: np.ndarray,
                      thresholds: np.ndarray, flagged: np.ndarray, channel_error: np.ndarray,
-                     channels: Sequence[str], model_version: str) -> list[AlertEvent]:
+                     channels: Sequence[str], model_version: str,
+                     clock: np.ndarray | None = None) -> list[AlertEvent]:
         """Feed a batch ``(B,)`` of one entity's windows (``channel_error`` ``(B, C)``).
+
+        ``clock`` ``(B,)``: the event time other entities had reached just before each window
+        (its partition's, in the stream). An open alert resolves when that time moved on by
+        ``policy.silence`` from one window of the entity to the next (:meth:`expire_silent`):
+        measured on the others' time, an entity whose own clock lags is not silent while it
+        sends. None: no silence rule.
 
         Identical to calling :meth:`observe` in a loop, but vectorised: a stretch without an
         open alert is one k-of-n count over the chunk, a stretch with one is one search for the
@@ -122,7 +134,8 @@ class AlertTracker:
             raise DataError(f"window of entity {entity!r} at {iso_utc(ts[0])} is older than the last one "
                             f"({iso_utc(st.last_ts)}); feed windows in event-time order")
         run = _Run(entity, ts, np.asarray(scores, np.float64).reshape(-1),
-                   np.asarray(thresholds, np.float64).reshape(-1), flags, channel_error, channels, model_version)
+                   np.asarray(thresholds, np.float64).reshape(-1), flags, channel_error, channels, model_version,
+                   None if clock is None or not self._silence_ns else np.asarray(clock, np.int64).reshape(-1))
         events: list[AlertEvent] = []
         i = 0
         while i < B:
@@ -157,6 +170,8 @@ class AlertTracker:
             st.history.extend(zip(run.ts[max(lo, hi - self.policy.n):hi].tolist(),
                                   run.flags[max(lo, hi - self.policy.n):hi].tolist()))
             st.last_ts = int(run.ts[hi - 1])
+            if run.after is not None and st.alert is not None:  # kept only while it counts (the fleet's calm
+                st.last_clock = int(run.after[hi - 1])           # entities never see the clock)
 
     def _quiet_run(self, st: _Entity, run: "_Run", i: int, events: list) -> int:
         """No open alert from window ``i``: find the first window where k of the last n are flagged."""
@@ -176,6 +191,7 @@ class AlertTracker:
         started = min(t for t, flag in st.history if flag)
         st.alert = _Alert(alert_id(run.entity, ts), started, 0, ts, ts, score, band, band, score, threshold,
                           run.top(j, p.top_k), run.model_version)
+        st.last_clock = None if run.after is None else int(run.after[j])
         events.append(self._event(run.entity, st.alert, "open", ts, band))
         return j + 1
 
@@ -187,6 +203,13 @@ class AlertTracker:
         before = np.concatenate([[a.last_flag_at], last_flag[:-1]])          # last flag before each window
         quiet = np.flatnonzero(t - before >= self._quiet_ns)
         end = int(quiet[0]) if quiet.size else len(t)  # windows [i, i + end) belong to the alert
+        silent_since = None
+        if run.clock is not None:  # silent before window j: the others' time moved on by the silence
+            since = np.concatenate([[self._last_clock(st)], run.after[i:-1]])  # others' time at the entity's last
+            silent = np.flatnonzero(run.clock[i:] - since >= self._silence_ns)
+            if silent.size and silent[0] <= end:
+                end = int(silent[0])
+                silent_since = int(st.last_ts if end == 0 else t[end - 1])  # its last window before
         idx = i + np.flatnonzero(fl[:end])  # flagged windows of the alert, chunk indices
         if idx.size:
             bands = self._bands(run.scores[idx], run.thresholds[idx])
@@ -210,7 +233,9 @@ class AlertTracker:
                 pos += 1
             self._flagged(a, run, int(idx[-1]), int(bands.max()))
         self._absorb(st, run, i, i + end)
-        if i + end < len(run.ts):  # the quiet period ended at this window: resolve, then it counts anew
+        if silent_since is not None:  # resolved while the entity was silent; the window counts anew
+            events.append(self._resolve(st, run.entity, silent_since + self._silence_ns))
+        elif i + end < len(run.ts):  # the quiet period ended at this window: resolve, then it counts anew
             events.append(self._resolve(st, run.entity, int(run.ts[i + end])))
         return i + end
 
@@ -220,14 +245,26 @@ class AlertTracker:
         a.top, a.model_version = run.lazy_top(j, self.policy.top_k), run.model_version
         a.peak_band = max(a.peak_band, band)
 
-    def expire(self, now_ns: int) -> list[AlertEvent]:
-        """Resolve open alerts whose quiet period ended by event time ``now_ns`` (e.g. a watermark),
-        for entities that stopped sending windows."""
-        events = []
-        for entity, st in sorted(self._entities.items()):
-            if st.alert is not None and int(now_ns) - st.alert.last_flag_at >= self._quiet_ns:
-                events.append(self._resolve(st, entity, int(now_ns)))
-        return events
+    def expire_silent(self, entity: str, clock_ns: int) -> AlertEvent | None:
+        """Resolve ``entity``'s open alert if other entities' event time, now ``clock_ns``, moved
+        on by ``policy.silence`` since the entity's last window. The event is stamped in the
+        entity's own time, its last window's end plus the silence, however late it is noticed."""
+        st = self._entities.get(entity)
+        if st is None or st.alert is None or not self._silence_ns or st.last_ts is None \
+                or int(clock_ns) - self._last_clock(st) < self._silence_ns:
+            return None
+        return self._resolve(st, entity, st.last_ts + self._silence_ns)
+
+    def open_since(self, entity: str) -> int | None:
+        """With an alert open for ``entity``: the others' time at its last window (its own end
+        where not known), from which :meth:`expire_silent` counts; else None."""
+        st = self._entities.get(entity)
+        return None if st is None or st.alert is None or st.last_ts is None else self._last_clock(st)
+
+    @staticmethod
+    def _last_clock(st: _Entity) -> int:
+        """The others' time at the entity's last window; its own end where not known (older state)."""
+        return st.last_ts if st.last_clock is None else st.last_clock
 
     def _observe(self, st: _Entity, entity: str, ts: int, score: float, threshold: float,
                  flagged: bool, channel_error, channels, model_version: str) -> list[AlertEvent]:
@@ -264,7 +301,7 @@ class AlertTracker:
     def _resolve(self, st: _Entity, entity: str, at: int) -> AlertEvent:
         a = st.alert
         a.sequence += 1
-        st.alert = None
+        st.alert, st.last_clock = None, None
         st.history.clear()          # a new alert needs k new flagged windows
         return self._event(entity, a, "resolved", at, a.peak_band)
 
@@ -280,7 +317,7 @@ class AlertTracker:
         for entity, st in sorted(self._entities.items()):
             a = st.alert
             ents[entity] = {
-                "history": [[t, f] for t, f in st.history], "last_ts": st.last_ts,
+                "history": [[t, f] for t, f in st.history], "last_ts": st.last_ts, "last_clock": st.last_clock,
                 "alert": None if a is None else {
                     **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
                     "top": [[c, s] for c, s in _top_of(a)]}}
@@ -302,7 +339,8 @@ class AlertTracker:
         try:
             for entity, e in d["entities"].items():
                 st = _Entity(deque(((int(t), bool(f)) for t, f in e["history"]), maxlen=self.policy.n),
-                             None if e["last_ts"] is None else int(e["last_ts"]))
+                             None if e["last_ts"] is None else int(e["last_ts"]),
+                             None if e.get("last_clock") is None else int(e["last_clock"]))
                 if e["alert"] is not None:
                     a = dict(e["alert"])
                     a["top"] = [(str(c), float(s)) for c, s in a["top"]]

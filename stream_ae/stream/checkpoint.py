@@ -115,19 +115,22 @@ class PartitionRecord:
     written_at: float = 0.0
     drift: dict | None = None  # the writer's DriftWatch.state() (records before it: none)
     dead_letter_offsets: dict[int, int] = field(default_factory=dict)  # dead-letter partition -> offset
+    clock: int | None = None  # the partition's event time (silence.py; records before it: none)
 
     def encode(self) -> bytes:
         return encode_state({"format": FORMAT, "partition": self.partition, "next_offset": self.next_offset,
                              "alerts_offsets": {str(k): v for k, v in self.alerts_offsets.items()},
                              "written_at": self.written_at, "drift": self.drift,
-                             "dead_letter_offsets": {str(k): v for k, v in self.dead_letter_offsets.items()}})
+                             "dead_letter_offsets": {str(k): v for k, v in self.dead_letter_offsets.items()},
+                             "clock": self.clock})
 
     @classmethod
     def decode(cls, data: bytes) -> "PartitionRecord":
         d = decode_state(data)
         return cls(int(d["partition"]), int(d["next_offset"]),
                    {int(k): int(v) for k, v in d["alerts_offsets"].items()}, float(d.get("written_at", 0.0)),
-                   d.get("drift"), {int(k): int(v) for k, v in d.get("dead_letter_offsets", {}).items()})
+                   d.get("drift"), {int(k): int(v) for k, v in d.get("dead_letter_offsets", {}).items()},
+                   None if d.get("clock") is None else int(d["clock"]))
 
 
 class Checkpointer:
@@ -214,10 +217,12 @@ class Checkpointer:
                 {q: min(o, held.letters.get(q, 0)) for q, o in letters.items()})
 
     def begin(self, table, next_offsets: dict[int, int], drift: dict | None = None,
-              highwater: Callable[[int], int | None] = lambda p: None) -> tuple[float, Future]:
+              highwater: Callable[[int], int | None] = lambda p: None,
+              clocks: dict[int, int] | None = None) -> tuple[float, Future]:
         """Step 1 on the calling thread (the poll loop): the snapshot of the entities ``table``
         (``EntityTable``) holds changed and of the positions (with ``drift``, the drift watch's
-        state; ``highwater(p)``: the readings partition's fetch high-watermark, or None);
+        state; ``highwater(p)``: the readings partition's fetch high-watermark, or None; ``clocks``:
+        each partition's event time, ``silence.py``);
         step 2 on the checkpoint thread. The caller commits once the future is done.
 
         Returns how long the snapshot held the caller (with thousands of entities, a tenth of
@@ -230,7 +235,7 @@ class Checkpointer:
         positions = {}
         for p, offset in next_offsets.items():
             alerts, letters = self.output_offsets(p, offset, highwater)
-            positions[p] = PartitionRecord(p, offset, alerts, now, drift, letters).encode()
+            positions[p] = PartitionRecord(p, offset, alerts, now, drift, letters, (clocks or {}).get(p)).encode()
         self._last = self._clock()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="stream-ae-checkpoint")

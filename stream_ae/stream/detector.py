@@ -32,6 +32,7 @@ from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
 from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch, group_by_entity, nothing_replayed
 from stream_ae.stream.entities import EntityState, EntityTable
+from stream_ae.stream.silence import PartitionClocks
 from stream_ae.thresholds import ThresholdSpec, build_threshold
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class PreparedBatch:
     scorer: Any  # the model at prepare time: a hot reload never splits a batch
     scored: Any = None  # ScoreBatch once scored
     fleet: _Fleet | None = None  # entities windowed together (their windows come after ``pending``'s)
+    partition: np.ndarray | None = None  # (N,) the batch's readings partitions
 
     def score(self) -> "PreparedBatch":
         """Run the model (pure: no detector state is read or written, so any thread may call it)."""
@@ -108,6 +110,8 @@ class Detector:
         self._check_scorer(scorer)
         self.table = EntityTable(self._new_state, max_entities)
         self._published: set[str] = set()
+        self.clocks = PartitionClocks()  # partition event time, for alerts of silent entities (silence.py)
+        self._silence_ns = int(round(alert_policy.silence * 1e9))
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_scorer(self, scorer) -> None:
@@ -184,7 +188,7 @@ class Detector:
         :meth:`finish` must then be called for the batches in the order they were prepared.
         """
         out = DetectorOutput()
-        prep = PreparedBatch(out, [], None, None, self.scorer)
+        prep = PreparedBatch(out, [], None, None, self.scorer, partition=batch.partition)
         n = len(batch)
         if n == 0:
             return prep
@@ -252,17 +256,21 @@ class Detector:
             raise DataError("finish() needs a scored batch: call PreparedBatch.score() first")
         version = prep.scorer.version
         todo = []  # (rank, state, lo, hi, end_ts, end readings, last reading, threshold values or None)
-        ts_parts = []
+        ts_parts, readings = [], []
         lo = 0
         for rank, state, wb, idx in prep.pending:
             hi = lo + len(wb)
             todo.append((rank, state, lo, hi, wb.end_ts, idx[wb.end_index], int(idx[-1]), None))
             ts_parts.append(wb.end_ts)
+            readings.append(idx[wb.end_index])
             lo = hi
         if prep.fleet is not None:
             lo = self._finish_fleet(prep.fleet, prep, lo, todo)
             ts_parts.append(prep.fleet.end_ts)
+            readings.append(prep.fleet.end_reading)
         flags = np.zeros(lo, bool)
+        clock = self.clocks.before(prep.partition[np.concatenate(readings)], np.concatenate(readings),
+                                   np.concatenate(ts_parts)) if lo else None  # (lo,) partition time before each
         todo.sort(key=lambda item: item[0])
         for rank, state, a, b, end_ts, end_reading, last_reading, values in todo:
             score, channel_error = prep.scored.score[a:b], prep.scored.channel_error[a:b]  # (b,), (b, C)
@@ -271,22 +279,35 @@ class Detector:
                 flags[a:b], values = state.threshold.step_many(score)
                 state.windows += b - a
             events = state.tracker.observe_many(state.entity, end_ts, score, values, flags[a:b], channel_error,
-                                                self.channels, version)
+                                                self.channels, version, clock[a:b])
+            self.clocks.note(state.entity, state.partition, state.tracker.open_since(state.entity))
             for event in events:
-                if event.event_id in self._published:
-                    self._published.discard(event.event_id)
-                    out.suppressed += 1
-                    continue
                 j = int(np.searchsorted(end_ts, event.at))  # the window that caused it, if any
-                out.events.append(event)
-                out.event_index.append(int(end_reading[j]) if j < len(end_ts) and end_ts[j] == event.at
-                                       else last_reading)
+                self._emit(out, event, int(end_reading[j]) if j < len(end_ts) and end_ts[j] == event.at
+                           else last_reading)
+        for entity, p in self.clocks.due(self._silence_ns) if lo else ():  # silent while their partition went on
+            held = self.table.holds(entity)  # not held: its state was dropped (an entity flood)
+            event = self.table.change(entity, lambda s: s.tracker.expire_silent(entity, self.clocks.now[p])) \
+                if held else None
+            if event is not None or not held:
+                self.clocks.note(entity, p, None)
+            if event is not None:
+                self._emit(out, event, self.clocks.last_reading[p])
         out.windows_scored = lo
         if ts_parts:
             out.scores, out.flags, out.end_ts = prep.scored.score[:lo], flags, np.concatenate(ts_parts)
         self.table.unpin(out.entities)
         self.table.trim()
         return out
+
+    def _emit(self, out: DetectorOutput, event, reading: int) -> None:
+        """Return ``event`` (caused by batch reading ``reading``) unless it is already published."""
+        if event.event_id in self._published:
+            self._published.discard(event.event_id)
+            out.suppressed += 1
+        else:
+            out.events.append(event)
+            out.event_index.append(reading)
 
     def _finish_fleet(self, fleet: _Fleet, prep: "PreparedBatch", lo: int, todo: list) -> int:
         """Thresholds of the fleet's calm entities in one comparison; the rest go to ``todo``."""
@@ -332,7 +353,8 @@ class Detector:
     # -- state ------------------------------------------------------------------------------
     def restore(self, entity: str, snapshot: dict) -> None:
         """Load an entity's checkpoint snapshot."""
-        self.table.restore(entity, snapshot)
+        state = self.table.restore(entity, snapshot)
+        self.clocks.note(entity, state.partition, state.tracker.open_since(entity))
 
     def discard(self, prep: "PreparedBatch") -> None:
         """A prepared batch that will never be finished (its partitions were lost): its
@@ -341,6 +363,7 @@ class Detector:
 
     def forget_partitions(self, partitions: set[int]) -> int:
         """Drop the entities of revoked partitions (their new owner restores them)."""
+        self.clocks.forget(partitions)
         return self.table.drop_partitions(partitions)
 
 
@@ -351,7 +374,8 @@ def build_detector(settings, scorer) -> Detector:
     overrides = {k: v for k, v in msgspec.structs.asdict(settings.threshold).items() if v is not None}
     spec, state = calibrated_threshold(scorer.artifact, overrides)
     a = settings.alerts
-    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s)
+    policy = AlertPolicy(k=a.k, n=a.n, update_interval_s=a.update_interval_s, quiet_s=a.quiet_s,
+                         silence_s=a.silence_s)
     return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities,
                     threshold_overrides=overrides)
 

@@ -63,7 +63,8 @@ class EntityState:
             self._load_threshold(d["threshold"])
             if d["tracker"].get("policy") != spec_dict(self.tracker.policy):
                 _note_once(f"alert state saved under the policy {d['tracker'].get('policy')} goes on under "
-                           f"{spec_dict(self.tracker.policy)} (the [alerts] settings changed); open alerts keep their ids")
+                           f"{spec_dict(self.tracker.policy)} (the [alerts] settings changed); open alerts "
+                           "keep their ids")
             self.tracker.load_state_dict(d["tracker"])
             self.offsets = {int(p): int(o) for p, o in d["offsets"].items()}
             self.partition = int(d["partition"])
@@ -159,6 +160,10 @@ class EntityTable:
     def __contains__(self, entity: str) -> bool:
         return entity in self._live
 
+    def holds(self, entity: str) -> bool:
+        """Whether the entity's state is in memory, live or parked."""
+        return entity in self._live or entity in self._parked
+
     def live(self) -> list[str]:
         """Entity ids held in memory, least recently seen first."""
         return list(self._live)
@@ -179,6 +184,21 @@ class EntityTable:
             state.load_state_dict(decode_state(record[1]))
         self._live[entity] = state
         return state
+
+    def change(self, entity: str, fn: Callable[[EntityState], Any]) -> Any:
+        """``fn(state)`` on the state of an entity held live or parked, without marking it seen
+        (a parked one is changed in its record and stays parked); unless ``fn`` returns None
+        (nothing changed), the entity is dirty. Returns what ``fn`` returns."""
+        state = self._live.get(entity)
+        if state is None:
+            state = self._factory(entity)
+            state.load_state_dict(decode_state(self._parked[entity][1]))
+        out = fn(state)
+        if out is not None and entity in self._live:
+            self._dirty.add(entity)
+        elif out is not None:
+            self._parked[entity] = self._dirty_parked[entity] = state_record(state)
+        return out
 
     def restore(self, entity: str, snapshot: dict) -> EntityState:
         """Replace the entity's state with a checkpoint snapshot (does not mark it dirty)."""

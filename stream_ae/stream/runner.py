@@ -269,7 +269,8 @@ class StreamRunner:
                 return
             self._commit_written(block=True)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
-            held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater)
+            held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater,
+                                                   dict(self.detector.clocks.now))
             self.metrics.checkpoint_seconds.observe(held)
             self._writing = (write, positions)
             if not (wait or in_listener):
@@ -371,6 +372,7 @@ class StreamRunner:
             if start is not None:
                 self._next_offsets[p] = resume[p] = start
             self._checkpointer.hold(p, positions)  # until the replay passes the previous owner
+            self.detector.clocks.resume(p, positions.clock if positions else None)
         self.detector.suppress(published)
         self._publisher.already_sent |= {s for s in letters if s[0] == k.readings_topic
                                          and s[1] in restored and s[2] >= resume.get(s[1], 0)}

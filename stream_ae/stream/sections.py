@@ -114,10 +114,14 @@ class AlertSettings(_Section):
     n: Annotated[int, Meta(ge=1)] = 5                  # ... among the last n
     update_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
     quiet_s: Annotated[float, Meta(ge=0.0)] = 300.0    # resolve after this long unflagged
+    silence_s: Annotated[float, Meta(ge=0.0)] | None = None  # ... or silent (None: 5 x quiet_s; 0: never)
 
     def __post_init__(self):
         if self.k > self.n:
             raise ValueError(f"alerts.k ({self.k}) must not exceed alerts.n ({self.n})")
+        if self.silence_s and self.silence_s < self.quiet_s:
+            raise ValueError(f"alerts.silence_s ({self.silence_s}) must be 0 (never) or at least "
+                             f"alerts.quiet_s ({self.quiet_s})")
 
 
 class InputSettings(_Section):
