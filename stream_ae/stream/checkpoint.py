@@ -185,6 +185,10 @@ class Checkpointer:
         self._holds[partition] = _Hold(dict(positions.alerts_offsets) if positions else {},
                                        dict(positions.dead_letter_offsets) if positions else {})
 
+    def holding(self) -> bool:
+        """Whether a restored partition's replay has yet to pass its previous owner's reach."""
+        return bool(self._holds)
+
     def release(self, partitions) -> None:
         """The partitions are no longer this consumer's."""
         for p in partitions:

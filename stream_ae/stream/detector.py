@@ -172,6 +172,10 @@ class Detector:
         """Event ids already on the alerts topic: a replay will not return them again."""
         self._published.update(event_ids)
 
+    def forget_published(self) -> None:
+        """Every replay passed its previous owner: ids no replay derived (other partitions') go."""
+        self._published.clear()
+
     # -- the micro-batch -------------------------------------------------------------------
     def process(self, batch: ReadingBatch) -> DetectorOutput:
         """Window, score, threshold and track one micro-batch; returns the new events."""

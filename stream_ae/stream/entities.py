@@ -230,6 +230,11 @@ class EntityTable:
         self._dirty_parked.clear()
         return out
 
+    def overflowing(self) -> bool:
+        """More evicted states wait for a checkpoint than ``max_parked``: one is due now, or a
+        flood of new ids between two checkpoints would hold every evicted state in memory."""
+        return len(self._dirty_parked) > self.max_parked
+
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget entities whose last reading came from ``partitions`` (revoked or lost), with
         any change not yet checkpointed: their next owner restores them. Returns how many live

@@ -159,7 +159,8 @@ class StreamRunner:
             finished = False
             while self._inflight and self._inflight[0].done() and self._finish_oldest():
                 finished = True
-            checkpoint_due = bool(self._assigned) and self._writing is None and self._checkpointer.due()
+            checkpoint_due = bool(self._assigned) and self._writing is None and (
+                self._checkpointer.due() or self.detector.table.overflowing())  # an entity flood: write the evicted
             if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
                     finished = self._finish_oldest() or finished  # back-pressure: wait for the model
@@ -271,6 +272,8 @@ class StreamRunner:
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater,
                                                    dict(self.detector.clocks.now))
+            if not self._checkpointer.holding():  # every replay passed its previous owner: nothing to suppress
+                self.detector.forget_published()
             self.metrics.checkpoint_seconds.observe(held)
             self._writing = (write, positions)
             if not (wait or in_listener):
