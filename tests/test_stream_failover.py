@@ -13,16 +13,15 @@ includes it reads the alerts and dead-letter topics from the checkpoint, not fro
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
 
 from stream_ae.stream import codec
 from stream_ae.stream.checkpoint import PARTITION_KEY, PartitionRecord
-from test_stream_recovery import (ENTITIES, artifact_dir, assert_same_events_once, checkpointed_positions,  # noqa: F401
-                                  crash_settings, kill_and_wait_out_the_session, partition_ends, readings,
-                                  restores, run_to_the_end, runner_command, start_runner, uninterrupted_alerts)
+from test_stream_recovery import (ENTITIES, artifact_dir, assert_same_events_once, crash_settings,  # noqa: F401
+                                  kill_after_a_checkpoint_and_an_alert, partition_ends, readings, restores,
+                                  run_to_the_end, runner_command, start_runner, uninterrupted_alerts)
 from test_stream_runner import make_settings, plant_messages, produce, read_all, run_until, stream_topics
 
 pytestmark = pytest.mark.kafka
@@ -83,29 +82,8 @@ def test_a_second_failover_before_the_replay_caught_up_publishes_no_event_twice(
     cmd = runner_command(art_path, args, checkpoint_interval_s=interval_s)
 
     # member A: a checkpoint over the quiet readings, then pump-b's alerts, then kill -9
-    metas = produce(broker.bootstrap, readings_topic, quiet)
-    log_a = tmp_path / "a.log"
-    proc = start_runner(cmd, log_a)
-    try:
-        quiet_ends = partition_ends(metas)
-        deadline = time.monotonic() + interval_s + 30
-        while not all(checkpointed_positions(broker.bootstrap, topics["state_topic"]).get(p, 0) >= o
-                      for p, o in quiet_ends.items()):
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                "no checkpoint covered the quiet readings\n" + log_a.read_text()[-3000:]
-            time.sleep(0.1)
-        a_checkpoint = checkpointed_positions(broker.bootstrap, topics["state_topic"])
-        metas += produce(broker.bootstrap, readings_topic, anomalous)
-        deadline = time.monotonic() + 20
-        while not read_all(broker.bootstrap, alerts_topic):
-            assert proc.poll() is None and time.monotonic() < deadline, "no alert\n" + log_a.read_text()[-3000:]
-            time.sleep(0.02)
-        kill_and_wait_out_the_session(proc, args)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert checkpointed_positions(broker.bootstrap, topics["state_topic"]) == a_checkpoint
+    metas, a_checkpoint = kill_after_a_checkpoint_and_an_alert(broker, cmd, args, topics, quiet, anomalous,
+                                                               tmp_path / "a.log", interval_s)
     by_a = len(read_all(broker.bootstrap, alerts_topic))
 
     # member B: restores A's checkpoint, suppresses A's events in memory, checkpoints before replaying

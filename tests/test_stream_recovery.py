@@ -235,32 +235,9 @@ def test_kill_9_after_a_checkpoint_recognises_the_events_published_since(broker,
     args = crash_settings(broker, group, topics)
     interval_s = 8.0  # the second checkpoint, an interval after the first, must not come before the kill
     cmd = runner_command(art_path, args, checkpoint_interval_s=interval_s)
-    metas = produce(broker.bootstrap, readings_topic, quiet)  # steps 0-249: no alert
     first = tmp_path / "run-0.log"
-    proc = start_runner(cmd, first)
-    try:
-        quiet_ends = partition_ends(metas)
-        deadline = time.monotonic() + interval_s + 30
-        while True:
-            checkpoint = checkpointed_positions(broker.bootstrap, topics["state_topic"])
-            if all(checkpoint.get(p, 0) >= o for p, o in quiet_ends.items()):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                "no checkpoint covered the quiet readings\n" + first.read_text()[-3000:]
-            time.sleep(0.1)
-        assert not read_all(broker.bootstrap, alerts_topic)
-        metas += produce(broker.bootstrap, readings_topic, anomalous)  # pump-b's anomaly, steps 300-360
-        deadline = time.monotonic() + 20
-        while not read_all(broker.bootstrap, alerts_topic):
-            assert proc.poll() is None and time.monotonic() < deadline, "no alert\n" + first.read_text()[-3000:]
-            time.sleep(0.02)
-        kill_and_wait_out_the_session(proc, args)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    # the kill came after the alerts and before any later checkpoint
-    assert checkpointed_positions(broker.bootstrap, topics["state_topic"]) == checkpoint
+    metas, _ = kill_after_a_checkpoint_and_an_alert(broker, cmd, args, topics, quiet, anomalous,
+                                                    first, interval_s)
     before_restart = len(read_all(broker.bootstrap, alerts_topic))
 
     second = tmp_path / "run-1.log"
@@ -303,6 +280,40 @@ def kill_and_wait_out_the_session(proc: subprocess.Popen, args: dict) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     time.sleep(args["kafka.session_timeout_ms"] / 1000 + 1)
+
+
+def kill_after_a_checkpoint_and_an_alert(broker, cmd: list[str], args: dict, topics: dict, quiet: list,
+                                         anomalous: list, log_path: Path, interval_s: float) -> tuple[list, dict]:
+    """Run the consumer on ``quiet`` readings until a checkpoint covers them, feed ``anomalous`` and
+    kill it (SIGKILL) as soon as an alert is on the topic, before any later checkpoint. Returns
+    the readings' RecordMetadata and that checkpoint's positions."""
+    readings_topic, alerts_topic = topics["readings_topic"], topics["alerts_topic"]
+    metas = produce(broker.bootstrap, readings_topic, quiet)
+    proc = start_runner(cmd, log_path)
+    try:
+        quiet_ends = partition_ends(metas)
+        deadline = time.monotonic() + interval_s + 30
+        while True:
+            checkpoint = checkpointed_positions(broker.bootstrap, topics["state_topic"])
+            if all(checkpoint.get(p, 0) >= o for p, o in quiet_ends.items()):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                "no checkpoint covered the quiet readings\n" + log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        assert not read_all(broker.bootstrap, alerts_topic)
+        metas += produce(broker.bootstrap, readings_topic, anomalous)
+        deadline = time.monotonic() + 20
+        while not read_all(broker.bootstrap, alerts_topic):
+            assert proc.poll() is None and time.monotonic() < deadline, "no alert\n" + log_path.read_text()[-3000:]
+            time.sleep(0.02)
+        kill_and_wait_out_the_session(proc, args)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # the kill came after the alerts and before any later checkpoint
+    assert checkpointed_positions(broker.bootstrap, topics["state_topic"]) == checkpoint
+    return metas, checkpoint
 
 
 def run_to_the_end(proc, log_path: Path, bootstrap: str, group: str, readings_topic: str, ends: dict) -> None:
