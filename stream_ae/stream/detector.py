@@ -264,17 +264,17 @@ class Detector:
         lo = 0
         for rank, state, wb, idx in prep.pending:
             hi = lo + len(wb)
-            todo.append((rank, state, lo, hi, wb.end_ts, idx[wb.end_index], int(idx[-1]), None))
-            ts_parts.append(wb.end_ts)
             readings.append(idx[wb.end_index])
+            todo.append((rank, state, lo, hi, wb.end_ts, readings[-1], int(idx[-1]), None))
+            ts_parts.append(wb.end_ts)
             lo = hi
         if prep.fleet is not None:
             lo = self._finish_fleet(prep.fleet, prep, lo, todo)
             ts_parts.append(prep.fleet.end_ts)
             readings.append(prep.fleet.end_reading)
         flags = np.zeros(lo, bool)
-        clock = self.clocks.before(prep.partition[np.concatenate(readings)], np.concatenate(readings),
-                                   np.concatenate(ts_parts)) if lo else None  # (lo,) partition time before each
+        readings = np.concatenate(readings) if lo else None  # (lo,) batch index of each window's last reading
+        clock = self.clocks.before(prep.partition[readings], readings, np.concatenate(ts_parts)) if lo else None
         todo.sort(key=lambda item: item[0])
         for rank, state, a, b, end_ts, end_reading, last_reading, values in todo:
             score, channel_error = prep.scored.score[a:b], prep.scored.channel_error[a:b]  # (b,), (b, C)
