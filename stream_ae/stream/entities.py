@@ -178,11 +178,14 @@ class EntityTable:
         if state is not None:
             self._live.move_to_end(entity)
             return state
-        state = self._factory(entity)
         record = self._parked.pop(entity, None)
-        if record is not None:
-            state.load_state_dict(decode_state(record[1]))
+        state = self._factory(entity) if record is None else self._from_snapshot(entity, decode_state(record[1]))
         self._live[entity] = state
+        return state
+
+    def _from_snapshot(self, entity: str, snapshot: dict) -> EntityState:
+        state = self._factory(entity)
+        state.load_state_dict(snapshot)
         return state
 
     def change(self, entity: str, fn: Callable[[EntityState], Any]) -> Any:
@@ -191,8 +194,7 @@ class EntityTable:
         (nothing changed), the entity is dirty. Returns what ``fn`` returns."""
         state = self._live.get(entity)
         if state is None:
-            state = self._factory(entity)
-            state.load_state_dict(decode_state(self._parked[entity][1]))
+            state = self._from_snapshot(entity, decode_state(self._parked[entity][1]))
         out = fn(state)
         if out is not None and entity in self._live:
             self._dirty.add(entity)
@@ -202,8 +204,7 @@ class EntityTable:
 
     def restore(self, entity: str, snapshot: dict) -> EntityState:
         """Replace the entity's state with a checkpoint snapshot (does not mark it dirty)."""
-        state = self._factory(entity)
-        state.load_state_dict(snapshot)
+        state = self._from_snapshot(entity, snapshot)
         self._live.pop(entity, None)
         self._parked.pop(entity, None)
         self._live[entity] = state
