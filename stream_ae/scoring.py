@@ -35,6 +35,7 @@ from stream_ae.errors import ConfigError, DataError
 from stream_ae.models import build_model, window_errors
 from stream_ae.models.base import detrend_channels
 from stream_ae.models.polyphase import inference_model
+from stream_ae.thresholds.base import SCORE_MAX
 
 _PRECISIONS = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # autocast dtype of each
 log = logging.getLogger(__name__)
@@ -187,11 +188,11 @@ def check_precision(precision: str, device: torch.device) -> None:
                           "CPU lacks; use 'fp32'")
 
 
-#: The score (and channel error) of a window whose error overflows float32 -- a reading of
-#: ~1e20 on a standardised channel does -- or comes out NaN from such an overflow: the largest
-#: float32. Infinity would reach an alert's JSON as ``null`` (the schema wants a number, so the
-#: event could not be recognised again after a restart) and a threshold's fit as NaN.
-SCORE_MAX = float(np.finfo(np.float32).max)
+# SCORE_MAX, the score (and channel error) of a window whose error overflows float32 -- a
+# reading of ~1e20 on a standardised channel does -- or comes out NaN from such an overflow, is
+# the largest float32. Infinity would reach an alert's JSON as ``null`` (the schema wants a
+# number, so the event could not be recognised again after a restart) and a threshold's fit as
+# NaN. It is defined with the threshold contract (``thresholds.base``): no threshold learns it.
 
 
 @dataclass

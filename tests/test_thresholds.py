@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stream_ae.errors import ArtifactError, ConfigError, DataError
+from stream_ae.scoring import SCORE_MAX
 from stream_ae.thresholds import (
     EvtThreshold, QuantileThreshold, ThresholdSpec, build_threshold, threshold_from_dict,
     threshold_to_dict)
@@ -107,6 +108,32 @@ class TestThresholdContract:
         flags, _ = th.step_many(normal)
         assert flags.mean() < 0.05                             # not flooding on normal scores
         assert th.step(100.0)
+
+    def test_a_saturated_score_is_never_learned(self, name):
+        """``Scorer`` gives a window whose error overflowed the score SCORE_MAX. Learned while
+        warming up, one held the P² quantile rule at 1e32-1e34 for good (nothing flagged again) and
+        EVT ~9x too high 10 000 windows on. Now: skipped while warming up, flagged once ready,
+        and every other decision is the one made without it."""
+        x = stream(3000, seed=6)
+        y = np.insert(x, [3, 150, 2000], SCORE_MAX)        # at 3 and 151: warming up; at 2002: ready
+        fa, va = build_threshold(SPECS[name]).step_many(x)
+        th = build_threshold(SPECS[name])
+        fb, vb = th.step_many(y)
+        others = np.ones(len(y), dtype=bool)
+        others[[3, 151, 2002]] = False
+        np.testing.assert_array_equal(fb[others], fa)
+        np.testing.assert_array_equal(vb[others], va)
+        assert fb[2002] and not fb[3] and not fb[151]
+        assert th.value < 100
+
+    def test_calibration_leaves_saturated_scores_out(self, name):
+        x = stream(2000, spikes=False)
+        a, b = build_threshold(SPECS[name]), build_threshold(SPECS[name])
+        a.fit(x)
+        b.fit(np.r_[x[:5], SCORE_MAX, x[5:], SCORE_MAX])
+        assert json.dumps(a.state_dict()) == json.dumps(b.state_dict())
+        with pytest.raises(DataError, match="got 9 not saturated"):
+            build_threshold(SPECS[name]).fit(np.r_[np.ones(9), [SCORE_MAX] * 30])
 
     @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
     def test_a_score_that_is_not_finite_is_a_data_error(self, name, bad):

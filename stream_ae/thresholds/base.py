@@ -18,6 +18,13 @@ from stream_ae.errors import ArtifactError, ConfigError, DataError
 
 #: Fewest scores :meth:`Threshold.fit` accepts (and the smallest allowed ``warmup``).
 MIN_FIT_SCORES = 10
+#: The score ``scoring.Scorer`` gives a window whose error overflowed float32 (the largest
+#: float32). It says the window could not be measured, not how badly it was reconstructed, so
+#: no rule learns it: a ready rule flags it (it exceeds any threshold learned without it), a
+#: warming-up rule skips it, and :meth:`Threshold.fit` leaves it out. Learned, one such score
+#: during warm-up held a P² quantile rule at 1e32-1e34 for good (P² interpolates an upper
+#: quantile towards the largest score seen) and an EVT rule at ~9x its level 10 000 windows on.
+SCORE_MAX = float(np.finfo(np.float32).max)
 STATE_FORMAT = 1
 KINDS = ("evt", "quantile")
 
@@ -129,7 +136,8 @@ class Threshold(ABC):
 
     ``step`` decides with the current value, then learns the score only if it was not
     flagged. Until calibrated (``fit``) or warmed up (``spec.warmup`` scores), ``ready`` is
-    False, ``value`` is NaN and ``step`` returns False while learning.
+    False, ``value`` is NaN and ``step`` returns False while learning. A score saturated at
+    :data:`SCORE_MAX` is never learned, and does not count towards the warm-up.
     """
 
     spec: ThresholdSpec
@@ -208,6 +216,15 @@ def as_scores(scores) -> np.ndarray:
         raise DataError(f"scores contain {x[i]} at index {i}; a score must be finite: drop windows that "
                         "could not be scored, or saturate them, before thresholding")
     return x
+
+
+def learnable(x: np.ndarray) -> np.ndarray:
+    """The scores of ``x`` a rule may learn: all but those saturated at :data:`SCORE_MAX`.
+
+    >>> learnable(np.array([1.0, SCORE_MAX, 2.0])).tolist()
+    [1.0, 2.0]
+    """
+    return x[x < SCORE_MAX]
 
 
 def check_score(score) -> float:

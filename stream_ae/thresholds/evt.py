@@ -43,8 +43,8 @@ import numpy as np
 from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, DataError, StreamAEError
 from stream_ae.thresholds.base import (
-    MIN_FIT_SCORES, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
-    float_or_none, none_to_nan)
+    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
+    float_or_none, learnable, none_to_nan)
 
 #: Fewest peaks for a GPD tail fit; fewer use the empirical quantile fallback.
 MIN_PEAKS = 10
@@ -102,11 +102,11 @@ class EvtThreshold(Threshold):
 
     # ---- learning -------------------------------------------------------------------------
     def fit(self, scores) -> None:
-        x = as_scores(scores)
+        x = learnable(as_scores(scores))
         depth = self.spec.depth
         if x.shape[0] < MIN_FIT_SCORES + depth:
-            raise DataError(f"EVT calibration needs at least {MIN_FIT_SCORES + depth} scores, "
-                            f"got {x.shape[0]}; use more validation windows or lower depth")
+            raise DataError(f"EVT calibration needs at least {MIN_FIT_SCORES + depth} scores, got "
+                            f"{x.shape[0]} not saturated; use more validation windows or lower depth")
         self._reset()
         if depth:
             y = np.empty(x.shape[0] - depth)
@@ -193,7 +193,8 @@ class EvtThreshold(Threshold):
     def step(self, score: float) -> bool:
         x = check_score(score)
         if self._method == "warmup":
-            self._warm.append(x)
+            if x < SCORE_MAX:
+                self._warm.append(x)
             if len(self._warm) >= self.spec.warmup:
                 self.fit(self._warm)
             return False

@@ -13,6 +13,11 @@ is a function of its window only, so its state is the window, replayed on load.
 Because flagged scores are never learned, the learned scores are cut off at the threshold;
 with ``factor = 1`` the running quantile of a censored sample creeps down over long runs. Use
 ``factor > 1`` (e.g. 1.2 x the 0.99 quantile) so the cut lies well above the quantile.
+
+Nothing is flagged while warming up, so one large score then is learned (a saturated one,
+``SCORE_MAX``, never is). P² interpolates an upper quantile towards the largest score seen: on
+Exp(1) scores, quantile 0.99, warm-up 20, one score of 1e6 left the threshold 5x too high
+10 000 windows on and at its level 50 000 on. ``spec.window`` forgets it after ``window`` scores.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from river import stats
 from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, DataError, StreamAEError
 from stream_ae.thresholds.base import (
-    MIN_FIT_SCORES, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score)
+    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
+    learnable)
 
 _P2 = struct.Struct("<21dBB")
 _P2_FIELDS = ("increments", "desired", "positions", "heights")
@@ -72,6 +78,8 @@ class QuantileThreshold(Threshold):
         return self._value
 
     def _learn(self, x: float) -> None:
+        if x >= SCORE_MAX:           # reaches here only while warming up (a ready rule flags it)
+            return
         self._stat.update(x)
         if self._recent is not None:
             self._recent.append(x)
@@ -80,9 +88,10 @@ class QuantileThreshold(Threshold):
             self._value = self.spec.factor * self._stat.get()
 
     def fit(self, scores) -> None:
-        x = as_scores(scores)
+        x = learnable(as_scores(scores))
         if x.shape[0] < MIN_FIT_SCORES:
-            raise DataError(f"quantile calibration needs at least {MIN_FIT_SCORES} scores, got {x.shape[0]}")
+            raise DataError(f"quantile calibration needs at least {MIN_FIT_SCORES} scores, "
+                            f"got {x.shape[0]} not saturated")
         self._reset()
         self._calibrated = True
         for s in x.tolist():
