@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from stream_ae.stream import codec
-from stream_ae.stream.checkpoint import PARTITION_KEY, PartitionRecord
+from stream_ae.stream.checkpoint import FENCE_PREFIX, PARTITION_KEY, PartitionRecord
 from test_stream_recovery import (ENTITIES, artifact_dir, assert_same_events_once, crash_settings,  # noqa: F401
                                   kill_after_a_checkpoint_and_an_alert, partition_ends, readings, restores,
                                   run_to_the_end, runner_command, start_runner, uninterrupted_alerts)
@@ -31,7 +31,7 @@ def last_records(bootstrap: str, state_topic: str) -> dict[int, PartitionRecord]
     """Readings partition -> its last replay-position record on the state topic."""
     out = {}
     for r in read_all(bootstrap, state_topic):
-        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()):
+        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()) and not r.key.startswith(FENCE_PREFIX):
             rec = PartitionRecord.decode(r.value)
             out[rec.partition] = rec
     return out

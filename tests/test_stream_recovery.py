@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from stream_ae.stream import codec
-from stream_ae.stream.checkpoint import PARTITION_KEY, PartitionRecord, decode_state
+from stream_ae.stream.checkpoint import FENCE_PREFIX, PARTITION_KEY, PartitionRecord, decode_state
 from test_stream_detector import STEP_NS, T, T0_NS, make_artifact, plant
 from test_stream_runner import make_settings, produce, read_all, reading_bytes, run_until, stream_topics
 
@@ -96,7 +96,7 @@ def checkpointed_positions(bootstrap: str, state_topic: str) -> dict[int, int]:
     """Readings partition -> next offset, from the last replay-position record of each."""
     last = {}
     for r in read_all(bootstrap, state_topic):
-        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()):
+        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()) and not r.key.startswith(FENCE_PREFIX):
             rec = PartitionRecord.decode(r.value)
             last[rec.partition] = rec.next_offset
     return last

@@ -37,13 +37,22 @@ replay derives them again. A checkpoint taken before then (periodic, revoke, shu
 per output partition, the lower of the offset reached and the held one, so the next owner
 reads those events too; without the hold, a second failover published them again.
 
-On assignment, ``recovery.py`` reads all of this back.
+On assignment, ``recovery.py`` reads all of this back, and *fences* the partition: it writes a
+record with a higher epoch than any the state partition held (``Checkpointer.fence``), reads
+up to it, and stamps every later record of its own with that epoch (record header
+``stream_ae.epoch``). A reader drops any record whose epoch is below a fence before it. That is
+how a checkpoint still in flight from a member the group evicted during a stall (a "zombie",
+``membership.py``), landing after the new owner's restore, is ignored by every later restore
+instead of taking the place of the new owner's newer records. The epoch is (one more than the
+highest seen, the group generation): a zombie whose own fence lands late, after the new
+owner's, took the same first number at an older generation, so its fence is dropped too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +66,25 @@ from stream_ae.errors import StreamAEError
 log = logging.getLogger(__name__)
 
 PARTITION_KEY = "__partition__/"  # the decoder refuses entity ids that start so (columns.py)
+FENCE_PREFIX = f"{PARTITION_KEY}fence/".encode()  # + "<p>/<epoch hex>": a key of its own for each fence
+EPOCH_HEADER = "stream_ae.epoch"
 FORMAT = 1
+_EPOCH = struct.Struct(">QQ")  # (takeover number, group generation); as bytes they sort as the pair
+
+
+def epoch_after(top: bytes, generation: int) -> bytes:
+    """The epoch a consumer taking a state partition over stamps its records with: one takeover
+    more than ``top`` (the highest epoch the partition holds, ``b""``: none), at ``generation``.
+
+    >>> a = epoch_after(b"", 5); b = epoch_after(a, 3); a < b, b < epoch_after(a, 4)
+    (True, True)
+    """
+    return _EPOCH.pack((_EPOCH.unpack(top)[0] if top else 0) + 1, max(int(generation), 0))
+
+
+def fence_key(p: int, epoch: bytes) -> bytes:
+    """Key of the fence of ``epoch`` in state partition ``p`` (unique, so compaction keeps it)."""
+    return FENCE_PREFIX + f"{p}/{epoch.hex()}".encode()
 
 
 def _numpy_scalar(obj):
@@ -154,6 +181,7 @@ class Checkpointer:
         self._last = clock()
         self._thread: ThreadPoolExecutor | None = None
         self._holds: dict[int, _Hold] = {}  # restored readings partition -> its stored output offsets
+        self._epochs: dict[int, bytes] = {}  # owned readings partition -> the epoch its records carry
         self.count = 0
 
     def due(self) -> bool:
@@ -193,6 +221,19 @@ class Checkpointer:
         """The partitions are no longer this consumer's."""
         for p in partitions:
             self._holds.pop(p, None)
+            self._epochs.pop(p, None)
+
+    def fence(self, tops: dict[int, bytes], generation: int, timeout_s: float = 30.0) -> dict[int, int]:
+        """Take state partitions over (``recovery.read_state``): write to each a fence with an
+        epoch above ``tops[p]``, the highest it holds, and stamp this consumer's later records
+        for it so. Returns each fence's offset once acknowledged."""
+        epochs = {p: epoch_after(top, generation) for p, top in tops.items()}
+        sent = {p: self.producer.send(self.state_topic, key=fence_key(p, e), value=encode_state({"at": time.time()}),
+                                      partition=p, headers=[(EPOCH_HEADER, e)]) for p, e in epochs.items()}
+        self.producer.flush(timeout=timeout_s)
+        offsets = {p: f.get(timeout=0).offset for p, f in sent.items()}
+        self._epochs.update(epochs)
+        return offsets
 
     def output_offsets(self, partition: int, next_offset: int,
                        highwater: Callable[[int], int | None]) -> tuple[dict[int, int], dict[int, int]]:
@@ -253,10 +294,13 @@ class Checkpointer:
         if self.output_failed():
             raise StreamAEError("an alert or dead letter could not be produced; no state is written "
                                 "after it (a restart replays from the last checkpoint)")
+        top = max(self._epochs.values(), default=b"")
+        stamp = lambda p: [(EPOCH_HEADER, self._epochs.get(p, top))]  # noqa: E731  (fence above)
         futures = [self.producer.send(self.state_topic, key=entity.encode(), value=value,
-                                      partition=p if p >= 0 else None)
+                                      partition=p if p >= 0 else None, headers=stamp(p))
                    for entity, (p, value) in states.items()]
-        futures += [self.producer.send(self.state_topic, key=partition_key(p), value=value, partition=p)
+        futures += [self.producer.send(self.state_topic, key=partition_key(p), value=value, partition=p,
+                                       headers=stamp(p))
                     for p, value in positions.items()]
         self.producer.flush()
         for f in futures:  # raises the producer's error: the caller must not commit

@@ -3,8 +3,9 @@
 The write side, and why the protocol is built as it is: ``checkpoint.py``.
 
 On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
-fetch high-watermark (``end_offsets`` is wrong on Tansu), keep the last value per key,
-restore those entities; then read the alerts topic from the stored alerts offsets to its
+fetch high-watermark (``end_offsets`` is wrong on Tansu), fence it (``StateScan``: write a
+record of a higher epoch and read up to it), keep the last value per key that no fence
+rejects, restore those entities; then read the alerts topic from the stored alerts offsets to its
 end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
 from its stored offsets, whose letters' sources (topic, partition, offset) the publisher
 does not send again. The detector replays from the checkpointed offset, skipping readings
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from stream_ae.errors import StreamAEError
-from stream_ae.stream.checkpoint import PARTITION_KEY, PartitionRecord, decode_state
+from stream_ae.stream.checkpoint import EPOCH_HEADER, FENCE_PREFIX, PARTITION_KEY, PartitionRecord, decode_state
 
 
-def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200) -> Iterator[Any]:
+def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200,
+                ends: dict | None = None) -> Iterator[Any]:
     """Yield every record of ``starts`` (TopicPartition -> offset, None = beginning) up to the
-    fetch high-watermark each partition had when it was first fetched.
+    fetch high-watermark each partition had when it was first fetched (or up to ``ends[tp]``).
 
     ``consumer`` is a group-less KafkaConsumer used for nothing else. Raises
     :class:`StreamAEError` when the topic cannot be read within ``timeout_s``.
@@ -34,12 +36,13 @@ def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 
         return
     tps = list(starts)
     consumer.assign(tps)
+    consumer.resume(*tps)  # a partition paused by an earlier call
     for tp, offset in starts.items():
         if offset is None:
             consumer.seek_to_beginning(tp)
         else:
             consumer.seek(tp, offset)
-    target: dict = {}
+    target: dict = dict(ends or {})
     done: set = set()
     deadline = time.monotonic() + timeout_s
     while len(done) < len(tps):
@@ -72,19 +75,70 @@ class Restored:
     positions: PartitionRecord | None = None
     published: set[str] = field(default_factory=set)  # event ids on the alerts topic since then
     alerts_end: dict[int, int] = field(default_factory=dict)  # alerts partition -> high-watermark read
+    dropped: int = 0  # records a fence rejected (a zombie's)
 
 
-def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0) -> dict[int, Restored]:
-    """Last value per key of the given state partitions (tombstones delete)."""
+class StateScan:
+    """One state partition read in offset order: the last value per key that no fence rejects.
+
+    A *fence* (``checkpoint.Checkpointer.fence``) is the record a consumer writes when it takes
+    a partition over, with a higher epoch than any the partition held. A record whose epoch is
+    below the highest fence before it was written by a member that had lost the partition (a
+    zombie's checkpoint still in flight) and is dropped; so is a fence below it (the zombie's own).
+
+    >>> from types import SimpleNamespace as R
+    >>> from stream_ae.stream.checkpoint import epoch_after, fence_key
+    >>> fence = lambda o, e: R(offset=o, key=fence_key(0, e), value=b"", headers=[(EPOCH_HEADER, e)])
+    >>> rec = lambda o, k, v, e: R(offset=o, key=k, value=v, headers=[(EPOCH_HEADER, e)])
+    >>> a, b = epoch_after(b"", 7), epoch_after(epoch_after(b"", 7), 8)
+    >>> s = StateScan()
+    >>> for r in [rec(0, b"x", b"1", a), fence(1, b), rec(2, b"x", b"2", b), rec(3, b"x", b"old", a)]:
+    ...     s.feed(r)
+    >>> s.latest[b"x"], s.dropped, s.top == b
+    (b'2', 1, True)
+    """
+
+    def __init__(self):
+        self.latest: dict[bytes, bytes | None] = {}
+        self.fence = b""   # the highest fence's epoch so far (b"": none, as records before fences)
+        self.top = b""     # the highest epoch seen
+        self.end = 0       # the next offset to read
+        self.dropped = 0
+
+    def feed(self, r) -> None:
+        epoch = next((v for k, v in (r.headers or ()) if k == EPOCH_HEADER), b"")
+        self.end = r.offset + 1
+        self.top = max(self.top, epoch)
+        if epoch < self.fence:
+            self.dropped += 1
+        elif r.key is not None and r.key.startswith(FENCE_PREFIX):
+            self.fence = epoch
+        else:
+            self.latest[r.key] = r.value
+
+
+def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0,
+               fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None) -> dict[int, Restored]:
+    """Last value per key of the given state partitions (tombstones delete), fences applied.
+
+    With ``fence``, the partitions are taken over: once they are read to their ends,
+    ``fence({p: highest epoch seen})`` writes a fence to each and returns its offset, and the
+    records that landed meanwhile are read up to it, so this reader's view is the one every
+    later reader gets."""
     from kafka import TopicPartition
 
-    latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+    scans = {p: StateScan() for p in partitions}
     for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s):
-        latest[r.partition][r.key] = r.value
+        scans[r.partition].feed(r)
+    if fence is not None:
+        fences = fence({p: scan.top for p, scan in scans.items()})
+        tps = {TopicPartition(state_topic, p): scans[p].end for p in partitions}
+        for r in read_to_end(consumer, tps, timeout_s, ends={tp: fences[tp.partition] + 1 for tp in tps}):
+            scans[r.partition].feed(r)
     out = {}
-    for p, values in latest.items():
-        restored = Restored()
-        for key, value in values.items():
+    for p, scan in scans.items():
+        restored = Restored(dropped=scan.dropped)
+        for key, value in scan.latest.items():
             if value is None or key is None:
                 continue
             if key.startswith(PARTITION_KEY.encode()):
@@ -131,7 +185,8 @@ def _output_starts(reader, topic: str, restored: dict[int, Restored], offsets_of
 
 def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
             event_id: Callable[[bytes], str | None], timeout_s: float = 60.0,
-            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], Any] | None = None):
+            dead_letter_topic: str | None = None, letter_id: Callable[[bytes], Any] | None = None,
+            fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None):
     """Everything a consumer needs to take over readings ``partitions``.
 
     Returns the restored state per partition, the event ids published since the oldest of
@@ -144,7 +199,7 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
         raise StreamAEError(
             f"state topic {state_topic!r} has partitions {sorted(state_parts)} but readings partitions "
             f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
-    restored = read_state(reader, state_topic, partitions, timeout_s)
+    restored = read_state(reader, state_topic, partitions, timeout_s, fence)
     starts = _output_starts(reader, alerts_topic, restored, lambda rec: rec.alerts_offsets)
     published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s)
     if dead_letter_topic is None:
@@ -154,9 +209,10 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
     return restored, published, ends, letters, letter_ends
 
 
-def take_over(settings, partitions: list[int]):
+def take_over(settings, partitions: list[int], fence=None):
     """:func:`recover` of readings ``partitions`` through a group-less consumer of its own,
-    with the service's topics and codec: ``(restored, published, alerts_ends, letters, letter_ends)``."""
+    with the service's topics and codec (``fence``: see :func:`read_state`):
+    ``(restored, published, alerts_ends, letters, letter_ends)``."""
     from kafka import KafkaConsumer
 
     from stream_ae.stream import codec
@@ -166,6 +222,6 @@ def take_over(settings, partitions: list[int]):
                               "enable_auto_commit": False, "fetch_max_wait_ms": 50})
     try:
         return recover(reader, k.state_topic, k.alerts_topic, partitions, codec.alert_event_id,
-                       dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id)
+                       dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id, fence=fence)
     finally:
         reader.close()

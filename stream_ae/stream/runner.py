@@ -1,9 +1,8 @@
 """The Kafka edge of the streaming detector: poll, decode, detect, publish, checkpoint.
 
 Input policy (what is dead-lettered, and why): ``contracts.py``. Entity floods: ``entities.py``.
-Recovery, exactly-once alerts, checkpoints: ``checkpoint.py`` and ``recovery.py``. Partitions
-the group took away during a stall: ``membership.py``. One consumer until SIGTERM / SIGINT:
-``python -m stream_ae.stream.consumer_process``.
+Recovery, exactly-once alerts, checkpoints, fences: ``checkpoint.py``, ``recovery.py``. Stalls:
+``membership.py``. One consumer until SIGTERM / SIGINT: ``python -m stream_ae.stream.consumer_process``.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
@@ -21,6 +20,7 @@ its thread writes the state only once they are acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -149,8 +149,9 @@ class StreamRunner:
         self.metrics.polled()
         with self._lock:
             if self._revoke_error is not None:
-                raise StreamAEError(f"the checkpoint of revoked partitions failed ({self._revoke_error}); stopping "
-                                    "without a commit: a restart replays from the last checkpoint") from self._revoke_error
+                raise StreamAEError(f"the checkpoint of revoked partitions failed ({self._revoke_error}); "
+                                    "stopping without a commit: a restart replays from the last checkpoint"
+                                    ) from self._revoke_error
             if self._to_restore:  # a join has just confirmed the membership
                 self._finish_inflight(confirmed=True)
                 records = self._restore(records)
@@ -359,7 +360,8 @@ class StreamRunner:
         self._commit_written(block=True)  # this member's last write first
         parts, self._to_restore = sorted(self._to_restore), set()
         k = self.settings.kafka
-        restored, published, ends, letters, letter_ends = take_over(self.settings, parts)
+        fence = functools.partial(self._checkpointer.fence, generation=self._consumer.group_metadata().generation_id)
+        restored, published, ends, letters, letter_ends = take_over(self.settings, parts, fence)  # checkpoint.py
         resume = {}  # partition -> where it resumes: its record's offset, else the group's (its commit or reset)
         for p in parts:
             tp = TopicPartition(k.readings_topic, p)
@@ -385,8 +387,8 @@ class StreamRunner:
         self._assigned |= set(parts)
         self.membership.assigned(parts, resume)
         self.metrics.assigned = sorted(self._assigned)
-        log.info("assigned %s: restored %d entities, %d events already published",
-                 parts, sum(len(restored[p].entities) for p in parts), len(published))
+        log.info("assigned %s: restored %d entities, %d events already published, %d fenced records", parts,
+                 sum(len(restored[p].entities) for p in parts), len(published), sum(restored[p].dropped for p in parts))
         return records
 
     def _highwater(self, p: int) -> int | None:
