@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 
 from stream_ae.stream.checkpoint import (
-    EPOCH_HEADER, FENCE_PREFIX, Checkpointer, PartitionRecord, encode_state, epoch_after, fence_key)
+    EPOCH_HEADER, FENCE_PREFIX, PARTITION_KEY, Checkpointer, PartitionRecord, encode_state, epoch_after,
+    fence_key, fence_value)
 from stream_ae.stream.recovery import StateScan, read_state
 from test_stream_runner import read_all
 
@@ -30,7 +31,7 @@ def record(offset: int, key: bytes, value: bytes | None, epoch: bytes | None):
 
 
 def fence(offset: int, epoch: bytes, p: int = 0):
-    return record(offset, fence_key(p, epoch), encode_state({"at": 0.0}), epoch)
+    return record(offset, fence_key(p, epoch), fence_value(), epoch)
 
 
 def scan(records) -> StateScan:
@@ -78,6 +79,19 @@ def test_an_epoch_is_above_every_one_the_partition_held_even_after_the_group_sta
     """The group generation restarts at 1 when a group expires; the takeover number does not."""
     older_group = epoch_after(epoch_after(b"", 900), 901)
     assert epoch_after(older_group, generation=1) > older_group
+
+
+def test_a_release_from_before_fences_reads_a_fenced_partition_as_before():
+    """A rollback: earlier releases read every ``__partition__/`` key as the position record of
+    the partition it names, and keep the one naming the partition read. A fence names -1."""
+    records = [record(0, b"x", b"a1", None), fence(1, A),
+               record(2, b"__partition__/0", PartitionRecord(0, 7).encode(), A), fence(3, B)]
+    positions = None
+    for r in records:                                   # the earlier releases' read_state, in short
+        if r.key.startswith(PARTITION_KEY.encode()):
+            rec = PartitionRecord.decode(r.value)
+            positions = rec if rec.partition == 0 else positions
+    assert positions.next_offset == 7
 
 
 @pytest.mark.kafka

@@ -87,6 +87,17 @@ def fence_key(p: int, epoch: bytes) -> bytes:
     return FENCE_PREFIX + f"{p}/{epoch.hex()}".encode()
 
 
+def fence_value() -> bytes:
+    """A fence's value: a position record of partition -1, which releases before fences (they
+    read every ``__partition__/`` key as a position record of the partition it names) skip, so
+    a rollback still restores.
+
+    >>> PartitionRecord.decode(fence_value()).partition
+    -1
+    """
+    return PartitionRecord(-1, 0, written_at=time.time()).encode()
+
+
 def _numpy_scalar(obj):
     """msgspec's hook for what it does not encode itself: a numpy scalar becomes its Python value."""
     if isinstance(obj, np.generic):
@@ -228,8 +239,9 @@ class Checkpointer:
         epoch above ``tops[p]``, the highest it holds, and stamp this consumer's later records
         for it so. Returns each fence's offset once acknowledged."""
         epochs = {p: epoch_after(top, generation) for p, top in tops.items()}
-        sent = {p: self.producer.send(self.state_topic, key=fence_key(p, e), value=encode_state({"at": time.time()}),
-                                      partition=p, headers=[(EPOCH_HEADER, e)]) for p, e in epochs.items()}
+        value = fence_value()
+        sent = {p: self.producer.send(self.state_topic, key=fence_key(p, e), value=value, partition=p,
+                                      headers=[(EPOCH_HEADER, e)]) for p, e in epochs.items()}
         self.producer.flush(timeout=timeout_s)
         offsets = {p: f.get(timeout=0).offset for p, f in sent.items()}
         self._epochs.update(epochs)
