@@ -127,7 +127,7 @@ class _GatedProducer:
         assert self.gate.wait(10), "the test never opened the gate"
         self.calls.append(("flush",))
 
-    def send(self, topic, key, value, partition):
+    def send(self, topic, key, value, partition, headers=None):
         from concurrent.futures import Future
 
         self.calls.append(("send", key, value, partition))
