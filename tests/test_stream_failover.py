@@ -18,23 +18,12 @@ import uuid
 import pytest
 
 from stream_ae.stream import codec
-from stream_ae.stream.checkpoint import FENCE_PREFIX, PARTITION_KEY, PartitionRecord
 from test_stream_recovery import (ENTITIES, artifact_dir, assert_same_events_once, crash_settings,  # noqa: F401
-                                  kill_after_a_checkpoint_and_an_alert, partition_ends, readings, restores,
-                                  run_to_the_end, runner_command, start_runner, uninterrupted_alerts)
+                                  kill_after_a_checkpoint_and_an_alert, last_records, partition_ends, readings,
+                                  restores, run_to_the_end, runner_command, start_runner, uninterrupted_alerts)
 from test_stream_runner import make_settings, plant_messages, produce, read_all, run_until, stream_topics
 
 pytestmark = pytest.mark.kafka
-
-
-def last_records(bootstrap: str, state_topic: str) -> dict[int, PartitionRecord]:
-    """Readings partition -> its last replay-position record on the state topic."""
-    out = {}
-    for r in read_all(bootstrap, state_topic):
-        if r.value is not None and r.key.startswith(PARTITION_KEY.encode()) and not r.key.startswith(FENCE_PREFIX):
-            rec = PartitionRecord.decode(r.value)
-            out[rec.partition] = rec
-    return out
 
 
 def checkpoint_right_after_the_restore(settings, art, timeout: float = 60.0) -> None:

@@ -92,14 +92,19 @@ def published(log_path: Path) -> int:
     return sum(events for _, events in restores(log_path))
 
 
-def checkpointed_positions(bootstrap: str, state_topic: str) -> dict[int, int]:
-    """Readings partition -> next offset, from the last replay-position record of each."""
-    last = {}
+def last_records(bootstrap: str, state_topic: str) -> dict[int, PartitionRecord]:
+    """Readings partition -> its last replay-position record on the state topic (fences skipped)."""
+    out = {}
     for r in read_all(bootstrap, state_topic):
         if r.value is not None and r.key.startswith(PARTITION_KEY.encode()) and not r.key.startswith(FENCE_PREFIX):
             rec = PartitionRecord.decode(r.value)
-            last[rec.partition] = rec.next_offset
-    return last
+            out[rec.partition] = rec
+    return out
+
+
+def checkpointed_positions(bootstrap: str, state_topic: str) -> dict[int, int]:
+    """Readings partition -> next offset, from the last replay-position record of each."""
+    return {p: rec.next_offset for p, rec in last_records(bootstrap, state_topic).items()}
 
 
 def partition_ends(metas) -> dict[int, int]:
