@@ -94,6 +94,15 @@ class AlertPolicy:
         """
         return 5.0 * self.quiet_s if self.silence_s is None else float(self.silence_s)
 
+    @property
+    def silence_ns(self) -> int:
+        """:attr:`silence` in nanoseconds, the unit of event times (0: never).
+
+        >>> AlertPolicy(quiet_s=60).silence_ns
+        300000000000
+        """
+        return int(round(self.silence * 1e9))
+
     def band(self, ratio: float) -> int:
         """Index of the severity band for ``score / threshold``."""
         return max(bisect_right(self._ratios, ratio) - 1, 0)

@@ -86,7 +86,7 @@ class AlertTracker:
         self._entities: dict[str, _Entity] = {}
         self._quiet_ns = int(round(policy.quiet_s * _NS))
         self._update_ns = int(round(policy.update_interval_s * _NS))
-        self._silence_ns = int(round(policy.silence * _NS))
+        self._silence_ns = policy.silence_ns
 
     def open_alerts(self) -> dict[str, str]:
         """``{entity: alert_id}`` of the alerts open now."""

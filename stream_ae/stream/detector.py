@@ -111,7 +111,7 @@ class Detector:
         self.table = EntityTable(self._new_state, max_entities)
         self._published: set[str] = set()
         self.clocks = PartitionClocks()  # partition event time, for alerts of silent entities (silence.py)
-        self._silence_ns = int(round(alert_policy.silence * 1e9))
+        self._silence_ns = alert_policy.silence_ns
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_scorer(self, scorer) -> None:
