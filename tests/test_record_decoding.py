@@ -19,6 +19,7 @@ from kafka.record import MemoryRecords
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 from kafka.record.util import calc_crc32c
+from kafka.serializer import Deserializer
 from kafka.structs import TopicPartition
 
 from stream_ae.stream import record_decoding
@@ -157,11 +158,16 @@ def test_legacy_message_sets_keep_kafka_pythons_reader():
     assert len(records_of(steps)) == 4
 
 
+class _Text(Deserializer):
+    def deserialize(self, topic, headers, data):
+        return data.decode()
+
+
 def test_install_on_a_consumer_and_its_refusals(caplog):
     from kafka import KafkaConsumer
 
     plain = KafkaConsumer(bootstrap_servers="localhost:1", api_version=(2, 8))
-    deser = KafkaConsumer(bootstrap_servers="localhost:1", api_version=(2, 8), value_deserializer=bytes.decode)
+    deser = KafkaConsumer(bootstrap_servers="localhost:1", api_version=(2, 8), value_deserializer=_Text())
     try:
         assert record_decoding.install(plain) and plain._fetcher.PartitionRecords is record_decoding._partition_records_class()
         assert not record_decoding.install(deser) and deser._fetcher.PartitionRecords is Fetcher.PartitionRecords
