@@ -197,12 +197,26 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     threshold = manifest["threshold"]
     if not isinstance(threshold, dict) or not {"spec", "state"} <= set(threshold):
         raise ArtifactError(f"artifact {path}: manifest 'threshold' must hold 'spec' and 'state'")
+    _check_threshold(path, threshold)
     return Artifact(
         version=manifest["version"], model=model_config, window=window, layout=layout,
         channels=channels, scaler=scaler, threshold=threshold, training=manifest["training"],
         state_dict=state_dict, created_at=manifest["created_at"],
         package_version=manifest["package_version"], format_version=manifest["format_version"],
     )
+
+
+def _check_threshold(path: Path, threshold: dict) -> None:
+    """The calibration must build and load here and now, not first on a stream's poll loop (an
+    artifact of a newer release with a threshold option this one lacks, a hand edit)."""
+    from stream_ae.thresholds import ThresholdSpec, build_threshold
+
+    try:
+        rule = build_threshold(ThresholdSpec.from_dict(threshold["spec"]))
+        if threshold["state"] is not None:
+            rule.load_state_dict(threshold["state"])
+    except (ConfigError, ArtifactError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"artifact {path}: its threshold calibration cannot be used: {exc}") from None
 
 
 def _read_manifest(path: Path) -> dict:

@@ -292,8 +292,12 @@ def cmd_models(args) -> int:
             deps = ", ".join(serving.get(v["version"], []))
             print(f"{v['version']:<52} {v.get('created_at') or '':<22} {('<- ' + deps) if deps else ''}")
     elif args.action == "promote":
+        before = reg.current(args.deployment)
         rec = reg.promote(args.deployment, args.version, args.reason)
-        print(f"{args.deployment} -> {rec['version']} (was {rec.get('previous')})")
+        if before == args.version:
+            print(f"{args.deployment} already serves {args.version}; nothing changed")
+        else:
+            print(f"{args.deployment} -> {rec['version']} (was {rec.get('previous')})")
     elif args.action == "rollback":
         rec = reg.rollback(args.deployment)
         print(f"{args.deployment} -> {rec['version']} (rolled back from {rec.get('previous')})")

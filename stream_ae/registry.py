@@ -48,6 +48,10 @@ class PromotionConflict(StreamAEError):
     """A promotion lost a race: the deployment pointer moved since the caller read it."""
 
 
+def _is_pointer(record) -> bool:
+    return isinstance(record, dict) and isinstance(record.get("version"), str)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -226,7 +230,13 @@ class Registry:
 
     def pointer(self, deployment: str) -> dict | None:
         """The deployment's pointer record, None when nothing was ever promoted."""
-        return self._read_json(self._pointer_path(deployment))
+        path = self._pointer_path(deployment)
+        record = self._read_json(path)
+        if record is not None and not _is_pointer(record):
+            raise ArtifactError(f"{path} in registry {self.root} is not a pointer record (a JSON object with a "
+                                f"'version'); it holds {str(record)[:80]!r}. Promote a version again "
+                                "(stream-ae models promote) to rewrite it")
+        return record
 
     def current(self, deployment: str) -> str | None:
         """The version serving ``deployment``, or None."""
@@ -238,9 +248,23 @@ class Registry:
 
         ``expect``: the version the caller believes is serving (None: nothing yet). When the
         pointer names another one, :class:`PromotionConflict` is raised and nothing changes.
+        Promoting the version already serving changes nothing and returns the pointer as it is
+        (a deploy script run twice must not make the next rollback return to the same version).
+        The version must load (:func:`~stream_ae.artifact.load_artifact`: weights, manifest and
+        threshold calibration): a consumer could not use one that does not.
         """
         self._check_version(version)
+        self.check_loads(version)
         return self._swap(deployment, version, reason, expect, rollback=False)
+
+    def check_loads(self, version: str) -> None:
+        """Raise :class:`ArtifactError` naming ``version`` when its artifact does not load."""
+        from stream_ae.artifact import load_artifact
+
+        try:
+            load_artifact(self.artifact_path(version))
+        except (ArtifactError, ConfigError) as exc:
+            raise ArtifactError(f"version {version} cannot be used: {exc}") from None
 
     def rollback(self, deployment: str, reason: str = "rollback", *, expect=_UNSET) -> dict:
         """Go back to the version served before the current one was promoted.
@@ -254,13 +278,19 @@ class Registry:
         path = self._pointer_path(deployment)
         with self._locked(deployment):
             old = self._read_json(path)
+            if old is not None and not _is_pointer(old):
+                old = None   # a hand edit broke it (pointer() says so): this promotion rewrites it
             now_serving = old["version"] if old else None
             if expect is not _UNSET and expect != now_serving:
                 raise PromotionConflict(
                     f"deployment {deployment!r} now serves {now_serving!r}, not the expected {expect!r}: "
                     "another promotion happened meanwhile; re-read and decide again")
+            if not rollback and version == now_serving:
+                return old   # already serving: nothing to record, nothing to undo
             lineage = list(old.get("lineage", [now_serving])) if old else []
             if rollback:
+                while len(lineage) > 1 and lineage[-2] == now_serving:
+                    lineage.pop()   # a re-promotion recorded by an earlier release: not a step back
                 if len(lineage) < 2:
                     raise ConfigError(f"deployment {deployment!r} has no earlier version to roll back to "
                                       f"(serving {now_serving!r}); see its history")
@@ -325,9 +355,13 @@ class Registry:
 
             staged = cache / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
             staged.mkdir()
-            for name in (WEIGHTS_FILE, MANIFEST_FILE):
-                pafs.copy_files(self._join(version, name), str(staged / name), source_filesystem=self.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+            try:
+                for name in (WEIGHTS_FILE, MANIFEST_FILE):
+                    pafs.copy_files(self._join(version, name), str(staged / name), source_filesystem=self.fs,
+                                    destination_filesystem=pafs.LocalFileSystem())
+            except OSError as exc:   # a timeout, a missing file: nothing half-copied stays in the cache
+                shutil.rmtree(staged, ignore_errors=True)
+                raise ArtifactError(f"cannot fetch version {version} from {self.root} into {cache}: {exc}") from exc
             try:
                 os.rename(staged, target)
             except OSError:   # another process cached it first

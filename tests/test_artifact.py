@@ -14,8 +14,16 @@ from stream_ae.errors import ArtifactError, SchemaMismatch
 from stream_ae.models import ModelConfig, build_model
 from stream_ae.scaling import ChannelScaler
 from stream_ae.scoring import Scorer
+from stream_ae.thresholds import ThresholdSpec, build_threshold
 
 CHANNELS = ("temp", "pressure", "flow")
+
+
+def _calibration() -> dict:
+    """A real threshold calibration (load_artifact builds and loads it)."""
+    rule = build_threshold(ThresholdSpec(kind="quantile", quantile=0.99))
+    rule.fit(np.linspace(0.0, 1.0, 200))
+    return {"spec": rule.spec.to_dict(), "state": rule.state_dict()}
 
 
 def make_artifact(kind="conv", seed=0) -> Artifact:
@@ -28,7 +36,7 @@ def make_artifact(kind="conv", seed=0) -> Artifact:
         version=make_version(config, created, weights_bytes(state)), model=config,
         window=WindowSpec(length=16, hop=2, max_gap_s=30.0, max_fill=3), layout=Layout(entity="unit"),
         channels=CHANNELS, scaler=ChannelScaler().fit(rows),
-        threshold={"spec": {"kind": "quantile", "quantile": 0.99}, "state": {"n": 3, "value": 1.5}},
+        threshold=_calibration(),
         training={"span": {"first": "2024-01-01T00:00:00Z", "last": "2024-01-02T00:00:00Z"}, "rows": 200},
         state_dict=state, created_at=created,
     )
