@@ -39,7 +39,7 @@ from collections import deque
 import numpy as np
 
 from stream_ae.drift import DriftMonitor, report_drift
-from stream_ae.errors import ConfigError
+from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.stream.sections import parse_duration
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,17 @@ class DriftWatch:
                         event.direction, event.mean_before, event.mean_after,
                         extra={"fields": {"event": "drift", "model_version": model_version, **event.to_dict()}})
             if self.registry and self.deployment and event.direction == "up":
-                report_drift(self.registry, self.deployment, event)
+                self._mark(event)
         self.events.extend(found)
         return found
+
+    def _mark(self, event) -> None:
+        """Write the retrain marker; a registry that cannot be written (read-only in this pod, an
+        object store down) costs the early retrain, never the stream: the metric and the log
+        event above still say there was drift, and the next event writes it again."""
+        try:
+            report_drift(self.registry, self.deployment, event)
+        except (OSError, StreamAEError) as exc:
+            log.warning("cannot write the drift marker of deployment %r in the registry %s (%s): the "
+                        "retrain job will not run early for this drift; the consumer needs write access "
+                        "to the registry's drift/ folder", self.deployment, self.registry, exc)

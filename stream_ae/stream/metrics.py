@@ -72,6 +72,8 @@ class StreamMetrics:
                                  "reported at +/- [drift] min_shift once a whole horizon is in (NaN until the "
                                  "first bucket closes, or the first horizon for a model without a stored "
                                  "starting level)", registry=r)
+        self.reload_failures = Counter("stream_ae_model_reload_failures", "Tries to load the version the "
+                                       "deployment names that failed (the running model stayed)", registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
         self.last_poll = 0.0
         self.assigned: list[int] = []

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from typing import Callable, Sequence
 
 from stream_ae.errors import ConfigError, StreamAEError
@@ -29,10 +30,16 @@ class ModelWatcher:
     when it names another version, the artifact is loaded and its Scorer built in a
     background thread, off the consume loop. The new Scorer is handed over through
     ``on_ready`` (e.g. ``runner.swap_scorer``) as soon as it is built, or else returned by the
-    next call. A version that fails to load, or whose channels or window length differ from
-    the running model's, is logged and skipped; the running model stays. With
+    next call; no other load starts before that handover, so a slower load cannot land after
+    a newer one. A version that fails to load, or whose channels or window length differ from
+    the running model's, is logged and the running model stays; the same version is tried
+    again after ``RETRY_S``, doubling up to ``RETRY_MAX_S`` (a download that timed out, an
+    artifact still being copied), and at once when the pointer moves to another version.
+    Each failed try counts in ``stream_ae_model_reload_failures_total``. With
     ``model.artifact`` nothing is watched and every call returns None.
     """
+
+    RETRY_S, RETRY_MAX_S = 10.0, 600.0
 
     def __init__(self, settings, on_ready: Callable[[object], None] | None = None):
         m = settings.model
@@ -51,8 +58,9 @@ class ModelWatcher:
         self._shape: tuple | None = None
         self._ready = None
         self._loading: str | None = None
-        self._failed: set[str] = set()
+        self._failed: dict[str, tuple[float, float]] = {}  # version -> (retry at (monotonic), next wait)
         self._lock = threading.Lock()
+        self.metrics = None  # StreamMetrics: failed tries are counted when set
 
     @property
     def watching(self) -> bool:
@@ -89,7 +97,9 @@ class ModelWatcher:
         except (OSError, StreamAEError) as exc:   # a registry hiccup must not stop the consumer
             log.warning("cannot read deployment %r: %s; keeping model %s", self.deployment, exc, self.version)
             return None
-        if version is None or version == self.version or version in self._failed or self._loading:
+        if version is None or version == self.version or self._loading:
+            return None
+        if version in self._failed and time.monotonic() < self._failed[version][0]:
             return None
         self._loading = version
         threading.Thread(target=self._load, args=(version,), name=f"load-{version}", daemon=True).start()
@@ -99,26 +109,35 @@ class ModelWatcher:
         from stream_ae.artifact import load_artifact
 
         try:
-            scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
-            shape = (tuple(scorer.channels), int(scorer.length))
-            if shape != self._shape:
-                raise ConfigError(f"model {version} has channels {list(shape[0])} and windows of {shape[1]}, "
-                                  f"the running model {list(self._shape[0])} and {self._shape[1]}; "
-                                  "a hot reload must keep both (restart the service to change them)")
+            try:
+                scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
+                shape = (tuple(scorer.channels), int(scorer.length))
+                if shape != self._shape:
+                    raise ConfigError(f"model {version} has channels {list(shape[0])} and windows of {shape[1]}, "
+                                      f"the running model {list(self._shape[0])} and {self._shape[1]}; "
+                                      "a hot reload must keep both (restart the service to change them)")
+            except (OSError, StreamAEError) as exc:
+                self._refuse(version, exc)
+                return
             log.info("model %s loaded for deployment %r (was %s)", version, self.deployment, self.version)
+            if self.on_ready is not None:
+                self.on_ready(scorer)
+            else:
+                with self._lock:
+                    self._ready = scorer
             self.version = version
-        except (OSError, StreamAEError) as exc:
-            log.error("deployment %r now names %s but it cannot be used: %s; keeping model %s",
-                      self.deployment, version, exc, self.version)
-            self._failed.add(version)
-            return
+            self._failed.clear()
         finally:
-            self._loading = None
-        if self.on_ready is not None:
-            self.on_ready(scorer)
-        else:
-            with self._lock:
-                self._ready = scorer
+            self._loading = None   # only after the handover: a newer load cannot overtake this one
+
+    def _refuse(self, version: str, exc: Exception) -> None:
+        wait = self._failed.get(version, (0.0, self.RETRY_S))[1]
+        self._failed = {version: (time.monotonic() + wait, min(2 * wait, self.RETRY_MAX_S))}
+        if self.metrics is not None:
+            self.metrics.reload_failures.inc()
+        log.error("deployment %r now names %s but it cannot be used: %s; keeping model %s (tried again in "
+                  "%.0f s, or when the deployment names another version)", self.deployment, version, exc,
+                  self.version, wait)
 
 
 def check_broker(settings, timeout_s: float = 10.0) -> None:
@@ -193,7 +212,7 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
         with OpsServer(metrics, ops.metrics_port, ops.health_port, stale_after_s=stale):
             runner = StreamRunner(settings, scorer, reload=watcher if watcher.watching else None,
                                   metrics=metrics)
-            watcher.on_ready = runner.swap_scorer
+            watcher.on_ready, watcher.metrics = runner.swap_scorer, metrics
             try:
                 runner.run(stop)
             except StreamAEError:
