@@ -209,3 +209,14 @@ def test_the_challenger_is_trained_with_the_settings_detrend_and_score_steps(tmp
     model = load_artifact(Registry(tmp_path / "models").artifact_path(report.challenger["version"])).model
     assert model.detrend == (2, 0) and model.score_steps == 4
     assert report_file(report)["preset"]["detrend"] == ["ch_2", "ch_0"]
+
+
+def test_a_challenger_the_consumers_cannot_hot_swap_is_not_promoted(tmp_path, plant):
+    """A better challenger of another window length (or with a new sensor's channel) would be
+    refused by every running consumer and loaded by every restarted one: one group, two models."""
+    registry = Registry(tmp_path / "models")
+    first = run_retrain(make_settings(tmp_path, plant, *POOR), now=plant["now"] - pd.Timedelta(minutes=2))
+    longer = run_retrain(make_settings(tmp_path, plant, *GOOD, "retrain.window=24"), now=plant["now"])
+    assert longer.decision == "kept_champion" and longer.exit_code == 0
+    assert longer.reasons[0].startswith("the challenger has channels") and "windows of 24" in longer.reasons[0]
+    assert registry.current(DEPLOYMENT) == first.challenger["version"]

@@ -90,6 +90,18 @@ def _g(x: float) -> str:
     return f"{x:.4g}"
 
 
+def swap_blocker(champion, challenger) -> str | None:
+    """Why the consumers running ``champion`` could not hot-swap ``challenger`` in (artifacts; None:
+    they can). A hot reload keeps the channels and the window length; a new sensor in the archive
+    changes the channels of the next model trained on it."""
+    if tuple(champion.channels) == tuple(challenger.channels) and champion.model.window == challenger.model.window:
+        return None
+    return (f"the challenger has channels {list(challenger.channels)} and windows of {challenger.model.window}, "
+            f"the champion {list(champion.channels)} and {champion.model.window}: running consumers cannot "
+            "hot-swap it, so the job does not promote it; promote it by hand (stream-ae models promote) and "
+            "restart the consumers")
+
+
 def decide(rule: PromotionRule, challenger: ModelMetrics, champion: ModelMetrics | None) -> Decision:
     """Apply ``rule``; no champion: the challenger is promoted when it scored enough windows."""
     if challenger.windows < rule.min_windows:

@@ -31,9 +31,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from stream_ae.artifact import load_artifact
 from stream_ae.errors import ConfigError, DataError, StreamAEError
 from stream_ae.registry import PromotionConflict, Registry
-from stream_ae.retraining.compare import LabelledEvent, PromotionRule, decide, holdout_metrics
+from stream_ae.retraining.compare import (Decision, LabelledEvent, PromotionRule, decide, holdout_metrics,
+                                          swap_blocker)
 from stream_ae.retraining.report import RetrainReport, plot_scores, write_report
 from stream_ae.stream.settings import parse_duration
 
@@ -312,6 +314,11 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                                                          hold_start, now_ns, cfg.device, events)
             report.champion["metrics"], thresholds["champion"] = champ_metrics.to_dict(), champ_metrics.threshold_median
         decision = decide(rule, ch_metrics, champ_metrics)
+        if decision.promote and champion:
+            blocker = swap_blocker(load_artifact(registry.artifact_path(champion)),
+                                   load_artifact(registry.artifact_path(version)))
+            if blocker:
+                decision = Decision(False, [blocker, *decision.reasons])
         report.reasons = decision.reasons
         if decision.promote:
             report.promotion = registry.promote(deployment, version, expect=champion,
