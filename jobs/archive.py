@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -30,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kafka.errors import KafkaError
+
     from stream_ae.archiver.job import run_archiver
     from stream_ae.stream.settings import settings_from_args
 
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
     except StreamAEError as exc:
         parser.error(str(exc))  # exits 2 with one line
-    logging.basicConfig(level=settings.ops.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from stream_ae.stream.logs import configure_logging
+
+    configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         report = run_archiver(settings, stop, max_records=args.max_records, idle_exit_s=args.exit_when_idle)
     except (StreamAEError, OSError) as exc:   # OSError: the archive root (disk full, permissions)
         print(f"jobs.archive: error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:   # no broker at the address, a refused login
+        print(f"jobs.archive: error: Kafka at kafka.bootstrap_servers={settings.kafka.bootstrap_servers!r}: "
+              f"{exc}; check the address, the network and kafka.client security settings", file=sys.stderr)
         return 1
     print(json.dumps({"consumed": report.consumed, "rows": report.rows, "files": report.files,
                       "flushes": report.flushes, "dead_letters": report.dead_letters}))

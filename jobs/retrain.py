@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from stream_ae.errors import ConfigError, StreamAEError
@@ -50,8 +49,9 @@ def run(args, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.ops.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from stream_ae.stream.logs import configure_logging
+
+    configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     try:
         report = run_retrain(settings, now=args.now, schedule=args.schedule, if_drift=args.if_drift or None,
                              progress=args.progress)

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the streaming detector against Kafka",
                        description="Consume readings, score windows, publish alerts.")
-    s.add_argument("--config", default=None, help="TOML settings file")
+    s.add_argument("--config", default=None, help="TOML settings file (default: $STREAM_AE_CONFIG); "
+                   "precedence: defaults < file < STREAM_AE_<SECTION>__<KEY> environment < --set")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable)")
 
@@ -229,7 +230,8 @@ def cmd_demo(args) -> int:
 def cmd_serve(args) -> int:
     from stream_ae.stream.serve import serve
 
-    return serve(args.config, args.overrides) or 0
+    verbose = ["ops.log_level=DEBUG"] if args.verbose else []   # -v: as the service's own setting
+    return serve(args.config, [*verbose, *args.overrides]) or 0
 
 
 def _counts(text: str, flag: str) -> tuple[int, ...]:
@@ -333,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stream-ae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:   # a path that is a file, a folder or not readable: it names the path
+        print(f"stream-ae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

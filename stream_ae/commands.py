@@ -18,7 +18,8 @@ def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=N
     preset = PRESETS[model].with_variant(variant)
     win = preset.window
     if window is not None or hop is not None or max_gap is not None:
-        win = dataclasses.replace(win, length=window or win.length, hop=hop or win.hop,
+        win = dataclasses.replace(win, length=win.length if window is None else window,
+                                  hop=win.hop if hop is None else hop,
                                   max_gap_s=max_gap if max_gap is not None else win.max_gap_s)
     steps = preset.model.score_steps if score_steps is None else score_steps
     if window is not None and score_steps is None:

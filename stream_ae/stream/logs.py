@@ -21,8 +21,22 @@ import json
 import logging
 import sys
 
-_SECRET_WORDS = ("password", "secret", "token", "ssl_key", "credential")
+_SECRET_WORDS = ("password", "secret", "token", "ssl_key", "credential", "proxy")
 _MASK = "**********"
+# the values of the settings' secrets (configure_logging): masked wherever they appear in a
+# message, e.g. kafka-python's DEBUG line that prints a client's whole configuration
+_SECRET_VALUES: tuple[str, ...] = ()
+
+
+def _scrub(text: str, secrets: tuple[str, ...] | None = None) -> str:
+    """``text`` with every secret value (default: the configured ones) masked.
+
+    >>> _scrub("config: {'sasl_plain_password': 'hunter2'}", ("hunter2",))
+    "config: {'sasl_plain_password': '**********'}"
+    """
+    for secret in _SECRET_VALUES if secrets is None else secrets:
+        text = text.replace(secret, _MASK)
+    return text
 
 
 def _mask(obj, key: str = ""):
@@ -40,12 +54,12 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
-               "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+               "level": record.levelname, "logger": record.name, "msg": _scrub(record.getMessage())}
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update(_mask(fields))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _scrub(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
@@ -56,19 +70,22 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = _scrub(super().format(record))
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
             text += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in _mask(fields).items())
         return text
 
 
-def configure_logging(ops, stream=None) -> None:
+def configure_logging(ops, stream=None, secrets=()) -> None:
     """Route every logger to one handler on stderr, formatted per ``ops.log_format``.
 
     Replaces the root handlers (the CLI may have installed a basicConfig one). kafka-python
     logs at INFO on every connection: it is kept at WARNING unless the level is DEBUG.
+    ``secrets`` (:meth:`Settings.secret_values`) are masked in every message.
     """
+    global _SECRET_VALUES
+    _SECRET_VALUES = tuple(sorted({str(v) for v in secrets if v}, key=len, reverse=True))
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if ops.log_format == "json" else TextFormatter())
     root = logging.getLogger()

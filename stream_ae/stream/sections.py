@@ -18,7 +18,8 @@ from msgspec import Meta
 from stream_ae.configs import PRECISIONS
 
 _MASK = "**********"
-_SECRET_WORDS = ("password", "secret", "token")
+# a key holding one of these is masked; a proxy URL may carry user:password@
+_SECRET_WORDS = ("password", "secret", "token", "proxy")
 
 
 class Secret:
@@ -74,6 +75,17 @@ class KafkaSettings(_Section):
 
     def __post_init__(self):
         msgspec.structs.force_setattr(self, "client", types.MappingProxyType(_client_config(self.client)))
+        topics = {"readings_topic": self.readings_topic, "alerts_topic": self.alerts_topic,
+                  "dead_letter_topic": self.dead_letter_topic, "state_topic": self.state_topic}
+        for name, topic in topics.items():
+            same = [other for other, t in topics.items() if t == topic and other != name]
+            if same:
+                raise ValueError(f"kafka.{name} and kafka.{same[0]} are both {topic!r}; each needs a topic "
+                                 "of its own")
+        beat = self.client.get("heartbeat_interval_ms")
+        if beat is not None and beat >= self.session_timeout_ms:
+            raise ValueError(f"kafka.client.heartbeat_interval_ms ({beat}) must be below kafka.session_timeout_ms "
+                             f"({self.session_timeout_ms}); a third of it is usual")
 
 
 class ModelSettings(_Section):
@@ -228,6 +240,16 @@ class ArchiveSettings(_Section):
 # ---- the kafka-python passthrough ------------------------------------------------------
 
 _FIRST_CLASS = {"bootstrap_servers", "group_id", "session_timeout_ms", "auto_offset_reset"}
+# what nothing lost, nothing doubled needs: the service sets these itself, whatever a user writes
+_SERVICE_OWNED = {"acks": "alerts and dead letters are produced with acks=all",
+                  "enable_idempotence": "the producers are idempotent",
+                  "enable_auto_commit": "offsets are committed only after the alerts are acknowledged"}
+# passthrough keys with a fixed set of values: checked here, not by the client after start-up
+_CLIENT_CHOICES = {"security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+                   "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512",
+                                      "AWS_MSK_IAM"),
+                   "compression_type": ("gzip", "snappy", "lz4", "zstd"),
+                   "client_dns_lookup": ("use_all_dns_ips", "resolve_canonical_bootstrap_servers_only")}
 
 
 def _client_defaults(role: str) -> dict[str, Any]:
@@ -259,6 +281,9 @@ def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key in _FIRST_CLASS:
             raise ValueError(f"kafka.client.{key}: set kafka.{key} instead")
+        if key in _SERVICE_OWNED:
+            raise ValueError(f"kafka.client.{key} is set by stream-ae itself ({_SERVICE_OWNED[key]}); "
+                             "delete the key")
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
             raise ValueError(f"kafka.client.{key} is not a kafka-python setting"
@@ -272,6 +297,8 @@ def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 and not (isinstance(default, float) and type(value) is int):
             raise ValueError(f"kafka.client.{key}: expected {type(default).__name__}, "
                              f"got {type(value).__name__}")
+        if key in _CLIENT_CHOICES and value is not None and value not in _CLIENT_CHOICES[key]:
+            raise ValueError(f"kafka.client.{key} is {value!r}; choose one of: {', '.join(_CLIENT_CHOICES[key])}")
         out[key] = Secret(value) if any(w in key for w in _SECRET_WORDS) else value
     return out
 

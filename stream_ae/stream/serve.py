@@ -154,8 +154,14 @@ def check_broker(settings, timeout_s: float = 10.0) -> None:
         raise ConfigError(f"no Kafka broker answers at kafka.bootstrap_servers={k.bootstrap_servers!r} "
                           f"({type(exc).__name__}); check the address, the network and kafka.client "
                           "security settings") from None
+    except (ValueError, TypeError, AssertionError) as exc:   # kafka-python refused a [kafka.client] value
+        raise ConfigError(f"kafka-python refused the [kafka.client] settings: {exc}") from None
     try:
         topics = set(admin.list_topics())
+    except (KafkaError, ValueError, TypeError, AssertionError) as exc:   # e.g. a wrong kafka.client.api_version
+        raise ConfigError(f"the broker at {k.bootstrap_servers!r} answered, but listing its topics failed "
+                          f"({type(exc).__name__}: {exc}); check kafka.client (api_version, security "
+                          "settings)") from None
     finally:
         admin.close()
     missing = [t for t in (k.readings_topic, k.state_topic) if t not in topics]
@@ -197,7 +203,7 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     from stream_ae.stream.settings import load_settings
 
     settings = load_settings(config_path, overrides=overrides)
-    configure_logging(settings.ops)
+    configure_logging(settings.ops, secrets=settings.secret_values())
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
     stop = stop or threading.Event()
     with stop_on_signals(stop):

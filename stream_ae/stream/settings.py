@@ -53,9 +53,18 @@ class Settings(_Section):
     archive: ArchiveSettings = msgspec.field(default_factory=ArchiveSettings)
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
 
+    def __post_init__(self):
+        if self.archive.group_id == self.kafka.group_id:
+            raise ValueError(f"archive.group_id and kafka.group_id are both {self.kafka.group_id!r}: the archiver "
+                             "and the detector each need a consumer group of their own")
+
     def redacted(self) -> dict:
         """Plain dict of every setting, secrets masked: safe to log or print."""
         return msgspec.to_builtins(self, enc_hook=_redact)
+
+    def secret_values(self) -> list[str]:
+        """The real values of every secret setting (for the logs to mask wherever they appear)."""
+        return [v.get_secret_value() for v in self.kafka.client.values() if isinstance(v, Secret)]
 
     def kafka_client_kwargs(self, role: str = "common") -> dict[str, Any]:
         """Keyword arguments for a kafka-python client, with the real secret values.
@@ -97,7 +106,7 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     ``os.environ``. Raises :class:`ConfigError` naming the key, its source and close matches.
     """
     env = os.environ if env is None else env
-    path = path if path is not None else env.get(CONFIG_ENV) or None
+    path = path if path not in (None, "") else env.get(CONFIG_ENV) or None
     tree: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if path is not None:
@@ -105,12 +114,13 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     for name in sorted(env):
         dotted = _env_key(name)
         if dotted:
-            _set_dotted(tree, origins, dotted, env[name], f"from environment variable {name}")
+            _set_dotted(tree, origins, dotted, env[name].strip(), f"from environment variable {name}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=g1")
-        _set_dotted(tree, origins, key.strip(), value, f"from --set {item}")
+        # the origin names the key only: a mistyped secret's value must not reach the error text
+        _set_dotted(tree, origins, key.strip(), value.strip(), f"from --set {key.strip()}")
     _check_keys(tree, Settings, "", origins)
     try:
         # strict=False lets "2000" from the environment or a flag fill an int field.
@@ -140,6 +150,11 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"settings file {path} not found; check --config / {CONFIG_ENV}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"settings file {path} is not UTF-8 text; give a TOML file") from None
+    except OSError as exc:   # a directory, no permission
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror or exc}; check --config / "
+                          f"{CONFIG_ENV}") from None
 
 
 def _env_key(name: str) -> str | None:
@@ -154,6 +169,11 @@ def _env_key(name: str) -> str | None:
         raise ConfigError(f"environment variable {name}: separate section and key with a double "
                           f"underscore, e.g. {ENV_PREFIX}{section.name.upper()}__"
                           f"{rest[len(section.name) + 1:].upper()}")
+    owners = [s.name for s in msgspec.structs.fields(Settings) for f in msgspec.structs.fields(s.type)
+              if f.name == rest]
+    if owners:   # STREAM_AE_LOG_FORMAT: a setting without its section
+        raise ConfigError(f"environment variable {name} names no section; did you mean "
+                          + " or ".join(f"{ENV_PREFIX}{o.upper()}__{rest.upper()}" for o in owners) + "?")
     return None
 
 
@@ -223,8 +243,35 @@ def _explain(msg: str, origins: Mapping[str, str]) -> str:
     where = match.group(1) if match else ""
     text = msg[:match.start()] if match else msg
     named = re.findall(r"\b((?:[a-z_]+\.)+[a-z_]+)\b", text)   # keys a __post_init__ named
-    key = next((k for k in named if k in origins), where)
+    key = next((k for k in named if k in origins), re.sub(r"\[\d+\]", "", where))   # a list's item: the list's
+    if key and text.startswith(f"{key}: "):
+        text = text[len(key) + 2:]
+    elif key and text.startswith(f"{key} "):   # the check's own sentence names the key
+        return f"{text} ({_origin(key, origins)})"
+    choices = _choices(key)
+    if choices and text.startswith("Invalid enum value"):
+        text += f"; choose one of: {', '.join(map(str, choices))}"
+    elif text.startswith("Expected `bool`"):
+        text += "; write true or false"
     return f"setting {key or where}: {text} ({_origin(key, origins)})"
+
+
+def _choices(dotted: str) -> tuple:
+    """The values a Literal-typed setting allows (empty for others)."""
+    import typing
+
+    kind: Any = Settings
+    for part in dotted.split("."):
+        fields = {f.name: f.type for f in msgspec.structs.fields(kind)} if isinstance(kind, type) \
+            and issubclass(kind, msgspec.Struct) else {}
+        if part not in fields:
+            return ()
+        kind = fields[part]
+    args = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) is not None else []
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    literal = [a for a in args if typing.get_origin(a) is typing.Literal]   # Literal[...] | None
+    return typing.get_args(literal[0]) if literal else ()
 
 
 def _dec_hook(kind: type, obj: Any) -> Any:
