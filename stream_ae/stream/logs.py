@@ -23,6 +23,7 @@ import sys
 
 _SECRET_WORDS = ("password", "secret", "token", "ssl_key", "credential", "proxy")
 _MASK = "**********"
+_RESERVED = ("ts", "level", "logger", "msg", "exc")   # a JSON line's own keys
 # the values of the settings' secrets (configure_logging): masked wherever they appear in a
 # message, e.g. kafka-python's DEBUG line that prints a client's whole configuration
 _SECRET_VALUES: tuple[str, ...] = ()
@@ -56,8 +57,8 @@ class JsonFormatter(logging.Formatter):
         out = {"ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
                "level": record.levelname, "logger": record.name, "msg": _scrub(record.getMessage())}
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(_mask(fields))
+        if isinstance(fields, dict):   # a field named like a line's own key (a drift event's ts) is prefixed
+            out.update({f"field_{k}" if k in _RESERVED else k: v for k, v in _mask(fields).items()})
         if record.exc_info:
             out["exc"] = _scrub(self.formatException(record.exc_info))
         return json.dumps(out, default=str)

@@ -48,8 +48,10 @@ class StreamMetrics:
         self.suppressed = Counter("stream_ae_alerts_suppressed",
                                   "Replayed alert events not published again (already on the topic)", registry=r)
         self.entities = Gauge("stream_ae_live_entities", "Entity states held in memory", registry=r)
-        self.evictions = Gauge("stream_ae_entity_evictions", "Entities evicted by the max_entities cap, "
-                               "since start", registry=r)
+        self.evictions = Counter("stream_ae_entity_evictions", "Entities evicted by the max_entities cap",
+                                 registry=r)
+        self._evicted = 0   # the table's count already counted
+        self._next_lag = 0.0
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
                          registry=r)
         self.lost = Counter("stream_ae_partitions_lost", "Partitions the group took away while this member "
@@ -95,13 +97,36 @@ class StreamMetrics:
     def polled(self) -> None:
         self.last_poll = time.time()
 
+    def set_assignment(self, partitions) -> None:
+        """The partitions this member holds now; the lag series of any it gave up go away (a
+        revoked partition's last lag would stay on /metrics, summed with its new owner's)."""
+        self.assigned = sorted(partitions)
+        for labels in list(self.lag._metrics):
+            if int(labels[0]) not in partitions:
+                self.lag.remove(*labels)
+
+    def set_entities(self, table) -> None:
+        """Live entities and evictions from the detector's entity table (after a batch, a
+        revoke, a restore)."""
+        self.entities.set(len(table))
+        if table.evictions > self._evicted:
+            self.evictions.inc(table.evictions - self._evicted)
+        self._evicted = table.evictions
+
     def set_lag(self, lags: dict[int, int]) -> None:
         for p, lag in lags.items():
             self.lag.labels(str(p)).set(lag)
 
-    def update_lag(self, consumer) -> None:
+    def update_lag(self, consumer, every_s: float = 0.5) -> None:
         """Lag from kafka-python's own figures: the fetch high-watermark (the embedded broker's
-        end offsets are wrong) minus the position; no request is sent."""
+        end offsets are wrong) minus the position; no request is sent. At most once ``every_s``
+        (the poll loop calls it every step). The high-watermark is the one the latest fetch
+        response carried; while the consumer catches up, the log end has moved on since, so the
+        figure is then a lower bound."""
+        now = time.monotonic()
+        if now < self._next_lag:
+            return
+        self._next_lag = now + every_s
         lags = {}
         for tp in consumer.assignment():
             hw = consumer.highwater(tp)

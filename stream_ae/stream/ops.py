@@ -76,7 +76,7 @@ class OpsServer:
     def start(self) -> "OpsServer":
         for port, paths in self._routes.items():
             try:
-                server = ThreadingHTTPServer((self.host, port), _handler(self, frozenset(paths)))
+                server = _QuietServer((self.host, port), _handler(self, frozenset(paths)))
             except OSError as exc:
                 self.stop()
                 from stream_ae.errors import ConfigError
@@ -120,6 +120,20 @@ class OpsServer:
         else:
             return 404, "application/json", b'{"status": "not found"}'
         return (200 if ok else 503), "application/json", json.dumps(body).encode()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops its connection (a port scan, a load balancer's check) is a DEBUG line
+    through the service's logs, not a plain-text traceback on stderr among the JSON lines."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("ops client %s: %s", client_address, exc)
+        else:
+            log.warning("ops request from %s failed", client_address, exc_info=True)
 
 
 def _handler(server: OpsServer, paths: frozenset):

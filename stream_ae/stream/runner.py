@@ -157,19 +157,17 @@ class StreamRunner:
                 records = self._restore(records)
             for tp, batch in records.items():  # each list: one partition, in offset order
                 self.batcher.add(tp.partition, batch)
-            finished = False
             while self._inflight and self._inflight[0].done() and self._finish_oldest():
-                finished = True
+                pass
             checkpoint_due = bool(self._assigned) and self._writing is None and (
                 self._checkpointer.due() or self.detector.table.overflowing())  # an entity flood: write the evicted
             if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
                 if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
-                    finished = self._finish_oldest() or finished  # back-pressure: wait for the model
+                    self._finish_oldest()  # back-pressure: wait for the model
                 if len(self._inflight) < self.max_in_flight:
                     self._submit_batch()
                 # else: the model is busy and the batch has room: it grows until either changes
-            if finished:
-                self.metrics.update_lag(self._consumer)
+            self.metrics.update_lag(self._consumer)   # at most twice a second, whether batches finish or not
         if self._writing is not None and self._writing[0].done():
             self._commit_written()
         if checkpoint_due and not self._inflight:
@@ -239,8 +237,7 @@ class StreamRunner:
             m.scoring_seconds.observe(out.scoring_s)
         m.replayed.inc(out.skipped)
         m.suppressed.inc(out.suppressed)
-        m.entities.set(len(self.detector.table))
-        m.evictions.set(self.detector.table.evictions)
+        m.set_entities(self.detector.table)
         for p, end in job.ends.items():
             if end > self._next_offsets.get(p, -1):
                 self._next_offsets[p] = end
@@ -345,7 +342,8 @@ class StreamRunner:
         self._assigned -= parts
         self._to_restore -= parts
         self.membership.forget(parts)
-        self.metrics.assigned = sorted(self._assigned)
+        self.metrics.set_assignment(self._assigned)
+        self.metrics.set_entities(self.detector.table)
 
     def on_assigned(self, assigned) -> None:
         """Listener (client IO thread): note the partitions; the poll loop restores them."""
@@ -386,7 +384,8 @@ class StreamRunner:
         self._checkpointer.restored(ends, letter_ends)  # the alerts read; the next checkpoint an interval from now
         self._assigned |= set(parts)
         self.membership.assigned(parts, resume)
-        self.metrics.assigned = sorted(self._assigned)
+        self.metrics.set_assignment(self._assigned)
+        self.metrics.set_entities(self.detector.table)
         log.info("assigned %s: restored %d entities, %d events already published, %d fenced records", parts,
                  sum(len(restored[p].entities) for p in parts), len(published), sum(restored[p].dropped for p in parts))
         return records

@@ -182,8 +182,11 @@ def stop_on_signals(stop: threading.Event, signals=(signal.SIGTERM, signal.SIGIN
         return
 
     def handler(signum, _frame):
-        log.info("received %s: stopping after the current batch", signal.Signals(signum).name)
+        log.info("received %s: stopping after the current batch (a second signal stops at once, without "
+                 "a commit: a restart replays from the last checkpoint)", signal.Signals(signum).name)
         stop.set()
+        for s in signals:   # a stop that hangs (a broker gone: the final checkpoint waits on it)
+            signal.signal(s, signal.SIG_DFL)
 
     previous = {s: signal.signal(s, handler) for s in signals}
     try:
@@ -207,9 +210,13 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
     stop = stop or threading.Event()
     with stop_on_signals(stop):
-        watcher = ModelWatcher(settings)
-        check_broker(settings)
-        scorer = watcher.initial()
+        try:   # why it cannot start, as a log line too (a JSON log pipeline drops the CLI's plain line)
+            watcher = ModelWatcher(settings)
+            check_broker(settings)
+            scorer = watcher.initial()
+        except StreamAEError as exc:
+            log.error("stream-ae serve cannot start: %s", exc, extra={"fields": {"error": type(exc).__name__}})
+            raise
         log.info("model %s on %s", scorer.version, scorer.device,
                  extra={"fields": {"deployment": settings.model.deployment, "model_version": scorer.version}})
         metrics = StreamMetrics()
