@@ -100,3 +100,34 @@ def test_why_serve_cannot_start_is_a_json_log_line_too():
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[-1]["level"] == "ERROR" and lines[-1]["error"] == "ConfigError"
     assert lines[-1]["msg"].startswith("stream-ae serve cannot start: no model")
+
+
+class _Consumer:
+    """What update_lag reads from a kafka-python consumer: no partitions, a heartbeat age."""
+
+    config = {"session_timeout_ms": 10_000}
+
+    def __init__(self, heartbeat_ago):
+        self.ago = heartbeat_ago
+
+    def assignment(self):
+        return set()
+
+    def metrics(self):
+        return {"consumer-coordinator-metrics": {"last-heartbeat-seconds-ago": self.ago}}
+
+
+@pytest.mark.parametrize("ago, ready, status", [(2.5, True, "ready"), (25.0, False, "broker unreachable"),
+                                                (1.7e9, True, "ready")])   # 1.7e9: no heartbeat sent yet
+def test_not_ready_while_the_group_heartbeat_cannot_be_sent(ago, ready, status):
+    """With the broker gone, polls go on returning nothing at once: /readyz said 200 until the
+    process died on the producer's delivery timeout."""
+    from stream_ae.stream.ops import readiness
+
+    m = StreamMetrics()
+    m.running, m.model_version = True, "v1"
+    m.set_assignment({0, 1})
+    m.update_lag(_Consumer(ago))
+    ok, body = readiness(m)
+    assert (ok, body["status"]) == (ready, status)
+    assert body["broker_reachable"] is ready

@@ -52,6 +52,8 @@ class StreamMetrics:
                                  registry=r)
         self._evicted = 0   # the table's count already counted
         self._next_lag = 0.0
+        self.heartbeat_age_s: float | None = None
+        self.heartbeat_limit_s = float("inf")
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
                          registry=r)
         self.lost = Counter("stream_ae_partitions_lost", "Partitions the group took away while this member "
@@ -134,6 +136,17 @@ class StreamMetrics:
                 with contextlib.suppress(Exception):  # position may be unknown mid-rebalance
                     lags[tp.partition] = max(hw - consumer.position(tp, timeout_ms=0) or 0, 0)
         self.set_lag(lags)
+        self._heartbeat(consumer)
+
+    def _heartbeat(self, consumer) -> None:
+        """Seconds since the group heartbeat was last sent (kafka-python's own metric): with the
+        broker gone, the coordinator is unknown and no heartbeat goes out, while polls go on
+        returning nothing at once. None before the first heartbeat, or without the metric."""
+        self.heartbeat_limit_s = consumer.config["session_timeout_ms"] / 1000
+        with contextlib.suppress(Exception):   # an interface kafka-python calls unstable
+            group = (consumer.metrics() or {}).get("consumer-coordinator-metrics", {})
+            ago = group.get("last-heartbeat-seconds-ago")
+            self.heartbeat_age_s = ago if ago is not None and ago < 1e6 else None   # 1e9: never sent
 
     def health(self) -> dict:
         """A JSON-safe snapshot for ``/health``."""
@@ -143,6 +156,8 @@ class StreamMetrics:
             "seconds_since_poll": round(time.time() - self.last_poll, 3) if self.last_poll else None,
             "assigned_partitions": sorted(self.assigned),
             "model_version": self.model_version,
+            "seconds_since_heartbeat": None if self.heartbeat_age_s is None else round(self.heartbeat_age_s, 3),
+            "broker_reachable": self.heartbeat_age_s is None or self.heartbeat_age_s <= self.heartbeat_limit_s,
         }
 
     def sample(self, name: str, labels: dict | None = None) -> float | None:

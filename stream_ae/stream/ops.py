@@ -33,10 +33,13 @@ def liveness(metrics, started_at: float, stale_after_s: float) -> tuple[bool, di
 
 
 def readiness(metrics) -> tuple[bool, dict]:
-    """(ready, body): running, model loaded, partitions assigned."""
+    """(ready, body): running, model loaded, partitions assigned, and the group heartbeat sent
+    within the session timeout (a broker gone leaves the loop polling nothing, fast)."""
     health = metrics.health()
-    ready = bool(health["running"] and health["model_version"] and health["assigned_partitions"])
-    return ready, {"status": "ready" if ready else "not ready", **health}
+    ready = bool(health["running"] and health["model_version"] and health["assigned_partitions"]
+                 and health["broker_reachable"])
+    status = "ready" if ready else "broker unreachable" if not health["broker_reachable"] else "not ready"
+    return ready, {"status": status, **health}
 
 
 class OpsServer:
