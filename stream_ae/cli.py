@@ -304,7 +304,13 @@ def cmd_models(args) -> int:
         rec = reg.rollback(args.deployment)
         print(f"{args.deployment} -> {rec['version']} (rolled back from {rec.get('previous')})")
     else:
-        for rec in reg.history(args.deployment):
+        history = reg.history(args.deployment)
+        if not history:
+            known = reg.deployments()
+            print(f"deployment {args.deployment!r} has no promotions in {args.registry}; deployments: "
+                  f"{', '.join(known) if known else '(none)'}", file=sys.stderr)
+            return EXIT_ERROR
+        for rec in history:
             print(f"{rec.get('promoted_at', ''):<28} {rec['version']:<52} {rec.get('reason', '')}")
     return 0
 

@@ -99,3 +99,13 @@ def test_a_failed_download_leaves_nothing_in_the_cache_and_names_the_version(tmp
         with pytest.raises(ArtifactError, match=f"cannot fetch version {v}"):
             reg.artifact_path(v)
     assert sorted(os.listdir(cache)) == []
+
+
+def test_the_history_of_an_unknown_deployment_says_so(registry, capsys):
+    from stream_ae.cli import main
+
+    reg, (v1, _) = registry
+    reg.promote("prod", v1)
+    assert main(["models", "--registry", reg.path, "history", "--deployment", "prdo"]) == 1
+    err = capsys.readouterr().err
+    assert "deployment 'prdo' has no promotions" in err and "deployments: prod" in err
