@@ -52,6 +52,7 @@ class StreamMetrics:
                                  registry=r)
         self._evicted = 0   # the table's count already counted
         self._next_lag = 0.0
+        self._lag_partitions: set[int] = set()   # partitions with a lag series
         self.heartbeat_age_s: float | None = None
         self.heartbeat_limit_s = float("inf")
         self.lag = Gauge("stream_ae_consumer_lag", "Fetch high-watermark minus position", ["partition"],
@@ -103,9 +104,9 @@ class StreamMetrics:
         """The partitions this member holds now; the lag series of any it gave up go away (a
         revoked partition's last lag would stay on /metrics, summed with its new owner's)."""
         self.assigned = sorted(partitions)
-        for labels in list(self.lag._metrics):
-            if int(labels[0]) not in partitions:
-                self.lag.remove(*labels)
+        for p in self._lag_partitions - set(partitions):
+            self.lag.remove(str(p))
+        self._lag_partitions &= set(partitions)
 
     def set_entities(self, table) -> None:
         """Live entities and evictions from the detector's entity table (after a batch, a
@@ -118,6 +119,7 @@ class StreamMetrics:
     def set_lag(self, lags: dict[int, int]) -> None:
         for p, lag in lags.items():
             self.lag.labels(str(p)).set(lag)
+        self._lag_partitions |= set(lags)
 
     def update_lag(self, consumer, every_s: float = 0.5) -> None:
         """Lag from kafka-python's own figures: the fetch high-watermark (the embedded broker's
