@@ -125,3 +125,8 @@ def test_an_output_path_that_is_a_file_is_one_line_not_a_traceback(tmp_path, cap
     assert main(["demo", "--offline", "--out", str(taken)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("stream-ae demo: error:") and str(taken) in err and "Traceback" not in err
+
+
+def test_a_level_joined_by_one_underscore_is_named_with_the_right_key():
+    with pytest.raises(ConfigError, match=r"did you mean kafka.client.sasl_plain_password\? \(in the environment"):
+        load_settings(env={"STREAM_AE_KAFKA__CLIENT_SASL_PLAIN_PASSWORD": "x"})

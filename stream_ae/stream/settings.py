@@ -222,6 +222,15 @@ def _check_keys(tree: Mapping, struct: type, prefix: str, origins: dict) -> None
 
 
 def _suggest(key: str, prefix: str, fields: Mapping[str, Any]) -> str:
+    import collections.abc
+    import typing
+
+    nested = [f for f, t in fields.items() if key.startswith(f + "_")   # kafka.client_x: a level joined
+              and (typing.get_origin(t) is collections.abc.Mapping
+                   or isinstance(t, type) and issubclass(t, msgspec.Struct))]
+    if nested:
+        return (f"; did you mean {prefix}{nested[0]}.{key[len(nested[0]) + 1:]!s}? (in the environment, "
+                "separate every level with a double underscore)")
     close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.6)
     if not close and not prefix:      # a key without its section, e.g. "log_level"
         close = [f"{s.name}.{f.name}" for s in msgspec.structs.fields(Settings)
