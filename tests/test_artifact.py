@@ -19,7 +19,7 @@ from stream_ae.thresholds import ThresholdSpec, build_threshold
 CHANNELS = ("temp", "pressure", "flow")
 
 
-def _calibration() -> dict:
+def real_calibration() -> dict:
     """A real threshold calibration (load_artifact builds and loads it)."""
     rule = build_threshold(ThresholdSpec(kind="quantile", quantile=0.99))
     rule.fit(np.linspace(0.0, 1.0, 200))
@@ -36,7 +36,7 @@ def make_artifact(kind="conv", seed=0) -> Artifact:
         version=make_version(config, created, weights_bytes(state)), model=config,
         window=WindowSpec(length=16, hop=2, max_gap_s=30.0, max_fill=3), layout=Layout(entity="unit"),
         channels=CHANNELS, scaler=ChannelScaler().fit(rows),
-        threshold=_calibration(),
+        threshold=real_calibration(),
         training={"span": {"first": "2024-01-01T00:00:00Z", "last": "2024-01-02T00:00:00Z"}, "rows": 200},
         state_dict=state, created_at=created,
     )

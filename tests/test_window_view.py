@@ -18,6 +18,7 @@ from stream_ae.models.base import detrend_channels
 from stream_ae.models.config import channel_indices
 from stream_ae.scaling import ChannelScaler
 from stream_ae.scoring import Scorer
+from test_artifact import real_calibration
 
 T, C = 24, 4
 CHANNELS = ("flow", "temp", "vib", "current")
@@ -33,7 +34,7 @@ def _artifact(kind="conv", detrend=(1,), score_steps=0, seed=0) -> Artifact:
     return Artifact(
         version=make_version(config, created, weights_bytes(state)), model=config,
         window=WindowSpec(length=T), layout=Layout(channels=CHANNELS), channels=CHANNELS,
-        scaler=ChannelScaler().fit(rows), threshold={"spec": {}, "state": {}}, training={},
+        scaler=ChannelScaler().fit(rows), threshold=real_calibration(), training={},
         state_dict=state, created_at=created)
 
 
