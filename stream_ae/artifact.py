@@ -164,6 +164,9 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     path = Path(path)
     if path.name == MANIFEST_FILE:
         path = path.parent
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path} is a file; give an artifact directory (it holds {MANIFEST_FILE} and "
+                            f"{WEIGHTS_FILE}), e.g. one `stream-ae train` printed or `stream-ae models list` names")
     if not path.is_dir():
         raise ArtifactError(f"artifact directory {path} does not exist")
     manifest = _read_manifest(path)

@@ -109,3 +109,10 @@ def test_the_history_of_an_unknown_deployment_says_so(registry, capsys):
     assert main(["models", "--registry", reg.path, "history", "--deployment", "prdo"]) == 1
     err = capsys.readouterr().err
     assert "deployment 'prdo' has no promotions" in err and "deployments: prod" in err
+
+
+def test_a_file_given_as_an_artifact_is_named_as_a_file(tmp_path):
+    taken = tmp_path / "history.parquet"
+    taken.write_bytes(b"PAR1")
+    with pytest.raises(ArtifactError, match="history.parquet is a file; give an artifact directory"):
+        load_artifact(taken)
