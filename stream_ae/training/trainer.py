@@ -194,8 +194,9 @@ def _check_counts(train: WindowSet, val: WindowSet, stats: dict, needed_val: int
         f"too few windows to train: {len(train)} training (need >= {MIN_TRAIN_WINDOWS}) and "
         f"{len(val)} validation (need >= {needed_val}); found {w['found_train']} before and "
         f"{w['found_val']} after the split at {stats['cut']} over {stats['rows']} rows of "
-        f"{len(stats['entities'])} entities. Widen start/end, shorten WindowSpec.length, lower "
-        "WindowSpec.hop, raise max_gap_s/max_fill, raise max_windows or change val_fraction"
+        f"{len(stats['entities'])} entities. Widen the time span (--start/--end), shorten the window "
+        "(--window), lower the hop (--hop), allow longer gaps (--max-gap), or raise --max-windows "
+        "(in Python: WindowSpec length, hop, max_gap_s, max_fill, TrainConfig max_windows, val_fraction)"
     )
 
 
