@@ -137,7 +137,7 @@ def test_end_to_end_train_gives_a_calibrated_artifact(plant, tmp_path):
 
 def test_too_few_windows_is_a_data_error_that_says_what_to_change(plant):
     _, history = plant
-    with pytest.raises(DataError, match=r"too few windows.*found.*WindowSpec.length"):
+    with pytest.raises(DataError, match=r"too few windows.*found.*shorten the window \(--window\)"):
         train(history, Layout(), WindowSpec(length=1400), TINY, _cfg(), ThresholdSpec())
 
 
