@@ -172,6 +172,8 @@ class ArchiveCore:
             ts = np.array([t * 1_000_000 if type(t) is int else codec.datetime_to_ns(t)
                            for t in (r.ts for r in readings)], np.int64)
         columns = _columns([r.values for r in readings])
+        if RESERVED.intersection(columns):   # the slow path dead-letters those readings
+            return None
         for col in columns.values():
             top = pc.max(pc.abs(col)).as_py()
             if top is not None and top > _F32_MAX:   # the codec calls it non_finite: let it say so
@@ -183,6 +185,13 @@ class ArchiveCore:
         for letter in bad:
             out.dead_letters.append((batch.first + letter.source_offset, letter.reason, letter.detail, letter.entity))
             out.reasons[letter.reason] = out.reasons.get(letter.reason, 0) + 1
+        clash = [r for r in ok if RESERVED.intersection(r.values)]
+        for r in clash:
+            name = sorted(RESERVED.intersection(r.values))[0]
+            out.dead_letters.append((batch.first + r.message.offset, "unknown_channel", f"channel {name!r} is a "
+                                     f"column of the history ({', '.join(sorted(RESERVED))}); rename the channel", r.entity))
+            out.reasons["unknown_channel"] = out.reasons.get("unknown_channel", 0) + 1
+        ok = [r for r in ok if not RESERVED.intersection(r.values)] if clash else ok
         if not ok:
             return None
         ts = np.array([r.ts_ns for r in ok], np.int64)
@@ -206,6 +215,11 @@ class ArchiveCore:
         out.flushes += 1
         out.flushed[partition] = buf.last + 1
         self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
+
+
+#: Columns of the history besides the channels: a channel of one of these names would replace
+#: the entity or time column, or clash with a partition key, and make the archive unreadable.
+RESERVED = frozenset({"entity", "timestamp", "date"})
 
 
 def _columns(dicts: list[dict]) -> dict[str, pa.Array]:
