@@ -278,10 +278,17 @@ def test_duplicate_readings_are_dropped_and_counted(artifact, full, tmp_path):
 
 
 def test_an_archive_with_other_channels_is_refused(artifact, tmp_path):
+    """A model channel missing from a file names the file; an explicit layout other than the
+    model's channels is a schema mismatch."""
+    from stream_ae.data.layout import Layout
+
     archive = write_archive(tmp_path / "archive",
                             edit=lambda day, part, f: f.rename(columns={"temp": "vibration"}))
-    with pytest.raises(SchemaMismatch, match="temp"):
+    with pytest.raises(DataError, match=r"part-0\.parquet: channel column 'temp' not found"):
         run_backfill(str(archive), str(artifact), str(tmp_path / "out"), progress=False)
+    with pytest.raises(SchemaMismatch, match="temp"):
+        run_backfill(str(archive), str(artifact), str(tmp_path / "out"), progress=False,
+                     layout=Layout(channels=("flow", "pressure", "vibration")))
 
 
 def test_shard_argument_is_validated():

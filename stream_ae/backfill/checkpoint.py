@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
@@ -114,6 +115,33 @@ def delete_checkpoint(fs: pafs.FileSystem, path: str) -> None:
     """Forget a shard's progress (``--restart``)."""
     if fs.get_file_info(path).type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def other_shardings(fs: pafs.FileSystem, out_root: str, n: int) -> list[str]:
+    """Checkpoints under ``out_root`` of runs split into another number of shards than ``n``:
+    their parts hold windows a run split into ``n`` would write again, under other names."""
+    folder = posixpath.join(out_root, CHECKPOINT_DIR)
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    found = (re.fullmatch(r"shard-\d+-of-(\d+)\.json", f.base_name) and f.path
+             for f in fs.get_file_info(pafs.FileSelector(folder)) if f.type == pafs.FileType.File)
+    return sorted(p for p in found if p and int(re.search(r"-of-(\d+)\.json$", p).group(1)) != n)
+
+
+def discard_run(fs: pafs.FileSystem, path: str) -> int:
+    """Delete a shard's checkpoint and the score parts it wrote (``--restart``): a new run must
+    not leave the old one's parts beside its own. Returns how many parts were deleted."""
+    try:
+        parts = (load_checkpoint(fs, path) or Checkpoint("", {}, {})).output_files
+    except ConfigError:   # unreadable: its parts cannot be known; the checkpoint goes anyway
+        parts = []
+    for part in parts:
+        try:
+            fs.delete_file(part)
+        except FileNotFoundError:
+            pass
+    delete_checkpoint(fs, path)
+    return len(parts)
 
 
 def archive_identity(history, fs, root: str, uri: str) -> tuple[dict, list[str]]:

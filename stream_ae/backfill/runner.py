@@ -9,8 +9,10 @@ in the same hive directory, followed by a checkpoint, so a killed run resumes ex
 from __future__ import annotations
 
 import copy
+import posixpath
 import time
 import zlib
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,9 +20,8 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity,
-                                           checkpoint_path, delete_checkpoint, load_checkpoint,
-                                           save_checkpoint)
+from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity, checkpoint_path,
+                                           discard_run, load_checkpoint, other_shardings, save_checkpoint)
 from stream_ae.backfill.output import (AtomicPart, part_name, remove_stale_temp_files,
                                        resolve_filesystem, scores_table)
 from stream_ae.errors import ConfigError, DataError
@@ -273,7 +274,10 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     t0 = time.perf_counter()
     artifact = load_artifact(artifact_path)
     layout = artifact.layout if layout is None else layout
-    history = History.open(str(archive), layout=layout, start=start, end=end)
+    # the model's channels unless the layout names them: a column some files have and others
+    # lack (a sensor added or retired over the years) is then not asked of every file
+    read = layout if layout.channels is not None else dataclasses.replace(layout, channels=tuple(artifact.channels))
+    history = History.open(str(archive), layout=read, start=start, end=end)
     check_channels(artifact, history.channels)
 
     in_fs, in_root = resolve_filesystem(str(archive))
@@ -284,8 +288,14 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
             "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows),
             "precision": precision}
     ckpt_path = checkpoint_path(out_root, shard)
-    if restart:
-        delete_checkpoint(out_fs, ckpt_path)
+    others = other_shardings(out_fs, out_root, shard[1])
+    if others and not restart:
+        raise ConfigError(f"{out} holds a backfill split into another number of shards "
+                          f"({', '.join(posixpath.basename(p) for p in others)}); as {shard[0]}/{shard[1]} "
+                          "its windows would be written twice. Use another --out, or --restart to replace it")
+    if restart:   # this shard's earlier parts, and those of a run split otherwise, go with their checkpoints
+        for path in (ckpt_path, *others):
+            discard_run(out_fs, path)
     checkpoint = load_checkpoint(out_fs, ckpt_path)
     if score_batch is None:
         score_batch = default_score_batch(device)

@@ -213,15 +213,29 @@ class History:
         return self._dataset.count_rows(filter=self._filter)
 
     def iter_rows(self, fragment: Fragment | None = None, batch_rows: int = 65_536) -> Iterator[Rows]:
-        """Stream the rows in range, file by file in path order, at most ``batch_rows`` per batch."""
-        for frag in [fragment] if fragment is not None else self.fragments():
-            yield from self._read_fragment(frag, batch_rows)
+        """Stream the rows in range, file by file in path order, at most ``batch_rows`` per batch.
+
+        Read whole (no ``fragment``), a channel without a single value is a :class:`DataError`
+        (nothing can be learned or scaled from it). One file where a channel has none is data (a
+        sensor offline for that file's span, which the archiver writes as a null column): its
+        windows there break as any gap does.
+        """
+        frags = [fragment] if fragment is not None else self.fragments()
+        seen, n_read = np.zeros(len(self.channels), bool), 0
+        for frag in frags:
+            for rows in self._read_fragment(frag, batch_rows):
+                seen |= ~np.isnan(rows.values).all(axis=0)
+                n_read += len(rows)
+                yield rows
+        if fragment is None and n_read and not seen.all():
+            name = self.channels[int(np.flatnonzero(~seen)[0])]
+            where = frags[0].path if len(frags) == 1 else f"all {len(frags)} files read (the first {frags[0].path})"
+            raise DataError(f"{where}: channel column {name!r} is entirely NaN/null; fix the data or leave the "
+                            f"channel out with Layout(channels=...) (train: --channels)")
 
     def _read_fragment(self, frag: Fragment, batch_rows: int) -> Iterator[Rows]:
         layout, channels = self.layout, self.channels
         columns = [layout.entity, layout.timestamp, *channels]
-        seen = np.zeros(len(channels), bool)
-        n_read = 0
         scanner = ds.Scanner.from_fragment(
             frag._fragment, schema=self._dataset.schema, columns=columns, filter=self._filter, batch_size=batch_rows
         )
@@ -235,14 +249,7 @@ class History:
                 break
             if batch.num_rows == 0:
                 continue
-            rows = _decode(batch, frag.path, layout, channels, self._ts_unit)
-            seen |= ~np.isnan(rows.values).all(axis=0)
-            n_read += len(rows)
-            yield rows
-        if n_read and not seen.all():
-            name = channels[int(np.flatnonzero(~seen)[0])]
-            raise DataError(f"{frag.path}: channel column {name!r} is entirely NaN/null; fix the file or leave the "
-                            f"channel out with Layout(channels=...)")
+            yield _decode(batch, frag.path, layout, channels, self._ts_unit)
 
 
 def _is_numeric(t: pa.DataType) -> bool:
