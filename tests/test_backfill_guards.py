@@ -4,6 +4,7 @@ column added or retired), and re-runs into the same --out."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from stream_ae.backfill import run_backfill
@@ -63,3 +64,27 @@ def test_a_restart_leaves_none_of_the_earlier_runs_parts(archive, artifact, tmp_
     run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False, restart=True,
                  start=DAYS[2])
     assert sorted(read_scores(out).date.unique()) == [DAYS[2]]
+
+
+@pytest.mark.parametrize("first, later, values, times", [
+    ({"a": pa.array([1, 2], pa.int32())}, {"a": pa.array([0.5, 2.25])},
+     [1.0, 2.0, 0.5, 2.25], [0, 1, 10_000_000_000, 10_000_000_001]),
+    ({"timestamp": pa.array([0, 1], pa.timestamp("ms", tz="UTC"))},
+     {"timestamp": pa.array([2_000_000_001, 2_000_000_002], pa.timestamp("ns", tz="UTC"))},
+     [1.0, 2.0, 1.0, 2.0], [0, 1_000_000, 2_000_000_001, 2_000_000_002]),
+])
+def test_files_whose_types_drift_over_the_years_are_read_without_loss(tmp_path, first, later, values, times):
+    """Every file was read with the first file's schema: floats after an int32 first file, or
+    sub-millisecond times after a millisecond first file, stopped the run."""
+    import pyarrow.parquet as pq
+
+    from stream_ae.data.history import History
+
+    for i, cols in enumerate((first, later)):
+        base = {"entity": pa.array(["u", "u"]),
+                "timestamp": pa.array([i * 10_000_000_000, i * 10_000_000_000 + 1], pa.timestamp("ns", tz="UTC")),
+                "a": pa.array([1.0, 2.0])}
+        pq.write_table(pa.table({**base, **cols}), tmp_path / f"part-{i}.parquet")
+    rows = list(History.open(str(tmp_path)).iter_rows())
+    assert np.concatenate([r.values[:, 0] for r in rows]).tolist() == values
+    assert np.concatenate([r.ts for r in rows]).tolist() == times

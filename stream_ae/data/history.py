@@ -123,7 +123,8 @@ class History:
         self.entities: tuple[str, ...] | None = entities
         self._dataset = dataset
         self._n_rows = n_rows
-        ts_type = dataset.schema.field(layout.timestamp).type
+        self._schema = _scan_schema(dataset.schema, layout.timestamp, channels)
+        ts_type = self._schema.field(layout.timestamp).type
         self._ts_unit = _NS_PER[ts_type.unit if pa.types.is_timestamp(ts_type) else layout.timestamp_unit]
         self._filter = self._build_filter()
 
@@ -170,7 +171,7 @@ class History:
         return history
 
     def _build_filter(self, prune_dates: bool = False) -> ds.Expression | None:
-        ts_field, ts_type = pc.field(self.layout.timestamp), self._dataset.schema.field(self.layout.timestamp).type
+        ts_field, ts_type = pc.field(self.layout.timestamp), self._schema.field(self.layout.timestamp).type
         terms = []
         if prune_dates:  # skip whole date=YYYY-MM-DD partitions; a day's margin covers any time zone
             if self.start_ns is not None:
@@ -237,7 +238,7 @@ class History:
         layout, channels = self.layout, self.channels
         columns = [layout.entity, layout.timestamp, *channels]
         scanner = ds.Scanner.from_fragment(
-            frag._fragment, schema=self._dataset.schema, columns=columns, filter=self._filter, batch_size=batch_rows
+            frag._fragment, schema=self._schema, columns=columns, filter=self._filter, batch_size=batch_rows
         )
         batches = scanner.to_batches()
         while True:
@@ -250,6 +251,26 @@ class History:
             if batch.num_rows == 0:
                 continue
             yield _decode(batch, frag.path, layout, channels, self._ts_unit)
+
+
+def _scan_schema(schema: pa.Schema, timestamp: str, channels: tuple[str, ...]) -> pa.Schema:
+    """The schema every file is read with. The dataset's is the first file's, and a later file of
+    the years an archive spans may differ: an int32 channel first and floats later, timestamps
+    in ms first and in ns later. Read as float64 channels and ns timestamps, each file casts
+    without loss.
+
+    >>> s = pa.schema([("t", pa.timestamp("ms", tz="UTC")), ("e", pa.string()), ("a", pa.int32())])
+    >>> _scan_schema(s, "t", ("a",)).types
+    [TimestampType(timestamp[ns, tz=UTC]), DataType(string), DataType(double)]
+    """
+    fields = []
+    for f in schema:
+        if f.name in channels and _is_numeric(f.type):
+            f = f.with_type(pa.float64())
+        elif f.name == timestamp and pa.types.is_timestamp(f.type):
+            f = f.with_type(pa.timestamp("ns", tz=f.type.tz))
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _is_numeric(t: pa.DataType) -> bool:
