@@ -198,8 +198,9 @@ class _Run:
             raise DataError(
                 f"{source}: entity {name!r} has {len(late)} reading(s) older than an earlier one "
                 f"(first at {self.layout.timestamp}={when}); a backfill archive must be sorted by "
-                f"{self.layout.timestamp!r} within each entity. Sort the files (e.g. by "
-                f"[{self.layout.entity!r}, {self.layout.timestamp!r}]) and re-run.")
+                f"{self.layout.timestamp!r} within each entity, and files are read in path order "
+                f"(part-10 before part-2: zero-pad numbers in file names). Sort the rows (e.g. by "
+                f"[{self.layout.entity!r}, {self.layout.timestamp!r}]) or rename the files, and re-run.")
         self.counters.duplicates_dropped += len(batch.rejected)
 
 
