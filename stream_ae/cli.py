@@ -180,7 +180,7 @@ def _layout(args, default=None):
     from stream_ae.data.layout import Layout
 
     base = default or Layout()
-    channels = tuple(c.strip() for c in args.channels.split(",")) if args.channels else base.channels
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip()) if args.channels else base.channels
     return Layout(entity=args.entity_col or base.entity, timestamp=args.time_col or base.timestamp,
                   channels=channels)
 
@@ -190,7 +190,14 @@ def cmd_train(args) -> int:
 
     path = train_command(args, _layout(args))
     print(f"model saved: {path}")
-    return 0
+    from stream_ae.artifact import load_artifact
+
+    t = load_artifact(path).training
+    m, q = t["metrics"], t["metrics"]["val_score_quantiles"]
+    print(f"{t['epochs']} epochs (best {t['best_epoch']}), validation loss {m['val_loss']:.4g}; threshold "
+          f"{m['threshold_value']:.4g}, validation scores p50 {q['0.5']:.4g} / p99 {q['0.99']:.4g} / max "
+          f"{m['val_score_max']:.4g}")
+    return 0   # training warnings (training/checks.py) were logged
 
 
 def cmd_backfill(args) -> int:

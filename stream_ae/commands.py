@@ -38,6 +38,9 @@ def train_command(args, layout) -> Path:
     from stream_ae.artifact import save_artifact
     from stream_ae.training import train
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():   # checked before training, not after it
+        raise ConfigError(f"--out {out} is a file; give a folder for the model versions (e.g. models)")
     preset = resolve_preset(args.model, args.variant, window=args.window, hop=args.hop,
                             max_gap=args.max_gap, epochs=args.epochs, max_windows=args.max_windows,
                             threshold=args.threshold, seed=args.seed, device=args.device,

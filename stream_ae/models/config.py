@@ -116,6 +116,8 @@ class ModelConfig:
             raise ConfigError(f"detrend must list channel indices in [0, {self.n_channels - 1}], got {self.detrend!r}")
         if len(set(self.detrend)) != len(self.detrend):
             raise ConfigError(f"detrend names a channel twice: {list(self.detrend)}")
+        if self.detrend and self.window < 3:   # a line through 1 or 2 points leaves nothing (or 0/0)
+            raise ConfigError(f"detrend needs windows of at least 3 readings, got {self.window}")
         if isinstance(self.score_steps, bool) or not isinstance(self.score_steps, int) \
                 or not 0 <= self.score_steps <= self.window:
             raise ConfigError(f"score_steps must be an integer in [0, window={self.window}] "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from stream_ae.models.config import channel_indices
 from stream_ae.scaling import ChannelScaler
 from stream_ae.scoring import Scorer, resolve_device
 from stream_ae.thresholds.base import build_threshold, threshold_to_dict
+from stream_ae.training.checks import calibration_warnings, spread_warnings
 from stream_ae.training.sampling import WindowSet, sample_windows
+
+log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 16
 MIN_VAL_WINDOWS = 16
@@ -53,6 +57,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.val_fraction must lie in (0, 1), got {self.val_fraction}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if not 0 <= int(self.seed) < 2**32:
+            raise ConfigError(f"the seed must lie in [0, 2**32), got {self.seed}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"TrainConfig.num_threads must be >= 1 or None, got {self.num_threads}")
 
@@ -159,7 +165,8 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
             val_loss = _val_loss(model, x_val, s_val, offsets, max(bs, 1024))
             if not math.isfinite(val_loss):
                 raise DataError(f"validation loss is {val_loss} at epoch {epoch}; the validation windows "
-                                "hold NaN/inf values or the model diverged")
+                                "hold NaN/inf values, or readings too large for float32 arithmetic (a sensor's "
+                                "error code such as 1e25: remove them), or the model diverged")
             parts_mean = {k: v / n for k, v in part_sums.items()}
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
@@ -210,6 +217,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     ``window_spec``; ``detrend`` channel names become ``model_config.detrend`` positions.
     """
     cfg = train_config
+    resolve_device(cfg.device)   # a bad device stops here, not after two passes over the history
     if not isinstance(history, History):
         history = History.open(str(history), layout, start=start, end=end)
     channels = tuple(history.channels)
@@ -237,6 +245,10 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
         val_scores = Scorer(artifact, device=cfg.device).score_rows(val_set.rows, val_set.starts).score
         threshold = build_threshold(threshold_spec)
         threshold.fit(val_scores)
+    warnings = (spread_warnings(train_set.rows, scaler.scale, channels)
+                + calibration_warnings(val_scores, getattr(threshold, "value", None)))
+    for text in warnings:
+        log.warning("training: %s", text)
     artifact.threshold = threshold_to_dict(threshold)
     quantiles = np.quantile(val_scores.astype(np.float64), VAL_QUANTILES)
     artifact.training = {
@@ -254,6 +266,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
             # the level the stream's drift watch measures shifts from (stream_ae.drift)
             REFERENCE_METRIC: reference_level(val_scores, getattr(threshold, "value", None)),
         },
+        "warnings": warnings,
     }
     return artifact
 
