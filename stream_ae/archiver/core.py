@@ -188,8 +188,8 @@ class ArchiveCore:
         clash = [r for r in ok if RESERVED.intersection(r.values)]
         for r in clash:
             name = sorted(RESERVED.intersection(r.values))[0]
-            out.dead_letters.append((batch.first + r.message.offset, "unknown_channel", f"channel {name!r} is a "
-                                     f"column of the history ({', '.join(sorted(RESERVED))}); rename the channel", r.entity))
+            detail = f"channel {name!r} is a column of the history ({', '.join(sorted(RESERVED))}); rename the channel"
+            out.dead_letters.append((batch.first + r.message.offset, "unknown_channel", detail, r.entity))
             out.reasons["unknown_channel"] = out.reasons.get("unknown_channel", 0) + 1
         ok = [r for r in ok if not RESERVED.intersection(r.values)] if clash else ok
         if not ok:

@@ -290,7 +290,8 @@ def run_skab_cli(args) -> int:
     if proto_arg not in _PROTOCOL_NAMES:
         raise ConfigError(f"--protocol {proto_arg!r} is unknown; choose published, anomaly-free or all")
     if not kinds or not variants:
-        raise ConfigError("--model and --variant each need at least one name, e.g. --model conv --variant undercomplete")
+        raise ConfigError("--model and --variant each need at least one name, e.g. --model conv "
+                          "--variant undercomplete")
     for flag, target in (("--json", getattr(args, "json_path", None)), ("--plot", getattr(args, "plot", None))):
         if target and not Path(target).resolve().parent.is_dir():   # checked before the minutes of evaluation
             raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")

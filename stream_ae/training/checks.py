@@ -40,9 +40,9 @@ def spread_warnings(rows: np.ndarray, scale: np.ndarray, channels) -> list[str]:
         if scale[c] > SPREAD_RATIO * central[c]:
             top = float(np.nanmax(np.abs(x[:, c])))
             out.append(f"channel {name!r}: its standard deviation ({scale[c]:.3g}) is {scale[c] / central[c]:.2g} "
-                       f"times the range of its central 98 % of readings, the work of a few extreme readings (largest |value| "
-                       f"{top:.3g}); scaled by it, the channel's normal readings are all about 0 and a fault on "
-                       "it will not show. Remove those readings, or leave the channel out (--channels)")
+                       f"times the range of its central 98 % of readings, the work of a few extreme readings "
+                       f"(largest |value| {top:.3g}); scaled by it, the channel's normal readings are all about 0 "
+                       "and a fault on it will not show. Remove those readings, or leave the channel out (--channels)")
     return out
 
 
