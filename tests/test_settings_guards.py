@@ -130,3 +130,8 @@ def test_an_output_path_that_is_a_file_is_one_line_not_a_traceback(tmp_path, cap
 def test_a_level_joined_by_one_underscore_is_named_with_the_right_key():
     with pytest.raises(ConfigError, match=r"did you mean kafka.client.sasl_plain_password\? \(in the environment"):
         load_settings(env={"STREAM_AE_KAFKA__CLIENT_SASL_PLAIN_PASSWORD": "x"})
+
+
+def test_a_secret_keeps_its_surrounding_spaces():
+    s = load_settings(env={"STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD": " pass word "})
+    assert s.kafka_client_kwargs("consumer")["sasl_plain_password"] == " pass word "

@@ -29,7 +29,8 @@ import msgspec
 
 from stream_ae.errors import ConfigError
 
-from stream_ae.stream.sections import (_MASK, AlertSettings, ArchiveSettings,  # noqa: F401 - re-exported
+from stream_ae.stream.sections import (_MASK, _SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
+                                       ArchiveSettings,
                                        BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
                                        _accepted_keys, _Section, parse_duration)
@@ -114,13 +115,13 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     for name in sorted(env):
         dotted = _env_key(name)
         if dotted:
-            _set_dotted(tree, origins, dotted, env[name].strip(), f"from environment variable {name}")
+            _set_dotted(tree, origins, dotted, _stripped(dotted, env[name]), f"from environment variable {name}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=g1")
         # the origin names the key only: a mistyped secret's value must not reach the error text
-        _set_dotted(tree, origins, key.strip(), value.strip(), f"from --set {key.strip()}")
+        _set_dotted(tree, origins, key.strip(), _stripped(key.strip(), value), f"from --set {key.strip()}")
     _check_keys(tree, Settings, "", origins)
     try:
         # strict=False lets "2000" from the environment or a flag fill an int field.
@@ -140,6 +141,12 @@ def add_settings_arguments(parser) -> None:
 def settings_from_args(args) -> Settings:
     """Settings from the arguments added by :func:`add_settings_arguments`."""
     return load_settings(args.config, overrides=args.settings_overrides)
+
+
+def _stripped(dotted: str, value: str) -> str:
+    """A flag's or variable's value without surrounding spaces; a secret's as given (a password
+    may end in a space)."""
+    return value if any(w in dotted for w in _SECRET_WORDS) else value.strip()
 
 
 def _read_toml(path: Path) -> dict:
