@@ -9,10 +9,10 @@ in the same hive directory, followed by a checkpoint, so a killed run resumes ex
 from __future__ import annotations
 
 import copy
+import dataclasses
 import posixpath
 import time
 import zlib
-import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
