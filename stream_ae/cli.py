@@ -188,11 +188,9 @@ def _layout(args, default=None):
 def cmd_train(args) -> int:
     from stream_ae.commands import train_command
 
-    path = train_command(args, _layout(args))
+    path, artifact = train_command(args, _layout(args))
     print(f"model saved: {path}")
-    from stream_ae.artifact import load_artifact
-
-    t = load_artifact(path).training
+    t = artifact.training
     m, q = t["metrics"], t["metrics"]["val_score_quantiles"]
     print(f"{t['epochs']} epochs (best {t['best_epoch']}), validation loss {m['val_loss']:.4g}; threshold "
           f"{m['threshold_value']:.4g}, validation scores p50 {q['0.5']:.4g} / p99 {q['0.99']:.4g} / max "

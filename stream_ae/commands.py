@@ -33,8 +33,9 @@ def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=N
     return out if detrend is None else dataclasses.replace(out, detrend=tuple(detrend))
 
 
-def train_command(args, layout) -> Path:
-    """`stream-ae train`: preset + overrides -> trained artifact saved under args.out."""
+def train_command(args, layout):
+    """`stream-ae train`: preset + overrides -> trained artifact saved under args.out;
+    returns (its path, the artifact)."""
     from stream_ae.artifact import save_artifact
     from stream_ae.training import train
 
@@ -48,4 +49,4 @@ def train_command(args, layout) -> Path:
                             score_steps=args.score_steps)
     artifact = train(args.history, layout, preset.window, preset.model, preset.train,
                      preset.threshold, start=args.start, end=args.end, detrend=preset.detrend)
-    return save_artifact(artifact, args.out)
+    return save_artifact(artifact, args.out), artifact

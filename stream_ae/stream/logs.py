@@ -21,8 +21,10 @@ import json
 import logging
 import sys
 
-_SECRET_WORDS = ("password", "secret", "token", "ssl_key", "credential", "proxy")
-_MASK = "**********"
+from stream_ae.stream.sections import _MASK, SECRET_WORDS
+
+# the settings' secret words (what becomes a Secret), and more: logs mask any field that looks like one
+_SECRET_WORDS = SECRET_WORDS + ("ssl_key", "credential")
 _RESERVED = ("ts", "level", "logger", "msg", "exc")   # a JSON line's own keys
 # the values of the settings' secrets (configure_logging): masked wherever they appear in a
 # message, e.g. kafka-python's DEBUG line that prints a client's whole configuration

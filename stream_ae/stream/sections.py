@@ -19,7 +19,7 @@ from stream_ae.configs import PRECISIONS
 
 _MASK = "**********"
 # a key holding one of these is masked; a proxy URL may carry user:password@
-_SECRET_WORDS = ("password", "secret", "token", "proxy")
+SECRET_WORDS = ("password", "secret", "token", "proxy")
 
 
 class Secret:
@@ -299,7 +299,7 @@ def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                              f"got {type(value).__name__}")
         if key in _CLIENT_CHOICES and value is not None and value not in _CLIENT_CHOICES[key]:
             raise ValueError(f"kafka.client.{key} is {value!r}; choose one of: {', '.join(_CLIENT_CHOICES[key])}")
-        out[key] = Secret(value) if any(w in key for w in _SECRET_WORDS) else value
+        out[key] = Secret(value) if any(w in key for w in SECRET_WORDS) else value
     return out
 
 

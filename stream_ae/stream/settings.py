@@ -29,7 +29,7 @@ import msgspec
 
 from stream_ae.errors import ConfigError
 
-from stream_ae.stream.sections import (_MASK, _SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
+from stream_ae.stream.sections import (_MASK, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
                                        ArchiveSettings,
                                        BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
@@ -146,7 +146,7 @@ def settings_from_args(args) -> Settings:
 def _stripped(dotted: str, value: str) -> str:
     """A flag's or variable's value without surrounding spaces; a secret's as given (a password
     may end in a space)."""
-    return value if any(w in dotted for w in _SECRET_WORDS) else value.strip()
+    return value if any(w in dotted for w in SECRET_WORDS) else value.strip()
 
 
 def _read_toml(path: Path) -> dict:
