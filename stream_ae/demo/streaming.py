@@ -185,6 +185,10 @@ def detect_streaming(out, artifact, df, train_end: int):
     from stream_ae.stream.broker import create_topics, delete_topics, running_broker
 
     logging.getLogger("kafka").setLevel(logging.WARNING)   # it logs every connection at INFO
+    # "Task ... ran for 0.25s (>0.100s threshold). It is blocking the event loop": kafka-python's
+    # note on its own IO thread when the two cores are busy (the model just trained, the broker
+    # starting); every demo printed one, and a user can do nothing about it
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     with running_broker() as broker:
         suffix = uuid.uuid4().hex[:8]
         topics = {"readings_topic": f"demo-readings-{suffix}", "alerts_topic": f"demo-alerts-{suffix}",
