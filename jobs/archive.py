@@ -16,10 +16,10 @@ import threading
 from stream_ae.errors import StreamAEError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m jobs.archive") -> argparse.ArgumentParser:
     from stream_ae.stream.settings import add_settings_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m jobs.archive",
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Archive the readings topic into the Parquet history.")
     add_settings_arguments(parser)
     parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
@@ -28,13 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.archive") -> int:
     from kafka.errors import KafkaError
 
     from stream_ae.archiver.job import run_archiver
     from stream_ae.stream.settings import settings_from_args
 
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_archiver(settings, stop, max_records=args.max_records, idle_exit_s=args.exit_when_idle)
     except (StreamAEError, OSError) as exc:   # OSError: the archive root (disk full, permissions)
-        print(f"jobs.archive: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KafkaError as exc:   # no broker at the address, a refused login
-        print(f"jobs.archive: error: Kafka at kafka.bootstrap_servers={settings.kafka.bootstrap_servers!r}: "
+        print(f"{prog}: error: Kafka at kafka.bootstrap_servers={settings.kafka.bootstrap_servers!r}: "
               f"{exc}; check the address, the network and kafka.client security settings", file=sys.stderr)
         return 1
     print(json.dumps({"consumed": report.consumed, "rows": report.rows, "files": report.files,

@@ -70,10 +70,13 @@ def run(args, prog: str = PROG) -> int:
     return report.exit_code
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``prog``: how the job was invoked (``stream-ae job retrain`` names itself so)."""
+    description = __doc__.split("\n\n")[1].replace("``", "").replace(" Meant for cron or a Kubernetes CronJob:",
+                                                                        " Meant for cron or a Kubernetes CronJob.")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

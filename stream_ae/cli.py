@@ -323,7 +323,7 @@ def cmd_models(args) -> int:
 def cmd_job(args) -> int:
     import importlib
 
-    return importlib.import_module(f"jobs.{args.name}").main(args.args)
+    return importlib.import_module(f"jobs.{args.name}").main(args.args, prog=f"stream-ae job {args.name}")
 
 
 COMMANDS = {"job": cmd_job, "models": cmd_models, "train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,

@@ -135,3 +135,12 @@ def test_a_level_joined_by_one_underscore_is_named_with_the_right_key():
 def test_a_secret_keeps_its_surrounding_spaces():
     s = load_settings(env={"STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD": " pass word "})
     assert s.kafka_client_kwargs("consumer")["sasl_plain_password"] == " pass word "
+
+
+@pytest.mark.parametrize("job", ["archive", "retrain"])
+def test_a_job_run_through_the_cli_names_itself_so(job, capsys):
+    from stream_ae.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["job", job, "--help"])
+    assert capsys.readouterr().out.startswith(f"usage: stream-ae job {job} ")
