@@ -209,6 +209,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     )
 
 
+def reload_shape(artifact: "Artifact") -> tuple[tuple[str, ...], int]:
+    """What a hot reload keeps from one model to the next: the channels, in order, and the
+    window length (the consumer's per-entity buffers are built for them)."""
+    return tuple(artifact.channels), int(artifact.model.window)
+
+
 def _check_threshold(path: Path, threshold: dict) -> None:
     """The calibration must build and load here and now, not first on a stream's poll loop (an
     artifact of a newer release with a threshold option this one lacks, a hand edit)."""

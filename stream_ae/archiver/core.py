@@ -185,13 +185,17 @@ class ArchiveCore:
         for letter in bad:
             out.dead_letters.append((batch.first + letter.source_offset, letter.reason, letter.detail, letter.entity))
             out.reasons[letter.reason] = out.reasons.get(letter.reason, 0) + 1
-        clash = [r for r in ok if RESERVED.intersection(r.values)]
-        for r in clash:
-            name = sorted(RESERVED.intersection(r.values))[0]
-            detail = f"channel {name!r} is a column of the history ({', '.join(sorted(RESERVED))}); rename the channel"
+        kept = []
+        for r in ok:
+            clash = RESERVED.intersection(r.values)
+            if not clash:
+                kept.append(r)
+                continue
+            detail = (f"channel {min(clash)!r} is a column of the history ({', '.join(sorted(RESERVED))}); "
+                      "rename the channel")
             out.dead_letters.append((batch.first + r.message.offset, "unknown_channel", detail, r.entity))
             out.reasons["unknown_channel"] = out.reasons.get("unknown_channel", 0) + 1
-        ok = [r for r in ok if not RESERVED.intersection(r.values)] if clash else ok
+        ok = kept
         if not ok:
             return None
         ts = np.array([r.ts_ns for r in ok], np.int64)

@@ -123,9 +123,12 @@ def other_shardings(fs: pafs.FileSystem, out_root: str, n: int) -> list[str]:
     folder = posixpath.join(out_root, CHECKPOINT_DIR)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
-    found = (re.fullmatch(r"shard-\d+-of-(\d+)\.json", f.base_name) and f.path
-             for f in fs.get_file_info(pafs.FileSelector(folder)) if f.type == pafs.FileType.File)
-    return sorted(p for p in found if p and int(re.search(r"-of-(\d+)\.json$", p).group(1)) != n)
+    found = []
+    for f in fs.get_file_info(pafs.FileSelector(folder)):
+        m = re.fullmatch(r"shard-\d+-of-(\d+)\.json", f.base_name)
+        if m and f.type == pafs.FileType.File and int(m.group(1)) != n:
+            found.append(f.path)
+    return sorted(found)
 
 
 def discard_run(fs: pafs.FileSystem, path: str) -> int:

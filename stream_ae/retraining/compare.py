@@ -94,7 +94,9 @@ def swap_blocker(champion, challenger) -> str | None:
     """Why the consumers running ``champion`` could not hot-swap ``challenger`` in (artifacts; None:
     they can). A hot reload keeps the channels and the window length; a new sensor in the archive
     changes the channels of the next model trained on it."""
-    if tuple(champion.channels) == tuple(challenger.channels) and champion.model.window == challenger.model.window:
+    from stream_ae.artifact import reload_shape
+
+    if reload_shape(champion) == reload_shape(challenger):
         return None
     return (f"the challenger has channels {list(challenger.channels)} and windows of {challenger.model.window}, "
             f"the champion {list(champion.channels)} and {champion.model.window}: running consumers cannot "

@@ -68,7 +68,7 @@ class ModelWatcher:
 
     def initial(self):
         """The Scorer to start with (raises ConfigError / ArtifactError when there is none)."""
-        from stream_ae.artifact import load_artifact
+        from stream_ae.artifact import load_artifact, reload_shape
 
         if self.registry is None:
             scorer = self._scorer(load_artifact(self.settings.model.artifact))
@@ -79,7 +79,7 @@ class ModelWatcher:
                                   f"{self.settings.model.registry!r}; promote one first")
             scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
         self.version = scorer.version
-        self._shape = (tuple(scorer.channels), int(scorer.length))
+        self._shape = reload_shape(scorer.artifact)
         return scorer
 
     def _scorer(self, artifact):
@@ -106,12 +106,12 @@ class ModelWatcher:
         return None
 
     def _load(self, version: str) -> None:
-        from stream_ae.artifact import load_artifact
+        from stream_ae.artifact import load_artifact, reload_shape
 
         try:
             try:
                 scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
-                shape = (tuple(scorer.channels), int(scorer.length))
+                shape = reload_shape(scorer.artifact)
                 if shape != self._shape:
                     raise ConfigError(f"model {version} has channels {list(shape[0])} and windows of {shape[1]}, "
                                       f"the running model {list(self._shape[0])} and {self._shape[1]}; "

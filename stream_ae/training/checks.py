@@ -19,7 +19,7 @@ import numpy as np
 #: the work of a few extreme readings (for normal data it is about 0.2; a quantised sensor that
 #: mostly reads one value and sometimes the next, as SKAB's flow rate, about 0.4)
 SPREAD_RATIO = 100.0
-#: a threshold this many times the validation scores' 0.99 quantile was fitted to outliers
+#: a threshold this many times the validation scores' 0.9 quantile was fitted to outliers
 THRESHOLD_RATIO = 100.0
 
 
