@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from stream_ae import __version__ as PACKAGE_VERSION
+from stream_ae import __version__ as PACKAGE_VERSION, durable
 from stream_ae.data.layout import Layout
 from stream_ae.data.windows import WindowSpec
 from stream_ae.errors import ArtifactError, ConfigError, SchemaMismatch
@@ -113,14 +113,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_artifact(artifact: Artifact, root: str | os.PathLike) -> Path:
     """Write ``root/<version>/`` atomically and return its path.
 
@@ -147,12 +139,12 @@ def save_artifact(artifact: Artifact, root: str | os.PathLike) -> Path:
     try:
         _write_synced(tmp / WEIGHTS_FILE, weights)
         _write_synced(tmp / MANIFEST_FILE, text.encode("utf-8"))
-        _fsync_dir(tmp)
+        durable.fsync(tmp)
         try:
             os.rename(tmp, final)  # fails if a non-empty `final` appeared meanwhile
         except OSError as exc:
             raise ArtifactError(f"artifact {final} already exists; versions are never overwritten") from exc
-        _fsync_dir(root)
+        durable.fsync(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

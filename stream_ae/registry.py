@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from stream_ae import durable
 from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
 
 DEPLOYMENTS = "deployments"
@@ -129,15 +130,15 @@ class Registry:
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)   # fails if `path` appeared meanwhile: never overwrites
-            finally:
-                os.unlink(tmp)
+            durable.publish(tmp, path)
+            return
+        durable.fsync(tmp)
+        try:
+            os.link(tmp, path)   # fails if `path` appeared meanwhile: never overwrites
+        finally:
+            os.unlink(tmp)
+        durable.fsync(parent)
 
     @contextlib.contextmanager
     def _locked(self, deployment: str) -> Iterator[None]:

@@ -20,7 +20,6 @@ re-run that cuts its flushes at other offsets never leaves a stale copy of a row
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import urllib.parse
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from stream_ae import durable
 from stream_ae.backfill.output import resolve_filesystem
 from stream_ae.errors import DataError
 
@@ -210,17 +210,7 @@ class ArchiveWriter:
         """fsync the temporary file, rename it over ``path``, fsync the directory (local disks);
         on an object store, closing the stream is the upload and ``move`` the rename."""
         if self._local:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            durable.publish(tmp, path)
         else:
             self.fs.move(tmp, path)
 

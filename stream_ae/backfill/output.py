@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from stream_ae import durable
 from stream_ae.errors import ConfigError
 
 TOP_K = 3
@@ -175,10 +176,14 @@ def remove_stale_temp_files(fs: pafs.FileSystem, out_root: str, shard: int) -> i
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write a small file (a checkpoint) under a temporary name, then rename it into place."""
+    """Write a small file (a checkpoint) under a temporary name, then rename it into place
+    (on a local disk durably: see :mod:`stream_ae.durable`)."""
     directory, name = posixpath.split(path)
     fs.create_dir(directory, recursive=True)
     tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     with fs.open_output_stream(tmp) as stream:
         stream.write(data)
-    fs.move(tmp, path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        durable.publish(tmp, path)
+    else:
+        fs.move(tmp, path)

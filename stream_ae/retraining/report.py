@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from stream_ae import durable
 
 _PLOT_LOCK = threading.Lock()
 EXIT_CODES = {"promoted": 0, "kept_champion": 0, "already_done": 0, "not_due": 0, "failed": 1, "conflict": 3}
@@ -92,7 +93,7 @@ def write_report(report: RetrainReport, report_dir) -> Path:
     report.report_path = str(path)
     tmp = folder / f".{report.run_id}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    durable.publish(tmp, path)
     return path
 
 

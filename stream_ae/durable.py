@@ -1,0 +1,33 @@
+"""Writes that survive a power cut on a local disk, not only a crash of the process.
+
+A rename publishes a file whole, but only the data synced before it and the folder synced
+after it are sure to be on the disk: without the first, a power cut can leave the new name
+on an empty file; without the second, the old name. Object stores need neither (a PUT is
+visible whole), so callers use these on local paths only.
+
+>>> import pathlib, tempfile
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / ".new").write_text("v2")
+>>> publish(folder / ".new", folder / "pointer.json")
+>>> (folder / "pointer.json").read_text(), (folder / ".new").exists()
+('v2', False)
+"""
+from __future__ import annotations
+
+import os
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file or a folder, named by its path, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the fully written ``tmp`` over ``path`` durably: sync it, rename, sync the folder."""
+    fsync(tmp)
+    os.replace(tmp, path)
+    fsync(os.path.dirname(os.fspath(path)) or ".")
