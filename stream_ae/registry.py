@@ -277,6 +277,10 @@ class Registry:
 
     def _swap(self, deployment: str, version: str | None, reason: str, expect, rollback: bool) -> dict:
         path = self._pointer_path(deployment)
+        if rollback and not self._exists(path):   # before the lock makes any folder (a mistyped registry)
+            known = self.deployments()
+            raise ConfigError(f"deployment {deployment!r} has never been promoted in registry {self.root}, so "
+                              f"there is nothing to roll back; deployments: {', '.join(known) or '(none)'}")
         with self._locked(deployment):
             old = self._read_json(path)
             if old is not None and not _is_pointer(old):

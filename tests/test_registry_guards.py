@@ -13,7 +13,7 @@ import os
 import pytest
 
 from stream_ae.artifact import load_artifact
-from stream_ae.errors import ArtifactError
+from stream_ae.errors import ArtifactError, ConfigError
 from stream_ae.registry import Registry
 from test_registry import tiny_artifact
 
@@ -116,3 +116,10 @@ def test_a_file_given_as_an_artifact_is_named_as_a_file(tmp_path):
     taken.write_bytes(b"PAR1")
     with pytest.raises(ArtifactError, match="history.parquet is a file; give an artifact directory"):
         load_artifact(taken)
+
+
+def test_rolling_back_a_deployment_never_promoted_names_the_known_ones_and_writes_nothing(tmp_path):
+    typo = tmp_path / "modles"
+    with pytest.raises(ConfigError, match=r"'prod' has never been promoted .*deployments: \(none\)"):
+        Registry(typo).rollback("prod")
+    assert not typo.exists()
