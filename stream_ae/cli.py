@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", default=None, help="write a picture of one file's signals, scores and labels")
     e.add_argument("--plot-file", default="valve1/1.csv", help="which SKAB file to plot")
     e.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of every model's training; the README's figures are seed 0 (default: 0)")
     e.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="scoring precision (the threshold is calibrated in fp32, as `train` does)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -66,3 +66,16 @@ def test_flags_that_cannot_work_stop_before_the_work(tmp_path, capsys):
                            (["--json", str(tmp_path / "nowhere" / "r.json")], "--json .*does not exist")):
         assert main(["evaluate", "skab", "--data", str(tmp_path), *extra]) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_evaluate_seed_reaches_every_training_and_is_checked_first(tmp_path, monkeypatch, capsys):
+    """The README's seed table is reproducible from the command line (it took a script)."""
+    import stream_ae.evaluation.skab as skab
+    from stream_ae.cli import main
+
+    seen = {}
+    monkeypatch.setattr(skab, "evaluate", lambda *a, **kw: seen.update(kw) or {})
+    assert main(["evaluate", "skab", "--data", str(tmp_path), "--seed", "3", "--no-progress"]) == 0
+    assert seen["seed"] == 3
+    assert main(["evaluate", "skab", "--data", str(tmp_path), "--seed", str(2**32)]) == 2
+    assert "--seed 4294967296 must lie in [0, 2**32)" in capsys.readouterr().err

@@ -255,7 +255,7 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
             for protocol in protocols:
                 t0 = time.perf_counter()
                 metrics, runs = run_protocol(protocol, skab, preset, data_dir, device, seed, progress, precision)
-                metrics.update(preset=preset.to_dict(), precision=precision, seconds=time.perf_counter() - t0,
+                metrics.update(preset=preset.to_dict(), precision=precision, seed=seed, seconds=time.perf_counter() - t0,
                                runs=runs)
                 out.setdefault(kind, {}).setdefault(variant, {})[protocol] = metrics
 
@@ -275,7 +275,8 @@ def run_skab_cli(args) -> int:
 
     Reads ``args.data``, ``.model`` ("conv", "lstm" or "conv,lstm"), ``.variant`` (comma list
     or "all"), ``.protocol`` ("published" = A, "anomaly-free" = B, or "all"), ``.json_path``,
-    ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device``, ``.precision`` and ``.no_progress``.
+    ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device``, ``.seed``, ``.precision`` and
+    ``.no_progress``.
     """
     import json
 
@@ -292,11 +293,14 @@ def run_skab_cli(args) -> int:
     if not kinds or not variants:
         raise ConfigError("--model and --variant each need at least one name, e.g. --model conv "
                           "--variant undercomplete")
+    seed = int(getattr(args, "seed", 0))
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed} must lie in [0, 2**32)")
     for flag, target in (("--json", getattr(args, "json_path", None)), ("--plot", getattr(args, "plot", None))):
         if target and not Path(target).resolve().parent.is_dir():   # checked before the minutes of evaluation
             raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")
     results = evaluate(args.data, kinds, variants, _PROTOCOL_NAMES[proto_arg],
-                       device=getattr(args, "device", "cpu"),
+                       device=getattr(args, "device", "cpu"), seed=seed,
                        progress=not getattr(args, "no_progress", False),
                        precision=getattr(args, "precision", "fp32"))
     print(f"{'model':6} {'variant':14} {'protocol':8} {'F1':>6} {'FAR%':>7} {'MAR%':>7} "
