@@ -79,3 +79,14 @@ def test_evaluate_seed_reaches_every_training_and_is_checked_first(tmp_path, mon
     assert seen["seed"] == 3
     assert main(["evaluate", "skab", "--data", str(tmp_path), "--seed", str(2**32)]) == 2
     assert "--seed 4294967296 must lie in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_too_few_windows_because_one_channel_is_mostly_missing_names_that_channel(tmp_path):
+    from stream_ae.errors import DataError
+
+    def sensor_offline(df):
+        df.loc[::7, "ch_2"] = float("nan")   # a gap in every 16-reading window: none survives
+        df.loc[1000:, "ch_2"] = float("nan")
+
+    with pytest.raises(DataError, match=r"too few windows .*'ch_2' has no value in 7\d %.*--channels"):
+        _train(tmp_path, sensor_offline)

@@ -144,7 +144,7 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     (train, val, stats)
         Two :class:`WindowSet` of raw (unscaled) rows, and a JSON-safe dict: ``rows``,
         ``entities``, ``span`` (first/last ISO UTC), ``cut``, ``windows`` (found per split,
-        straddling, kept, stride).
+        straddling, kept, stride), ``missing`` (per channel, the fraction of rows without a value).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
@@ -162,8 +162,10 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     # pass 1: span and rows per entity
     counts: dict[str, int] = {}
     first, last = None, None
-    for name, ts, _ in _chunks(history, channel_idx, start_ns, end_ns):
+    missing_values = np.zeros(len(channels), np.int64)
+    for name, ts, vals in _chunks(history, channel_idx, start_ns, end_ns):
         counts[name] = counts.get(name, 0) + ts.size
+        missing_values += np.isnan(vals).sum(axis=0)
         lo, hi = int(ts.min()), int(ts.max())
         first = lo if first is None else min(first, lo)
         last = hi if last is None else max(last, hi)
@@ -213,5 +215,6 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         "windows": {"found_train": found["train"], "found_val": found["val"],
                     "straddling": found["straddling"], "train": len(train), "val": len(val),
                     "stride": stride},
+        "missing": {c: float(m) / max(1, sum(counts.values())) for c, m in zip(channels, missing_values)},
     }
     return train, val, stats

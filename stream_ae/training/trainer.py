@@ -197,11 +197,14 @@ def _check_counts(train: WindowSet, val: WindowSet, stats: dict, needed_val: int
     if len(train) >= MIN_TRAIN_WINDOWS and len(val) >= needed_val:
         return
     w = stats["windows"]
+    sparse = [f"{c!r} has no value in {100 * f:.0f} %" for c, f in stats.get("missing", {}).items() if f >= 0.2]
+    cause = (f"; a gap breaks a window, and of the rows read {', '.join(sparse)}: leave such a channel out "
+             "(--channels) or train on a span where it reports" if sparse else "")
     raise DataError(
         f"too few windows to train: {len(train)} training (need >= {MIN_TRAIN_WINDOWS}) and "
         f"{len(val)} validation (need >= {needed_val}); found {w['found_train']} before and "
         f"{w['found_val']} after the split at {stats['cut']} over {stats['rows']} rows of "
-        f"{len(stats['entities'])} entities. Widen the time span (--start/--end), shorten the window "
+        f"{len(stats['entities'])} entities{cause}. Otherwise widen the time span (--start/--end), shorten the window "
         "(--window), lower the hop (--hop), allow longer gaps (--max-gap), or raise --max-windows "
         "(in Python: WindowSpec length, hop, max_gap_s, max_fill, TrainConfig max_windows, val_fraction)"
     )
