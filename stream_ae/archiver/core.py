@@ -29,7 +29,6 @@ from stream_ae.archiver.writer import ArchiveWriter, PartitionState
 from stream_ae.stream import codec
 from stream_ae.stream.columns import lines_are_values
 
-_F32_MAX = float(np.finfo(np.float32).max)
 _TS_TYPE = pa.timestamp("ns", tz="UTC")
 _Indexed = namedtuple("_Indexed", "value offset")   # offset: the record's index in its batch
 
@@ -169,14 +168,18 @@ class ArchiveCore:
         try:
             ts = np.array([r.ts for r in readings], np.int64) * 1_000_000   # epoch ms -> ns
         except TypeError:   # some are RFC 3339 datetimes
-            ts = np.array([t * 1_000_000 if type(t) is int else codec.datetime_to_ns(t)
-                           for t in (r.ts for r in readings)], np.int64)
+            ns = [codec.reading_ts_ns(r.ts) for r in readings]
+            if None in ns:   # outside 1970-2262: the slow path dead-letters it, as the stream does
+                return None
+            ts = np.array(ns, np.int64)
+        if any(r.entity.startswith(codec.RESERVED_ENTITY_PREFIX) for r in readings):
+            return None
         columns = _columns([r.values for r in readings])
         if RESERVED.intersection(columns):   # the slow path dead-letters those readings
             return None
         for col in columns.values():
             top = pc.max(pc.abs(col)).as_py()
-            if top is not None and top > _F32_MAX:   # the codec calls it non_finite: let it say so
+            if top is not None and top >= codec.F32_LIMIT:   # the codec calls it non_finite: let it say so
                 return None
         return [r.entity for r in readings], ts, columns, np.arange(n)
 

@@ -62,10 +62,11 @@ import msgspec
 import numpy as np
 
 from stream_ae.errors import StreamAEError
+from stream_ae.stream.codec import RESERVED_ENTITY_PREFIX
 
 log = logging.getLogger(__name__)
 
-PARTITION_KEY = "__partition__/"  # the decoder refuses entity ids that start so (columns.py)
+PARTITION_KEY = RESERVED_ENTITY_PREFIX  # the decoder refuses entity ids that start so
 FENCE_PREFIX = f"{PARTITION_KEY}fence/".encode()  # + "<p>/<epoch hex>": a key of its own for each fence
 EPOCH_HEADER = "stream_ae.epoch"
 FORMAT = 1

@@ -28,6 +28,7 @@ Decoding never raises: each bad message becomes a :class:`DeadLetter`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 
@@ -54,7 +55,11 @@ Severity = Literal["info", "warning", "critical"]
 AlertState = Literal["open", "update", "resolved"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_F32_MAX = float(np.finfo(np.float32).max)
+F32_LIMIT = float.fromhex("0x1.ffffffp+127")   # the least magnitude float32 rounds to infinity
+RESERVED_ENTITY_PREFIX = "__partition__/"   # the state topic's partition records use such keys
+RESERVED_ENTITY_DETAIL = (f"entity ids starting with {RESERVED_ENTITY_PREFIX!r} are reserved: the state topic "
+                          "keeps partition records under them")
+ORIGINAL_MAX_BYTES = 256 * 1024   # a letter's copy of the value: base64 of it fits the producer's 1 MiB request
 _MAX_EPOCH_MS = (2**63 - 1) // 1_000_000          # keeps ts_ns inside int64
 Timestamp = Annotated[dt.datetime, Meta(tz=True, description="RFC 3339 with an offset")]
 EpochMs = Annotated[int, Meta(ge=0, le=_MAX_EPOCH_MS, description="epoch milliseconds, UTC")]
@@ -186,7 +191,12 @@ def dead_letter(message: Any, reason: str, detail: str, *, entity: str | None = 
         source["original_key"] = key.encode()
     if isinstance(value, str):
         value = value.encode()
-    return DeadLetter(reason=reason, detail=detail, original=bytes(value or b""),
+    original = bytes(value or b"")
+    if len(original) > ORIGINAL_MAX_BYTES:   # an oversized record's whole copy could not be produced
+        detail += (f"; original holds the first {ORIGINAL_MAX_BYTES} of its {len(original)} bytes "
+                   f"(sha256 {hashlib.sha256(original).hexdigest()}): replay it from the source offset")
+        original = original[:ORIGINAL_MAX_BYTES]
+    return DeadLetter(reason=reason, detail=detail, original=original,
                       received_at=received_at or dt.datetime.now(dt.timezone.utc),
                       entity=entity, **source)
 
@@ -195,7 +205,7 @@ def _non_finite_tokens(data: bytes) -> bool:
     """True when ``data`` is JSON apart from NaN / Infinity tokens (slow path, errors only)."""
     seen = []
     try:
-        json.loads(data, parse_constant=seen.append)
+        json.loads(bytes(data), parse_constant=seen.append)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
         return False
     return bool(seen)
@@ -254,8 +264,11 @@ class ReadingDecoder:
                 bad.append(dead_letter(message, "malformed", f"timestamp {r.ts.isoformat()} is outside 1970-01-01 "
                                        "to 2262-04-11, the span epoch milliseconds allow", entity=r.entity))
                 continue
+            if r.entity.startswith(RESERVED_ENTITY_PREFIX):
+                bad.append(dead_letter(message, "malformed", RESERVED_ENTITY_DETAIL, entity=r.entity))
+                continue
             for name, v in r.values.items():
-                if v is not None and not -_F32_MAX <= v <= _F32_MAX:
+                if v is not None and not -F32_LIMIT < v < F32_LIMIT:
                     bad.append(dead_letter(message, "non_finite",
                                            f"channel {name!r} value {v!r} is outside float32 range",
                                            entity=r.entity))

@@ -22,9 +22,8 @@ import msgspec
 import numpy as np
 
 from stream_ae.stream.codec import (
-    _F32_MAX, SCHEMA_VERSION, DeadLetter, EpochMs, Name, Timestamp, Version, dead_letter, reading_ts_ns,
-    values_to_row)
-from stream_ae.stream.checkpoint import PARTITION_KEY as RESERVED_ENTITY_PREFIX  # entity ids refused
+    F32_LIMIT, RESERVED_ENTITY_DETAIL, RESERVED_ENTITY_PREFIX, SCHEMA_VERSION, DeadLetter, EpochMs, Name,
+    Timestamp, Version, dead_letter, reading_ts_ns, values_to_row)
 from stream_ae.stream.detector_io import ReadingBatch
 
 if TYPE_CHECKING:
@@ -174,15 +173,14 @@ def _columns(decoder: "ReadingDecoder", entity: list, ts: list, rows: list, kept
         values = np.array(rows, dtype=np.float64)
     values = values.reshape(len(rows), n_channels)
     with np.errstate(invalid="ignore"):
-        out_of_range = (np.abs(values) > _F32_MAX).any(axis=1)  # (N,) the dict path checks per value
+        out_of_range = (np.abs(values) >= F32_LIMIT).any(axis=1)  # (N,) the dict path checks per value
     for i in np.flatnonzero(out_of_range):
         bad = bad + decoder.decode([kept[i]])[1]
     drop = out_of_range
     reserved = [e for e in set(entity) if e.startswith(RESERVED_ENTITY_PREFIX)]  # a few names a batch
     if reserved:
         taken = np.isin(np.array(entity, dtype=object), reserved) & ~out_of_range
-        bad = bad + [dead_letter(kept[i], "malformed", f"entity ids starting with {RESERVED_ENTITY_PREFIX!r} are "
-                                 "reserved: the state topic keeps partition records under them", entity=entity[i])
+        bad = bad + [dead_letter(kept[i], "malformed", RESERVED_ENTITY_DETAIL, entity=entity[i])
                      for i in np.flatnonzero(taken)]
         drop = out_of_range | taken
     if drop.any():
