@@ -24,7 +24,10 @@ class AlertPolicy:
         ... and only if its severity changed or its score moved by at least this fraction
         of the last emitted score.
     quiet_s
-        An alert resolves after this long without a flagged window.
+        An alert resolves after this long without a flagged window: at the first window that
+        lies ``quiet_s`` past the last flagged one, unless that window is flagged and so was
+        the one before it (a gap in the data is not quiet: a fault on data sparser than
+        ``quiet_s`` stays one alert).
     silence_s
         An alert also resolves when its entity sends no window for this long while other
         entities' windows go on (the stream measures it in its readings partition's event

@@ -69,6 +69,14 @@ def _top_of(a: _Alert) -> list[tuple[str, float]]:
     return a.top
 
 
+def _quiet_ends(elapsed, flagged, prev_flagged):
+    """Whether a window ends an open alert's quiet period (scalars or arrays): it lies ``quiet_s``
+    past the last flagged window (``elapsed``), and is not a flagged window right after a
+    flagged one. A gap with no window at all is no evidence of quiet: 5-minute data with
+    ``quiet_s`` 300 s split one fault into an alert per window."""
+    return np.logical_and(elapsed, np.logical_not(np.logical_and(flagged, prev_flagged)))
+
+
 class AlertTracker:
     """Alert state machines for any number of entities (one state per entity); no I/O.
 
@@ -201,7 +209,8 @@ class AlertTracker:
         t, fl = run.ts[i:], run.flags[i:]
         last_flag = np.maximum.accumulate(np.where(fl, t, a.last_flag_at))  # (b,) incl. each window
         before = np.concatenate([[a.last_flag_at], last_flag[:-1]])          # last flag before each window
-        quiet = np.flatnonzero(t - before >= self._quiet_ns)
+        prev = np.concatenate([[bool(st.history) and st.history[-1][1]], fl[:-1]])   # the window before each
+        quiet = np.flatnonzero(_quiet_ends(t - before >= self._quiet_ns, fl, prev))
         end = int(quiet[0]) if quiet.size else len(t)  # windows [i, i + end) belong to the alert
         silent_since = None
         if run.clock is not None:  # silent before window j: the others' time moved on by the silence
@@ -273,7 +282,8 @@ class AlertTracker:
                             f"({iso_utc(st.last_ts)}); feed windows in event-time order")
         st.last_ts = ts
         events = []
-        if st.alert is not None and ts - st.alert.last_flag_at >= self._quiet_ns:
+        if st.alert is not None and _quiet_ends(ts - st.alert.last_flag_at >= self._quiet_ns, flagged,
+                                                st.history[-1][1]):
             events.append(self._resolve(st, entity, ts))
         st.history.append((ts, flagged))
         if not flagged:

@@ -118,14 +118,14 @@ class ThresholdSettings(_Section):
     level: Prob | None = None
     quantile: Prob | None = None
     factor: Annotated[float, Meta(gt=0.0)] | None = None
-    warmup: Annotated[int, Meta(ge=0)] | None = None
+    warmup: Annotated[int, Meta(ge=10)] | None = None   # a tail fit needs 10 scores (and DSPOT's depth more)
 
 
 class AlertSettings(_Section):
     k: Annotated[int, Meta(ge=1)] = 3                  # open after k flagged windows ...
     n: Annotated[int, Meta(ge=1)] = 5                  # ... among the last n
     update_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
-    quiet_s: Annotated[float, Meta(ge=0.0)] = 300.0    # resolve after this long unflagged
+    quiet_s: Annotated[float, Meta(gt=0.0)] = 300.0    # resolve after this long unflagged
     silence_s: Annotated[float, Meta(ge=0.0)] | None = None  # ... or silent (None: 5 x quiet_s; 0: never)
 
     def __post_init__(self):
