@@ -78,6 +78,33 @@ class Restored:
     dropped: int = 0  # records a fence rejected (a zombie's)
 
 
+def by_recency(restored) -> list[tuple[str, dict]]:
+    """The entity snapshots of the ``Restored`` partitions, one per entity (the one with the
+    latest reading, where an entity has records in several: it moved partition when the topic
+    grew, and its old record stays), least recent first.
+
+    Restored in that order, the entities read last are the ones the table keeps live under
+    ``input.max_entities``. In the order the state topic held them (first written first), the
+    ids of a past flood came last and pushed every long-lived entity out of the table, and a
+    moved entity's stale record of another partition could replace its current one.
+
+    >>> snap = lambda t: {"windower": {"last_ts": t}}
+    >>> [e for e, _ in by_recency([Restored({"a": snap(5), "b": snap(1)}), Restored({"a": snap(3), "c": snap(None)})])]
+    ['c', 'b', 'a']
+    """
+    newest: dict[str, dict] = {}
+    for r in restored:
+        for entity, snap in r.entities.items():
+            if entity not in newest or _last_reading(snap) > _last_reading(newest[entity]):
+                newest[entity] = snap
+    return sorted(newest.items(), key=lambda item: _last_reading(item[1]))
+
+
+def _last_reading(snapshot: dict) -> int:
+    last = (snapshot.get("windower") or {}).get("last_ts")
+    return -1 if last is None else int(last)
+
+
 class StateScan:
     """One state partition read in offset order: the last value per key that no fence rejects.
 

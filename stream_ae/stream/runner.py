@@ -39,7 +39,7 @@ from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.metrics import StreamMetrics
 from stream_ae.stream.publisher import Publisher
-from stream_ae.stream.recovery import take_over
+from stream_ae.stream.recovery import by_recency, take_over
 from stream_ae.stream.tuning import tune_process
 
 log = logging.getLogger(__name__)
@@ -360,11 +360,11 @@ class StreamRunner:
         k = self.settings.kafka
         fence = functools.partial(self._checkpointer.fence, generation=self._consumer.group_metadata().generation_id)
         restored, published, ends, letters, letter_ends = take_over(self.settings, parts, fence)  # checkpoint.py
+        for entity, snap in by_recency(restored[p] for p in parts):   # the most recent end up live
+            self.detector.restore(entity, snap)
         resume = {}  # partition -> where it resumes: its record's offset, else the group's (its commit or reset)
         for p in parts:
             tp = TopicPartition(k.readings_topic, p)
-            for entity, snap in restored[p].entities.items():
-                self.detector.restore(entity, snap)
             dropped = records.pop(tp, None)
             positions = restored[p].positions
             start = positions.next_offset if positions else dropped[0].offset if dropped else None
