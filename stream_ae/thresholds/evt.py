@@ -196,7 +196,10 @@ class EvtThreshold(Threshold):
             if x < SCORE_MAX:
                 self._warm.append(x)
             if len(self._warm) >= self.spec.warmup:
-                self.fit(self._warm)
+                if _has_tail(self._warm, self.spec.level):
+                    self.fit(self._warm)
+                else:   # e.g. an idle machine's constant score: a fit would flag every higher score for good
+                    del self._warm[0]
             return False
         if x > self._value:
             return True
@@ -286,6 +289,18 @@ class EvtThreshold(Threshold):
         self._buf[_PAD:_PAD + self._size] = peaks
         if self._method != "warmup":
             self._value = self._z + self._mean() if self.spec.depth else self._z
+
+
+def _has_tail(scores: list[float], level: float) -> bool:
+    """Whether some scores lie above the ``level`` quantile. Without any (the top scores tied),
+    the fit has no peak, its fallback threshold is the warm-up's top score, every higher score
+    is flagged and never learned, and the threshold never moves again.
+
+    >>> _has_tail([0.05] * 100, 0.98), _has_tail([0.05] * 99 + [0.06], 0.98)
+    (False, True)
+    """
+    x = np.asarray(scores)
+    return bool((x > np.quantile(x, level)).any())
 
 
 def _corrupt(why: str) -> ArtifactError:
