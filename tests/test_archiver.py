@@ -76,7 +76,7 @@ def _archived(root) -> list[tuple]:
 
 def _overrides(broker, kafka_config, topic: str, dlq: str, root, **archive) -> list[str]:
     out = [f"kafka.bootstrap_servers={broker.bootstrap}", f"kafka.readings_topic={topic}",
-           f"kafka.dead_letter_topic={dlq}", f"kafka.session_timeout_ms={kafka_config['session_timeout_ms']}",
+           f"archive.dead_letter_topic={dlq}", f"kafka.session_timeout_ms={kafka_config['session_timeout_ms']}",
            f"archive.root={root}", f"archive.group_id=arch-{uuid.uuid4().hex[:10]}",
            "kafka.client.fetch_max_wait_ms=50"]
     return out + [f"archive.{k}={v}" for k, v in archive.items()]

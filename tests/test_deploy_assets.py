@@ -266,7 +266,8 @@ def test_compose_creates_every_topic_the_services_use_with_matching_partitions()
     for inv in compose_invocations():
         args = [w for words in split_commands(inv.argv) for w in words]
         k = settings_for(inv, args).kafka
-        for t in (k.readings_topic, k.alerts_topic, k.dead_letter_topic, k.state_topic):
+        for t in (k.readings_topic, k.alerts_topic, k.dead_letter_topic, k.state_topic,
+                  settings_for(inv, args).archive.dead_letter_topic):
             assert t in topics, f"{inv.where} uses topic {t!r}, which compose does not create"
         assert topics[k.state_topic]["partitions"] == topics[k.readings_topic]["partitions"]
         assert topics[k.state_topic]["config"].get("cleanup.policy") == "compact"

@@ -144,3 +144,13 @@ def test_a_job_run_through_the_cli_names_itself_so(job, capsys):
     with pytest.raises(SystemExit):
         main(["job", job, "--help"])
     assert capsys.readouterr().out.startswith(f"usage: stream-ae job {job} ")
+
+
+def test_the_archiver_dead_letters_to_a_topic_of_its_own():
+    """Both services read the readings topic and find the same bad readings: on one topic each
+    had two letters, and a detector's restore took the archiver's for its own."""
+    from stream_ae.stream.settings import load_settings
+
+    assert load_settings(env={}).archive.dead_letter_topic != load_settings(env={}).kafka.dead_letter_topic
+    with pytest.raises(ConfigError, match=r"archive.dead_letter_topic and kafka.dead_letter_topic are both"):
+        load_settings(env={}, overrides=["archive.dead_letter_topic=readings.dead-letter"])

@@ -4,8 +4,9 @@ One consumer group of its own (``archive.group_id``), offsets committed by hand.
 topic-partition, valid readings are buffered and rolled into files at
 ``archive.file_rows`` rows or ``archive.max_file_age_s`` seconds (memory is bounded by
 ``file_rows`` rows per assigned partition, plus a few polls in flight). Invalid readings go
-to the dead-letter topic as in the stream: the codec's reasons, and ``duplicate`` /
-``out_of_order`` per entity (a backfill refuses an archive that goes back in time).
+to the archiver's own dead-letter topic (``archive.dead_letter_topic``) with the stream's
+reasons: the codec's, and ``duplicate`` / ``out_of_order`` per entity (a backfill refuses
+an archive that goes back in time).
 
 Nothing lost, nothing doubled, without transactions: offsets are committed only after the
 files holding the records are durable (see ``writer.py``), and the archive's own marker,
@@ -164,7 +165,7 @@ class Archiver:
         r = self.report
         for i, reason, detail, entity in out.dead_letters:
             letter = codec.dead_letter(batch[i], reason, detail, entity=entity)
-            self._producer.send(self.settings.kafka.dead_letter_topic, key=letter.original_key,
+            self._producer.send(self.settings.archive.dead_letter_topic, key=letter.original_key,
                                 value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
         for reason, count in out.reasons.items():
             r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count

@@ -57,7 +57,7 @@ def _settings(bootstrap: str, kind: str, topic: str, dlq: str, root: str):
     session_ms = 3000 if kind == "embedded" else 6000
     overrides = [f"kafka.bootstrap_servers={bootstrap}", f"kafka.group_id=bench-raw-{uuid.uuid4().hex[:8]}",
                  f"kafka.session_timeout_ms={session_ms}", f"kafka.readings_topic={topic}",
-                 f"kafka.dead_letter_topic={dlq}", f"archive.root={root}",
+                 f"archive.dead_letter_topic={dlq}", f"archive.root={root}",
                  f"archive.group_id=bench-arch-{uuid.uuid4().hex[:8]}", f"archive.file_rows={FILE_ROWS}"]
     return load_settings(env={}, overrides=overrides + [f"{k}={v}" for k, v in SETTINGS.items()])
 

@@ -224,6 +224,8 @@ class ArchiveSettings(_Section):
 
     root: str = "archive"                          # directory or URI of the Parquet history
     group_id: str = "stream-ae-archiver"           # its own consumer group, not the detector's
+    # its own dead-letter topic: the detector dead-letters the same bad readings to kafka.dead_letter_topic
+    dead_letter_topic: str = "readings.archive-dead-letter"
     partition_by: tuple[str, ...] | str = ("date",)   # ("date",) or ("date", "entity"); "date,entity" from --set
     file_rows: Annotated[int, Meta(ge=1)] = 250_000     # roll a file at this many rows per topic-partition ...
     max_file_age_s: Annotated[float, Meta(gt=0.0)] = 300.0   # ... or when its first row is this old
