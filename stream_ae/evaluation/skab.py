@@ -255,7 +255,8 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
             for protocol in protocols:
                 t0 = time.perf_counter()
                 metrics, runs = run_protocol(protocol, skab, preset, data_dir, device, seed, progress, precision)
-                metrics.update(preset=preset.to_dict(), precision=precision, seed=seed, seconds=time.perf_counter() - t0,
+                metrics.update(preset=preset.to_dict(), precision=precision, seed=seed,
+                               seconds=time.perf_counter() - t0,
                                runs=runs)
                 out.setdefault(kind, {}).setdefault(variant, {})[protocol] = metrics
 
@@ -283,6 +284,7 @@ def run_skab_cli(args) -> int:
     from stream_ae.errors import ConfigError
     from stream_ae.evaluation.plot import plot_file_run
     from stream_ae.models.config import VARIANTS
+    from stream_ae.training.trainer import check_seed
 
     kinds = [k.strip() for k in str(getattr(args, "model", "conv")).split(",") if k.strip()]
     variant_arg = str(getattr(args, "variant", "undercomplete"))
@@ -293,9 +295,7 @@ def run_skab_cli(args) -> int:
     if not kinds or not variants:
         raise ConfigError("--model and --variant each need at least one name, e.g. --model conv "
                           "--variant undercomplete")
-    seed = int(getattr(args, "seed", 0))
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed {seed} must lie in [0, 2**32)")
+    seed = check_seed(int(getattr(args, "seed", 0)), "--seed ")
     for flag, target in (("--json", getattr(args, "json_path", None)), ("--plot", getattr(args, "plot", None))):
         if target and not Path(target).resolve().parent.is_dir():   # checked before the minutes of evaluation
             raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")

@@ -32,6 +32,13 @@ MIN_VAL_WINDOWS = 16
 VAL_QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
+def check_seed(seed: int, name: str = "the seed ") -> int:
+    """``seed`` when numpy and torch both take it, else a ConfigError naming ``name``."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"{name}must lie in [0, 2**32), got {seed}")
+    return seed
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (the model's hyperparameters live in ModelConfig)."""
@@ -57,8 +64,7 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.val_fraction must lie in (0, 1), got {self.val_fraction}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.lr must be > 0 and weight_decay >= 0")
-        if not 0 <= int(self.seed) < 2**32:
-            raise ConfigError(f"the seed must lie in [0, 2**32), got {self.seed}")
+        check_seed(int(self.seed))
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"TrainConfig.num_threads must be >= 1 or None, got {self.num_threads}")
 
