@@ -73,10 +73,14 @@ class KafkaSettings(_Section):
     record_decoder: Literal["compiled", "kafka-python"] = "compiled"
     client: Mapping[str, Any] = msgspec.field(default_factory=dict)  # kafka-python passthrough
 
+    def topics(self) -> dict[str, str]:
+        """Each topic setting's name and value: ``{"readings_topic": "readings", ...}``."""
+        return {"readings_topic": self.readings_topic, "alerts_topic": self.alerts_topic,
+                "dead_letter_topic": self.dead_letter_topic, "state_topic": self.state_topic}
+
     def __post_init__(self):
         msgspec.structs.force_setattr(self, "client", types.MappingProxyType(_client_config(self.client)))
-        topics = {"readings_topic": self.readings_topic, "alerts_topic": self.alerts_topic,
-                  "dead_letter_topic": self.dead_letter_topic, "state_topic": self.state_topic}
+        topics = self.topics()
         for name, topic in topics.items():
             same = [other for other, t in topics.items() if t == topic and other != name]
             if same:

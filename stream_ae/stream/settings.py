@@ -58,9 +58,8 @@ class Settings(_Section):
         if self.archive.group_id == self.kafka.group_id:
             raise ValueError(f"archive.group_id and kafka.group_id are both {self.kafka.group_id!r}: the archiver "
                              "and the detector each need a consumer group of their own")
-        k, letters = self.kafka, self.archive.dead_letter_topic
-        taken = {t: name for name, t in (("readings_topic", k.readings_topic), ("alerts_topic", k.alerts_topic),
-                                         ("dead_letter_topic", k.dead_letter_topic), ("state_topic", k.state_topic))}
+        letters = self.archive.dead_letter_topic
+        taken = {t: name for name, t in self.kafka.topics().items()}
         if letters in taken:
             raise ValueError(f"archive.dead_letter_topic and kafka.{taken[letters]} are both {letters!r}: the "
                              "archiver and the detector find the same bad readings, and each reading's letter "

@@ -207,14 +207,15 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         keep = np.ones(len(train) + len(val), dtype=bool)
         keep[drop] = False
         train, val = _subset(train, keep[:len(train)]), _subset(val, keep[len(train):])
+    rows = int(sum(counts.values()))
     stats = {
-        "rows": int(sum(counts.values())),
+        "rows": rows,
         "entities": sorted(counts),
         "span": {"first": iso_utc(first), "last": iso_utc(last)},
         "cut": iso_utc(cut),
         "windows": {"found_train": found["train"], "found_val": found["val"],
                     "straddling": found["straddling"], "train": len(train), "val": len(val),
                     "stride": stride},
-        "missing": {c: float(m) / max(1, sum(counts.values())) for c, m in zip(channels, missing_values)},
+        "missing": {c: float(m) / max(1, rows) for c, m in zip(channels, missing_values)},
     }
     return train, val, stats
