@@ -27,7 +27,8 @@ checkpoint or restore; on revoke; on shutdown), once the batches in flight are f
 The stored output offsets are lower bounds on where anything produced after the snapshot
 lands (an alert still in flight at the snapshot lands at or after them), so a restore that
 reads the alerts topic from them finds every event the replay derives again, and perhaps a
-few the state already holds. One checkpoint is written at a time, from one thread, so each
+few the state already holds. The shutdown and revoke checkpoints, which wait for their write
+anyway, flush the producer before the snapshot, so they store the outputs' ends exactly. One checkpoint is written at a time, from one thread, so each
 state partition receives the records in checkpoint order.
 
 A restored partition *holds* its stored output offsets (0 without a record) until its replay
@@ -276,11 +277,13 @@ class Checkpointer:
 
     def begin(self, table, next_offsets: dict[int, int], drift: dict | None = None,
               highwater: Callable[[int], int | None] = lambda p: None,
-              clocks: dict[int, int] | None = None) -> tuple[float, Future]:
+              clocks: dict[int, int] | None = None, settle: bool = False) -> tuple[float, Future]:
         """Step 1 on the calling thread (the poll loop): the snapshot of the entities ``table``
         (``EntityTable``) holds changed and of the positions (with ``drift``, the drift watch's
         state; ``highwater(p)``: the readings partition's fetch high-watermark, or None; ``clocks``:
-        each partition's event time, ``silence.py``);
+        each partition's event time, ``silence.py``; ``settle``: wait for the alerts and dead letters
+        produced so far to be acknowledged first, so the records store the outputs' ends rather than
+        a lower bound, for the shutdown and revoke checkpoints, which wait for the write anyway);
         step 2 on the checkpoint thread. The caller commits once the future is done.
 
         Returns how long the snapshot held the caller (with thousands of entities, a tenth of
@@ -288,6 +291,8 @@ class Checkpointer:
         acknowledged, entity states written)``, or the producer's error. Call it again only
         once the previous future is done (the caller waits: records must land in order)."""
         started = time.perf_counter()
+        if settle:
+            self.producer.flush()
         states = table.take_dirty()  # entity -> (readings partition or -1, encoded snapshot)
         now = time.time()
         positions = {}

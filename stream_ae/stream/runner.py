@@ -269,7 +269,7 @@ class StreamRunner:
             self._commit_written(block=True)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater,
-                                                   dict(self.detector.clocks.now))
+                                                   dict(self.detector.clocks.now), settle=wait)
             if not self._checkpointer.holding():  # every replay passed its previous owner: nothing to suppress
                 self.detector.forget_published()
             self.metrics.checkpoint_seconds.observe(held)
