@@ -161,7 +161,7 @@ def test_runner_reason_codes_build_dead_letters_from_a_decoded_reading():
 
 
 def test_values_to_row_orders_by_model_channels():
-    row, missing, unknown = codec.values_to_row({"b": 2.0, "a": None}, ("a", "b"))
+    row, missing, unknown = columns.values_to_row({"b": 2.0, "a": None}, ("a", "b"))
     assert np.isnan(row[0]) and row[1] == 2.0 and row.dtype == np.float32
     assert (missing, unknown) == ([], [])
 
@@ -257,7 +257,7 @@ def test_decode_columns_matches_the_dict_path_in_order_with_the_same_dead_letter
     ok, letters = decode_readings(records)
     want_rows, want = [], []
     for r in ok:
-        row, missing, unknown = codec.values_to_row(r.values, channels)
+        row, missing, unknown = columns.values_to_row(r.values, channels)
         if missing or unknown:
             letters.append(dead_letter(r, "missing_channel" if missing else "unknown_channel", ""))
         else:

@@ -68,13 +68,14 @@ class ArchiveCore:
 
     def __init__(self, topic: str, root: str, partition_by=("date",), compression: str = "zstd",
                  file_rows: int = 250_000, max_file_age_s: float = 300.0, max_message_bytes: int = 65_536,
-                 unknown_fields: str = "reject", late_policy: str = "dead_letter"):
+                 unknown_fields: str = "reject", late_policy: str = "dead_letter",
+                 max_future_s: float | None = None):
         self.topic = topic
         self.writer = ArchiveWriter(root, partition_by, compression)
         self.file_rows, self.max_file_age_s = int(file_rows), float(max_file_age_s)
         self.late_policy = late_policy
         self.max_bytes = max_message_bytes
-        self.decoder = codec.ReadingDecoder(max_message_bytes, unknown_fields)
+        self.decoder = codec.ReadingDecoder(max_message_bytes, unknown_fields, max_future_s)
         self._lines = msgspec.json.Decoder(codec.Reading if unknown_fields == "reject" else _LenientReading)
         self._buffers: dict[int, _Buffer] = {}
 
@@ -172,6 +173,9 @@ class ArchiveCore:
             if None in ns:   # outside 1970-2262: the slow path dead-letters it, as the stream does
                 return None
             ts = np.array(ns, np.int64)
+        horizon = self.decoder.horizon_ns()
+        if horizon is not None and ts.max() > horizon:   # stamped ahead of this clock: the slow path says so
+            return None
         if any(r.entity.startswith(codec.RESERVED_ENTITY_PREFIX) for r in readings):
             return None
         columns = _columns([r.values for r in readings])

@@ -15,6 +15,9 @@ Rules a producer must follow (see docs/schemas.md):
 * unknown top-level fields are rejected (``unknown_field``) unless the decoder is built
   with ``unknown_fields="ignore"``: a field this version does not know may change the
   meaning of the others, and the dead letter keeps the bytes for a replay after upgrade.
+* a ``ts`` more than ``max_future_s`` (when set; a day in the stream) ahead of the decoding
+  host's clock is ``malformed``: accepted, one reading from a sender with a broken clock would
+  make every later reading of its entity ``out_of_order`` until wall time caught up with it.
 
 Decoding never raises: each bad message becomes a :class:`DeadLetter`.
 
@@ -30,10 +33,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 
 import msgspec
-import numpy as np
 from msgspec import Meta
 
 if TYPE_CHECKING:
@@ -220,13 +223,20 @@ class ReadingDecoder:
         Larger record values are dead-lettered as ``oversized`` before parsing.
     unknown_fields : {"reject", "ignore"}
         Policy for top-level fields this schema version does not define.
+    max_future_s : float or None
+        Readings stamped more than this far ahead of ``clock()`` are ``malformed``; None: no limit.
+    clock : callable
+        Wall time in seconds (``time.time``), read once per call.
     """
 
-    def __init__(self, max_bytes: int = 65_536, unknown_fields: str = "reject"):
+    def __init__(self, max_bytes: int = 65_536, unknown_fields: str = "reject",
+                 max_future_s: float | None = None, clock=time.time):
         if unknown_fields not in ("reject", "ignore"):
             raise ValueError(f"unknown_fields must be 'reject' or 'ignore', not {unknown_fields!r}")
-        self.max_bytes = max_bytes
-        self.unknown_fields = unknown_fields
+        if max_future_s is not None and not max_future_s > 0:
+            raise ValueError(f"max_future_s must be None or above 0, not {max_future_s!r}")
+        self.max_bytes, self.unknown_fields = max_bytes, unknown_fields
+        self.max_future_s, self._clock = max_future_s, clock
         self._decoder = msgspec.json.Decoder(Reading if unknown_fields == "reject" else _LenientReading)
         self._fast: dict[tuple[str, ...], Any] = {}  # model channels -> column decoder
 
@@ -235,6 +245,7 @@ class ReadingDecoder:
         ok: list[DecodedReading] = []
         bad: list[DeadLetter] = []
         decode = self._decoder.decode
+        horizon = self.horizon_ns()
         for message in messages:
             value = message if isinstance(message, (bytes, bytearray, memoryview)) \
                 else getattr(message, "value", None)
@@ -267,6 +278,9 @@ class ReadingDecoder:
             if r.entity.startswith(RESERVED_ENTITY_PREFIX):
                 bad.append(dead_letter(message, "malformed", RESERVED_ENTITY_DETAIL, entity=r.entity))
                 continue
+            if horizon is not None and ts_ns > horizon:
+                bad.append(dead_letter(message, "malformed", self.future_detail(ts_ns, horizon), entity=r.entity))
+                continue
             for name, v in r.values.items():
                 if v is not None and not -F32_LIMIT < v < F32_LIMIT:
                     bad.append(dead_letter(message, "non_finite",
@@ -277,6 +291,21 @@ class ReadingDecoder:
                 ok.append(DecodedReading(r.entity, ts_ns, r.values, message))
         return ok, bad
 
+    def horizon_ns(self) -> int | None:
+        """The latest ``ts`` (int64 ns) accepted now, or None without ``max_future_s``."""
+        return None if self.max_future_s is None else min(int((self._clock() + self.max_future_s) * 1e9), 2**63 - 1)
+
+    def future_detail(self, ts_ns: int, horizon_ns: int) -> str:
+        """The dead letter's detail of a reading stamped past ``horizon_ns``.
+
+        >>> ReadingDecoder(  # doctest: +ELLIPSIS
+        ...     max_future_s=3600, clock=lambda: 0.0).future_detail(86_400 * 10**9, 3600 * 10**9)
+        'ts 1970-01-02T00:00:00Z is 24.0 h ahead of the clock of the host decoding it (input.max_future_s = 3600): ...'
+        """
+        ahead_h = (ts_ns - (horizon_ns - int(self.max_future_s * 1e9))) / 3.6e12
+        stamp = dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (f"ts {stamp} is {ahead_h:.1f} h ahead of the clock of the host decoding it (input.max_future_s = "
+                f"{self.max_future_s:g}): fix the clock of the sender or of this host")
 
     def decode_columns(self, messages: Iterable[Any], channels: tuple[str, ...]
                        ) -> tuple["ReadingColumns", list[DeadLetter]]:
@@ -301,26 +330,8 @@ _DEFAULT_DECODER = ReadingDecoder()
 def decode_readings(messages: Iterable[Any], *, max_bytes: int | None = None,
                     unknown_fields: str = "reject") -> tuple[list[DecodedReading], list[DeadLetter]]:
     """Decode a batch of records into valid readings and dead letters (never raises)."""
-    if max_bytes is None and unknown_fields == "reject":
-        return _DEFAULT_DECODER.decode(messages)
-    return ReadingDecoder(max_bytes or _DEFAULT_DECODER.max_bytes, unknown_fields).decode(messages)
-
-
-def values_to_row(values: dict[str, float | None], channels: tuple[str, ...]
-                  ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Order a reading's values by the model's channels.
-
-    Returns ``(row (C,) float32 with NaN for null or absent, missing names, unknown names)``;
-    whether a missing or unknown channel dead-letters the reading is the runner's policy.
-
-    >>> row, missing, unknown = values_to_row({"a": 1.0, "b": None, "z": 2.0}, ("a", "b", "c"))
-    >>> row.tolist(), missing, unknown
-    ([1.0, nan, nan], ['c'], ['z'])
-    """
-    row = np.array([values.get(c) for c in channels], dtype=np.float64).astype(np.float32)
-    missing = [c for c in channels if c not in values]
-    unknown = [k for k in values if k not in channels] if len(values) > len(channels) - len(missing) else []
-    return row, missing, unknown
+    simple = max_bytes is None and unknown_fields == "reject"
+    return (_DEFAULT_DECODER if simple else ReadingDecoder(max_bytes or 65_536, unknown_fields)).decode(messages)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -1,7 +1,7 @@
 """Readings of a micro-batch decoded straight into columns in the model's channel order.
 
 :func:`decode_columns` gives what :meth:`ReadingDecoder.decode` followed by
-:func:`~stream_ae.stream.codec.values_to_row` would, per reading, with a reading whose
+:func:`values_to_row` would, per reading, with a reading whose
 channels are not exactly the model's dead-lettered as ``missing_channel`` /
 ``unknown_channel``. Three ways in, fastest first:
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from stream_ae.stream.codec import (
     F32_LIMIT, RESERVED_ENTITY_DETAIL, RESERVED_ENTITY_PREFIX, SCHEMA_VERSION, DeadLetter, EpochMs, Name,
-    Timestamp, Version, dead_letter, reading_ts_ns, values_to_row)
+    Timestamp, Version, dead_letter, reading_ts_ns)
 from stream_ae.stream.detector_io import ReadingBatch
 
 if TYPE_CHECKING:
@@ -160,6 +160,23 @@ def lines_are_values(joined: bytes, lengths: np.ndarray) -> bool:
                 and (buf[ends - 1] == 125).all())
 
 
+def values_to_row(values: dict[str, float | None], channels: tuple[str, ...]
+                  ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Order a reading's values by the model's channels.
+
+    Returns ``(row (C,) float32 with NaN for null or absent, missing names, unknown names)``;
+    whether a missing or unknown channel dead-letters the reading is the runner's policy.
+
+    >>> row, missing, unknown = values_to_row({"a": 1.0, "b": None, "z": 2.0}, ("a", "b", "c"))
+    >>> row.tolist(), missing, unknown
+    ([1.0, nan, nan], ['c'], ['z'])
+    """
+    row = np.array([values.get(c) for c in channels], dtype=np.float64).astype(np.float32)
+    missing = [c for c in channels if c not in values]
+    unknown = [k for k in values if k not in channels] if len(values) > len(channels) - len(missing) else []
+    return row, missing, unknown
+
+
 _VALUE, _TS, _ENTITY = operator.attrgetter("value"), operator.attrgetter("ts"), operator.attrgetter("entity")
 
 
@@ -179,18 +196,24 @@ def _columns(decoder: "ReadingDecoder", entity: list, ts: list, rows: list, kept
     drop = out_of_range
     reserved = [e for e in set(entity) if e.startswith(RESERVED_ENTITY_PREFIX)]  # a few names a batch
     if reserved:
-        taken = np.isin(np.array(entity, dtype=object), reserved) & ~out_of_range
+        taken = np.isin(np.array(entity, dtype=object), reserved) & ~drop
         bad = bad + [dead_letter(kept[i], "malformed", RESERVED_ENTITY_DETAIL, entity=entity[i])
                      for i in np.flatnonzero(taken)]
-        drop = out_of_range | taken
+        drop = drop | taken
+    stamps = np.array(ts, dtype=np.int64).reshape(-1)
+    horizon = decoder.horizon_ns()
+    if horizon is not None:  # the codec's check, on the column (the fast paths do not call decode)
+        ahead = (stamps > horizon) & ~drop
+        bad = bad + [dead_letter(kept[i], "malformed", decoder.future_detail(int(stamps[i]), horizon),
+                                 entity=entity[i]) for i in np.flatnonzero(ahead)]
+        drop = drop | ahead
     if drop.any():
         keep = ~drop
         entity = [e for e, k in zip(entity, keep) if k]
-        ts = [t for t, k in zip(ts, keep) if k]
+        stamps = stamps[keep]
         kept = [m for m, k in zip(kept, keep) if k]
         values = values[keep]
-    return ReadingColumns(np.array(entity, dtype=object), np.array(ts, dtype=np.int64).reshape(-1),
-                          values.astype(np.float32), kept), bad
+    return ReadingColumns(np.array(entity, dtype=object), stamps, values.astype(np.float32), kept), bad
 
 
 def _fast_decoder(channels: tuple[str, ...], unknown_fields: str):

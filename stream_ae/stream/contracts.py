@@ -12,8 +12,9 @@ with its reason, the original bytes and its source topic/partition/offset; the c
 never raises on input.
 
 * malformed JSON or UTF-8, wrong types, unknown top-level fields, ``NaN``/``Infinity`` tokens,
-  values outside float32, timestamps outside 1970..2262, oversized records, reserved entity
-  ids: the codec's reasons (``codec.py``);
+  values outside float32, timestamps outside 1970..2262 or more than ``input.max_future_s``
+  ahead of the consumer's clock, oversized records, reserved entity ids: the codec's reasons
+  (``codec.py``);
 * a channel the model expects is absent from ``values``: ``missing_channel`` (a ``null``
   value is a reading that could not be measured: it is forward-filled by the windower
   for up to ``max_fill`` rows, then breaks the window sequence);

@@ -145,6 +145,9 @@ class InputSettings(_Section):
     unknown_fields: Literal["reject", "ignore"] = "reject"
     late_policy: Literal["dead_letter", "drop"] = "dead_letter"   # late/out_of_order/duplicate
     max_entities: Annotated[int, Meta(ge=1)] = 100_000
+    # a reading stamped further ahead of this host's clock is malformed (0: no limit): accepted,
+    # it would make every later reading of its entity out_of_order until wall time caught up
+    max_future_s: Annotated[float, Meta(ge=0.0)] = 86_400.0
 
 
 class DriftSettings(_Section):
