@@ -50,6 +50,11 @@ class StreamMetrics:
         self.entities = Gauge("stream_ae_live_entities", "Entity states held in memory", registry=r)
         self.evictions = Counter("stream_ae_entity_evictions", "Entities evicted by the max_entities cap",
                                  registry=r)
+        self._table = None   # the detector's entity table, once set_entities has seen it
+        self.warming = Gauge("stream_ae_thresholds_warming_up", "Entities held in memory whose threshold is still "
+                             "warming up: their windows are scored but none is flagged (counted at each scrape)",
+                             registry=r)
+        self.warming.set_function(self.warming_up)
         self._evicted = 0   # the table's count already counted
         self._next_lag = 0.0
         self._lag_partitions: set[int] = set()   # partitions with a lag series
@@ -111,10 +116,18 @@ class StreamMetrics:
     def set_entities(self, table) -> None:
         """Live entities and evictions from the detector's entity table (after a batch, a
         revoke, a restore)."""
+        self._table = table
         self.entities.set(len(table))
         if table.evictions > self._evicted:
             self.evictions.inc(table.evictions - self._evicted)
         self._evicted = table.evictions
+
+    def warming_up(self) -> int:
+        """Entities held whose threshold is not ready: an uncalibrated model's first ``warmup``
+        windows, or an EVT warm-up whose scores have no tail yet (an idle machine's), which goes
+        on until they have one. Read at scrape time, from the server's thread: ``states()`` is a
+        copy, so the poll loop may change the table meanwhile."""
+        return 0 if self._table is None else sum(not s.threshold.ready for s in self._table.states())
 
     def set_lag(self, lags: dict[int, int]) -> None:
         for p, lag in lags.items():
@@ -160,6 +173,7 @@ class StreamMetrics:
             "model_version": self.model_version,
             "seconds_since_heartbeat": None if self.heartbeat_age_s is None else round(self.heartbeat_age_s, 3),
             "broker_reachable": self.heartbeat_age_s is None or self.heartbeat_age_s <= self.heartbeat_limit_s,
+            "thresholds_warming_up": self.warming_up(),
         }
 
     def sample(self, name: str, labels: dict | None = None) -> float | None:
