@@ -38,7 +38,7 @@ class _Alert:
 
 @dataclass
 class _Entity:
-    history: deque                 # (end_ts, flagged) of the last n windows
+    history: deque                 # (end_ts, flagged, band: 0 if not flagged) of the last n windows
     last_ts: int | None = None
     last_clock: int | None = None  # with an alert open: the others' event time at the last window, when known
     alert: _Alert | None = None
@@ -67,6 +67,22 @@ def _top_of(a: _Alert) -> list[tuple[str, float]]:
     if isinstance(a.top, _PendingTop):
         a.top = a.top.resolve()
     return a.top
+
+
+def _opening(history) -> tuple[int, int]:
+    """``(started, band)`` of an alert the k-of-n ``history`` opens: its first flagged window's
+    end, and the highest band among its flagged windows. The window that completes the count
+    may be a mild one after a severe one: a 9x spike, then two 1.2x windows, opened as "warning"."""
+    flagged = [(t, b) for t, f, b in history if f]
+    return min(t for t, _ in flagged), max(b for _, b in flagged)
+
+
+def _history_entry(h, band_map) -> tuple[int, bool, int]:
+    """A saved k-of-n history entry: ``[ts, flagged, band]``, or ``[ts, flagged]`` from before
+    bands were kept (band 0); ``band_map``: old band -> this policy's, when the policy changed."""
+    t, f, b = (*h, 0) if len(h) == 2 else h
+    b = int(b) if band_map is None else band_map[int(b)]
+    return int(t), bool(f), b
 
 
 def _quiet_ends(elapsed, flagged, prev_flagged):
@@ -162,7 +178,7 @@ class AlertTracker:
         if st.alert is not None or not len(end_ts_ns) or (st.last_ts is not None and end_ts_ns[0] < st.last_ts):
             return False
         tail = end_ts_ns[-self.policy.n:].tolist()
-        st.history.extend(zip(tail, [False] * len(tail)))
+        st.history.extend((t, False, 0) for t in tail)
         st.last_ts = tail[-1]
         return True
 
@@ -175,8 +191,9 @@ class AlertTracker:
     def _absorb(self, st: _Entity, run: "_Run", lo: int, hi: int) -> None:
         """Windows ``[lo, hi)`` enter the k-of-n history (only the last n matter)."""
         if hi > lo:
-            st.history.extend(zip(run.ts[max(lo, hi - self.policy.n):hi].tolist(),
-                                  run.flags[max(lo, hi - self.policy.n):hi].tolist()))
+            s = slice(max(lo, hi - self.policy.n), hi)
+            bands = np.where(run.flags[s], self._bands(run.scores[s], run.thresholds[s]), 0)
+            st.history.extend(zip(run.ts[s].tolist(), run.flags[s].tolist(), bands.tolist()))
             st.last_ts = int(run.ts[hi - 1])
             if run.after is not None and st.alert is not None:  # kept only while it counts (the fleet's calm
                 st.last_clock = int(run.after[hi - 1])           # entities never see the clock)
@@ -184,7 +201,7 @@ class AlertTracker:
     def _quiet_run(self, st: _Entity, run: "_Run", i: int, events: list) -> int:
         """No open alert from window ``i``: find the first window where k of the last n are flagged."""
         p = self.policy
-        past = np.fromiter((f for _, f in st.history), bool, len(st.history))
+        past = np.fromiter((f for _, f, _ in st.history), bool, len(st.history))
         f = np.concatenate([past, run.flags[i:]])  # (h + B - i,) history then chunk
         counts = np.concatenate([[0], np.cumsum(f)])
         pos = np.arange(past.size, f.size)
@@ -195,8 +212,7 @@ class AlertTracker:
         j = i + int(hits[0])
         self._absorb(st, run, i, j + 1)
         ts, score, threshold = int(run.ts[j]), float(run.scores[j]), float(run.thresholds[j])
-        band = p.band(score / threshold if threshold > 0 else float("inf"))
-        started = min(t for t, flag in st.history if flag)
+        started, band = _opening(st.history)
         st.alert = _Alert(alert_id(run.entity, ts), started, 0, ts, ts, score, band, band, score, threshold,
                           run.top(j, p.top_k), run.model_version)
         st.last_clock = None if run.after is None else int(run.after[j])
@@ -285,16 +301,16 @@ class AlertTracker:
         if st.alert is not None and _quiet_ends(ts - st.alert.last_flag_at >= self._quiet_ns, flagged,
                                                 st.history[-1][1]):
             events.append(self._resolve(st, entity, ts))
-        st.history.append((ts, flagged))
+        p = self.policy
+        band = p.band(score / threshold if threshold > 0 else float("inf")) if flagged else 0
+        st.history.append((ts, flagged, band))
         if not flagged:
             return events
-        p = self.policy
-        band = p.band(score / threshold if threshold > 0 else float("inf"))
         top = top_channels(channel_error, channels, p.top_k)
         a = st.alert
         if a is None:
-            if sum(f for _, f in st.history) >= p.k:
-                started = min(t for t, f in st.history if f)
+            if sum(f for _, f, _ in st.history) >= p.k:
+                started, band = _opening(st.history)
                 st.alert = _Alert(alert_id(entity, ts), started, 0, ts, ts, score, band, band,
                                   score, threshold, top, model_version)
                 events.append(self._event(entity, st.alert, "open", ts, band))
@@ -327,7 +343,7 @@ class AlertTracker:
         for entity, st in sorted(self._entities.items()):
             a = st.alert
             ents[entity] = {
-                "history": [[t, f] for t, f in st.history], "last_ts": st.last_ts, "last_clock": st.last_clock,
+                "history": [list(h) for h in st.history], "last_ts": st.last_ts, "last_clock": st.last_clock,
                 "alert": None if a is None else {
                     **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
                     "top": [[c, s] for c, s in _top_of(a)]}}
@@ -348,7 +364,7 @@ class AlertTracker:
         ents = {}
         try:
             for entity, e in d["entities"].items():
-                st = _Entity(deque(((int(t), bool(f)) for t, f in e["history"]), maxlen=self.policy.n),
+                st = _Entity(deque((_history_entry(h, band) for h in e["history"]), maxlen=self.policy.n),
                              None if e["last_ts"] is None else int(e["last_ts"]),
                              None if e.get("last_clock") is None else int(e["last_clock"]))
                 if e["alert"] is not None:
