@@ -77,12 +77,13 @@ def _opening(history) -> tuple[int, int]:
     return min(t for t, _ in flagged), max(b for _, b in flagged)
 
 
-def _history_entry(h, band_map) -> tuple[int, bool, int]:
-    """A saved k-of-n history entry: ``[ts, flagged, band]``, or ``[ts, flagged]`` from before
-    bands were kept (band 0); ``band_map``: old band -> this policy's, when the policy changed."""
-    t, f, b = (*h, 0) if len(h) == 2 else h
-    b = int(b) if band_map is None else band_map[int(b)]
-    return int(t), bool(f), b
+def _history(pairs, bands, band_map) -> list[tuple[int, bool, int]]:
+    """A saved k-of-n history: ``[[ts, flagged], ...]`` and each window's band, kept apart so
+    that a release before bands (which reads the pairs) can still load the snapshot;
+    ``band_map``: saved band -> this policy's, when the policy changed."""
+    if len(bands) != len(pairs):
+        raise ValueError(f"{len(pairs)} history windows but {len(bands)} bands")
+    return [(int(t), bool(f), int(b) if band_map is None else band_map[int(b)]) for (t, f), b in zip(pairs, bands)]
 
 
 def _quiet_ends(elapsed, flagged, prev_flagged):
@@ -343,7 +344,8 @@ class AlertTracker:
         for entity, st in sorted(self._entities.items()):
             a = st.alert
             ents[entity] = {
-                "history": [list(h) for h in st.history], "last_ts": st.last_ts, "last_clock": st.last_clock,
+                "history": [[t, f] for t, f, _ in st.history], "bands": [b for _, _, b in st.history],
+                "last_ts": st.last_ts, "last_clock": st.last_clock,
                 "alert": None if a is None else {
                     **{k: getattr(a, k) for k in _Alert.__dataclass_fields__ if k != "top"},
                     "top": [[c, s] for c, s in _top_of(a)]}}
@@ -364,7 +366,8 @@ class AlertTracker:
         ents = {}
         try:
             for entity, e in d["entities"].items():
-                st = _Entity(deque((_history_entry(h, band) for h in e["history"]), maxlen=self.policy.n),
+                bands = e.get("bands") or [0] * len(e["history"])   # a snapshot from before bands were kept
+                st = _Entity(deque(_history(e["history"], bands, band), maxlen=self.policy.n),
                              None if e["last_ts"] is None else int(e["last_ts"]),
                              None if e.get("last_clock") is None else int(e["last_clock"]))
                 if e["alert"] is not None:
