@@ -243,6 +243,8 @@ class DriftMonitor:
         k.open = b
         for old in [o for o in k.buckets if o < b - self.buckets]:
             del k.buckets[old]
+        if not k.buckets:  # a gap of a whole horizon (an outage): nothing before it counts any more, so
+            k.first = b    # wait for a whole horizon again; judged on its first hours, a daily rhythm was drift
         if b - k.first < self.buckets:
             return None  # less than a whole horizon seen
         level = k.level(b, self.buckets, self.min_values)
