@@ -99,13 +99,16 @@ def is_due(settings, if_drift: bool | None = None) -> tuple[bool, str]:
     if last is None:
         return True, "no successful retrain recorded yet"
     ran_at = _parse_time(last["ran_at"])
+    # a marker written while that run trained is not handled by it (its data was chosen at its start)
+    handled_to = _parse_time(last.get("started_at", last["ran_at"]))
     age = (_wall() - ran_at).total_seconds()
     if age >= parse_duration(cfg.interval):
         return True, f"the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
     if cfg.run_on_drift if if_drift is None else if_drift:
         marker = read_json(registry, drift_marker_path(deployment))
-        if marker is not None and _parse_time(marker["reported_at"]) > ran_at:
-            return True, f"drift reported at {marker['reported_at']}, after the last retrain at {last['ran_at']}"
+        if marker is not None and _parse_time(marker["reported_at"]) > handled_to:
+            return True, (f"drift reported at {marker['reported_at']}, after the last retrain started "
+                          f"({last.get('started_at', last['ran_at'])})")
     return False, (f"not due: the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
                    " and no newer drift marker")
 
@@ -177,11 +180,14 @@ def _training_lock(registry: Registry, deployment: str, fp: str, timeout_s: floa
 def load_labels(uri: str, start: int, end: int) -> list[LabelledEvent]:
     """Labelled events / operator feedback (Parquet or CSV: ``entity``, ``start``, ``end``, optional
     ``anomaly`` bool — rows with False are ignored) overlapping ``[start, end)`` ns."""
+    import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.dataset as ds
 
+    as_text = pcsv.ConvertOptions(column_types={"entity": pa.string()})   # "0042" is an id, not 42
     try:
-        table = pcsv.read_csv(uri) if str(uri).lower().endswith(".csv") else ds.dataset(uri, format="parquet").to_table()
+        table = (pcsv.read_csv(uri, convert_options=as_text) if str(uri).lower().endswith(".csv")
+                 else ds.dataset(uri, format="parquet").to_table())
     except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"retrain.labels={uri!r} cannot be read as Parquet or CSV: {exc}") from None
     frame = table.to_pandas()
@@ -190,6 +196,10 @@ def load_labels(uri: str, start: int, end: int) -> list[LabelledEvent]:
         raise DataError(f"{uri}: labels need columns entity, start, end; missing {missing} (have {list(frame.columns)})")
     if "anomaly" in frame.columns:
         frame = frame[frame["anomaly"].astype(bool)]
+    numeric = [c for c in ("start", "end") if pd.api.types.is_numeric_dtype(frame[c])]
+    if numeric:   # pandas reads a number as epoch nanoseconds: epoch seconds became January 1970
+        raise DataError(f"{uri}: {' and '.join(numeric)} hold numbers; write times as ISO 8601 strings "
+                        "(2026-01-01T01:00:00Z) or a timestamp column, so that their unit is not guessed")
     try:
         starts = pd.to_datetime(frame["start"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
         ends = pd.to_datetime(frame["end"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
@@ -327,7 +337,8 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
         write_json(registry, runs, {**record, "fingerprint": fp, "challenger": version, "decision": report.decision,
                                     "decided_at": _wall().isoformat(), "champion_at_start": champion})
         write_json(registry, f"{STATE_DIR}/{deployment}/last.json",
-                   {"ran_at": _wall().isoformat(), "run_id": report.run_id, "decision": report.decision,
+                   {"ran_at": _wall().isoformat(), "started_at": started.isoformat(), "run_id": report.run_id,
+                    "decision": report.decision,
                     "challenger": version, "champion_at_start": champion})
     except (PromotionConflict, RetrainBusy) as exc:
         report.decision, report.error = "conflict", str(exc)
