@@ -338,8 +338,7 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                                     "decided_at": _wall().isoformat(), "champion_at_start": champion})
         write_json(registry, f"{STATE_DIR}/{deployment}/last.json",
                    {"ran_at": _wall().isoformat(), "started_at": started.isoformat(), "run_id": report.run_id,
-                    "decision": report.decision,
-                    "challenger": version, "champion_at_start": champion})
+                    "decision": report.decision, "challenger": version, "champion_at_start": champion})
     except (PromotionConflict, RetrainBusy) as exc:
         report.decision, report.error = "conflict", str(exc)
         _finish(report, cfg.report_dir, scores, thresholds)

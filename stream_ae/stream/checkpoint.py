@@ -28,8 +28,9 @@ The stored output offsets are lower bounds on where anything produced after the 
 lands (an alert still in flight at the snapshot lands at or after them), so a restore that
 reads the alerts topic from them finds every event the replay derives again, and perhaps a
 few the state already holds. The shutdown and revoke checkpoints, which wait for their write
-anyway, flush the producer before the snapshot, so they store the outputs' ends exactly. One checkpoint is written at a time, from one thread, so each
-state partition receives the records in checkpoint order.
+anyway, flush the producer before the snapshot, so they store the outputs' ends exactly. One
+checkpoint is written at a time, from one thread, so each state partition receives the
+records in checkpoint order.
 
 A restored partition *holds* its stored output offsets (0 without a record) until its replay
 has reached the readings high-watermark first seen after the restore: the previous owner may

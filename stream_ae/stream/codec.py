@@ -224,9 +224,8 @@ class ReadingDecoder:
     unknown_fields : {"reject", "ignore"}
         Policy for top-level fields this schema version does not define.
     max_future_s : float or None
-        Readings stamped more than this far ahead of ``clock()`` are ``malformed``; None: no limit.
-    clock : callable
-        Wall time in seconds (``time.time``), read once per call.
+        Readings stamped more than this far ahead of ``clock()`` (wall time in seconds, read once
+        per call) are ``malformed``; None: no limit.
     """
 
     def __init__(self, max_bytes: int = 65_536, unknown_fields: str = "reject",
@@ -330,8 +329,9 @@ _DEFAULT_DECODER = ReadingDecoder()
 def decode_readings(messages: Iterable[Any], *, max_bytes: int | None = None,
                     unknown_fields: str = "reject") -> tuple[list[DecodedReading], list[DeadLetter]]:
     """Decode a batch of records into valid readings and dead letters (never raises)."""
-    simple = max_bytes is None and unknown_fields == "reject"
-    return (_DEFAULT_DECODER if simple else ReadingDecoder(max_bytes or 65_536, unknown_fields)).decode(messages)
+    if max_bytes is None and unknown_fields == "reject":
+        return _DEFAULT_DECODER.decode(messages)
+    return ReadingDecoder(max_bytes or _DEFAULT_DECODER.max_bytes, unknown_fields).decode(messages)
 
 
 _ENCODER = msgspec.json.Encoder()
