@@ -100,15 +100,14 @@ def is_due(settings, if_drift: bool | None = None) -> tuple[bool, str]:
         return True, "no successful retrain recorded yet"
     ran_at = _parse_time(last["ran_at"])
     # a marker written while that run trained is not handled by it (its data was chosen at its start)
-    handled_to = _parse_time(last.get("started_at", last["ran_at"]))
+    since = last.get("started_at", last["ran_at"])
     age = (_wall() - ran_at).total_seconds()
     if age >= parse_duration(cfg.interval):
         return True, f"the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
     if cfg.run_on_drift if if_drift is None else if_drift:
         marker = read_json(registry, drift_marker_path(deployment))
-        if marker is not None and _parse_time(marker["reported_at"]) > handled_to:
-            return True, (f"drift reported at {marker['reported_at']}, after the last retrain started "
-                          f"({last.get('started_at', last['ran_at'])})")
+        if marker is not None and _parse_time(marker["reported_at"]) > _parse_time(since):
+            return True, f"drift reported at {marker['reported_at']}, after the last retrain started ({since})"
     return False, (f"not due: the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
                    " and no newer drift marker")
 

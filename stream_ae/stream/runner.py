@@ -77,7 +77,7 @@ class StreamRunner:
         self.drift = DriftWatch(settings, self.metrics)
         self.metrics.set_model(scorer.version)
         self.decoder = codec.ReadingDecoder(settings.input.max_message_bytes, settings.input.unknown_fields,
-                                            settings.input.max_future_s or None)
+                                            settings.input.future_limit_s())
         self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
         self.checkpoint_interval_s = float(settings.kafka.checkpoint_interval_s if checkpoint_interval_s is None
                                            else checkpoint_interval_s)

@@ -149,6 +149,10 @@ class InputSettings(_Section):
     # it would make every later reading of its entity out_of_order until wall time caught up
     max_future_s: Annotated[float, Meta(ge=0.0)] = 86_400.0
 
+    def future_limit_s(self) -> float | None:
+        """``max_future_s`` as ``ReadingDecoder`` takes it: None for no limit (0)."""
+        return self.max_future_s or None
+
 
 class DriftSettings(_Section):
     """The stream's drift watch (``stream_ae.stream.drift_watch``): the level of normal windows'
