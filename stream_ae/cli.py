@@ -44,6 +44,8 @@ def _layout_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-col", default=None, help="timestamp column (default: the model's, or 'timestamp')")
     g.add_argument("--channels", default=None,
                    help="comma-separated channel columns, in order (default: every numeric column)")
+    g.add_argument("--time-unit", default=None, choices=("s", "ms", "us", "ns"),
+                   help="unit of an integer epoch timestamp column (a Parquet timestamp needs none)")
 
 
 def _time_flags(p: argparse.ArgumentParser) -> None:
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hop", type=int, default=None, help="readings between window starts (default: preset)")
     t.add_argument("--max-gap", type=float, default=None, help="seconds; a longer step breaks windows")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: preset)")
-    t.add_argument("--max-windows", type=int, default=None, help="cap on sampled training windows")
+    t.add_argument("--max-windows", type=int, default=None,
+                   help="cap on sampled windows, training and validation together (>= 2)")
     t.add_argument("--threshold", choices=("evt", "quantile"), default=None, help="threshold rule (default: evt)")
     t.add_argument("--detrend", type=_names, default=None, metavar="CHANNELS",
                    help="comma-separated channels whose per-window trend the model ignores: slow drifts "
@@ -184,7 +187,7 @@ def _layout(args, default=None):
     base = default or Layout()
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip()) if args.channels else base.channels
     return Layout(entity=args.entity_col or base.entity, timestamp=args.time_col or base.timestamp,
-                  channels=channels)
+                  channels=channels, timestamp_unit=args.time_unit or base.timestamp_unit)
 
 
 def cmd_train(args) -> int:
@@ -203,12 +206,16 @@ def cmd_train(args) -> int:
 def cmd_backfill(args) -> int:
     from stream_ae.backfill import run_backfill
 
-    layout = _layout(args) if (args.entity_col or args.time_col or args.channels) else None
     model = args.model
     if args.deployment:
         from stream_ae.registry import Registry
 
         model = str(Registry(args.registry).resolve(args.deployment))
+    layout = None
+    if args.entity_col or args.time_col or args.channels or args.time_unit:  # the model's, with these changed
+        from stream_ae.artifact import load_artifact
+
+        layout = _layout(args, load_artifact(model).layout)
     report = run_backfill(args.archive, model, args.out, shard=args.shard, start=args.start,
                           end=args.end, device=args.device, batch_rows=args.batch_rows,
                           progress=not args.no_progress, layout=layout, restart=args.restart,

@@ -32,8 +32,7 @@ from stream_ae.training import TrainConfig
 class Preset:
     """One fixed detector configuration.
 
-    ``val_fraction``: the last part of the training span held out (time split) for early
-    stopping and threshold calibration. ``detrend``: channel names whose per-window trend the
+    ``detrend``: channel names whose per-window trend the
     model does not see (``ModelConfig.detrend`` holds their positions once the data's channel
     order is known).
     """
@@ -44,15 +43,18 @@ class Preset:
     train: TrainConfig
     threshold: ThresholdSpec
     alert: AlertPolicy = field(default_factory=AlertPolicy)
-    val_fraction: float = 0.25
     detrend: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model.window != self.window.length:
             raise ConfigError(f"preset {self.name!r}: model window {self.model.window} differs from "
                               f"WindowSpec.length {self.window.length}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"preset {self.name!r}: val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+    @property
+    def val_fraction(self) -> float:
+        """The last part of the training span held out (time split) for early stopping and
+        threshold calibration: ``train.val_fraction``, which training and evaluation both use."""
+        return self.train.val_fraction
 
     def with_variant(self, variant: str) -> "Preset":
         """The same preset with another training variant (undercomplete, denoising, ...)."""

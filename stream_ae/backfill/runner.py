@@ -24,7 +24,8 @@ from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identit
                                            discard_run, load_checkpoint, other_shardings, save_checkpoint)
 from stream_ae.backfill.output import (AtomicPart, part_name, remove_stale_temp_files,
                                        resolve_filesystem, scores_table)
-from stream_ae.errors import ConfigError, DataError
+from stream_ae.data.history import check_time_order
+from stream_ae.errors import ConfigError
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -192,16 +193,7 @@ class _Run:
             channel_error=scored.channel_error, channels=self._channels, version=self._version)
 
     def _check_rejected(self, source: str, name: str, ts: np.ndarray, batch) -> None:
-        late = batch.rejected[batch.reasons == "out_of_order"]
-        if len(late):
-            when = pd.Timestamp(int(ts[late[0]]), tz="UTC").isoformat()
-            raise DataError(
-                f"{source}: entity {name!r} has {len(late)} reading(s) older than an earlier one "
-                f"(first at {self.layout.timestamp}={when}); a backfill archive must be sorted by "
-                f"{self.layout.timestamp!r} within each entity, and files are read in path order "
-                f"(part-10 before part-2: zero-pad numbers in file names). Sort the rows (e.g. by "
-                f"[{self.layout.entity!r}, {self.layout.timestamp!r}]) or rename the files, and re-run.")
-        self.counters.duplicates_dropped += len(batch.rejected)
+        self.counters.duplicates_dropped += check_time_order(source, name, ts, batch, self.layout)
 
 
 def default_score_batch(device: str) -> int:

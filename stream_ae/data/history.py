@@ -277,6 +277,25 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
+def check_time_order(source: str, entity: str, ts: np.ndarray, batch, layout: Layout) -> int:
+    """Raise :class:`DataError` when a windower refused rows of ``entity`` as older than an
+    earlier one (``batch``: its :class:`~stream_ae.data.windows.WindowBatch` for rows ``ts``);
+    else the number of rows it dropped as repeated timestamps.
+
+    Training and backfill both read archives in path order and refuse an unsorted one: the
+    rows a windower drops as late would silently be missing from the model or the scores."""
+    late = batch.rejected[batch.reasons == "out_of_order"]
+    if len(late):
+        when = pd.Timestamp(int(ts[late[0]]), tz="UTC").isoformat()
+        raise DataError(
+            f"{source}: entity {entity!r} has {len(late)} reading(s) older than an earlier one "
+            f"(first at {layout.timestamp}={when}); an archive must be sorted by "
+            f"{layout.timestamp!r} within each entity, and files are read in path order "
+            f"(part-10 before part-2: zero-pad numbers in file names). Sort the rows (e.g. by "
+            f"[{layout.entity!r}, {layout.timestamp!r}]) or rename the files, and re-run.")
+    return len(batch.rejected)
+
+
 def _check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
     name = layout.timestamp
     if pa.types.is_timestamp(t):
@@ -286,7 +305,7 @@ def _check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
             raise DataError(
                 f"{where}: timestamp column {name!r} is {t}, an integer epoch of unknown unit; convert it to a "
                 f"Parquet timestamp (e.g. pandas.to_datetime(df[{name!r}], unit='s', utc=True)) or set "
-                f"Layout(timestamp_unit='s'|'ms'|'us'|'ns')"
+                f"Layout(timestamp_unit='s'|'ms'|'us'|'ns') (the CLI's --time-unit)"
             )
         return
     raise DataError(f"{where}: timestamp column {name!r} has type {t}; it must be a timestamp "

@@ -8,12 +8,18 @@ error code, a unit slip):
 * a few such windows in the validation split become the EVT tail the threshold is fitted to,
   and the threshold lands orders of magnitude above every normal score.
 
-Neither stops training; each becomes a warning, logged, kept in the artifact
+A third: windows that join readings across an outage of the feed (no ``--max-gap``). The model
+learns such a junction as normal, and in the stream the first windows after every outage join
+it too, where the jump can raise an alert.
+
+None stops training; each becomes a warning, logged, kept in the artifact
 (``training.warnings``) and printed by ``stream-ae train``.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from stream_ae.training.sampling import GAP_RATIO
 
 #: a channel's standard deviation this many times the range of its central 98 % of readings is
 #: the work of a few extreme readings (for normal data it is about 0.2; a quantised sensor that
@@ -62,3 +68,22 @@ def calibration_warnings(scores: np.ndarray, threshold: float | None) -> list[st
             f"{float(np.max(scores)):.3g}), and the threshold was fitted to them, so the model will flag almost "
             "nothing. Remove the extreme readings from the validation span (the newest part of the history) "
             "and train again"]
+
+
+def gap_warnings(gaps: dict) -> list[str]:
+    """Gaps in the history that windows join across (``sampling`` stats' ``gaps``).
+
+    >>> gap_warnings({"bridged": 2, "longest_s": 600.0, "median_step_s": 1.0})[0][:60]
+    'the history has 2 gap(s) in its readings (steps of more than'
+    >>> gap_warnings({"bridged": 0, "longest_s": 0.0, "median_step_s": 1.0})
+    []
+    """
+    if not gaps.get("bridged"):
+        return []
+    step = gaps["median_step_s"]
+    return [f"the history has {gaps['bridged']} gap(s) in its readings (steps of more than {GAP_RATIO:g} times "
+            f"the median step of {step:.3g} s; the longest {gaps['longest_s']:.3g} s), and with no --max-gap a "
+            "window joins the readings on either side: the model learns such a junction as normal, and in the "
+            "stream the windows after every outage join it too. Pass --max-gap SECONDS (e.g. "
+            f"{max(GAP_RATIO * step, 1.0):.3g}) so that a window never spans a longer step (in Python: "
+            "WindowSpec.max_gap_s)"]

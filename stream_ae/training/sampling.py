@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stream_ae.data.history import to_ns
+from stream_ae.data.history import check_time_order, to_ns
 from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import ConfigError, DataError
 
@@ -75,7 +75,7 @@ def iso_utc(ns: int) -> str:
 
 
 def _chunks(history, channel_idx, start_ns, end_ns):
-    """Yield (entity, ts, values) per entity per batch, rows inside [start, end)."""
+    """Yield (entity, ts, values, source file) per entity per batch, rows inside [start, end)."""
     for rows in history.iter_rows():
         keep = np.ones(rows.ts.shape[0], dtype=bool)
         if start_ns is not None:
@@ -90,7 +90,7 @@ def _chunks(history, channel_idx, start_ns, end_ns):
         bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
         for i, name in enumerate(names):
             sel = order[bounds[i]:bounds[i + 1]]
-            yield str(name), ts[sel], vals[sel]
+            yield str(name), ts[sel], vals[sel], rows.source
 
 
 def _compress(rows: np.ndarray, starts: np.ndarray, length: int):
@@ -163,8 +163,10 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     counts: dict[str, int] = {}
     first, last = None, None
     missing_values = np.zeros(len(channels), np.int64)
-    for name, ts, vals in _chunks(history, channel_idx, start_ns, end_ns):
+    steps = _Steps()
+    for name, ts, vals, _ in _chunks(history, channel_idx, start_ns, end_ns):
         counts[name] = counts.get(name, 0) + ts.size
+        steps.sample(name, ts)
         missing_values += np.isnan(vals).sum(axis=0)
         lo, hi = int(ts.min()), int(ts.max())
         first = lo if first is None else min(first, lo)
@@ -182,9 +184,13 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     seen = {name: 0 for name in counts}
     found = {"train": 0, "val": 0, "straddling": 0}
     out = {"train": _Collector(length), "val": _Collector(length)}
-    for name, ts, vals in _chunks(history, channel_idx, start_ns, end_ns):
+    gaps, duplicates = _Gaps(steps.median(), window_spec.max_gap_s), 0
+    for name, ts, vals, source in _chunks(history, channel_idx, start_ns, end_ns):
         windower = windowers.setdefault(name, SeriesWindower(window_spec, len(channels)))
         batch = windower.push(ts, vals)
+        if len(batch.rejected):
+            duplicates += check_time_order(source, name, ts, batch, layout)
+        gaps.count(name, ts)
         b = batch.starts.shape[0]
         if b == 0:
             continue
@@ -217,5 +223,56 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
                     "straddling": found["straddling"], "train": len(train), "val": len(val),
                     "stride": stride},
         "missing": {c: float(m) / max(1, rows) for c, m in zip(channels, missing_values)},
+        "duplicates_dropped": duplicates,
+        "gaps": gaps.to_dict(),
     }
     return train, val, stats
+
+
+#: a step this many times the history's median step is a gap (an outage of the feed)
+GAP_RATIO = 10.0
+
+
+class _Steps:
+    """A bounded sample of the steps between an entity's readings: their median."""
+
+    def __init__(self, keep: int = 200_000):
+        self.keep, self.parts, self.n, self.last = keep, [], 0, {}
+
+    def sample(self, name: str, ts: np.ndarray) -> None:
+        prev = self.last.get(name)
+        d = np.diff(ts if prev is None else np.concatenate([[prev], ts]))
+        d = d[d > 0]
+        self.last[name] = int(ts[-1])
+        if d.size and self.n < self.keep:
+            d = d[:: max(1, d.size // 1000)]  # a spread sample of each chunk
+            self.parts.append(d)
+            self.n += d.size
+
+    def median(self) -> int | None:
+        return int(np.median(np.concatenate(self.parts))) if self.parts else None
+
+
+class _Gaps:
+    """Steps of more than :data:`GAP_RATIO` median steps that windows join across (no ``max_gap_s``)."""
+
+    def __init__(self, median_step_ns: int | None, max_gap_s: float | None):
+        self.step = median_step_ns
+        self.limit = None if median_step_ns is None or max_gap_s is not None else GAP_RATIO * median_step_ns
+        self.n, self.longest, self.last = 0, 0, {}
+
+    def count(self, name: str, ts: np.ndarray) -> None:
+        prev = self.last.get(name)
+        self.last[name] = int(ts[-1])
+        if self.limit is None:
+            return
+        d = np.diff(ts if prev is None else np.concatenate([[prev], ts]))
+        wide = d[d > self.limit]
+        if wide.size:
+            self.n += int(wide.size)
+            self.longest = max(self.longest, int(wide.max()))
+
+    def to_dict(self) -> dict:
+        """``bridged`` gaps, the ``longest_s`` of them and the ``median_step_s`` of the history."""
+        return {"bridged": self.n, "longest_s": self.longest / 1e9,
+                "median_step_s": None if self.step is None else self.step / 1e9}

@@ -22,7 +22,7 @@ from stream_ae.models.config import channel_indices
 from stream_ae.scaling import ChannelScaler
 from stream_ae.scoring import Scorer, resolve_device
 from stream_ae.thresholds.base import build_threshold, threshold_to_dict
-from stream_ae.training.checks import calibration_warnings, spread_warnings
+from stream_ae.training.checks import calibration_warnings, gap_warnings, spread_warnings
 from stream_ae.training.sampling import WindowSet, sample_windows
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "max_windows"):
+        for name in ("epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.max_windows) < 2:   # one training and one validation window at the least
+            raise ConfigError(f"TrainConfig.max_windows must be >= 2, got {self.max_windows}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"TrainConfig.val_fraction must lie in (0, 1), got {self.val_fraction}")
         if not self.lr > 0 or self.weight_decay < 0:
@@ -123,6 +125,13 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
     train, val = _as_window_set(train_windows), _as_window_set(val_windows)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"need training and validation windows, got {len(train)} and {len(val)}")
+    if val.length != train.length:
+        raise DataError(f"validation windows have {val.length} steps and training windows {train.length}; "
+                        "give both the model's window length")
+    for name, ws in (("training", train), ("validation", val)):
+        if not np.isfinite(ws.rows).all():
+            raise DataError(f"the {name} windows hold NaN or infinite values; fill or drop them first "
+                            "(train() does: SeriesWindower fills short runs and breaks windows at longer ones)")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x_train = torch.from_numpy(np.ascontiguousarray(train.rows, dtype=np.float32)).to(device)  # (N, C)
@@ -255,7 +264,8 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
         threshold = build_threshold(threshold_spec)
         threshold.fit(val_scores)
     warnings = (spread_warnings(train_set.rows, scaler.scale, channels)
-                + calibration_warnings(val_scores, getattr(threshold, "value", None)))
+                + calibration_warnings(val_scores, getattr(threshold, "value", None))
+                + gap_warnings(stats["gaps"]))
     for text in warnings:
         log.warning("training: %s", text)
     artifact.threshold = threshold_to_dict(threshold)
@@ -263,6 +273,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     artifact.training = {
         "span": stats["span"], "cut": stats["cut"], "rows": stats["rows"],
         "entities": stats["entities"], "windows": stats["windows"],
+        "gaps": stats["gaps"], "duplicates_dropped": stats["duplicates_dropped"],
         "epochs": fit["epochs_run"], "best_epoch": fit["best_epoch"],
         "stopped_early": fit["stopped_early"], "train_config": cfg.to_dict(),
         "fit_seconds": round(fit["fit_seconds"], 3), "train_windows_per_s": round(fit["windows_per_s"], 1),
