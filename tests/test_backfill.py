@@ -205,10 +205,10 @@ def test_shards_skip_files_of_other_shards_entities_unread(artifact, tmp_path):
 def test_a_checkpoint_of_other_arguments_is_refused_unless_restarted(archive, artifact, tmp_path):
     out = tmp_path / "scores"
     run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
-                 batch_rows=500, max_fragments=1)
-    with pytest.raises(ConfigError, match="batch_rows: was 500, now 400.*--restart"):
+                 batch_rows=500, max_fragments=1, end="2030-01-01")
+    with pytest.raises(ConfigError, match="end: was '2030-01-01', now None.*--restart"):
         run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
-                     batch_rows=400)
+                     batch_rows=500)
     retrained = tmp_path / "models" / "conv-retrained"
     shutil.copytree(artifact, retrained)
     manifest = json.loads((retrained / "manifest.json").read_text())

@@ -37,6 +37,8 @@ def checkpoint_path(out_root: str, shard: tuple[int, int]) -> str:
 
 #: Arguments added after checkpoints were first written: an older checkpoint ran with these.
 ARG_DEFAULTS = {"precision": "fp32"}
+#: Arguments older checkpoints hold that do not change a score (rows per record batch read).
+IGNORED_ARGS = {"batch_rows"}
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Checkpoint:
 
     artifact_version: str
     archive: dict                       # {"uri", "fingerprint", "fragments"}
-    args: dict                          # start, end, shard, layout, batch_rows
+    args: dict                          # start, end, shard, layout, precision
     completed: list[str] = field(default_factory=list)      # fragment keys, in order
     entities: dict[str, dict] = field(default_factory=dict)  # name -> {"windower", "threshold"}
     counters: Counters = field(default_factory=Counters)
@@ -64,7 +66,8 @@ class Checkpoint:
 
     def check_matches(self, artifact_version: str, archive: dict, args: dict, path: str) -> None:
         """Raise if this checkpoint belongs to another run than the one asked for."""
-        hint = f"Re-run with restart=True (--restart) to start over, or remove {path}."
+        hint = ("Re-run with restart=True (--restart) to start over; it deletes this shard's scores "
+                "written so far.")
         if self.artifact_version != artifact_version:
             raise ArtifactError(
                 f"checkpoint {path} was written with model version {self.artifact_version!r}, "
@@ -74,7 +77,8 @@ class Checkpoint:
                 f"checkpoint {path} was written for archive {self.archive['uri']!r} "
                 f"({self.archive['fragments']} files), which differs from "
                 f"{archive['uri']!r} ({archive['fragments']} files) as it is now. {hint}")
-        was = {**ARG_DEFAULTS, **self.args}
+        was = {k: v for k, v in {**ARG_DEFAULTS, **self.args}.items() if k not in IGNORED_ARGS}
+        args = {k: v for k, v in args.items() if k not in IGNORED_ARGS}
         diff = {k: (was.get(k), args.get(k)) for k in {**was, **args} if was.get(k) != args.get(k)}
         if diff:
             listed = ", ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in diff.items())

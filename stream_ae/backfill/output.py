@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -148,7 +149,10 @@ class AtomicPart:
             return None
         self._writer.close()
         self._writer = None
-        self.fs.move(self.tmp_path, self.path)  # a rename on local disk: atomic
+        if isinstance(self.fs, pafs.LocalFileSystem):   # on disk before the checkpoint says it is
+            durable.publish(self.tmp_path, self.path)
+        else:
+            self.fs.move(self.tmp_path, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -173,6 +177,22 @@ def remove_stale_temp_files(fs: pafs.FileSystem, out_root: str, shard: int) -> i
     for path in stale:
         fs.delete_file(path)
     return len(stale)
+
+
+def remove_parts(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
+    """Delete every scores part of shard ``shard`` under ``out_root``; returns how many.
+
+    A run that starts with no checkpoint owns no part yet: any part of its shard there is
+    a previous run's (killed between a part's rename and its checkpoint, or whose checkpoint
+    was removed) and would mix old windows into the new ones."""
+    if fs.get_file_info(out_root).type != pafs.FileType.Directory:
+        return 0
+    ours = re.compile(rf"part-{int(shard)}-[0-9a-f]{{16}}\.parquet")   # part_name's, nothing else
+    old = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
+           if f.type == pafs.FileType.File and ours.fullmatch(f.base_name)]
+    for path in old:
+        fs.delete_file(path)
+    return len(old)
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity, checkpoint_path,
                                            discard_run, load_checkpoint, other_shardings, save_checkpoint)
-from stream_ae.backfill.output import (AtomicPart, part_name, remove_stale_temp_files,
+from stream_ae.backfill.output import (AtomicPart, part_name, remove_parts, remove_stale_temp_files,
                                        resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
 from stream_ae.errors import ConfigError
@@ -117,7 +117,8 @@ class _Run:
         if state is None:
             from stream_ae.data.windows import SeriesWindower
             threshold = self._build_threshold(self._threshold_spec)
-            threshold.load_state_dict(copy.deepcopy(self.artifact.threshold["state"]))
+            if self.artifact.threshold.get("state") is not None:   # None: uncalibrated, it warms up
+                threshold.load_state_dict(copy.deepcopy(self.artifact.threshold["state"]))
             state = _Entity(SeriesWindower(self.artifact.window, len(self.artifact.channels)),
                             threshold)
             self.entities[name] = state
@@ -278,8 +279,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
     identity, keys = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
-            "shard": list(shard), "layout": layout.to_dict(), "batch_rows": int(batch_rows),
-            "precision": precision}
+            "shard": list(shard), "layout": layout.to_dict(), "precision": precision}
     ckpt_path = checkpoint_path(out_root, shard)
     others = other_shardings(out_fs, out_root, shard[1])
     if others and not restart:
@@ -296,6 +296,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
                layout=layout, shard=shard)
     if checkpoint is None:
         checkpoint = Checkpoint(artifact.version, identity, args)
+        remove_parts(out_fs, out_root, shard[0])
     else:
         checkpoint.check_matches(artifact.version, identity, args, ckpt_path)
         run.load_state_dict(checkpoint.entities)
@@ -307,7 +308,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     resumed = len(keys) - len(todo)
     windows_before, scored, other_shards = run.counters.windows_scored, 0, 0
     skips_unread = shard[1] > 1 and layout.entity in getattr(history, "partition_keys", ())
-    bar = tqdm(total=None if resumed or skips_unread else history.count_rows(), unit="row",
+    bar = tqdm(total=None if resumed or skips_unread or not progress else history.count_rows(), unit="row",
                unit_scale=True,
                disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
     try:

@@ -127,6 +127,7 @@ class History:
         ts_type = self._schema.field(layout.timestamp).type
         self._ts_unit = _NS_PER[ts_type.unit if pa.types.is_timestamp(ts_type) else layout.timestamp_unit]
         self._filter = self._build_filter()
+        self._ts_type = dataset.schema.field(layout.timestamp).type  # the first file's: the filter's
 
     @classmethod
     def open(cls, uri: str, layout: Layout = Layout(), start=None, end=None,
@@ -170,17 +171,19 @@ class History:
             history._filter = history._build_filter(prune_dates=True)
         return history
 
-    def _build_filter(self, prune_dates: bool = False) -> ds.Expression | None:
+    def _build_filter(self, prune_dates: bool = False, times: bool = True) -> ds.Expression | None:
+        """The scan filter; ``times=False``: without the timestamp bounds (for a file whose
+        timestamp type differs from the first file's, which the bounds are typed as)."""
         ts_field, ts_type = pc.field(self.layout.timestamp), self._schema.field(self.layout.timestamp).type
         terms = []
-        if prune_dates:  # skip whole date=YYYY-MM-DD partitions; a day's margin covers any time zone
+        if prune_dates:  # skip whole date=YYYY-MM-DD partitions, local dates of any zone (UTC-12..+14) kept
             if self.start_ns is not None:
                 terms.append(pc.field("date") >= _day(self.start_ns - _DAY_NS))
-            if self.end_ns is not None:
-                terms.append(pc.field("date") <= _day(self.end_ns + _DAY_NS))
-        if self.start_ns is not None:  # ts >= start  <=>  ts_unit >= ceil(start / unit)
+            if self.end_ns is not None:   # a +14 h zone's day D starts at D - 14 h UTC
+                terms.append(pc.field("date") <= _day(self.end_ns + 14 * 3_600_000_000_000 - 1))
+        if self.start_ns is not None and times:  # ts >= start  <=>  ts_unit >= ceil(start / unit)
             terms.append(ts_field >= pa.scalar(-(-self.start_ns // self._ts_unit), type=ts_type))
-        if self.end_ns is not None:
+        if self.end_ns is not None and times:
             terms.append(ts_field < pa.scalar(-(-self.end_ns // self._ts_unit), type=ts_type))
         if self.entities is not None:
             ent_type = self._dataset.schema.field(self.layout.entity).type
@@ -207,11 +210,15 @@ class History:
             out.append(Fragment(frag.path, {k: str(v) for k, v in keys.items()}, frag))
         return out
 
-    def count_rows(self) -> int:
-        """Rows in range (from Parquet metadata when no time/entity filter is set)."""
+    def count_rows(self) -> int | None:
+        """Rows in range (from Parquet metadata when no time/entity filter is set); None when
+        the files' timestamp types differ, so the bounds cannot be counted in one pass."""
         if self._filter is None:
             return self._n_rows
-        return self._dataset.count_rows(filter=self._filter)
+        try:
+            return self._dataset.count_rows(filter=self._filter)
+        except _ARROW_ERRORS:   # a file whose timestamp type differs from the first's: no total
+            return None
 
     def iter_rows(self, fragment: Fragment | None = None, batch_rows: int = 65_536) -> Iterator[Rows]:
         """Stream the rows in range, file by file in path order, at most ``batch_rows`` per batch.
@@ -237,10 +244,18 @@ class History:
     def _read_fragment(self, frag: Fragment, batch_rows: int) -> Iterator[Rows]:
         layout, channels = self.layout, self.channels
         columns = [layout.entity, layout.timestamp, *channels]
-        scanner = ds.Scanner.from_fragment(
-            frag._fragment, schema=self._schema, columns=columns, filter=self._filter, batch_size=batch_rows
-        )
-        batches = scanner.to_batches()
+        scan_filter, bounds = self._filter, None
+        if (self.start_ns is not None or self.end_ns is not None) and self._differs(frag):
+            # the bounds are typed as the first file's timestamps (zone, unit); this file's
+            # differ, and Arrow will not compare them: bound the decoded ns instead
+            scan_filter = self._build_filter(prune_dates=False, times=False)
+            bounds = (-2**63 if self.start_ns is None else self.start_ns,
+                      2**63 - 1 if self.end_ns is None else self.end_ns)
+        try:
+            batches = ds.Scanner.from_fragment(frag._fragment, schema=self._schema, columns=columns,
+                                               filter=scan_filter, batch_size=batch_rows).to_batches()
+        except _ARROW_ERRORS as exc:
+            raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
         while True:
             try:
                 batch = next(batches, None)
@@ -250,7 +265,19 @@ class History:
                 break
             if batch.num_rows == 0:
                 continue
-            yield _decode(batch, frag.path, layout, channels, self._ts_unit)
+            rows = _decode(batch, frag.path, layout, channels, self._ts_unit)
+            if bounds is not None:
+                keep = (rows.ts >= bounds[0]) & (rows.ts < bounds[1])
+                if not keep.all():
+                    rows = Rows(rows.entity[keep], rows.ts[keep], rows.values[keep], rows.source)
+            if len(rows):
+                yield rows
+
+    def _differs(self, frag: Fragment) -> bool:
+        try:
+            return frag._fragment.physical_schema.field(self.layout.timestamp).type != self._ts_type
+        except (KeyError, *_ARROW_ERRORS):
+            return True
 
 
 def _scan_schema(schema: pa.Schema, timestamp: str, channels: tuple[str, ...]) -> pa.Schema:
