@@ -92,3 +92,17 @@ def test_an_end_keeps_only_the_date_partitions_that_can_hold_its_rows(archive):
     refused the resume); kept are the days some zone's local date can put rows before it."""
     history = History.open(str(archive), end=f"{DAYS[1]}T00:00:00")
     assert {f.partition["date"] for f in history.fragments()} == {DAYS[0], DAYS[1]}
+
+
+def test_an_empty_file_written_from_an_empty_frame_may_come_first(artifact, full, tmp_path):
+    """Its object columns are null-typed; as the first file it set the archive's schema, and
+    the whole archive was refused as 'entity column has type null', naming the root."""
+    root = write_archive(tmp_path / "archive")
+    empty = pd.DataFrame({"entity": pd.Series([], dtype=object),
+                          "timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+                          **{c: pd.Series([], dtype="float32") for c in ("flow", "pressure", "temp")}})
+    (root / "date=2025-12-31").mkdir()
+    empty.to_parquet(root / "date=2025-12-31" / "part-0.parquet", index=False)
+    report = run_backfill(str(root), str(artifact), str(tmp_path / "scores"), device="cpu", progress=False)
+    assert report.complete
+    pd.testing.assert_frame_equal(read_scores(tmp_path / "scores"), read_scores(full[0]))

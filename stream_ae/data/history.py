@@ -97,11 +97,17 @@ def _open_dataset(uri: str) -> tuple[ds.FileSystemDataset, list[str]]:
             return ds.dataset(path, filesystem=filesystem, format="parquet"), []
         found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
         keys = list(dict.fromkeys(k for f in found.get_fragments() for k in ds.get_partition_keys(f.partition_expression)))
-        if not keys:
-            return found, []
         # hive values are read as strings so that an entity "007" stays "007"
-        as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
-        return ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings), keys
+        as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
+        found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings)
+        if any(pa.types.is_null(f.type) for f in found.schema):
+            # the first file's schema is the dataset's; an empty file written from an empty
+            # DataFrame has null-typed columns: take the schema of the first file with none
+            typed = (f.physical_schema for f in sorted(found.get_fragments(), key=lambda f: f.path))
+            files = next((t for t in typed if not any(pa.types.is_null(x.type) for x in t)), found.schema)
+            schema = pa.schema([*files, *((k, pa.string()) for k in keys if k not in files.names)])
+            found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings, schema=schema)
+        return found, keys
     except _ARROW_ERRORS as exc:
         raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
 
