@@ -32,9 +32,8 @@ from stream_ae.training import TrainConfig
 class Preset:
     """One fixed detector configuration.
 
-    ``detrend``: channel names whose per-window trend the
-    model does not see (``ModelConfig.detrend`` holds their positions once the data's channel
-    order is known).
+    ``detrend``: channel names whose per-window trend the model does not see
+    (``ModelConfig.detrend`` holds their positions once the data's channel order is known).
     """
 
     name: str

@@ -167,16 +167,7 @@ class AtomicPart:
 
 def remove_stale_temp_files(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
     """Delete this shard's temporary parts left by a killed run; returns how many."""
-    info = fs.get_file_info(out_root)
-    if info.type != pafs.FileType.Directory:
-        return 0
-    prefix = f".part-{shard}-"
-    stale = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
-             if f.type == pafs.FileType.File and f.base_name.startswith(prefix)
-             and f.base_name.endswith(".tmp")]
-    for path in stale:
-        fs.delete_file(path)
-    return len(stale)
+    return _remove_matching(fs, out_root, re.compile(rf"\.part-{int(shard)}-.*\.tmp"))
 
 
 def remove_parts(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
@@ -185,14 +176,17 @@ def remove_parts(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
     A run that starts with no checkpoint owns no part yet: any part of its shard there is
     a previous run's (killed between a part's rename and its checkpoint, or whose checkpoint
     was removed) and would mix old windows into the new ones."""
+    return _remove_matching(fs, out_root, re.compile(rf"part-{int(shard)}-[0-9a-f]{{16}}\.parquet"))  # part_name's
+
+
+def _remove_matching(fs: pafs.FileSystem, out_root: str, name: re.Pattern) -> int:
     if fs.get_file_info(out_root).type != pafs.FileType.Directory:
         return 0
-    ours = re.compile(rf"part-{int(shard)}-[0-9a-f]{{16}}\.parquet")   # part_name's, nothing else
-    old = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
-           if f.type == pafs.FileType.File and ours.fullmatch(f.base_name)]
-    for path in old:
+    found = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
+             if f.type == pafs.FileType.File and name.fullmatch(f.base_name)]
+    for path in found:
         fs.delete_file(path)
-    return len(old)
+    return len(found)
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -233,6 +233,13 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
 GAP_RATIO = 10.0
 
 
+def _steps(last: dict[str, int], name: str, ts: np.ndarray) -> np.ndarray:
+    """The steps (ns) into and within ``ts``, the next rows of ``name`` (``last``: its latest time)."""
+    prev = last.get(name)
+    last[name] = int(ts[-1])
+    return np.diff(ts if prev is None else np.concatenate([[prev], ts]))
+
+
 class _Steps:
     """A bounded sample of the steps between an entity's readings: their median."""
 
@@ -240,10 +247,8 @@ class _Steps:
         self.keep, self.parts, self.n, self.last = keep, [], 0, {}
 
     def sample(self, name: str, ts: np.ndarray) -> None:
-        prev = self.last.get(name)
-        d = np.diff(ts if prev is None else np.concatenate([[prev], ts]))
+        d = _steps(self.last, name, ts)
         d = d[d > 0]
-        self.last[name] = int(ts[-1])
         if d.size and self.n < self.keep:
             d = d[:: max(1, d.size // 1000)]  # a spread sample of each chunk
             self.parts.append(d)
@@ -262,11 +267,9 @@ class _Gaps:
         self.n, self.longest, self.last = 0, 0, {}
 
     def count(self, name: str, ts: np.ndarray) -> None:
-        prev = self.last.get(name)
-        self.last[name] = int(ts[-1])
+        d = _steps(self.last, name, ts)
         if self.limit is None:
             return
-        d = np.diff(ts if prev is None else np.concatenate([[prev], ts]))
         wide = d[d > self.limit]
         if wide.size:
             self.n += int(wide.size)
