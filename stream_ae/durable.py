@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+import pyarrow.fs as pafs
+
 
 def fsync(path: str | os.PathLike) -> None:
     """Flush a file or a folder, named by its path, to the disk."""
@@ -31,3 +33,12 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync(tmp)
     os.replace(tmp, path)
     fsync(os.path.dirname(os.fspath(path)) or ".")
+
+
+def publish_on(fs: pafs.FileSystem, tmp: str, path: str) -> None:
+    """Rename the fully written ``tmp`` over ``path`` on ``fs``: durably (:func:`publish`) on a
+    local disk; on an object store closing the stream was the upload, and a move the rename."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        publish(tmp, path)
+    else:
+        fs.move(tmp, path)

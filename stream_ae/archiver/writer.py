@@ -145,7 +145,6 @@ class ArchiveWriter:
         self.fs, self.base = resolve_filesystem(self.root)
         self.partition_by = tuple(partition_by)
         self.compression = compression
-        self._local = isinstance(self.fs, pafs.LocalFileSystem)
         self._states: dict[tuple[str, int], PartitionState] = {}
 
     def state(self, topic: str, partition: int) -> PartitionState:
@@ -197,22 +196,14 @@ class ArchiveWriter:
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         pq.write_table(table, tmp, filesystem=self.fs, compression=self.compression,
                        row_group_size=1 << 20)
-        self._commit_file(tmp, path)
+        durable.publish_on(self.fs, tmp, path)
 
     def _put(self, path: str, data: bytes) -> None:
         tmp = _tmp_path(path)
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
-        self._commit_file(tmp, path)
-
-    def _commit_file(self, tmp: str, path: str) -> None:
-        """fsync the temporary file, rename it over ``path``, fsync the directory (local disks);
-        on an object store, closing the stream is the upload and ``move`` the rename."""
-        if self._local:
-            durable.publish(tmp, path)
-        else:
-            self.fs.move(tmp, path)
+        durable.publish_on(self.fs, tmp, path)
 
 
 def _tmp_path(path: str) -> str:

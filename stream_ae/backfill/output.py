@@ -149,10 +149,7 @@ class AtomicPart:
             return None
         self._writer.close()
         self._writer = None
-        if isinstance(self.fs, pafs.LocalFileSystem):   # on disk before the checkpoint says it is
-            durable.publish(self.tmp_path, self.path)
-        else:
-            self.fs.move(self.tmp_path, self.path)
+        durable.publish_on(self.fs, self.tmp_path, self.path)   # on disk before the checkpoint says it is
         return self.path
 
     def abort(self) -> None:
@@ -197,7 +194,4 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     with fs.open_output_stream(tmp) as stream:
         stream.write(data)
-    if isinstance(fs, pafs.LocalFileSystem):
-        durable.publish(tmp, path)
-    else:
-        fs.move(tmp, path)
+    durable.publish_on(fs, tmp, path)
