@@ -20,6 +20,8 @@ from stream_ae.backfill.output import relative_dir, write_bytes_atomic
 from stream_ae.errors import ArtifactError, ConfigError
 
 FORMAT_VERSION = 1
+#: 2: no ``entity=`` folder in the output (see :func:`stream_ae.backfill.output.output_dir`).
+OUTPUT_LAYOUT = 2
 CHECKPOINT_DIR = "_checkpoints"
 
 
@@ -63,6 +65,7 @@ class Checkpoint:
     counters: Counters = field(default_factory=Counters)
     output_files: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    output_layout: int = OUTPUT_LAYOUT  # 1: every input folder mirrored, entity= too
 
     def check_matches(self, artifact_version: str, archive: dict, args: dict, path: str) -> None:
         """Raise if this checkpoint belongs to another run than the one asked for."""
@@ -96,6 +99,7 @@ class Checkpoint:
                     f"checkpoint {path} has format {raw.get('format_version')!r}, this version "
                     f"reads format {FORMAT_VERSION}; re-run with --restart.")
             raw["counters"] = Counters(**raw["counters"])
+            raw.setdefault("output_layout", 1)   # written before output_layout existed
             return cls(**raw)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"checkpoint {path} is unreadable ({exc}); "

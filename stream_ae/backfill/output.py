@@ -76,6 +76,28 @@ def relative_dir(fragment_path: str, archive_root: str, partition: dict | None) 
     return "/".join(f"{k}={v}" for k, v in (partition or {}).items())
 
 
+def output_dir(rel: str, entity_key: str = "entity", legacy: bool = False) -> str:
+    """Where a fragment's scores go: its directory relative to the archive root, less the
+    hive folders of the entity (``entity_key=``) and of any scores column's name.
+
+    Every part holds its ``entity`` column, so an ``entity=`` folder as well would give a
+    hive reader (``pd.read_parquet``) the field twice, with types it refuses to merge, and
+    an id like ``0042`` read back from the path as the number 42. ``legacy`` keeps the
+    mirrored folders of a run resumed from a checkpoint written before this rule.
+
+    Examples
+    --------
+    >>> output_dir("entity=pump-7/date=2026-01-01")
+    'date=2026-01-01'
+    >>> output_dir("site=north/device=0042", entity_key="device")
+    'site=north'
+    """
+    if legacy or not rel:
+        return rel
+    dropped = {entity_key, *SCORES_SCHEMA.names}
+    return "/".join(p for p in rel.split("/") if p.split("=", 1)[0] not in dropped)
+
+
 def part_name(shard: int, fragment_key: str) -> str:
     """File name of the scores part for one input fragment and one shard.
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity, checkpoint_path,
                                            discard_run, load_checkpoint, other_shardings, save_checkpoint)
-from stream_ae.backfill.output import (AtomicPart, part_name, remove_parts, remove_stale_temp_files,
+from stream_ae.backfill.output import (AtomicPart, output_dir, part_name, remove_parts, remove_stale_temp_files,
                                        resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
 from stream_ae.errors import ConfigError
@@ -319,7 +319,8 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
             if owner is not None and not run.is_mine(str(owner)):
                 other_shards += 1          # hive-partitioned by entity: skip unread
                 continue
-            rel = key.rsplit("/", 1)[0] if "/" in key else ""
+            rel = output_dir(key.rsplit("/", 1)[0] if "/" in key else "", layout.entity,
+                             legacy=checkpoint.output_layout < 2)
             path = "/".join(p for p in (out_root, rel, part_name(shard[0], key)) if p)
             part = AtomicPart(out_fs, path)
             try:
