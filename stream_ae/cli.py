@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     b.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32, or bf16 (CUDA, or a CPU with native bf16) / fp16 (CUDA) autocast")
+    b.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                   help="save the checkpoint at most this often (default 30; 0: after every input file); "
+                        "a killed run re-scores what it did since")
     b.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -170,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "readings per phase")
     bench.add_argument("--entities", default=None,
                        help="detector: comma-separated entity counts (default 16,256,4096); soak: one "
-                            "count (default 256)")
+                            "count (default 256); backfill: one count, an archive of one file per entity")
     bench.add_argument("--consumers", default=None,
                        help="stream: scale-out, comma-separated detector process counts, e.g. 1,2")
     bench.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -219,13 +222,15 @@ def cmd_backfill(args) -> int:
     report = run_backfill(args.archive, model, args.out, shard=args.shard, start=args.start,
                           end=args.end, device=args.device, batch_rows=args.batch_rows,
                           progress=not args.no_progress, layout=layout, restart=args.restart,
-                          precision=args.precision)
+                          precision=args.precision,
+                          **({} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}))
     r = report
     state = "complete" if r.complete else "stopped early (re-run to resume)"
     print(f"backfill shard {r.shard[0]}/{r.shard[1]} {state}: {r.windows_scored:,} windows from "
           f"{r.rows_read:,} rows, {r.anomalies:,} anomalous, {r.duplicates_dropped:,} duplicate rows "
           f"dropped; {r.fragments_done} fragments ({r.fragments_resumed} resumed) -> {len(r.output_files)} "
-          f"files in {args.out}; {r.seconds:.1f} s, {r.windows_per_s:,.0f} windows/s; model {r.model_version}")
+          f"files in {args.out}; {r.seconds:.1f} s, {r.windows_per_s:,.0f} windows/s; {r.checkpoints_saved} "
+          f"checkpoint(s) saved in {r.checkpoint_seconds:.1f} s; model {r.model_version}")
     return 0
 
 
@@ -264,6 +269,15 @@ def cmd_bench(args) -> int:
         from stream_ae.bench.backfill import run_backfill_bench
 
         kwargs = {}
+        if args.entities:
+            from stream_ae.bench.backfill_files import run_files_bench
+
+            entities = _counts(args.entities, "--entities")
+            if len(entities) != 1 or args.rows:
+                raise ConfigError("bench backfill takes one --entities count (an archive of one file per "
+                                  f"entity), and not with --rows; got --entities {args.entities!r}")
+            run_files_bench(entities[0], json_path=args.json_path)
+            return 0
         if args.rows:
             kwargs["rows"] = _counts(args.rows, "--rows")
         run_backfill_bench(json_path=args.json_path, device=args.device, precision=args.precision, **kwargs)

@@ -147,7 +147,7 @@ def test_resume_after_an_abort_equals_an_uninterrupted_run(archive, artifact, fu
     monkeypatch.setattr(Scorer, "score_rows", failing)
     with pytest.raises(KeyboardInterrupt):
         run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False,
-                     batch_rows=500)
+                     batch_rows=500, checkpoint_every_s=0)
     monkeypatch.setattr(Scorer, "score_rows", real)
     assert not [p for p in files_under(out) if os.path.basename(p).startswith(".")]
     assert len([p for p in files_under(out) if p.startswith("date=")]) == 4

@@ -1,7 +1,7 @@
 """Backfill: score a Parquet archive into a scores dataset partitioned like it.
 
 ``run_backfill(archive, artifact_path, out, shard=(i, n), ...) -> BackfillReport`` reads in
-bounded memory, writes atomic parts, checkpoints after every fragment (exact resume) and
+bounded memory, writes atomic parts, checkpoints every 30 s of work (exact resume) and
 splits the work over independent workers by entity (``shard``).
 """
 from stream_ae.backfill.output import SCORES_SCHEMA

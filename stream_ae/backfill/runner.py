@@ -20,14 +20,15 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stream_ae.backfill.checkpoint import (Checkpoint, Counters, archive_identity, checkpoint_path,
-                                           discard_run, load_checkpoint, other_shardings, save_checkpoint)
+from stream_ae.backfill.checkpoint import (Checkpoint, Counters, Saver, archive_identity, checkpoint_path,
+                                           discard_run, load_checkpoint, other_shardings)
 from stream_ae.backfill.output import (AtomicPart, output_dir, part_name, remove_parts, remove_stale_temp_files,
                                        resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
 from stream_ae.errors import ConfigError
 
 DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_CHECKPOINT_EVERY_S = 30.0
 
 
 @dataclass
@@ -48,6 +49,8 @@ class BackfillReport:
     complete: bool                # False when stopped by max_fragments
     shard: tuple[int, int]
     model_version: str
+    checkpoints_saved: int = 0    # by this run
+    checkpoint_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,7 +211,8 @@ def default_score_batch(device: str) -> int:
 def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start=None, end=None,
                  device: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
                  layout=None, restart: bool = False, max_fragments: int | None = None,
-                 score_batch: int | None = None, precision: str = "fp32") -> BackfillReport:
+                 score_batch: int | None = None, precision: str = "fp32",
+                 checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S) -> BackfillReport:
     """Score every window of a Parquet archive and write a scores dataset partitioned like it.
 
     Parameters
@@ -244,6 +248,12 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     precision : str
         ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (see :class:`~stream_ae.scoring.Scorer`);
         part of the checkpoint's arguments, so a resumed run keeps one precision.
+    checkpoint_every_s : float
+        Save the checkpoint after the first input file completed this long after the last save
+        (0: after every file), and when the run ends. A killed run re-scores about this much;
+        the files it re-scores are rewritten under the same names. Every save writes every
+        entity's state, so saving after each file of an archive of one file per entity grew
+        with the number of entities squared.
 
     Returns
     -------
@@ -265,6 +275,8 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     shard = parse_shard(shard)
     if int(batch_rows) < 1:
         raise ConfigError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    if not checkpoint_every_s >= 0:
+        raise ConfigError(f"checkpoint_every_s must be 0 or more seconds, got {checkpoint_every_s!r}")
     t0 = time.perf_counter()
     artifact = load_artifact(artifact_path)
     layout = artifact.layout if layout is None else layout
@@ -311,6 +323,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     bar = tqdm(total=None if resumed or skips_unread or not progress else history.count_rows(), unit="row",
                unit_scale=True,
                disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
+    saves = Saver(run, checkpoint, out_fs, ckpt_path, checkpoint_every_s)
     try:
         for fragment, key in todo:
             if max_fragments is not None and scored >= max_fragments:
@@ -340,10 +353,10 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
             if written is not None and written not in checkpoint.output_files:
                 checkpoint.output_files.append(written)
             checkpoint.completed.append(key)
-            checkpoint.entities = run.state_dict()
-            checkpoint.counters = run.counters
-            save_checkpoint(out_fs, ckpt_path, checkpoint)
             scored += 1
+            saves.after_file()
+        if saves.pending:   # the files completed since the last save
+            saves.save()
     finally:
         bar.close()
 
@@ -356,4 +369,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
         output_files=list(checkpoint.output_files), fragments_done=scored,
         fragments_resumed=resumed, fragments_other_shards=other_shards,
         complete=len(checkpoint.completed) + other_shards == len(keys), shard=shard,
-        model_version=artifact.version)
+        model_version=artifact.version, checkpoints_saved=saves.count,
+        checkpoint_seconds=round(saves.seconds, 3))
+
+
