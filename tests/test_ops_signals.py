@@ -30,7 +30,7 @@ def test_a_revoked_partition_leaves_no_lag_series_behind():
 
 def test_live_entities_and_evictions_follow_the_table():
     m = StreamMetrics()
-    table = type("Table", (), {"evictions": 0, "__len__": lambda self: self.n})()
+    table = type("Table", (), {"evictions": 0, "dropped": 0, "__len__": lambda self: self.n})()
     for n, evicted in ((8, 0), (1, 3), (4, 5)):   # a revoke drops 7; an entity flood evicts
         table.n, table.evictions = n, evicted
         m.set_entities(table)

@@ -328,6 +328,18 @@ class SeriesWindower:
         self._max_gap_ns = None if spec.max_gap_s is None else int(round(spec.max_gap_s * 1e9))
         self._k = self._normalise_k(self._k)
 
+    def start_after(self, last_ts: int | None) -> None:
+        """Hold no rows, as a new windower, but go on refusing readings at or before ``last_ts``
+        (rows saved for another window length or channel set cannot be used; the order can).
+
+        >>> w = SeriesWindower(WindowSpec(length=2), 1)
+        >>> w.start_after(5 * 10**9)
+        >>> w.push(np.array([4, 6, 7]) * 10**9, np.ones((3, 1))).reasons.tolist(), w.state_dict()["tail_ts"]
+        (['out_of_order'], [7000000000])
+        """
+        self._reset()
+        self._last_ts = None if last_ts is None else int(last_ts)
+
     def load_state_dict(self, d: dict) -> None:
         """Restore a state saved by :meth:`state_dict` with the same window length and channel
         count; one saved under another hop, gap or fill limit goes on under this one (:meth:`respec`)."""

@@ -129,7 +129,7 @@ class Detector:
     def _new_state(self, entity: str) -> EntityState:
         tracker = AlertTracker(self.alert_policy)
         windower = SeriesWindower(self.window_spec, len(self.channels))
-        state = EntityState(entity, windower, None, tracker)
+        state = EntityState(entity, windower, None, tracker, channels=tuple(self.channels))
         self._seed_threshold(state, self.scorer)
         return state
 

@@ -41,6 +41,7 @@ class EntityState:
     partition: int = -1  # partition of the last absorbed reading (where its checkpoint goes)
     windows: int = 0  # windows scored into this state, ever
     model_version: str = ""  # the model whose scores `threshold` has learned ("" = not yet known)
+    channels: tuple[str, ...] = ()  # the windower's columns, in order ("" = unknown: a doctest stand-in)
 
     def state_dict(self) -> dict:
         """Snapshot of plain values (NaN may appear as a float): ``checkpoint.encode_state`` writes it."""
@@ -53,13 +54,14 @@ class EntityState:
             "partition": int(self.partition),
             "windows": int(self.windows),
             "model_version": self.model_version,
+            "channels": list(self.channels),
         }
 
     def load_state_dict(self, d: dict) -> None:
         """Restore a snapshot made by :meth:`state_dict`."""
         try:
             self.model_version = str(d.get("model_version", ""))  # absent in snapshots before it existed
-            self._load_windower(d["windower"])
+            self._load_windower(d["windower"], d.get("channels"))  # absent before it was saved
             self._load_threshold(d["threshold"])
             if d["tracker"].get("policy") != spec_dict(self.tracker.policy):
                 _note_once(f"alert state saved under the policy {d['tracker'].get('policy')} goes on under "
@@ -75,14 +77,25 @@ class EntityState:
                 "delete the state topic to start this entity afresh"
             ) from exc
 
-    def _load_windower(self, windower_state: dict) -> None:
-        """A snapshot taken under another hop, gap or fill limit goes on under the running one;
-        one of another window length or channel count cannot: that entity's windows start over."""
-        saved, spec = windower_state["spec"], self.windower.spec
-        if int(saved["length"]) != spec.length or int(windower_state["n_channels"]) != self.windower.n_channels:
-            log.warning("entity %r: its saved windows (%s rows, %s channels) do not fit the model's (%d, %d); "
+    def _load_windower(self, windower_state: dict, saved_channels: list | None) -> None:
+        """A snapshot taken under another hop, gap or fill limit goes on under the running one,
+        and one of the same channels in another order is reordered to the model's. One of another
+        window length or channel set cannot: that entity's windows start over, still refusing
+        readings older than its last (a backlog of late ones would otherwise be windowed)."""
+        saved, spec, mine = windower_state["spec"], self.windower.spec, tuple(self.channels)
+        names = tuple(saved_channels or ()) or mine      # an older snapshot: taken in the model's order
+        fits = int(saved["length"]) == spec.length and int(windower_state["n_channels"]) == self.windower.n_channels
+        if fits and mine and names != mine:
+            fits = sorted(names) == sorted(mine) and len(set(mine)) == len(mine)
+            if fits:
+                windower_state = reorder_channels(windower_state, [names.index(c) for c in mine])
+                _note_once(f"windows saved with the channels {list(names)} go on in the model's order {list(mine)}")
+        if not fits:
+            log.warning("entity %r: its saved windows (%s rows, channels %s) do not fit the model's (%d, %s); "
                         "they start over, so its next %d readings form no window", self.entity, saved["length"],
-                        windower_state["n_channels"], spec.length, self.windower.n_channels, spec.length - 1)
+                        list(names) if saved_channels else windower_state["n_channels"], spec.length,
+                        list(mine) or self.windower.n_channels, spec.length - 1)
+            self.windower.start_after(windower_state.get("last_ts"))
             return
         if saved != spec_dict(spec):
             _note_once(f"windows saved under {saved} go on under the model's {spec_dict(spec)}")
@@ -97,6 +110,18 @@ class EntityState:
             log.warning("entity %r: threshold state of model %r does not fit the running rule (%s); "
                         "it restarts from the model's calibration", self.entity, self.model_version, exc)
             self.model_version = ""
+
+
+def reorder_channels(windower_state: dict, order: list[int]) -> dict:
+    """A windower snapshot with its per-channel values (``run``, ``last``, ``tail_rows``)
+    taken in the column order ``order`` of the saved ones.
+
+    >>> reorder_channels({"run": [1, 2], "last": [3.0, 4.0], "tail_rows": [[5.0, 6.0]], "k": 1}, [1, 0])
+    {'run': [2, 1], 'last': [4.0, 3.0], 'tail_rows': [[6.0, 5.0]], 'k': 1}
+    """
+    return {**windower_state, "run": [windower_state["run"][i] for i in order],
+            "last": [windower_state["last"][i] for i in order],
+            "tail_rows": [[row[i] for i in order] for row in windower_state["tail_rows"]]}
 
 
 _NOTED: set[str] = set()
@@ -161,8 +186,8 @@ class EntityTable:
         return entity in self._live
 
     def holds(self, entity: str) -> bool:
-        """Whether the entity's state is in memory, live or parked."""
-        return entity in self._live or entity in self._parked
+        """Whether the entity's state is in memory, live, parked, or evicted and waiting for a checkpoint."""
+        return entity in self._live or entity in self._parked or entity in self._dirty_parked
 
     def live(self) -> list[str]:
         """Entity ids held in memory, least recently seen first."""
@@ -178,7 +203,7 @@ class EntityTable:
         if state is not None:
             self._live.move_to_end(entity)
             return state
-        record = self._parked.pop(entity, None)
+        record = self._parked.pop(entity, None) or self._dirty_parked.get(entity)   # aged out, not yet written
         state = self._factory(entity) if record is None else self._from_snapshot(entity, decode_state(record[1]))
         self._live[entity] = state
         return state
@@ -194,7 +219,8 @@ class EntityTable:
         (nothing changed), the entity is dirty. Returns what ``fn`` returns."""
         state = self._live.get(entity)
         if state is None:
-            state = self._from_snapshot(entity, decode_state(self._parked[entity][1]))
+            record = self._parked.get(entity) or self._dirty_parked[entity]
+            state = self._from_snapshot(entity, decode_state(record[1]))
         out = fn(state)
         if out is not None and entity in self._live:
             self._dirty.add(entity)

@@ -50,12 +50,16 @@ class StreamMetrics:
         self.entities = Gauge("stream_ae_live_entities", "Entity states held in memory", registry=r)
         self.evictions = Counter("stream_ae_entity_evictions", "Entities evicted by the max_entities cap",
                                  registry=r)
+        self.dropped = Counter("stream_ae_entity_states_dropped",
+                               "Evicted entity states that aged out of the parked set (input.max_entities): such "
+                               "an entity that returns after the next checkpoint starts afresh, and an alert it "
+                               "had open is not resolved", registry=r)
         self._table = None   # the detector's entity table, once set_entities has seen it
         self.warming = Gauge("stream_ae_thresholds_warming_up", "Entities held in memory whose threshold is still "
                              "warming up: their windows are scored but none is flagged (counted at each scrape)",
                              registry=r)
         self.warming.set_function(self.warming_up)
-        self._evicted = 0   # the table's count already counted
+        self._evicted = self._dropped = 0   # the table's counts already counted
         self._next_lag = 0.0
         self._lag_partitions: set[int] = set()   # partitions with a lag series
         self.heartbeat_age_s: float | None = None
@@ -121,6 +125,9 @@ class StreamMetrics:
         if table.evictions > self._evicted:
             self.evictions.inc(table.evictions - self._evicted)
         self._evicted = table.evictions
+        if table.dropped > self._dropped:
+            self.dropped.inc(table.dropped - self._dropped)
+        self._dropped = table.dropped
 
     def warming_up(self) -> int:
         """Entities held whose threshold is not ready: an uncalibrated model's first ``warmup``
