@@ -138,3 +138,16 @@ def test_the_latency_plot_bins_the_floor_and_draws_the_alerts_and_the_cores(tmp_
     png = plot_latency(tmp_path / "lat.png", {"sent_s": sent, "ms": np.array([50.0, 80.0, 250.0, 90.0, 60.0]),
                                               "cores": cores}, binned, 200.0, "t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"n": 500}, "--n must be at least 1920 readings"),
+    ({"consumers": "1,x"}, "--consumers takes comma-separated positive process counts"),
+    ({"consumers": "1,2", "precision": "bf16"}, "--consumers measures fp32 only"),
+])
+def test_flags_that_would_measure_nothing_stop_before_a_broker_starts(flags, message):
+    from stream_ae.bench import stream
+    from stream_ae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        stream.run_from_flags(**flags)

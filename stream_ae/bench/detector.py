@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_ae.bench import emit
+from stream_ae.bench import emit, evt_peak_share
 
 DEFAULT_ENTITIES = (16, 256, 4096)
 DEFAULT_N = 100_000
@@ -61,7 +61,6 @@ def _stages(artifact, scorer, records: list, lead: int, vectorised: bool) -> dic
 
     detector = build_detector(load_settings(env={}), scorer)  # the service's defaults
     detector.vectorised = vectorised
-    state = detector.threshold_state
     decoder = codec.ReadingDecoder()
     seconds = collections.Counter()
     windows = every = 0
@@ -89,7 +88,7 @@ def _stages(artifact, scorer, records: list, lead: int, vectorised: bool) -> dic
     python = us["decode"] + us["batch"] + us["prepare"] + us["finish"]
     return {"us_per_reading": us, "python_us_per_reading": round(python, 2),
             "python_readings_per_s": round(1e6 / python), "windows": windows,
-            "evt_peak_share": _peak_share(detector, state, every), "checkpoint": _snapshots(detector)}
+            "evt_peak_share": evt_peak_share(detector, every), "checkpoint": _snapshots(detector)}
 
 
 def _snapshots(detector) -> dict:
@@ -103,14 +102,6 @@ def _snapshots(detector) -> dict:
     size = sum(len(value) for _, value in states.values())
     return {"entities": len(states), "snapshot_ms": round(ms, 1),
             "state_bytes_per_entity": round(size / max(len(states), 1))}
-
-
-def _peak_share(detector, calibration: dict | None, windows: int) -> float | None:
-    """Share of the scored windows (warm-up included) the thresholds learned as peaks."""
-    if not calibration or calibration.get("kind") != "evt" or not windows:
-        return None
-    nt = [detector.table.get(e).threshold.state_dict().get("nt", 0) for e in detector.table.live()]
-    return round(sum(k - calibration["nt"] for k in nt) / windows, 4)
 
 
 def run_detector_bench(entities=DEFAULT_ENTITIES, n: int = DEFAULT_N, precision: str = "fp32",

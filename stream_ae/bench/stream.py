@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_ae.bench import cpu, emit
+from stream_ae.bench import cpu, emit, evt_peak_share
 from stream_ae.configs import PRECISIONS
 from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run, paced_readings
 from stream_ae.bench.latency_plot import plot_latency
@@ -259,17 +259,8 @@ def detector_rate(settings, artifact, n: int, broker_pids: tuple[int, ...] = ())
     return n / elapsed, {"seconds": round(elapsed, 2), "batches": int(batches),
                          "mean_batch_readings": round(n / batches, 1),
                          "model_seconds": round(model_s, 2), "model_share": round(model_s / elapsed, 3),
-                         "evt_peak_share": _peak_share(runner.detector, expected),
+                         "evt_peak_share": evt_peak_share(runner.detector, expected),
                          "cpu_cores": cpu.cpu_between(a, b, CPU_GROUPS, children_label="broker")}
-
-
-def _peak_share(detector, windows: int) -> float | None:
-    """Share of the scored windows the EVT thresholds learned as peaks (None: not an EVT threshold)."""
-    calibration = (detector.threshold_state or {}).get("nt")
-    states = [detector.table.get(e).threshold.state_dict() for e in detector.table.live()]
-    if calibration is None or not states or any(s.get("kind") != "evt" for s in states):
-        return None
-    return round(sum(s["nt"] - calibration for s in states) / windows, 4)
 
 
 def _crc32c_native() -> bool:
@@ -387,10 +378,19 @@ def main(argv=None) -> int:
 
 
 def run_from_flags(n=None, json_path=None, consumers: str | None = None, precision: str = "fp32") -> dict:
-    """`--consumers 1,2`: the scale-out benchmark; otherwise the one-process benchmark."""
+    """`--consumers 1,2`: the scale-out benchmark; otherwise the one-process benchmark (bad flags stop first)."""
+    from stream_ae.errors import ConfigError
+    from stream_ae.presets import PRESETS
+
+    if n is not None and n < (least := 2 * ENTITIES * PRESETS["conv"].window.length):   # (b) waits for windows
+        raise ConfigError(f"--n must be at least {least} readings (two windows of {ENTITIES} entities), got {n}")
     if consumers:
-        return run_scaleout_bench(n=n, consumers=tuple(int(k) for k in consumers.split(",")),
-                                  json_path=json_path)
+        counts = tuple(int(k) for k in consumers.split(",") if k.strip().isdigit() and int(k) > 0)
+        if len(counts) != len(consumers.split(",")):
+            raise ConfigError(f"--consumers takes comma-separated positive process counts, e.g. 1,2; got {consumers!r}")
+        if precision != "fp32":
+            raise ConfigError("--consumers measures fp32 only; leave out --precision")
+        return run_scaleout_bench(n=n, consumers=counts, json_path=json_path)
     return run_stream_bench(json_path=json_path, n=n, precision=precision)
 
 

@@ -62,13 +62,25 @@ def runs_to_detections(entity: str, end_ts: np.ndarray, flags: np.ndarray, merge
 
 
 def match(injected, detections: list[Detection], tolerance_ns: int) -> MatchSummary:
-    """An injected anomaly is found when a detection of its entity overlaps
-    [start, end + tolerance]; a detection overlapping no injected anomaly is a false alert."""
+    """An injected anomaly is found when a detection of its entity begins within
+    [start - tolerance, end + tolerance] and lasts into it; any other detection is a false alert.
+    One that began earlier was open on normal data when the fault came (it did not find it).
+
+    >>> from stream_ae.data.synthetic import InjectedAnomaly
+    >>> fault = InjectedAnomaly("u", "level_shift", 10_000, 10_600, ("ch_1",))
+    >>> s = match([fault], [Detection("u", 9_000, 10_050)], tolerance_ns=600)
+    >>> len(s.found), len(s.false_alerts)
+    (0, 1)
+    >>> s = match([fault], [Detection("u", 9_500, 10_050)], tolerance_ns=600)
+    >>> len(s.found), len(s.false_alerts)
+    (1, 0)
+    """
     summary = MatchSummary()
     used = set()
     for a in injected:
         hits = [i for i, d in enumerate(detections)
-                if d.entity == a.entity and d.end_ts >= a.start_ts and d.start_ts <= a.end_ts + tolerance_ns]
+                if d.entity == a.entity and d.end_ts >= a.start_ts
+                and a.start_ts - tolerance_ns <= d.start_ts <= a.end_ts + tolerance_ns]
         if hits:
             first = min(detections[i].start_ts for i in hits)
             summary.found.append((a, max(0.0, (first - a.start_ts) / 1e9)))
