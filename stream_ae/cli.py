@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_ae import __version__
 from stream_ae.allocator import keep_freed_memory
-from stream_ae.configs import PRECISIONS
+from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
 
 VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
@@ -253,17 +253,6 @@ def cmd_serve(args) -> int:
     return serve(args.config, [*verbose, *args.overrides]) or 0
 
 
-def _counts(text: str, flag: str) -> tuple[int, ...]:
-    """``"1,2"`` -> (1, 2); anything but comma-separated positive integers is a ConfigError."""
-    try:
-        counts = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        counts = ()
-    if not counts or min(counts) < 1:
-        raise ConfigError(f"{flag} takes comma-separated positive integers, e.g. 16,256; got {text!r}")
-    return counts
-
-
 def cmd_bench(args) -> int:
     if args.which == "backfill":
         from stream_ae.bench.backfill import run_backfill_bench
@@ -272,26 +261,26 @@ def cmd_bench(args) -> int:
         if args.entities:
             from stream_ae.bench.backfill_files import run_files_bench
 
-            entities = _counts(args.entities, "--entities")
+            entities = parse_counts(args.entities, "--entities")
             if len(entities) != 1 or args.rows:
                 raise ConfigError("bench backfill takes one --entities count (an archive of one file per "
                                   f"entity), and not with --rows; got --entities {args.entities!r}")
             run_files_bench(entities[0], json_path=args.json_path)
             return 0
         if args.rows:
-            kwargs["rows"] = _counts(args.rows, "--rows")
+            kwargs["rows"] = parse_counts(args.rows, "--rows")
         run_backfill_bench(json_path=args.json_path, device=args.device, precision=args.precision, **kwargs)
         return 0
     if args.which == "detector":
         from stream_ae.bench.detector import DEFAULT_ENTITIES, DEFAULT_N, run_detector_bench
 
-        entities = _counts(args.entities, "--entities") if args.entities else DEFAULT_ENTITIES
+        entities = parse_counts(args.entities, "--entities") if args.entities else DEFAULT_ENTITIES
         run_detector_bench(entities, args.n or DEFAULT_N, args.precision, args.json_path)
         return 0
     if args.which == "soak":
         from stream_ae.bench.soak import run_soak_bench
 
-        entities = _counts(args.entities, "--entities") if args.entities else (None,)
+        entities = parse_counts(args.entities, "--entities") if args.entities else (None,)
         if len(entities) != 1:
             raise ConfigError(f"bench soak takes one --entities count, got {args.entities!r}")
         run_soak_bench(n=args.n, entities=entities[0], json_path=args.json_path)

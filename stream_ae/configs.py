@@ -48,3 +48,18 @@ def spec_dict(spec) -> dict:
     True
     """
     return spec.to_dict()
+
+
+def parse_counts(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,2"`` -> (1, 2); anything but comma-separated positive integers is a ConfigError.
+
+    >>> parse_counts("16,256", "--entities")
+    (16, 256)
+    """
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, e.g. 16,256; got {text!r}")
+    return counts

@@ -142,7 +142,7 @@ def test_the_latency_plot_bins_the_floor_and_draws_the_alerts_and_the_cores(tmp_
 
 @pytest.mark.parametrize("flags, message", [
     ({"n": 500}, "--n must be at least 1920 readings"),
-    ({"consumers": "1,x"}, "--consumers takes comma-separated positive process counts"),
+    ({"consumers": "1,x"}, "--consumers takes comma-separated positive integers"),
     ({"consumers": "1,2", "precision": "bf16"}, "--consumers measures fp32 only"),
 ])
 def test_flags_that_would_measure_nothing_stop_before_a_broker_starts(flags, message):

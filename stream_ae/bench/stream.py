@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_ae.bench import cpu, emit, evt_peak_share
-from stream_ae.configs import PRECISIONS
+from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run, paced_readings
 from stream_ae.bench.latency_plot import plot_latency
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator
@@ -385,9 +385,7 @@ def run_from_flags(n=None, json_path=None, consumers: str | None = None, precisi
     if n is not None and n < (least := 2 * ENTITIES * PRESETS["conv"].window.length):   # (b) waits for windows
         raise ConfigError(f"--n must be at least {least} readings (two windows of {ENTITIES} entities), got {n}")
     if consumers:
-        counts = tuple(int(k) for k in consumers.split(",") if k.strip().isdigit() and int(k) > 0)
-        if len(counts) != len(consumers.split(",")):
-            raise ConfigError(f"--consumers takes comma-separated positive process counts, e.g. 1,2; got {consumers!r}")
+        counts = parse_counts(consumers, "--consumers")
         if precision != "fp32":
             raise ConfigError("--consumers measures fp32 only; leave out --precision")
         return run_scaleout_bench(n=n, consumers=counts, json_path=json_path)
