@@ -297,10 +297,7 @@ def run_skab_cli(args) -> int:
         raise ConfigError("--model and --variant each need at least one name, e.g. --model conv "
                           "--variant undercomplete")
     seed = check_seed(int(getattr(args, "seed", 0)), "--seed ")
-    _check_names(args, kinds, variants)   # before the minutes of evaluation, not after some of them
-    for flag, target in (("--json", getattr(args, "json_path", None)), ("--plot", getattr(args, "plot", None))):
-        if target and not Path(target).resolve().parent.is_dir():   # checked before the minutes of evaluation
-            raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")
+    wanted = _preflight(args, kinds, variants)   # before the minutes of evaluation, not after some of them
     results = evaluate(args.data, kinds, variants, _PROTOCOL_NAMES[proto_arg],
                        device=getattr(args, "device", "cpu"), seed=seed,
                        progress=not getattr(args, "no_progress", False),
@@ -319,8 +316,7 @@ def run_skab_cli(args) -> int:
           "(docs/skab-results.md).")
     if getattr(args, "json_path", None):
         Path(args.json_path).write_text(json.dumps(results_to_json(results), indent=2))
-    if getattr(args, "plot", None):
-        wanted = str(getattr(args, "plot_file", "valve1/1.csv")).removesuffix(".csv")
+    if wanted is not None:
         kind, by_v = next(iter(results.items()))
         variant, by_p = next(iter(by_v.items()))
         protocol, r = next(iter(by_p.items()))
@@ -332,8 +328,9 @@ def run_skab_cli(args) -> int:
     return 0
 
 
-def _check_names(args, kinds, variants) -> None:
-    """Every model, variant, the plot's file and the precision exist, or a ConfigError says which."""
+def _preflight(args, kinds, variants) -> str | None:
+    """Every model, variant, the plot's file, the precision and the output folders exist, or a
+    ConfigError says which; returns the name of the file to plot (None: no ``--plot``)."""
     from stream_ae.errors import ConfigError
     from stream_ae.models.config import VARIANTS
     from stream_ae.presets import get_preset
@@ -345,8 +342,13 @@ def _check_names(args, kinds, variants) -> None:
     if unknown:
         raise ConfigError(f"--variant {', '.join(unknown)}: unknown; choose from {', '.join(VARIANTS)} or all")
     check_precision(getattr(args, "precision", "fp32"), resolve_device(getattr(args, "device", "cpu")))
-    if getattr(args, "plot", None):
-        wanted = str(getattr(args, "plot_file", "valve1/1.csv")).removesuffix(".csv")
-        names = [name for name, _ in skab_files(args.data)]
-        if wanted not in names:
-            raise ConfigError(f"--plot-file {wanted!r} is not a labelled SKAB file; use one like {names[0]}.csv")
+    for flag, target in (("--json", getattr(args, "json_path", None)), ("--plot", getattr(args, "plot", None))):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")
+    if not getattr(args, "plot", None):
+        return None
+    wanted = str(getattr(args, "plot_file", "valve1/1.csv")).removesuffix(".csv")
+    names = [name for name, _ in skab_files(args.data)]
+    if wanted not in names:
+        raise ConfigError(f"--plot-file {wanted!r} is not a labelled SKAB file; use one like {names[0]}.csv")
+    return wanted
