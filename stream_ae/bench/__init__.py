@@ -38,10 +38,11 @@ def evt_peak_share(detector, windows: int) -> float | None:
 
 def emit(result: dict, json_path=None) -> dict:
     """Print a benchmark's figures as JSON and, when asked, write them to ``json_path``."""
-    import json
     from pathlib import Path
 
-    text = json.dumps(result, indent=2)
+    from stream_ae.jsontext import dumps
+
+    text = dumps(result, indent=2)
     print(text)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

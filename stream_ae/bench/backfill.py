@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from stream_ae.bench import config_key, skab_detrend
+from stream_ae.bench import config_key, emit, skab_detrend
 from stream_ae.configs import PRECISIONS
+from stream_ae.jsontext import dumps
 
 ENTITIES = 8
 CHANNELS = 8
@@ -89,7 +90,7 @@ def _child(archive: str, artifact: str, out: str, report_path: str, device: str 
     torch.set_num_threads(TORCH_THREADS)
     report = run_backfill(archive, artifact, out, device=device, progress=False, restart=True,
                           precision=precision)
-    Path(report_path).write_text(json.dumps(report.to_dict()))
+    Path(report_path).write_text(dumps(report.to_dict()))
 
 
 def measure(archive: Path, artifact: Path, out: Path, device: str = "cpu", precision: str = "fp32") -> dict:
@@ -187,12 +188,7 @@ def run_backfill_bench(rows=(1_000_000, 10_000_000), out_dir="bench-out", json_p
         "meets_targets": all(r["windows_per_s"] >= TARGET_WINDOWS_PER_S
                              and r["peak_rss_mib"] < TARGET_PEAK_RSS_MIB for r in runs),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(text + "\n")
-    return result
+    return emit(result, json_path)
 
 
 def main(argv=None) -> int:

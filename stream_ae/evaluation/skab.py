@@ -263,7 +263,7 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
 
 
 def results_to_json(results: dict) -> dict:
-    """``evaluate``'s results without the per-file series (JSON-safe; NaN stays NaN)."""
+    """``evaluate``'s results without the per-file series (a NaN figure is written as null)."""
     return {k: {v: {p: {key: val for key, val in r.items() if key != "runs"}
                     for p, r in by_p.items()} for v, by_p in by_v.items()}
             for k, by_v in results.items()}
@@ -280,10 +280,9 @@ def run_skab_cli(args) -> int:
     ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device``, ``.seed``, ``.precision`` and
     ``.no_progress``.
     """
-    import json
-
     from stream_ae.errors import ConfigError
     from stream_ae.evaluation.plot import plot_file_run
+    from stream_ae.jsontext import dumps
     from stream_ae.models.config import VARIANTS
     from stream_ae.training.trainer import check_seed
 
@@ -315,7 +314,7 @@ def run_skab_cli(args) -> int:
           "files' labels;\nchosen on half of the files, the other half scored F1 0.812 / 0.791 "
           "(docs/skab-results.md).")
     if getattr(args, "json_path", None):
-        Path(args.json_path).write_text(json.dumps(results_to_json(results), indent=2))
+        Path(args.json_path).write_text(dumps(results_to_json(results), indent=2))
     if wanted is not None:
         kind, by_v = next(iter(results.items()))
         variant, by_p = next(iter(by_v.items()))

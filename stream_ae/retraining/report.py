@@ -8,7 +8,6 @@ Exit codes (``RetrainReport.exit_code``, used by ``python -m jobs.retrain``):
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_ae import durable
+from stream_ae.jsontext import dumps, finite
 
 _PLOT_LOCK = threading.Lock()
 EXIT_CODES = {"promoted": 0, "kept_champion": 0, "already_done": 0, "not_due": 0, "failed": 1, "conflict": 3}
@@ -61,7 +61,7 @@ class RetrainReport:
         return self.decision == "promoted"
 
     def to_dict(self) -> dict:
-        return _finite(asdict(self))
+        return finite(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "RetrainReport":
@@ -74,17 +74,6 @@ class RetrainReport:
         return f"retrain {self.deployment}: {self.decision} ({versions}): {why}"
 
 
-def _finite(obj):
-    """NaN / inf become None: JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_report(report: RetrainReport, report_dir) -> Path:
     """Write ``<report_dir>/<run_id>.json`` atomically (temp file + rename); returns its path."""
     folder = Path(report_dir)
@@ -92,7 +81,7 @@ def write_report(report: RetrainReport, report_dir) -> Path:
     path = folder / f"{report.run_id}.json"
     report.report_path = str(path)
     tmp = folder / f".{report.run_id}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
+    tmp.write_text(dumps(report.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
     durable.publish(tmp, path)
     return path
 

@@ -17,10 +17,10 @@ through :meth:`Settings.redacted`, never as the object.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 
+from stream_ae.jsontext import dumps
 from stream_ae.stream.sections import _MASK, SECRET_WORDS
 
 # the settings' secret words (what becomes a Secret), and more: logs mask any field that looks like one
@@ -63,7 +63,7 @@ class JsonFormatter(logging.Formatter):
             out.update({f"field_{k}" if k in _RESERVED else k: v for k, v in _mask(fields).items()})
         if record.exc_info:
             out["exc"] = _scrub(self.formatException(record.exc_info))
-        return json.dumps(out, default=str)
+        return dumps(out, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -76,7 +76,7 @@ class TextFormatter(logging.Formatter):
         text = _scrub(super().format(record))
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in _mask(fields).items())
+            text += " " + " ".join(f"{k}={dumps(v, default=str)}" for k, v in _mask(fields).items())
         return text
 
 

@@ -21,6 +21,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from stream_ae.jsontext import dumps
+
 log = logging.getLogger(__name__)
 
 
@@ -122,7 +124,7 @@ class OpsServer:
             ok, body = readiness(self.metrics)
         else:
             return 404, "application/json", b'{"status": "not found"}'
-        return (200 if ok else 503), "application/json", json.dumps(body).encode()
+        return (200 if ok else 503), "application/json", dumps(body).encode()
 
 
 class _QuietServer(ThreadingHTTPServer):
