@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_ae.demo.summary import Detection
+from stream_ae.demo.summary import ALERTS, alerts_to_detections
 
 RATE_MSGS_S = 2_500          # readings per second: ~6000x real time for 4 entities at 10 s
 WAIT_S = 90.0                # give up waiting for the runner after this long
@@ -135,18 +135,6 @@ def _produce(bootstrap: str, topic: str, messages: list, sent_ms: dict, rate: fl
         producer.close()
 
 
-def _detections(alerts: list, last_ts: dict) -> list[Detection]:
-    """One Detection per alert id: from its start to its resolution (or the entity's last reading)."""
-    from stream_ae.stream.codec import datetime_to_ns
-
-    spans: dict[str, list] = {}
-    for a in alerts:
-        span = spans.setdefault(a.alert_id, [a.entity, datetime_to_ns(a.started_at), None])
-        if a.state == "resolved":
-            span[2] = datetime_to_ns(a.at)
-    return [Detection(e, s, end if end is not None else int(last_ts[e])) for e, s, end in spans.values()]
-
-
 def _frames(scorer, artifact, arrays) -> dict:
     """Per entity: ts, every channel's values, window end, score and threshold from the one scoring path."""
     from stream_ae.data.windows import SeriesWindower
@@ -172,7 +160,7 @@ def _settings(broker, topics: dict):
     session_ms = 3000 if broker.kind == "embedded" else 6000
     overrides = [f"kafka.bootstrap_servers={broker.bootstrap}", f"kafka.group_id=demo-{uuid.uuid4().hex[:8]}",
                  f"kafka.session_timeout_ms={session_ms}", "batch.max_size=1024", "batch.max_wait_ms=20",
-                 "alerts.k=3", "alerts.n=5", "alerts.quiet_s=300", "alerts.update_interval_s=3600",
+                 *(f"alerts.{k}={v}" for k, v in ALERTS.items()),
                  "model.device=auto", "ops.metrics_port=0", "ops.health_port=0"]
     overrides += [f"kafka.{k}={v}" for k, v in topics.items()]
     return load_settings(env={}, overrides=overrides)
@@ -245,7 +233,7 @@ def _stream(broker, topics: dict, artifact, df, train_end: int):
         raise errors[0]
     _report(runner, sink, time.perf_counter() - t0)
     last_ts = {e: arrays[1][arrays[0] == e].max() for e in set(arrays[0])}
-    return _frames(runner.detector.scorer, artifact, arrays), _detections(sink.seen, last_ts)
+    return _frames(runner.detector.scorer, artifact, arrays), alerts_to_detections(sink.seen, last_ts)
 
 
 def _wait_done(runner, thread, sink: _Alerts, total: int) -> None:

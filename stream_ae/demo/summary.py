@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass
 class Detection:
-    """A run of flagged windows (or one alert) for one entity, in event time (ns)."""
+    """One alert of one entity, from its start to its resolution, in event time (ns)."""
 
     entity: str
     start_ts: int
@@ -46,19 +46,33 @@ class MatchSummary:
         return out
 
 
-def runs_to_detections(entity: str, end_ts: np.ndarray, flags: np.ndarray, merge_gap_ns: int) -> list[Detection]:
-    """Group flagged windows (by their end time) into detections; gaps under merge_gap_ns join runs.
+# The demo's alert rule, for the stream (settings) and the offline backfill (AlertTracker) alike:
+# an alert opens on 3 flagged windows of 5 and resolves 300 s after the last flagged one.
+ALERTS = {"k": 3, "n": 5, "quiet_s": 300, "update_interval_s": 3600}
 
-    >>> runs_to_detections("e", np.array([1, 2, 3, 10, 11]), np.array([1, 1, 0, 1, 1], bool), 2)
-    [Detection(entity='e', start_ts=1, end_ts=2), Detection(entity='e', start_ts=10, end_ts=11)]
+
+def alerts_to_detections(alerts, last_ts: dict) -> list[Detection]:
+    """One Detection per alert id: from its start to its resolution, or to its entity's last
+    reading (``last_ts``: entity -> ns) while it is still open. ``alerts``: :class:`AlertEvent`
+    (times in ns) or alerts decoded from the alerts topic (aware datetimes).
+
+    >>> from types import SimpleNamespace as Event
+    >>> alerts_to_detections([Event(alert_id="a1", entity="u", state="open", started_at=5, at=5),
+    ...                       Event(alert_id="a1", entity="u", state="resolved", started_at=5, at=9),
+    ...                       Event(alert_id="a2", entity="u", state="open", started_at=20, at=20)], {"u": 30})
+    [Detection(entity='u', start_ts=5, end_ts=9), Detection(entity='u', start_ts=20, end_ts=30)]
     """
-    ts = np.asarray(end_ts)[np.asarray(flags, bool)]
-    if ts.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(ts) > merge_gap_ns)
-    starts = np.r_[0, breaks + 1]
-    ends = np.r_[breaks, ts.size - 1]
-    return [Detection(entity, int(ts[s]), int(ts[e])) for s, e in zip(starts, ends)]
+    from stream_ae.stream.codec import datetime_to_ns
+
+    def ns(t) -> int:
+        return int(t) if isinstance(t, (int, np.integer)) else datetime_to_ns(t)
+
+    spans: dict[str, list] = {}
+    for a in alerts:
+        span = spans.setdefault(a.alert_id, [a.entity, ns(a.started_at), None])
+        if a.state == "resolved":
+            span[2] = ns(a.at)
+    return [Detection(e, s, end if end is not None else int(last_ts[e])) for e, s, end in spans.values()]
 
 
 def match(injected, detections: list[Detection], tolerance_ns: int) -> MatchSummary:
