@@ -43,16 +43,15 @@ if TYPE_CHECKING:
     from stream_ae.stream.columns import ReadingColumns
 
 SCHEMA_VERSION = 1
-Reason = Literal[
+Reason = Literal[   # only reasons something produces: a consumer of dead letters keys dashboards on them
     "malformed", "unknown_field", "non_finite", "oversized",          # the codec's own
-    "missing_channel", "unknown_channel", "entity_limit",              # checked by the runner
-    "late", "out_of_order", "duplicate",                               # ordering, by the runner
+    "missing_channel", "unknown_channel",                              # checked by the runner
+    "out_of_order", "duplicate",                                       # ordering, by the runner
 ]
 REASONS: tuple[str, ...] = Reason.__args__
 REJECT_DETAIL = {  # the detail of the ordering reasons, in the stream and the archiver alike
     "duplicate": "a reading with this entity and timestamp was already accepted",
     "out_of_order": "older than the entity's last accepted reading",
-    "late": "older than the allowed lateness",
 }
 Severity = Literal["info", "warning", "critical"]
 AlertState = Literal["open", "update", "resolved"]
