@@ -50,11 +50,12 @@ class _Run:
     __slots__ = ("entity", "ts", "scores", "thresholds", "flags", "channel_error", "channels", "model_version",
                  "clock", "after")
 
-    def __init__(self, entity, ts, scores, thresholds, flags, channel_error, channels, model_version, clock=None):
+    def __init__(self, entity, ts, scores, thresholds, flags, channel_error, channels, model_version, clock=None,
+                 after=None):
         self.entity, self.ts, self.scores, self.thresholds, self.flags = entity, ts, scores, thresholds, flags
         self.channel_error, self.channels, self.model_version = channel_error, channels, model_version
         self.clock = clock  # (B,) others' event time before each window, or None
-        self.after = None if clock is None else np.maximum(clock, ts)  # (B,) ... and after it
+        self.after = None if clock is None else np.maximum(clock, ts) if after is None else after  # ... after it
 
     def top(self, j: int, k: int) -> list[tuple[str, float]]:
         return top_channels(self.channel_error[j], self.channels, k)
@@ -132,14 +133,16 @@ class AlertTracker:
     def observe_many(self, entity: str, end_ts_ns: np.ndarray, scores: np.ndarray,
                      thresholds: np.ndarray, flagged: np.ndarray, channel_error: np.ndarray,
                      channels: Sequence[str], model_version: str,
-                     clock: np.ndarray | None = None) -> list[AlertEvent]:
+                     clock: np.ndarray | None = None, after: np.ndarray | None = None) -> list[AlertEvent]:
         """Feed a batch ``(B,)`` of one entity's windows (``channel_error`` ``(B, C)``).
 
         ``clock`` ``(B,)``: the event time other entities had reached just before each window
         (its partition's, in the stream). An open alert resolves when that time moved on by
         ``policy.silence`` from one window of the entity to the next (:meth:`expire_silent`):
         measured on the others' time, an entity whose own clock lags is not silent while it
-        sends. None: no silence rule.
+        sends. None: no silence rule. ``after`` ``(B,)``: that time just after each window (None:
+        the later of ``clock`` and the window's end; the stream bounds a window's end by its
+        record's Kafka timestamp, ``silence.py``).
 
         Identical to calling :meth:`observe` in a loop, but vectorised: a stretch without an
         open alert is one k-of-n count over the chunk, a stretch with one is one search for the
@@ -160,7 +163,8 @@ class AlertTracker:
                             f"({iso_utc(st.last_ts)}); feed windows in event-time order")
         run = _Run(entity, ts, np.asarray(scores, np.float64).reshape(-1),
                    np.asarray(thresholds, np.float64).reshape(-1), flags, channel_error, channels, model_version,
-                   None if clock is None or not self._silence_ns else np.asarray(clock, np.int64).reshape(-1))
+                   None if clock is None or not self._silence_ns else np.asarray(clock, np.int64).reshape(-1),
+                   None if after is None else np.asarray(after, np.int64).reshape(-1))
         events: list[AlertEvent] = []
         i = 0
         while i < B:

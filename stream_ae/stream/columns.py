@@ -47,13 +47,13 @@ class ReadingColumns(msgspec.Struct, gc=False):
         """The detector's batch and each reading's ingest time (Kafka timestamp, s; now if unset)."""
         msgs, n = self.messages, len(self)
         try:
-            stamp = np.fromiter(map(_TIMESTAMP, msgs), np.float64, n) / 1000  # (N,)
+            ms = np.fromiter(map(_TIMESTAMP, msgs), np.int64, n)  # (N,) epoch ms; -1: none
         except TypeError:  # a record without a timestamp (None)
-            stamp = np.fromiter((m.timestamp or 0 for m in msgs), np.float64, n) / 1000
-        ingest = np.where(stamp > 0, stamp, time.time())
+            ms = np.fromiter((m.timestamp or 0 for m in msgs), np.int64, n)
+        ingest = np.where(ms > 0, ms / 1000, time.time())
         batch = ReadingBatch(entity=self.entity, ts=self.ts_ns, values=self.values,  # values (N, C)
                              partition=np.fromiter(map(_PARTITION, msgs), np.int64, n),
-                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n))
+                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n), record_ts=ms * 1_000_000)
         return batch, ingest
 
 

@@ -63,7 +63,7 @@ class PreparedBatch:
     scorer: Any  # the model at prepare time: a hot reload never splits a batch
     scored: Any = None  # ScoreBatch once scored
     fleet: _Fleet | None = None  # entities windowed together (their windows come after ``pending``'s)
-    partition: np.ndarray | None = None  # (N,) the batch's readings partitions
+    batch: ReadingBatch | None = None  # the readings (their partitions and record timestamps)
 
     def score(self) -> "PreparedBatch":
         """Run the model (pure: no detector state is read or written, so any thread may call it)."""
@@ -104,8 +104,7 @@ class Detector:
         # A threshold learns one model's scores: per model version, the calibration to start from
         # (the latest CALIBRATIONS_KEPT versions: a service hot-reloads for months)
         self._calibrations = OrderedDict({scorer.version: (threshold_spec, threshold_state)})
-        self.alert_policy = alert_policy
-        self.window_spec = window_spec
+        self.alert_policy, self.window_spec = alert_policy, window_spec
         self.channels = tuple(scorer.channels)
         self._check_scorer(scorer)
         self.table = EntityTable(self._new_state, max_entities)
@@ -116,15 +115,11 @@ class Detector:
     # -- set-up ----------------------------------------------------------------------------
     def _check_scorer(self, scorer) -> None:
         if int(scorer.length) != self.window_spec.length:
-            raise DataError(
-                f"model {scorer.version} scores windows of {scorer.length} rows but the stream "
-                f"windows are {self.window_spec.length}; use the artifact's window length"
-            )
+            raise DataError(f"model {scorer.version} scores windows of {scorer.length} rows but the stream "
+                            f"windows are {self.window_spec.length}; use the artifact's window length")
         if tuple(scorer.channels) != self.channels:
-            raise DataError(
-                f"model {scorer.version} has channels {list(scorer.channels)}, the running one "
-                f"{list(self.channels)}; a hot reload must keep the channels"
-            )
+            raise DataError(f"model {scorer.version} has channels {list(scorer.channels)}, the running one "
+                            f"{list(self.channels)}; a hot reload must keep the channels")
 
     def _new_state(self, entity: str) -> EntityState:
         tracker = AlertTracker(self.alert_policy)
@@ -192,7 +187,7 @@ class Detector:
         :meth:`finish` must then be called for the batches in the order they were prepared.
         """
         out = DetectorOutput()
-        prep = PreparedBatch(out, [], None, None, self.scorer, partition=batch.partition)
+        prep = PreparedBatch(out, [], None, None, self.scorer, batch=batch)
         n = len(batch)
         if n == 0:
             return prep
@@ -273,8 +268,11 @@ class Detector:
             ts_parts.append(prep.fleet.end_ts)
             readings.append(prep.fleet.end_reading)
         flags = np.zeros(lo, bool)
-        readings = np.concatenate(readings) if lo else None  # (lo,) batch index of each window's last reading
-        clock = self.clocks.before(prep.partition[readings], readings, np.concatenate(ts_parts)) if lo else None
+        clock = after = None   # the partition's time just before and after each window
+        if lo:
+            readings, rb = np.concatenate(readings), prep.batch  # (lo,) batch index of each window's last reading
+            clock, after = self.clocks.around(rb.partition[readings], readings, np.concatenate(ts_parts),
+                                              None if rb.record_ts is None else rb.record_ts[readings])
         todo.sort(key=lambda item: item[0])
         for rank, state, a, b, end_ts, end_reading, last_reading, values in todo:
             score, channel_error = prep.scored.score[a:b], prep.scored.channel_error[a:b]  # (b,), (b, C)
@@ -283,7 +281,7 @@ class Detector:
                 flags[a:b], values = state.threshold.step_many(score)
                 state.windows += b - a
             events = state.tracker.observe_many(state.entity, end_ts, score, values, flags[a:b], channel_error,
-                                                self.channels, version, clock[a:b])
+                                                self.channels, version, clock[a:b], after[a:b])
             self.clocks.note(state.entity, state.partition, state.tracker.open_since(state.entity))
             for event in events:
                 j = int(np.searchsorted(end_ts, event.at))  # the window that caused it, if any

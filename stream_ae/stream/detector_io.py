@@ -18,12 +18,13 @@ class ReadingBatch:
     values: np.ndarray  # (N, C) float32, channel order = the model's; NaN = missing
     partition: np.ndarray  # (N,) int64 Kafka partition (-1: not from Kafka)
     offset: np.ndarray  # (N,) int64 Kafka offset
+    record_ts: np.ndarray | None = None  # (N,) int64 ns, each record's Kafka timestamp (<= 0: none); None: none
 
     def __len__(self) -> int:
         return len(self.ts)
 
     @classmethod
-    def from_arrays(cls, entity, ts, values, partition=None, offset=None) -> "ReadingBatch":
+    def from_arrays(cls, entity, ts, values, partition=None, offset=None, record_ts=None) -> "ReadingBatch":
         """Build a batch; without Kafka coordinates, partition -1 (never skipped as a replay)."""
         n = len(ts)
         return cls(
@@ -32,6 +33,7 @@ class ReadingBatch:
             values=np.asarray(values, dtype=np.float32).reshape(n, -1),
             partition=np.full(n, -1, np.int64) if partition is None else np.asarray(partition, np.int64),
             offset=np.arange(n, dtype=np.int64) if offset is None else np.asarray(offset, np.int64),
+            record_ts=None if record_ts is None else np.asarray(record_ts, np.int64),
         )
 
 
