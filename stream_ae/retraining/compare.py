@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from stream_ae.retraining.faults import FAULT_SIGMA, regressions
+
 
 @dataclass(frozen=True)
 class LabelledEvent:
@@ -50,6 +52,7 @@ class ModelMetrics:
     detected: int = 0
     recall: float | None = None
     threshold_median: float | None = None
+    fault_detection: dict | None = None   # channel -> share of windows flagged with a synthetic fault (faults.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +65,10 @@ class PromotionRule:
     * median normal-data error <= champion's x (1 + ``error_tolerance``);
     * alert rate <= champion's x (1 + ``alert_rate_tolerance``) + ``alert_rate_slack``
       (the slack keeps a champion that flags nothing from blocking every challenger);
-    * where labelled events exist: recall >= champion's - ``recall_tolerance``.
+    * where labelled events exist: recall >= champion's - ``recall_tolerance``;
+    * on every channel, the share of holdout windows flagged once a synthetic level shift is
+      added to it (:mod:`~stream_ae.retraining.faults`) >= champion's - ``fault_tolerance``:
+      neither error nor alert rate says whether a model can still see a fault.
     """
 
     error_tolerance: float = 0.05
@@ -70,6 +76,7 @@ class PromotionRule:
     alert_rate_slack: float = 0.005
     recall_tolerance: float = 0.0
     min_windows: int = 100
+    fault_tolerance: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +137,12 @@ def decide(rule: PromotionRule, challenger: ModelMetrics, champion: ModelMetrics
             f"{'>=' if ok else '<'} champion {_g(champion.recall)} - {_g(rule.recall_tolerance)}")
     else:
         for_.append("no labelled events in the holdout: recall not compared")
+    if challenger.fault_detection and champion.fault_detection:
+        worse = regressions(challenger.fault_detection, champion.fault_detection, rule.fault_tolerance)
+        (against if worse else for_).append(
+            f"a {FAULT_SIGMA:g}-sigma level shift is flagged less often than by the champion on {', '.join(worse)}"
+            if worse else f"a {FAULT_SIGMA:g}-sigma level shift on each channel is flagged at least as often as "
+            f"by the champion, less {_g(rule.fault_tolerance)}")
     return Decision(not against, against + for_)
 
 

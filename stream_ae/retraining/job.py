@@ -27,6 +27,7 @@ import os
 import socket
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ import pandas as pd
 from stream_ae.artifact import load_artifact
 from stream_ae.errors import ConfigError, DataError, StreamAEError
 from stream_ae.registry import PromotionConflict, Registry
+from stream_ae.retraining import faults
 from stream_ae.retraining.compare import (Decision, LabelledEvent, PromotionRule, decide, holdout_metrics,
                                           swap_blocker)
 from stream_ae.retraining.report import RetrainReport, plot_scores, write_report
@@ -276,7 +278,7 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
     registry = Registry(settings.model.registry)
     history_at = history_uri(settings)
     rule = PromotionRule(cfg.error_tolerance, cfg.alert_rate_tolerance, cfg.alert_rate_slack,
-                         cfg.recall_tolerance, cfg.min_holdout_windows)
+                         cfg.recall_tolerance, cfg.min_holdout_windows, cfg.fault_tolerance)
     preset = resolve_preset(cfg.model, cfg.variant, window=cfg.window, epochs=cfg.epochs,
                             max_windows=cfg.max_windows, seed=cfg.seed, device=cfg.device, progress=progress,
                             detrend=cfg.detrend, score_steps=cfg.score_steps)
@@ -317,17 +319,21 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
             raise DataError(f"the holdout {report.holdout_span[0]} .. {report.holdout_span[1]} gave "
                             f"{ch_metrics.windows} windows, fewer than retrain.min_holdout_windows="
                             f"{cfg.min_holdout_windows}: is the history ({history_at}) up to date?")
-        champ_metrics = None
+        champ_metrics, arts = None, {"challenger": load_artifact(registry.artifact_path(version))}
         if champion:
+            arts["champion"] = load_artifact(registry.artifact_path(champion))
             champ_metrics, scores["champion"] = evaluate(champion, registry.artifact_path(champion), history_at,
                                                          hold_start, now_ns, cfg.device, events)
+        shares = faults.measure(history_at, _iso(hold_start), _iso(now_ns), arts, cfg.device, cfg.seed)
+        ch_metrics = replace(ch_metrics, fault_detection=shares["challenger"])
+        report.challenger["metrics"] = ch_metrics.to_dict()
+        if champion:
+            champ_metrics = replace(champ_metrics, fault_detection=shares["champion"])
             report.champion["metrics"], thresholds["champion"] = champ_metrics.to_dict(), champ_metrics.threshold_median
         decision = decide(rule, ch_metrics, champ_metrics)
-        if decision.promote and champion:
-            blocker = swap_blocker(load_artifact(registry.artifact_path(champion)),
-                                   load_artifact(registry.artifact_path(version)))
-            if blocker:
-                decision = Decision(False, [blocker, *decision.reasons])
+        blocker = swap_blocker(arts["champion"], arts["challenger"]) if champion else None
+        if blocker:   # named whatever the rule decided: a new sensor in the archive is news to an operator
+            decision = Decision(False, [blocker, *decision.reasons])
         report.reasons = decision.reasons
         if decision.promote:
             report.promotion = registry.promote(deployment, version, expect=champion,

@@ -209,6 +209,7 @@ class RetrainSettings(_Section):
     alert_rate_tolerance: Annotated[float, Meta(ge=0.0)] = 0.10   # alert rate <= champion's * (1 + tol) + slack
     alert_rate_slack: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.005
     recall_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0  # recall >= champion's - tol (labels only)
+    fault_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1   # per channel, share of synthetic faults flagged
     labels: str | None = None                # Parquet/CSV of labelled events or operator feedback
     report_dir: str = "retrain-reports"
     lock_timeout_s: Annotated[float, Meta(ge=0.0)] = 3600.0       # wait this long for a run training the same data
