@@ -61,7 +61,7 @@ def run(args, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except StreamAEError as exc:
+    except (StreamAEError, OSError) as exc:   # OSError: the registry or report_dir (not a folder, permissions)
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"decision": report.decision, "challenger": (report.challenger or {}).get("version"),

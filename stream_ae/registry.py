@@ -302,6 +302,7 @@ class Registry:
                 lineage.pop()
                 version = lineage[-1]
                 self._check_version(version)
+                self.check_loads(version)   # as a promotion: consumers would refuse it and keep the current one
             else:
                 lineage = (lineage + [version])[-_LINEAGE_MAX:]
             record = {"deployment": deployment, "version": version, "previous": now_serving,
