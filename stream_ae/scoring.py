@@ -318,7 +318,7 @@ class Scorer:
                 f"and windows of {length}; got [{starts.min()}, {starts.max()}]"
             )
         x_rows = self._to_device(rows)  # (N, C) raw: the graph scales them
-        pad = -b % SHAPE_STEP  # repeat the last window: forward passes come in few shapes
+        pad = -b % min(SHAPE_STEP, self.batch_size)  # repeat the last window: forward passes come in few shapes
         padded = np.concatenate([starts, np.full(pad, starts[-1])]) if pad else starts  # (B + pad,)
         dtype = self._autocast
         # Every torch call from Python lets the GIL go and must win it back from the polling
