@@ -93,11 +93,14 @@ def measure(history_uri: str, start: str, end: str, artifacts: dict, device: str
     from stream_ae.thresholds import ThresholdSpec, build_threshold
     from stream_ae.training.sampling import sample_windows
 
-    history, spread, out = History.open(history_uri, start=start, end=end), None, {}
+    history, spread, out, sampled = History.open(history_uri, start=start, end=end), None, {}, {}
     for name, art in artifacts.items():
-        parts = sample_windows(history, history.layout, art.window, art.channels, FAULT_WINDOWS, seed,
-                               start=start, end=end, val_fraction=0.5)[:2]
-        windows = np.concatenate([w.windows for w in parts])   # (B, T, C) raw
+        key = (art.window.length, art.window.hop, tuple(art.channels))   # the same windows: read them once
+        if key not in sampled:
+            parts = sample_windows(history, history.layout, art.window, art.channels, FAULT_WINDOWS, seed,
+                                   start=start, end=end, val_fraction=0.5)[:2]
+            sampled[key] = np.concatenate([w.windows for w in parts])   # (B, T, C) raw
+        windows = sampled[key]
         if spread is None:
             spread = dict(zip(art.channels, robust_spread(windows.reshape(-1, windows.shape[2])).tolist()))
         threshold = build_threshold(ThresholdSpec.from_dict(art.threshold["spec"]))
