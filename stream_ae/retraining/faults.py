@@ -95,7 +95,7 @@ def measure(history_uri: str, start: str, end: str, artifacts: dict, device: str
 
     history, spread, out, sampled = History.open(history_uri, start=start, end=end), None, {}, {}
     for name, art in artifacts.items():
-        key = (art.window.length, art.window.hop, tuple(art.channels))   # the same windows: read them once
+        key = (art.window, tuple(art.channels))   # the same windows: read them once
         if key not in sampled:
             parts = sample_windows(history, history.layout, art.window, art.channels, FAULT_WINDOWS, seed,
                                    start=start, end=end, val_fraction=0.5)[:2]
