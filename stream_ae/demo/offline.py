@@ -40,5 +40,5 @@ def detect_offline(out: Path, history: Path, artifact_path: Path, df, train_end:
         # events' top channels are left out, which the detections do not use
         alerts += tracker.observe_many(entity, end_ns, g["score"].to_numpy(), g["threshold"].to_numpy(),
                                        g["anomaly"].to_numpy(), np.zeros((len(g), 0)), (), report.model_version)
-        last_ts[entity] = int(end_ns[-1]) if len(end_ns) else train_end
+        last_ts[entity] = int(end_ns[-1])   # a group of the scores table has at least one window
     return frames, alerts_to_detections(alerts, last_ts)
