@@ -141,18 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list, promote and roll back model versions",
                        description="The model registry: versions and the deployment pointers consumers follow.")
-    m.add_argument("--registry", default="models", help="registry directory or URI (default: models)")
+    registry_help = "registry directory or URI, before or after ACTION (default: models)"
+    m.add_argument("--registry", default="models", help=registry_help)
     msub = m.add_subparsers(dest="action", metavar="ACTION")
     msub.required = True
-    msub.add_parser("list", help="versions, with the deployments that point at them")
-    pr = msub.add_parser("promote", help="point a deployment at a version")
-    pr.add_argument("version")
-    pr.add_argument("--deployment", default="production")
-    pr.add_argument("--reason", default="manual promotion")
-    rb = msub.add_parser("rollback", help="point a deployment back at its previous version")
-    rb.add_argument("--deployment", default="production")
-    hi = msub.add_parser("history", help="a deployment's promotions, oldest first")
-    hi.add_argument("--deployment", default="production")
+    # After the action too: SUPPRESS keeps a value given before it (argparse would reset it to the default).
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--registry", default=argparse.SUPPRESS, help=registry_help)
+    deployment = argparse.ArgumentParser(add_help=False)
+    deployment.add_argument("--deployment", default="production", metavar="NAME",
+                            help="the deployment pointer consumers follow (serve's model.deployment; "
+                                 "default: production)")
+    msub.add_parser("list", parents=[after], help="versions, with the deployments that point at them")
+    pr = msub.add_parser("promote", parents=[after, deployment], help="point a deployment at a version")
+    pr.add_argument("version", help="a version from `stream-ae models list`")
+    pr.add_argument("--reason", default="manual promotion", help="kept in the deployment's history")
+    msub.add_parser("rollback", parents=[after, deployment],
+                    help="point a deployment back at its previous version")
+    msub.add_parser("history", parents=[after, deployment], help="a deployment's promotions, oldest first")
 
     j = sub.add_parser("job", help="scheduled jobs: archive the stream, retrain",
                        description="Run a scheduled job; same flags as `python -m jobs.NAME` "
@@ -300,6 +306,10 @@ def cmd_models(args) -> int:
     from stream_ae.registry import Registry
 
     reg = Registry(args.registry)
+    if args.action == "list" and not reg.exists():
+        print(f"stream-ae models: error: registry {args.registry} does not exist; pass the folder or URI "
+              "that `stream-ae train --out` or the retrain job wrote (--registry)", file=sys.stderr)
+        return EXIT_ERROR
     if args.action == "list":
         serving = {}
         for dep in reg.deployments():

@@ -171,11 +171,15 @@ class Registry:
                 os.unlink(lock)
 
     # -- versions ----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """Whether the registry's root is there (a mistyped ``--registry`` is not an empty registry)."""
+        return self._exists(self.path)
+
     def versions(self) -> list[dict]:
         """Every published version, oldest first: version, kind, variant, created_at, metrics."""
         import pyarrow.fs as pafs
 
-        if not self._exists(self.path):
+        if not self.exists():
             return []
         out = []
         for info in self.fs.get_file_info(pafs.FileSelector(self.path)):
@@ -316,17 +320,28 @@ class Registry:
         return record
 
     def history(self, deployment: str) -> list[dict]:
-        """Every promotion of ``deployment``, oldest first."""
+        """Every promotion of ``deployment`` that took effect, oldest first.
+
+        A promotion writes its history entry, then the pointer. One that stopped between the
+        two (a crash, a lost connection) left an entry the pointer never followed: its sequence
+        is past the pointer's, or a later promotion reused that sequence. Such entries are not
+        promotions and are left out.
+        """
         import pyarrow.fs as pafs
 
         folder = self._join(DEPLOYMENTS, deployment, "history")
-        self._pointer_path(deployment)   # validates the name
+        pointer = self.pointer(deployment)   # validates the name
         if not self._exists(folder):
             return []
         files = sorted(i.path for i in self.fs.get_file_info(pafs.FileSelector(folder))
                        if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
-        records = [self._read_json(f) for f in files]
-        return sorted((r for r in records if r), key=lambda r: r["sequence"])
+        top = pointer.get("sequence", 0) if pointer else 0
+        applied: dict[int, dict] = {}
+        for record in sorted((r for r in map(self._read_json, files) if r),
+                             key=lambda r: (r["sequence"], r.get("promoted_at", ""))):
+            if record["sequence"] <= top:
+                applied[record["sequence"]] = record   # the last written of a sequence is the one applied
+        return [applied[s] for s in sorted(applied)]
 
     def deployments(self) -> list[str]:
         """Names of every deployment with a pointer."""
