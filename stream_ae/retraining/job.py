@@ -307,10 +307,13 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
             if version and _published(registry, version):
                 report.challenger_reused = True
             else:
-                version = _train_and_publish(registry, history, preset, train_start, hold_start, fp, deployment)
+                version = _train_and_publish(registry, history, preset, train_start, hold_start, fp, deployment,
+                                             cfg.min_train_coverage)
                 write_json(registry, runs, {"fingerprint": fp, "challenger": version, "trained_at": _wall().isoformat(),
                                             "span": report.train_span})
         report.challenger = {"version": version, "metrics": None}
+        arts = {"challenger": load_artifact(registry.artifact_path(version))}
+        report.training = _training_summary(arts["challenger"])
         events = load_labels(cfg.labels, hold_start, now_ns) if cfg.labels else []
         ch_metrics, scores["challenger"] = evaluate(version, registry.artifact_path(version), history_at,
                                                     hold_start, now_ns, cfg.device, events)
@@ -319,7 +322,7 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
             raise DataError(f"the holdout {report.holdout_span[0]} .. {report.holdout_span[1]} gave "
                             f"{ch_metrics.windows} windows, fewer than retrain.min_holdout_windows="
                             f"{cfg.min_holdout_windows}: is the history ({history_at}) up to date?")
-        champ_metrics, arts = None, {"challenger": load_artifact(registry.artifact_path(version))}
+        champ_metrics = None
         if champion:
             arts["champion"] = load_artifact(registry.artifact_path(champion))
             champ_metrics, scores["champion"] = evaluate(champion, registry.artifact_path(champion), history_at,
@@ -365,13 +368,21 @@ def _published(registry: Registry, version: str) -> bool:
     return True
 
 
-def _train_and_publish(registry, history, preset, start: int, end: int, fp: str, deployment: str) -> str:
+def _training_summary(artifact) -> dict:
+    """What the challenger was trained on: rows, entities, first/last reading, the span's coverage."""
+    t = artifact.training
+    return {"rows": t.get("rows"), "entities": len(t.get("entities") or ()), "span": t.get("span"),
+            "coverage": t.get("coverage"), "windows": (t.get("windows") or {}).get("train")}
+
+
+def _train_and_publish(registry, history, preset, start: int, end: int, fp: str, deployment: str,
+                       min_coverage: float) -> str:
     from stream_ae.training import train
 
     log.info("training a challenger for %r on %s .. %s", deployment, _iso(start), _iso(end))
     artifact = train(history, history.layout, preset.window, preset.model, preset.train, preset.threshold,
                      start=_iso(start), end=_iso(end),   # ISO strings: error messages name readable times
-                     detrend=preset.detrend)
+                     detrend=preset.detrend, min_coverage=min_coverage)
     artifact.training["retrain"] = {"fingerprint": fp, "deployment": deployment, "preset": preset.name}
     return registry.publish(artifact)
 

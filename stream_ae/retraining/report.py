@@ -45,6 +45,7 @@ class RetrainReport:
     champion: dict | None = None
     challenger: dict | None = None
     challenger_reused: bool = False
+    training: dict | None = None                # the challenger's data: rows, entities, span, coverage
     promotion: dict | None = None               # the registry's pointer record after promoting
     error: str | None = None
     started_at: str | None = None

@@ -214,6 +214,7 @@ class RetrainSettings(_Section):
     report_dir: str = "retrain-reports"
     lock_timeout_s: Annotated[float, Meta(ge=0.0)] = 3600.0       # wait this long for a run training the same data
     min_holdout_windows: Annotated[int, Meta(ge=1)] = 100
+    min_train_coverage: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5  # share of train_span with readings
     device: str = "auto"
     seed: int = 0
     epochs: Annotated[int, Meta(ge=1)] | None = None              # None: the preset's

@@ -136,15 +136,19 @@ def _subset(ws: WindowSet, keep: np.ndarray) -> WindowSet:
 
 
 def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windows: int, seed: int,
-                   start=None, end=None, val_fraction: float = 0.2):
+                   start=None, end=None, val_fraction: float = 0.2, min_coverage: float = 0.0):
     """Sample at most ``max_windows`` raw windows, split by time into train and validation.
+
+    ``min_coverage``: raise :class:`DataError` when the readings cover less than this share of
+    the period (``start``/``end``, else the history's first to last reading; see :class:`_Coverage`).
 
     Returns
     -------
     (train, val, stats)
         Two :class:`WindowSet` of raw (unscaled) rows, and a JSON-safe dict: ``rows``,
         ``entities``, ``span`` (first/last ISO UTC), ``cut``, ``windows`` (found per split,
-        straddling, kept, stride), ``missing`` (per channel, the fraction of rows without a value).
+        straddling, kept, stride), ``missing`` (per channel, the fraction of rows without a value),
+        ``coverage`` (the share of the period with readings).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
@@ -173,6 +177,9 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         last = hi if last is None else max(last, hi)
     if first is None:
         raise DataError(f"the history has no rows between start={start} and end={end}; widen the period")
+    median_step = steps.median()
+    coverage = _Coverage(first if start_ns is None else start_ns, last + 1 if end_ns is None else end_ns,
+                         median_step)
     cut = first + int((1.0 - val_fraction) * (last - first))
     estimate = sum(max(0, (n - length) // hop + 1) for n in counts.values())
     stride = max(1, math.ceil(estimate / max_windows))
@@ -184,8 +191,9 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     seen = {name: 0 for name in counts}
     found = {"train": 0, "val": 0, "straddling": 0}
     out = {"train": _Collector(length), "val": _Collector(length)}
-    gaps, duplicates = _Gaps(steps.median(), window_spec.max_gap_s), 0
+    gaps, duplicates = _Gaps(median_step, window_spec.max_gap_s), 0
     for name, ts, vals, source in _chunks(history, channel_idx, start_ns, end_ns):
+        coverage.mark(ts)
         windower = windowers.setdefault(name, SeriesWindower(window_spec, len(channels)))
         batch = windower.push(ts, vals)
         if len(batch.rejected):
@@ -204,6 +212,13 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         found["straddling"] += int(b - is_train.sum() - is_val.sum())
         for split, mask in (("train", is_train & sampled), ("val", is_val & sampled)):
             out[split].add(name, batch.rows, batch.starts[mask], batch.start_ts[mask], batch.end_ts[mask])
+    if coverage.fraction() < min_coverage:
+        rows = sum(counts.values())
+        raise DataError(
+            f"the history covers {coverage.fraction():.0%} of the period {iso_utc(coverage.start)} .. "
+            f"{iso_utc(coverage.end)} ({rows} rows, {iso_utc(first)} .. {iso_utc(last)}), less than the "
+            f"{min_coverage:.0%} required: is the archive complete (the archiver running)? Lower the minimum "
+            "(retrain.min_train_coverage) to train on what there is")
     train, val = out["train"].build(len(channels)), out["val"].build(len(channels))
 
     # stride sampling can overshoot by up to one window per entity: trim at random
@@ -223,6 +238,7 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
                     "straddling": found["straddling"], "train": len(train), "val": len(val),
                     "stride": stride},
         "missing": {c: float(m) / max(1, rows) for c, m in zip(channels, missing_values)},
+        "coverage": round(coverage.fraction(), 4),
         "duplicates_dropped": duplicates,
         "gaps": gaps.to_dict(),
     }
@@ -279,3 +295,26 @@ class _Gaps:
         """``bridged`` gaps, the ``longest_s`` of them and the ``median_step_s`` of the history."""
         return {"bridged": self.n, "longest_s": self.longest / 1e9,
                 "median_step_s": None if self.step is None else self.step / 1e9}
+
+
+class _Coverage:
+    """The share of ``[start, end)`` that has readings, in slots of at least :data:`GAP_RATIO`
+    median steps (a slot with no reading is an outage, as a bridged gap is) and at most 4096 slots.
+
+    >>> c = _Coverage(0, 100, median_step_ns=1)
+    >>> c.mark(np.arange(0, 40)); c.mark(np.arange(90, 100)); round(c.fraction(), 2)
+    0.5
+    """
+
+    def __init__(self, start: int, end: int, median_step_ns: int | None, max_slots: int = 4096):
+        self.start, self.end = int(start), max(int(end), int(start) + 1)
+        span = self.end - self.start
+        self.width = max(-(-span // max_slots), int(GAP_RATIO * (median_step_ns or 0)), 1)
+        self.seen = np.zeros(-(-span // self.width), dtype=bool)
+
+    def mark(self, ts: np.ndarray) -> None:
+        slots = (np.asarray(ts, np.int64) - self.start) // self.width
+        self.seen[slots[(slots >= 0) & (slots < self.seen.size)]] = True
+
+    def fraction(self) -> float:
+        return float(self.seen.mean())

@@ -226,8 +226,11 @@ def _check_counts(train: WindowSet, val: WindowSet, stats: dict, needed_val: int
 
 
 def train(history, layout, window_spec, model_config, train_config: TrainConfig, threshold_spec,
-          start=None, end=None, detrend: tuple[str, ...] = ()) -> Artifact:
+          start=None, end=None, detrend: tuple[str, ...] = (), min_coverage: float = 0.0) -> Artifact:
     """Train an autoencoder on a History (or a URI) and return a calibrated Artifact.
+
+    ``min_coverage``: stop with :class:`DataError` before fitting when the readings cover less
+    than this share of ``start .. end`` (:func:`~stream_ae.training.sampling.sample_windows`).
 
     The scaler is fitted on the training split only; the threshold is calibrated on the
     validation windows' scores, computed with :class:`~stream_ae.scoring.Scorer` (the one
@@ -244,7 +247,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     with _torch_threads(cfg.num_threads):
         train_set, val_set, stats = sample_windows(
             history, layout, window_spec, channels, cfg.max_windows, cfg.seed,
-            start=start, end=end, val_fraction=cfg.val_fraction)
+            start=start, end=end, val_fraction=cfg.val_fraction, min_coverage=min_coverage)
         _check_counts(train_set, val_set, stats, max(MIN_VAL_WINDOWS, int(getattr(threshold_spec, "warmup", 0))))
         scaler = ChannelScaler().fit(train_set.rows)
         config = dataclasses.replace(model_config, n_channels=len(channels), window=int(window_spec.length),
@@ -271,7 +274,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     artifact.threshold = threshold_to_dict(threshold)
     quantiles = np.quantile(val_scores.astype(np.float64), VAL_QUANTILES)
     artifact.training = {
-        "span": stats["span"], "cut": stats["cut"], "rows": stats["rows"],
+        "span": stats["span"], "coverage": stats["coverage"], "cut": stats["cut"], "rows": stats["rows"],
         "entities": stats["entities"], "windows": stats["windows"],
         "gaps": stats["gaps"], "duplicates_dropped": stats["duplicates_dropped"],
         "epochs": fit["epochs_run"], "best_epoch": fit["best_epoch"],
