@@ -11,10 +11,14 @@ import numpy as np
 
 from stream_ae.errors import ArtifactError, DataError
 
-# Below this standard deviation a channel counts as constant. Its scale is then
-# 1.0 (not the tiny std) so that a later change shows in the channel's raw
-# units instead of being blown up by a near-zero divisor.
-MIN_STD = 1e-6
+# A channel counts as constant when its standard deviation is at most MIN_REL_STD
+# times its mean's size (float32 keeps about 7 digits: less is rounding flicker of an
+# unchanging reading) or at most MIN_STD. Its scale is then 1.0 (not the tiny std), so
+# a later change shows in the channel's raw units instead of being blown up by a
+# near-zero divisor. The floor is relative because units are the user's: strain in m/m
+# varies by 5e-7 around 1e-5, and an absolute floor of 1e-6 took that for constant.
+MIN_STD = 1e-20
+MIN_REL_STD = 1e-7
 
 
 class ChannelScaler:
@@ -26,9 +30,11 @@ class ChannelScaler:
 
     Parameters
     ----------
-    min_std
-        Channels whose standard deviation is at or below this value are treated
-        as constant and get ``scale = 1.0``.
+    min_std, min_rel_std
+        Channels whose standard deviation is at or below ``min_std`` or
+        ``min_rel_std * |mean|`` are treated as constant and get ``scale = 1.0``.
+        (Artifacts written before ``min_rel_std`` existed load with 0: their
+        absolute floor alone, as they were trained.)
 
     Examples
     --------
@@ -43,8 +49,8 @@ class ChannelScaler:
     [1.0, 1.0]
     """
 
-    def __init__(self, min_std: float = MIN_STD):
-        self.min_std = float(min_std)
+    def __init__(self, min_std: float = MIN_STD, min_rel_std: float = MIN_REL_STD):
+        self.min_std, self.min_rel_std = float(min_std), float(min_rel_std)
         self.count: np.ndarray | None = None  # (C,) float64, finite values seen
         self._mean: np.ndarray | None = None  # (C,) float64 running mean
         self._m2: np.ndarray | None = None  # (C,) float64 sum of squared deviations
@@ -113,7 +119,11 @@ class ChannelScaler:
     def scale(self) -> np.ndarray:
         """(C,) float64 divisor: the std, or 1.0 for constant channels."""
         std = self.std
-        return np.where(std > self.min_std, std, 1.0)
+        return np.where(self.constant(), 1.0, std)
+
+    def constant(self) -> np.ndarray:
+        """(C,) bool: the channels treated as constant (see the class's parameters)."""
+        return self.std <= np.maximum(self.min_std, self.min_rel_std * np.abs(self._mean))
 
     # -- use ------------------------------------------------------------------
     def transform(self, rows: np.ndarray) -> np.ndarray:
@@ -141,6 +151,7 @@ class ChannelScaler:
         self._require_fitted()
         return {
             "min_std": self.min_std,
+            "min_rel_std": self.min_rel_std,
             "count": self.count.tolist(),
             "mean": self._mean.tolist(),
             "m2": self._m2.tolist(),
@@ -150,18 +161,19 @@ class ChannelScaler:
     def from_dict(cls, d: dict) -> "ChannelScaler":
         """Rebuild a fitted scaler from ``to_dict`` output."""
         expected = {"min_std", "count", "mean", "m2"}
-        if not isinstance(d, dict) or set(d) != expected:
+        if not isinstance(d, dict) or set(d) - {"min_rel_std"} != expected:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ArtifactError(f"scaler state must have keys {sorted(expected)}, got {got}")
+            raise ArtifactError(f"scaler state must have keys {sorted(expected)} (and min_rel_std), got {got}")
         arrays = [np.asarray(d[k], dtype=np.float64) for k in ("count", "mean", "m2")]
         if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
             raise ArtifactError("scaler state has count/mean/m2 of different lengths")
-        if not all(np.isfinite(a).all() for a in arrays) or not math.isfinite(float(d["min_std"])):
+        floors = (float(d["min_std"]), float(d.get("min_rel_std", 0.0)))   # absent: written before it existed
+        if not all(np.isfinite(a).all() for a in arrays) or not all(map(math.isfinite, floors)):
             raise ArtifactError("scaler state holds non-finite numbers; the artifact is corrupt")
-        scaler = cls(min_std=float(d["min_std"]))
+        scaler = cls(*floors)
         scaler.count, scaler._mean, scaler._m2 = arrays
         return scaler
 
     def __repr__(self) -> str:
         n = "unfitted" if self.count is None else f"{self.count.shape[0]} channels"
-        return f"ChannelScaler({n}, min_std={self.min_std})"
+        return f"ChannelScaler({n}, min_std={self.min_std}, min_rel_std={self.min_rel_std})"

@@ -29,8 +29,8 @@ SPREAD_RATIO = 100.0
 THRESHOLD_RATIO = 100.0
 
 
-def spread_warnings(rows: np.ndarray, scale: np.ndarray, channels) -> list[str]:
-    """Channels whose scale (training rows (N, C), the scaler's std (C,)) a few readings dominate.
+def spread_warnings(rows: np.ndarray, std: np.ndarray, channels) -> list[str]:
+    """Channels whose standard deviation (training rows (N, C), the scaler's std (C,)) a few readings dominate.
 
     >>> rows = np.tile(np.arange(1000.0)[:, None], (1, 2)); rows[500, 1] = 1e25
     >>> spread_warnings(rows, rows.std(axis=0), ("a", "b"))[0][:63]
@@ -43,9 +43,9 @@ def spread_warnings(rows: np.ndarray, scale: np.ndarray, channels) -> list[str]:
     central = np.where(q99 > q01, q99 - q01, np.maximum(np.abs(q50), 1.0) * 10)
     out = []
     for c, name in enumerate(channels):
-        if scale[c] > SPREAD_RATIO * central[c]:
+        if std[c] > SPREAD_RATIO * central[c]:
             top = float(np.nanmax(np.abs(x[:, c])))
-            out.append(f"channel {name!r}: its standard deviation ({scale[c]:.3g}) is {scale[c] / central[c]:.2g} "
+            out.append(f"channel {name!r}: its standard deviation ({std[c]:.3g}) is {std[c] / central[c]:.2g} "
                        f"times the range of its central 98 % of readings, the work of a few extreme readings "
                        f"(largest |value| {top:.3g}); scaled by it, the channel's normal readings are all about 0 "
                        "and a fault on it will not show. Remove those readings, or leave the channel out (--channels)")

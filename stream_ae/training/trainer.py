@@ -266,7 +266,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
         val_scores = Scorer(artifact, device=cfg.device).score_rows(val_set.rows, val_set.starts).score
         threshold = build_threshold(threshold_spec)
         threshold.fit(val_scores)
-    warnings = (spread_warnings(train_set.rows, scaler.scale, channels)
+    warnings = (spread_warnings(train_set.rows, scaler.std, channels)
                 + calibration_warnings(val_scores, getattr(threshold, "value", None))
                 + gap_warnings(stats["gaps"]))
     for text in warnings:
