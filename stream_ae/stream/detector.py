@@ -390,7 +390,8 @@ def calibrated_threshold(artifact, overrides: dict | None = None) -> tuple[Thres
     spec = ThresholdSpec.from_dict(artifact.threshold["spec"])
     state = artifact.threshold.get("state")
     if overrides:
-        new = dataclasses.replace(spec, **overrides)
+        kind = overrides.get("kind", spec.kind)   # another rule: its own defaults, not the artifact's unused values
+        new = dataclasses.replace(spec if kind == spec.kind else ThresholdSpec(kind=kind), **overrides)
         if new != spec:
             log.warning("threshold settings %s differ from model %s's calibration: every entity warms up",
                         overrides, artifact.version)

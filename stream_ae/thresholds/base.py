@@ -40,7 +40,11 @@ class ThresholdSpec:
     q, level
         evt: risk (probability of a normal score above the threshold) and the tail level.
     quantile, factor
-        quantile: the threshold is ``factor * running quantile(quantile)``.
+        quantile: the threshold is ``factor * running quantile(quantile)``; ``factor`` must
+        exceed 1. Flagged scores are never learned, so the learned sample is cut off at the
+        threshold; at ``factor <= 1`` its running quantile lies below the cut, the threshold
+        falls, more is cut, and it keeps falling (67 % of stationary Exp(1) scores flagged
+        with a rolling 0.99 quantile and factor 1, where 1 % was meant).
     warmup
         Scores needed before the threshold is ready, when it was not calibrated with ``fit``.
     max_excess
@@ -66,8 +70,8 @@ class ThresholdSpec:
     kind: str = "evt"
     q: float = 1e-3
     level: float = 0.98
-    quantile: float = 0.999
-    factor: float = 1.0
+    quantile: float = 0.99
+    factor: float = 1.2
     warmup: int = 100
     max_excess: int = 500
     depth: int = 0
@@ -93,6 +97,11 @@ class ThresholdSpec:
                 "the anomaly quantile has to lie inside the fitted tail")
         if not (self.factor > 0 and math.isfinite(self.factor)):
             raise ConfigError(f"threshold factor must be a positive number, got {self.factor}")
+        if self.kind == "quantile" and self.factor <= 1.0:
+            raise ConfigError(
+                f"threshold factor must exceed 1 for the quantile rule, got {self.factor}: flagged scores are "
+                "never learned, so at factor <= 1 the threshold keeps falling and flags ever more normal "
+                "windows. Use e.g. factor=1.2 with quantile=0.99 (threshold.factor)")
         if self.warmup < MIN_FIT_SCORES + self.depth:
             raise ConfigError(
                 f"threshold warmup must be at least {MIN_FIT_SCORES + self.depth} "

@@ -148,7 +148,7 @@ class EvtThreshold(Threshold):
 
     def _set_threshold(self, gamma: float, sigma: float) -> None:
         z = self._t + _gpd_excess_quantile(gamma, sigma, self._tail_share()) if self._nt else math.nan
-        if math.isfinite(z):
+        if math.isfinite(z) and sigma > 0:   # libspot gives sigma -0.0 on equal peaks of ~1e-9: z fell on t
             self._method, self._gamma, self._sigma, self._z = "gpd", gamma, sigma, z
         else:
             self._method, self._gamma, self._sigma = "quantile", math.nan, math.nan
@@ -292,15 +292,18 @@ class EvtThreshold(Threshold):
 
 
 def _has_tail(scores: list[float], level: float) -> bool:
-    """Whether some scores lie above the ``level`` quantile. Without any (the top scores tied),
-    the fit has no peak, its fallback threshold is the warm-up's top score, every higher score
-    is flagged and never learned, and the threshold never moves again.
+    """Whether the warm-up holds at least ``MIN_FIT_SCORES`` distinct scores and some above the
+    ``level`` quantile. Without them (an idle machine's constant score, then the first scores
+    of it running), the fit has one peak or none, its fallback threshold is the warm-up's top
+    score, every higher score is flagged and never learned, and the threshold never moves again.
 
     >>> _has_tail([0.05] * 100, 0.98), _has_tail([0.05] * 99 + [0.06], 0.98)
-    (False, True)
+    (False, False)
+    >>> _has_tail([0.05] * 90 + [0.06 + i / 100 for i in range(10)], 0.98)
+    True
     """
     x = np.asarray(scores)
-    return bool((x > np.quantile(x, level)).any())
+    return np.unique(x).size >= MIN_FIT_SCORES and bool((x > np.quantile(x, level)).any())
 
 
 def _corrupt(why: str) -> ArtifactError:
