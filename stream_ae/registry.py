@@ -38,6 +38,7 @@ from typing import Iterator
 
 from stream_ae import durable
 from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
+from stream_ae.redaction import mask_uri
 
 DEPLOYMENTS = "deployments"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -80,11 +81,11 @@ class Registry:
             try:
                 self.fs, self.path = pafs.FileSystem.from_uri(root)
             except Exception as exc:  # pyarrow raises ArrowInvalid/OSError/ValueError for bad URIs
-                raise ConfigError(f"model registry {root!r} is not a usable filesystem URI: {exc}") from None
+                raise ConfigError(mask_uri(f"model registry {root!r} is not a usable filesystem URI: {exc}")) from None
         else:
             self.fs, self.path = pafs.LocalFileSystem(), os.path.abspath(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.root = root
+        self.root = mask_uri(root)   # for messages and repr: an s3://KEY:SECRET@ URI is shown without its secret
         self.cache_dir = cache_dir
 
     def __repr__(self) -> str:

@@ -16,8 +16,9 @@ import msgspec
 from msgspec import Meta
 
 from stream_ae.configs import PRECISIONS
+from stream_ae.redaction import MASK
 
-_MASK = "**********"
+_MASK = MASK
 # a key holding one of these is masked; a proxy URL may carry user:password@
 SECRET_WORDS = ("password", "secret", "token", "proxy")
 

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import msgspec
 
 from stream_ae.errors import ConfigError
+from stream_ae.redaction import mask_all, strings, uri_secrets
 
 from stream_ae.stream.sections import (_MASK, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
                                        ArchiveSettings,
@@ -66,12 +67,15 @@ class Settings(_Section):
                              "would be there twice; give the archiver a topic of its own")
 
     def redacted(self) -> dict:
-        """Plain dict of every setting, secrets masked: safe to log or print."""
-        return msgspec.to_builtins(self, enc_hook=_redact)
+        """Plain dict of every setting, secrets and the credentials of URIs masked: safe to log or print."""
+        return mask_all(msgspec.to_builtins(self, enc_hook=_redact))
 
     def secret_values(self) -> list[str]:
-        """The real values of every secret setting (for the logs to mask wherever they appear)."""
-        return [v.get_secret_value() for v in self.kafka.client.values() if isinstance(v, Secret)]
+        """The real values of every secret setting and URI credential (for the logs to mask wherever
+        they appear): ``model.registry = "s3://KEY:SECRET@bucket/models"`` carries one."""
+        kafka = [v.get_secret_value() for v in self.kafka.client.values() if isinstance(v, Secret)]
+        in_uris = [x for text in strings(msgspec.to_builtins(self, enc_hook=_redact)) for x in uri_secrets(text)]
+        return kafka + sorted(set(in_uris))
 
     def kafka_client_kwargs(self, role: str = "common") -> dict[str, Any]:
         """Keyword arguments for a kafka-python client, with the real secret values.
