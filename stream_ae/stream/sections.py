@@ -56,17 +56,18 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 Port = Annotated[int, Meta(ge=0, le=65535, description="0 disables")]
 Prob = Annotated[float, Meta(gt=0.0, lt=1.0)]
+Text = Annotated[str, Meta(min_length=1)]   # a name or address: an empty one (STREAM_AE_X='') is an error
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = "localhost:9092"
-    group_id: str = "stream-ae"
+    bootstrap_servers: Text = "localhost:9092"
+    group_id: Text = "stream-ae"
     session_timeout_ms: Annotated[int, Meta(ge=1000, le=3_600_000)] = 10_000
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    readings_topic: str = "readings"
-    alerts_topic: str = "alerts"
-    dead_letter_topic: str = "readings.dead-letter"
-    state_topic: str = "stream-ae.state"
+    readings_topic: Text = "readings"
+    alerts_topic: Text = "alerts"
+    dead_letter_topic: Text = "readings.dead-letter"
+    state_topic: Text = "stream-ae.state"
     # seconds between checkpoints (state + offsets); a crash replays at most this much
     checkpoint_interval_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 5.0
     # how fetched record batches become records: "compiled" (aiokafka's C decoder, the same
@@ -94,7 +95,7 @@ class KafkaSettings(_Section):
 
 
 class ModelSettings(_Section):
-    registry: str = "models"               # directory or URI of the model registry
+    registry: Text = "models"               # directory or URI of the model registry
     deployment: str | None = None          # name of a deployment in the registry, or ...
     artifact: str | None = None            # ... a path to one artifact version
     device: str = "auto"
@@ -212,7 +213,7 @@ class RetrainSettings(_Section):
     recall_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0  # recall >= champion's - tol (labels only)
     fault_tolerance: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1   # per channel, share of synthetic faults flagged
     labels: str | None = None                # Parquet/CSV of labelled events or operator feedback
-    report_dir: str = "retrain-reports"
+    report_dir: Text = "retrain-reports"
     lock_timeout_s: Annotated[float, Meta(ge=0.0)] = 3600.0       # wait this long for a run training the same data
     min_holdout_windows: Annotated[int, Meta(ge=1)] = 100
     min_train_coverage: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5  # share of train_span with readings
@@ -236,10 +237,10 @@ class RetrainSettings(_Section):
 class ArchiveSettings(_Section):
     """The archiver job (``python -m jobs.archive``): readings topic -> Parquet history."""
 
-    root: str = "archive"                          # directory or URI of the Parquet history
-    group_id: str = "stream-ae-archiver"           # its own consumer group, not the detector's
+    root: Text = "archive"                          # directory or URI of the Parquet history
+    group_id: Text = "stream-ae-archiver"           # its own consumer group, not the detector's
     # its own dead-letter topic: the detector dead-letters the same bad readings to kafka.dead_letter_topic
-    dead_letter_topic: str = "readings.archive-dead-letter"
+    dead_letter_topic: Text = "readings.archive-dead-letter"
     partition_by: tuple[str, ...] | str = ("date",)   # ("date",) or ("date", "entity"); "date,entity" from --set
     file_rows: Annotated[int, Meta(ge=1)] = 250_000     # roll a file at this many rows per topic-partition ...
     max_file_age_s: Annotated[float, Meta(gt=0.0)] = 300.0   # ... or when its first row is this old

@@ -125,13 +125,15 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     for name in sorted(env):
         dotted = _env_key(name)
         if dotted:
-            _set_dotted(tree, origins, dotted, _stripped(dotted, env[name]), f"from environment variable {name}")
+            _set_dotted(tree, origins, dotted, _unset_if_empty(dotted, _stripped(dotted, env[name])),
+                        f"from environment variable {name}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=g1")
         # the origin names the key only: a mistyped secret's value must not reach the error text
-        _set_dotted(tree, origins, key.strip(), _stripped(key.strip(), value), f"from --set {key.strip()}")
+        _set_dotted(tree, origins, key.strip(), _unset_if_empty(key.strip(), _stripped(key.strip(), value)),
+                    f"from --set {key.strip()}")
     _check_keys(tree, Settings, "", origins)
     try:
         # strict=False lets "2000" from the environment or a flag fill an int field.
@@ -157,6 +159,21 @@ def _stripped(dotted: str, value: str) -> str:
     """A flag's or variable's value without surrounding spaces; a secret's as given (a password
     may end in a space)."""
     return value if any(w in dotted for w in SECRET_WORDS) else value.strip()
+
+
+def _unset_if_empty(dotted: str, value: str):
+    """None for an empty value of a setting whose default is None (``STREAM_AE_THRESHOLD__Q=`` clears
+    a file's ``threshold.q``); the value itself otherwise (an empty name or number is an error)."""
+    if value != "":
+        return value
+    struct = Settings
+    for part in dotted.split("."):
+        field = next((f for f in msgspec.structs.fields(struct) if f.name == part), None) \
+            if isinstance(struct, type) and issubclass(struct, msgspec.Struct) else None
+        if field is None:
+            return value   # unknown keys and passthrough maps are judged later
+        struct = field.type
+    return None if field.default is None else value
 
 
 def _read_toml(path: Path) -> dict:
