@@ -184,25 +184,44 @@ class AtomicPart:
                 pass
 
 
-def remove_stale_temp_files(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
-    """Delete this shard's temporary parts left by a killed run; returns how many."""
-    return _remove_matching(fs, out_root, re.compile(rf"\.part-{int(shard)}-.*\.tmp"))
+_PART = re.compile(r"(?P<tmp>\.)?part-(?P<shard>\d+)-(?P<digest>[0-9a-f]{16})\.parquet(?(tmp)\.[0-9a-f]{8}\.tmp)")
 
 
-def remove_parts(fs: pafs.FileSystem, out_root: str, shard: int) -> int:
-    """Delete every scores part of shard ``shard`` under ``out_root``; returns how many.
+def expected_parts(keys, entity_key: str = "entity", legacy: bool = False) -> dict[str, set[str]]:
+    """The folders (relative to ``--out``) this archive's fragments write their parts to, each
+    with the digests of the part names it may hold (:func:`part_name`)."""
+    out: dict[str, set[str]] = {}
+    for key in keys:
+        rel = output_dir(key.rsplit("/", 1)[0] if "/" in key else "", entity_key, legacy=legacy)
+        out.setdefault(rel, set()).add(part_name(0, key)[len("part-0-"):-len(".parquet")])
+    return out
 
-    A run that starts with no checkpoint owns no part yet: any part of its shard there is
-    a previous run's (killed between a part's rename and its checkpoint, or whose checkpoint
-    was removed) and would mix old windows into the new ones."""
-    return _remove_matching(fs, out_root, re.compile(rf"part-{int(shard)}-[0-9a-f]{{16}}\.parquet"))  # part_name's
 
+def remove_parts(fs: pafs.FileSystem, out_root: str, expected: dict[str, set[str]], shard: tuple[int, int],
+                 temporary_only: bool = False) -> int:
+    """Delete the parts of this archive's fragments (``expected``, :func:`expected_parts`) that a
+    run as shard ``(i, n)`` must not leave beside its own; returns how many.
 
-def _remove_matching(fs: pafs.FileSystem, out_root: str, name: re.Pattern) -> int:
+    They are shard ``i``'s own (a run that starts with no checkpoint owns no part yet: one there
+    is a previous run's, killed between a part's rename and its checkpoint, and would mix old
+    windows into the new ones) and those of shard indices ``>= n`` (a run split into more shards,
+    killed before any checkpoint named them). Sibling shards' parts (``j < n``) may be a live
+    run's and stay. Other files, and parts of other runs in other folders under ``out_root``
+    (``--out`` the parent of an earlier backfill's folder), are never touched.
+    Temporary files of those shards go in any of the folders, whatever fragment they were for.
+    ``temporary_only``: only those temporary files (a resumed run)."""
     if fs.get_file_info(out_root).type != pafs.FileType.Directory:
         return 0
-    found = [f.path for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True))
-             if f.type == pafs.FileType.File and name.fullmatch(f.base_name)]
+    i, n = shard
+    found = []
+    for f in fs.get_file_info(pafs.FileSelector(out_root, recursive=True)):
+        m = _PART.fullmatch(f.base_name) if f.type == pafs.FileType.File else None
+        if m is None or (temporary_only and not m["tmp"]):
+            continue
+        rel = posixpath.dirname(f.path)[len(out_root.rstrip("/")) + 1:]
+        j = int(m["shard"])
+        if (j == i or j >= n) and rel in expected and (m["tmp"] or m["digest"] in expected[rel]):
+            found.append(f.path)
     for path in found:
         fs.delete_file(path)
     return len(found)

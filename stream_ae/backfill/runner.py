@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from stream_ae.backfill.checkpoint import (Checkpoint, Counters, Saver, archive_identity, checkpoint_path,
                                            discard_run, load_checkpoint, other_shardings)
-from stream_ae.backfill.output import (AtomicPart, output_dir, part_name, remove_parts, remove_stale_temp_files,
+from stream_ae.backfill.output import (AtomicPart, expected_parts, output_dir, part_name, remove_parts,
                                        resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
 from stream_ae.errors import ConfigError
@@ -306,14 +306,15 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
         score_batch = default_score_batch(device)
     run = _Run(artifact=artifact, scorer=Scorer(artifact, device=device, batch_size=score_batch, precision=precision),
                layout=layout, shard=shard)
-    if checkpoint is None:
+    fresh = checkpoint is None
+    if fresh:
         checkpoint = Checkpoint(artifact.version, identity, args)
-        remove_parts(out_fs, out_root, shard[0])
     else:
         checkpoint.check_matches(artifact.version, identity, args, ckpt_path)
         run.load_state_dict(checkpoint.entities)
         run.counters = checkpoint.counters
-    remove_stale_temp_files(out_fs, out_root, shard[0])
+    remove_parts(out_fs, out_root, expected_parts(keys, layout.entity, legacy=checkpoint.output_layout < 2), shard,
+                 temporary_only=not fresh)
 
     done = set(checkpoint.completed)
     todo = [(f, k) for f, k in zip(history.fragments(), keys) if k not in done]
