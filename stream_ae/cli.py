@@ -43,7 +43,8 @@ def _layout_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--entity-col", default=None, help="entity column (default: the model's, or 'entity')")
     g.add_argument("--time-col", default=None, help="timestamp column (default: the model's, or 'timestamp')")
     g.add_argument("--channels", default=None,
-                   help="comma-separated channel columns, in order (default: every numeric column)")
+                   help="comma-separated channel columns, in order (default: train: every numeric column; "
+                        "backfill: the model's channels)")
     g.add_argument("--time-unit", default=None, choices=("s", "ms", "us", "ns"),
                    help="unit of an integer epoch timestamp column (a Parquet timestamp needs none)")
 
@@ -105,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
                    help="save the checkpoint at most this often (default 30; 0: after every input file); "
                         "a killed run re-scores what it did since")
-    b.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    b.add_argument("--restart", action="store_true",
+                   help="start over: delete this shard's checkpoint and the scores it lists (and those of "
+                        "runs split into another number of shards), then score again")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="evaluate on a public benchmark",

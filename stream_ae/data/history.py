@@ -100,11 +100,13 @@ def _open_dataset(uri: str) -> tuple[ds.FileSystemDataset, list[str]]:
         # hive values are read as strings so that an entity "007" stays "007"
         as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
         found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings)
-        if any(pa.types.is_null(f.type) for f in found.schema):
+        ordered = sorted(found.get_fragments(), key=lambda f: f.path)
+        if any(pa.types.is_null(f.type) for f in found.schema) or (ordered and ordered[0].metadata.num_rows == 0):
             # the first file's schema is the dataset's; an empty file written from an empty
-            # DataFrame has null-typed columns: take the schema of the first file with none
-            typed = (f.physical_schema for f in sorted(found.get_fragments(), key=lambda f: f.path))
-            files = next((t for t in typed if not any(pa.types.is_null(x.type) for x in t)), found.schema)
+            # DataFrame has null-typed (or float) columns: take the schema of the first file with rows
+            typed = (f.physical_schema for f in ordered
+                     if f.metadata.num_rows and not any(pa.types.is_null(x.type) for x in f.physical_schema))
+            files = next(typed, found.schema)
             schema = pa.schema([*files, *((k, pa.string()) for k in keys if k not in files.names)])
             found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings, schema=schema)
         return found, keys
@@ -357,6 +359,8 @@ def _check_fragment(frag, layout: Layout, channels: Sequence[str], keys: Sequenc
         schema, n_rows = frag.physical_schema, frag.metadata.num_rows
     except _ARROW_ERRORS as exc:
         raise DataError(f"{frag.path}: cannot be read as Parquet ({exc})") from exc
+    if n_rows == 0:   # nothing to read (an empty DataFrame written as is has null-typed columns)
+        return 0
     names = schema.names
     for role, name in [("entity", layout.entity), ("timestamp", layout.timestamp)] + [("channel", c) for c in channels]:
         if name in keys:
