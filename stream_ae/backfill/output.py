@@ -106,8 +106,11 @@ def part_name(shard: int, fragment_key: str) -> str:
     >>> part_name(0, "date=2026-01-01/part-0.parquet")
     'part-0-7c9527d63e32728b.parquet'
     """
-    digest = hashlib.sha1(fragment_key.encode("utf-8")).hexdigest()[:16]
-    return f"part-{shard}-{digest}.parquet"
+    return f"part-{shard}-{_digest(fragment_key)}.parquet"
+
+
+def _digest(fragment_key: str) -> str:
+    return hashlib.sha1(fragment_key.encode("utf-8")).hexdigest()[:16]
 
 
 def scores_table(entity_names: np.ndarray, entity_codes: np.ndarray, start_ts: np.ndarray,
@@ -193,7 +196,7 @@ def expected_parts(keys, entity_key: str = "entity", legacy: bool = False) -> di
     out: dict[str, set[str]] = {}
     for key in keys:
         rel = output_dir(key.rsplit("/", 1)[0] if "/" in key else "", entity_key, legacy=legacy)
-        out.setdefault(rel, set()).add(part_name(0, key)[len("part-0-"):-len(".parquet")])
+        out.setdefault(rel, set()).add(_digest(key))
     return out
 
 
