@@ -29,33 +29,42 @@ def test_proxy_urls_are_masked_but_reach_the_client():
     assert "socks5://user:PROXYPASS@proxy:1080" in s.secret_values()
 
 
-def test_secret_values_are_masked_in_any_log_message(monkeypatch):
-    """kafka-python logs a client's whole configuration at DEBUG, passwords included."""
+def logged(settings, fmt: str, emit) -> str:
+    """What ``emit()`` logs through the service's logging (format ``fmt``, DEBUG) set up for ``settings``."""
     from stream_ae.stream import logs
 
+    root = logging.getLogger()
+    handlers, level, secrets = list(root.handlers), root.level, logs._SECRET_VALUES
+    out = io.StringIO()
+    try:
+        logs.configure_logging(type("Ops", (), {"log_format": fmt, "log_level": "DEBUG"})(), out,
+                               secrets=settings.secret_values())
+        emit()
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+        logs._SECRET_VALUES = secrets
+    return out.getvalue()
+
+
+def test_secret_values_are_masked_in_any_log_message():
+    """kafka-python logs a client's whole configuration at DEBUG, passwords included."""
     s = load_settings(env={"STREAM_AE_KAFKA__CLIENT__SASL_PLAIN_PASSWORD": "HUNTER2"},
                       overrides=["ops.log_level=DEBUG"])
-    monkeypatch.setattr(logs, "_SECRET_VALUES", ())   # restored after the test
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    for fmt in ("json", "text"):
-        out = io.StringIO()
-        ops = type("Ops", (), {"log_format": fmt, "log_level": "DEBUG"})()
+
+    def emit():
+        logging.getLogger("kafka.admin.client").debug("Starting KafkaAdminClient with configuration: %s",
+                                                      dict(s.kafka_client_kwargs("admin")))
         try:
-            logs.configure_logging(ops, out, secrets=s.secret_values())
-            logging.getLogger("kafka.admin.client").debug("Starting KafkaAdminClient with configuration: %s",
-                                                          dict(s.kafka_client_kwargs("admin")))
-            try:
-                raise RuntimeError("login failed for password HUNTER2")
-            except RuntimeError:
-                logging.getLogger("stream_ae.test").exception("failed")
-        finally:
-            for h in list(root.handlers):
-                root.removeHandler(h)
-            for h in handlers:
-                root.addHandler(h)
-            root.setLevel(level)
-        text = out.getvalue()
+            raise RuntimeError("login failed for password HUNTER2")
+        except RuntimeError:
+            logging.getLogger("stream_ae.test").exception("failed")
+
+    for fmt in ("json", "text"):
+        text = logged(s, fmt, emit)
         assert "sasl_plain_password" in text and "HUNTER2" not in text, text
 
 
