@@ -309,11 +309,11 @@ def cmd_models(args) -> int:
     from stream_ae.registry import Registry
 
     reg = Registry(args.registry)
-    if args.action == "list" and not reg.exists():
-        print(f"stream-ae models: error: registry {args.registry} does not exist; pass the folder or URI "
-              "that `stream-ae train --out` or the retrain job wrote (--registry)", file=sys.stderr)
-        return EXIT_ERROR
     if args.action == "list":
+        if not reg.exists():
+            print(f"stream-ae models: error: registry {args.registry} does not exist; pass the folder or URI "
+                  "that `stream-ae train --out` or the retrain job wrote (--registry)", file=sys.stderr)
+            return EXIT_ERROR
         serving = {}
         for dep in reg.deployments():
             serving.setdefault(reg.current(dep), []).append(dep)

@@ -212,8 +212,8 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         found["straddling"] += int(b - is_train.sum() - is_val.sum())
         for split, mask in (("train", is_train & sampled), ("val", is_val & sampled)):
             out[split].add(name, batch.rows, batch.starts[mask], batch.start_ts[mask], batch.end_ts[mask])
+    rows = int(sum(counts.values()))
     if coverage.fraction() < min_coverage:
-        rows = sum(counts.values())
         raise DataError(
             f"the history covers {coverage.fraction():.0%} of the period {iso_utc(coverage.start)} .. "
             f"{iso_utc(coverage.end)} ({rows} rows, {iso_utc(first)} .. {iso_utc(last)}), less than the "
@@ -228,7 +228,6 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         keep = np.ones(len(train) + len(val), dtype=bool)
         keep[drop] = False
         train, val = _subset(train, keep[:len(train)]), _subset(val, keep[len(train):])
-    rows = int(sum(counts.values()))
     stats = {
         "rows": rows,
         "entities": sorted(counts),
