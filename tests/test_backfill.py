@@ -278,13 +278,13 @@ def test_duplicate_readings_are_dropped_and_counted(artifact, full, tmp_path):
 
 
 def test_an_archive_with_other_channels_is_refused(artifact, tmp_path):
-    """A model channel missing from a file names the file; an explicit layout other than the
-    model's channels is a schema mismatch."""
+    """A model channel in no file of the archive names the archive and the columns it has; an
+    explicit layout other than the model's channels is a schema mismatch."""
     from stream_ae.data.layout import Layout
 
     archive = write_archive(tmp_path / "archive",
                             edit=lambda day, part, f: f.rename(columns={"temp": "vibration"}))
-    with pytest.raises(DataError, match=r"part-0\.parquet: channel column 'temp' not found"):
+    with pytest.raises(DataError, match=r"archive: channel column 'temp' not found in any of the 6 file.*'vibration'"):
         run_backfill(str(archive), str(artifact), str(tmp_path / "out"), progress=False)
     with pytest.raises(SchemaMismatch, match="temp"):
         run_backfill(str(archive), str(artifact), str(tmp_path / "out"), progress=False,

@@ -17,12 +17,12 @@ from stream_ae.backfill.checkpoint import checkpoint_path
 from stream_ae.data.history import History
 from test_backfill import DAYS, archive, artifact, full, read_scores, write_archive  # noqa: F401 - fixtures
 
-START = "2026-01-02"
+START = "2026-01-01T12:00"   # halfway through day 1: its files are read again, from noon
 
 
 def test_a_run_with_no_checkpoint_deletes_its_shards_earlier_parts(archive, artifact, tmp_path):
     """A killed run (its checkpoint removed, or killed between a part's rename and its
-    checkpoint) left parts of day 1; a new run from day 2 kept them in its output."""
+    checkpoint) left parts of day 1; a new run from noon of day 1 kept them in its output."""
     out = tmp_path / "scores"
     run_backfill(str(archive), str(artifact), str(out), device="cpu", progress=False, max_fragments=2)
     (out / "_checkpoints" / "shard-0-of-1.json").unlink()

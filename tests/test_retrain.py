@@ -176,7 +176,7 @@ def test_bad_data_and_bad_settings_exit_non_zero(tmp_path, plant, capsys):
     assert "no such file or directory" in capsys.readouterr().err
     # a holdout after the end of the history: nothing to train on
     assert jobs.retrain.main([*common, "--set", f"retrain.history={plant['history']}", "--now", "2027-01-01"]) == 1
-    assert "has no rows between start=2026-11-29T00:00:00+00:00" in capsys.readouterr().err
+    assert "has no rows between 2026-11-29T00:00:00+00:00 and" in capsys.readouterr().err
     assert jobs.retrain.main([*common, "--set", "retrain.model=gru"]) == 2
     assert "unknown model 'gru'" in capsys.readouterr().err
     assert Registry(tmp_path / "models").current(DEPLOYMENT) is None

@@ -6,7 +6,6 @@ after it (windowing, scoring, thresholds) is pure.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from stream_ae.data.footers import ARROW_ERRORS, NS_PER, Footer, check_channels, check_file, is_numeric
 from stream_ae.data.layout import Layout
 from stream_ae.errors import ConfigError, DataError
 
-_NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
-_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+_NS_PER, _ARROW_ERRORS = NS_PER, ARROW_ERRORS
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DAY_NS = 86_400 * 1_000_000_000
 
@@ -72,13 +71,25 @@ def _day(ns: int) -> str:
     return str(np.datetime64(ns // _DAY_NS, "D"))
 
 
-def _suggest(name: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def _date_terms(start_ns: int | None, end_ns: int | None) -> list[ds.Expression]:
+    """Bounds on ``date=YYYY-MM-DD`` folders that keep the local dates of any zone (UTC-12..+14)."""
+    terms = []
+    if start_ns is not None:
+        terms.append(pc.field("date") >= _day(start_ns - _DAY_NS))
+    if end_ns is not None:   # a +14 h zone's day D starts at D - 14 h UTC
+        terms.append(pc.field("date") <= _day(end_ns + 14 * 3_600_000_000_000 - 1))
+    return terms
 
 
-def _open_dataset(uri: str) -> tuple[ds.FileSystemDataset, list[str]]:
-    """Open as Parquet with hive partitions read as strings; returns the dataset and partition keys."""
+def _all_of(terms: Sequence[ds.Expression]) -> ds.Expression | None:
+    expr = None
+    for term in terms:
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def _locate(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+    """The filesystem and path of ``uri``, and whether it is a directory."""
     if "://" in uri:
         try:
             filesystem, path = pafs.FileSystem.from_uri(uri)
@@ -92,24 +103,38 @@ def _open_dataset(uri: str) -> tuple[ds.FileSystemDataset, list[str]]:
         raise DataError(f"{uri}: cannot be read ({exc})") from exc
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{uri}: no such file or directory")
+    return filesystem, path, info.type != pafs.FileType.File
+
+
+def _hive_keys(files: Sequence[str], base: str) -> list[str]:
+    """Hive partition keys of the files' folders under ``base``, in order of appearance.
+
+    >>> _hive_keys(["/a/date=2026-01-01/entity=p1/x.parquet", "/a/y.parquet"], "/a")
+    ['date', 'entity']
+    """
+    keys: dict[str, None] = {}
+    for path in files:
+        rel = path[len(base):] if path.startswith(base) else path
+        for part in rel.replace("\\", "/").strip("/").split("/")[:-1]:
+            if "=" in part:
+                keys.setdefault(part.split("=", 1)[0])
+    return list(keys)
+
+
+def _discover(uri: str, schema: pa.Schema | None = None) -> tuple[ds.FileSystemDataset, list[str]]:
+    """The archive's Parquet files and hive keys (values read as strings, so that an entity
+    "007" stays "007"). With no ``schema``, no file is opened: one outside the range read may
+    be unreadable, or lack a column."""
+    filesystem, path, is_dir = _locate(uri)
     try:
-        if info.type == pafs.FileType.File:
-            return ds.dataset(path, filesystem=filesystem, format="parquet"), []
-        found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
-        keys = list(dict.fromkeys(k for f in found.get_fragments() for k in ds.get_partition_keys(f.partition_expression)))
-        # hive values are read as strings so that an entity "007" stays "007"
+        if not is_dir:
+            return ds.dataset(path, filesystem=filesystem, format="parquet", schema=schema or pa.schema([])), []
+        listed = ds.dataset(path, filesystem=filesystem, format="parquet", schema=pa.schema([]))
+        keys = _hive_keys(listed.files, path)
         as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
-        found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings)
-        ordered = sorted(found.get_fragments(), key=lambda f: f.path)
-        if any(pa.types.is_null(f.type) for f in found.schema) or (ordered and ordered[0].metadata.num_rows == 0):
-            # the first file's schema is the dataset's; an empty file written from an empty
-            # DataFrame has null-typed (or float) columns: take the schema of the first file with rows
-            typed = (f.physical_schema for f in ordered
-                     if f.metadata.num_rows and not any(pa.types.is_null(x.type) for x in f.physical_schema))
-            files = next(typed, found.schema)
-            schema = pa.schema([*files, *((k, pa.string()) for k in keys if k not in files.names)])
-            found = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings, schema=schema)
-        return found, keys
+        listing = pa.schema([(k, pa.string()) for k in keys])   # what a partition filter binds to
+        return ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings,
+                          schema=schema or listing), keys
     except _ARROW_ERRORS as exc:
         raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
 
@@ -121,7 +146,8 @@ class History:
     pushed down into the scan.
     """
 
-    def __init__(self, uri, dataset, layout, channels, partition_keys, n_rows, start_ns, end_ns, entities):
+    def __init__(self, uri, dataset, layout, channels, partition_keys, n_rows, start_ns, end_ns, entities,
+                 paths=None):
         self.uri = uri
         self.layout = layout
         self.channels: tuple[str, ...] = channels
@@ -130,6 +156,7 @@ class History:
         self.end_ns: int | None = end_ns
         self.entities: tuple[str, ...] | None = entities
         self._dataset = dataset
+        self._paths = None if paths is None else frozenset(paths)   # the files the range reaches
         self._n_rows = n_rows
         self._schema = _scan_schema(dataset.schema, layout.timestamp, channels)
         ts_type = self._schema.field(layout.timestamp).type
@@ -140,42 +167,57 @@ class History:
     @classmethod
     def open(cls, uri: str, layout: Layout = Layout(), start=None, end=None,
              entities: Sequence[str] | None = None) -> "History":
-        """Open and validate; every problem is a :class:`DataError` naming the path and the column."""
+        """Open and validate; every problem is a :class:`DataError` naming the path and the column.
+
+        Only the files the range and the entities can reach are opened: by their hive folders
+        (``date=``, the entity's), then by the timestamp statistics in their footers. The
+        channels are those files' (``layout.channels``, or every numeric column of any of
+        them); a file without a channel's column (a sensor added or retired) reads it as null
+        there, a gap, but each channel needs a value in some file.
+        """
         uri = str(uri)
-        dataset, keys = _open_dataset(uri)
-        if not dataset.files:
-            raise DataError(f"{uri}: no Parquet files found")
-        schema = dataset.schema
-        names = schema.names
-        for role in ("entity", "timestamp"):
-            name = getattr(layout, role)
-            if name not in names:
-                raise DataError(
-                    f"{uri}: {role} column {name!r} not found; columns are {names}.{_suggest(name, names)}"
-                    f" Set Layout({role}=...) to the right name."
-                )
-        _check_timestamp(uri, layout, schema.field(layout.timestamp).type)
-        _check_entity(uri, layout.entity, schema.field(layout.entity).type)
-        if layout.channels is None:
-            skip = {layout.entity, layout.timestamp, *keys}
-            channels = tuple(f.name for f in schema if f.name not in skip and _is_numeric(f.type))
-            if not channels:
-                raise DataError(f"{uri}: no numeric channel columns besides {layout.entity!r} and {layout.timestamp!r}")
-        else:
-            channels = layout.channels
-        n_rows, dates = 0, set()
-        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-            n_rows += _check_fragment(fragment, layout, channels, keys)
-            dates.add(str(ds.get_partition_keys(fragment.partition_expression).get("date")))
-        if n_rows == 0:
-            raise DataError(f"{uri}: the dataset has no rows")
         start_ns = None if start is None else to_ns(start, "start")
         end_ns = None if end is None else to_ns(end, "end")
         if start_ns is not None and end_ns is not None and start_ns >= end_ns:
             raise ConfigError(f"start {start} is not before end {end}")
         wanted = None if entities is None else tuple(str(e) for e in entities)
-        history = cls(uri, dataset, layout, channels, keys, n_rows, start_ns, end_ns, wanted)
-        if "date" in keys and all(_DATE.fullmatch(d) for d in dates):
+        listed, keys = _discover(uri)
+        if not listed.files:
+            raise DataError(f"{uri}: no Parquet files found")
+        dates = {str(ds.get_partition_keys(f.partition_expression).get("date")) for f in listed.get_fragments()}
+        by_date = "date" in keys and all(_DATE.fullmatch(d) for d in dates)
+        terms = (_date_terms(start_ns, end_ns) if by_date else [])
+        if wanted is not None and layout.entity in keys:
+            terms.append(pc.field(layout.entity).isin(pa.array(wanted, pa.string())))
+        reached = listed.get_fragments(filter=_all_of(terms)) if terms else listed.get_fragments()
+        unit = _NS_PER.get(layout.timestamp_unit)
+        footers = []
+        for fragment in sorted(reached, key=lambda f: f.path):
+            footer = Footer.read(fragment)
+            if footer.n_rows and footer.touches(layout.timestamp, unit, start_ns, end_ns):
+                check_file(footer, layout, keys)
+                footers.append(footer)
+        if not footers:
+            if start is None and end is None:
+                raise DataError(f"{uri}: the dataset has no rows ({len(listed.files)} file(s))")
+            raise DataError(f"{uri}: the dataset has no rows between {start or 'its start'} and {end or 'its end'} "
+                            f"({len(listed.files)} file(s)); widen the period")
+        if layout.channels is None:
+            skip = {layout.entity, layout.timestamp, *keys}
+            channels = tuple(dict.fromkeys(f.name for footer in footers for f in footer.schema
+                                           if f.name not in skip and is_numeric(f.type)))
+            if not channels:
+                raise DataError(f"{uri}: no numeric channel columns besides {layout.entity!r} and {layout.timestamp!r}")
+        else:
+            channels = layout.channels
+        check_channels(footers, channels, keys, uri)
+        first = footers[0].schema
+        fields = [first.field(n) for n in (layout.entity, layout.timestamp) if n not in keys]
+        fields += [pa.field(c, pa.float64()) for c in channels if c not in keys]
+        dataset, _ = _discover(uri, pa.schema(fields + [pa.field(k, pa.string()) for k in keys]))
+        history = cls(uri, dataset, layout, channels, keys, sum(f.n_rows for f in footers), start_ns, end_ns,
+                      wanted, paths=[f.path for f in footers])
+        if by_date:
             history._filter = history._build_filter(prune_dates=True)
         return history
 
@@ -183,12 +225,7 @@ class History:
         """The scan filter; ``times=False``: without the timestamp bounds (for a file whose
         timestamp type differs from the first file's, which the bounds are typed as)."""
         ts_field, ts_type = pc.field(self.layout.timestamp), self._schema.field(self.layout.timestamp).type
-        terms = []
-        if prune_dates:  # skip whole date=YYYY-MM-DD partitions, local dates of any zone (UTC-12..+14) kept
-            if self.start_ns is not None:
-                terms.append(pc.field("date") >= _day(self.start_ns - _DAY_NS))
-            if self.end_ns is not None:   # a +14 h zone's day D starts at D - 14 h UTC
-                terms.append(pc.field("date") <= _day(self.end_ns + 14 * 3_600_000_000_000 - 1))
+        terms = _date_terms(self.start_ns, self.end_ns) if prune_dates else []
         if self.start_ns is not None and times:  # ts >= start  <=>  ts_unit >= ceil(start / unit)
             terms.append(ts_field >= pa.scalar(-(-self.start_ns // self._ts_unit), type=ts_type))
         if self.end_ns is not None and times:
@@ -204,16 +241,15 @@ class History:
             else:
                 wanted = pa.array(self.entities, pa.string())
             terms.append(pc.field(self.layout.entity).isin(wanted))
-        expr = None
-        for term in terms:
-            expr = term if expr is None else expr & term
-        return expr
+        return _all_of(terms)
 
     def fragments(self) -> list[Fragment]:
         """Files (after partition pruning by the filters), sorted by path, with their hive partition values."""
         found = self._dataset.get_fragments(filter=self._filter) if self._filter is not None else self._dataset.get_fragments()
         out = []
         for frag in sorted(found, key=lambda f: f.path):
+            if self._paths is not None and frag.path not in self._paths:
+                continue   # past the range by its footer's statistics, or without rows
             keys = ds.get_partition_keys(frag.partition_expression)
             out.append(Fragment(frag.path, {k: str(v) for k, v in keys.items()}, frag))
         return out
@@ -300,16 +336,12 @@ def _scan_schema(schema: pa.Schema, timestamp: str, channels: tuple[str, ...]) -
     """
     fields = []
     for f in schema:
-        if f.name in channels and _is_numeric(f.type):
+        if f.name in channels and is_numeric(f.type):
             f = f.with_type(pa.float64())
         elif f.name == timestamp and pa.types.is_timestamp(f.type):
             f = f.with_type(pa.timestamp("ns", tz=f.type.tz))
         fields.append(f)
     return pa.schema(fields, metadata=schema.metadata)
-
-
-def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
 def check_time_order(source: str, entity: str, ts: np.ndarray, batch, layout: Layout) -> int:
@@ -329,51 +361,6 @@ def check_time_order(source: str, entity: str, ts: np.ndarray, batch, layout: La
             f"(part-10 before part-2: zero-pad numbers in file names). Sort the rows (e.g. by "
             f"[{layout.entity!r}, {layout.timestamp!r}]) or rename the files, and re-run.")
     return len(batch.rejected)
-
-
-def _check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
-    name = layout.timestamp
-    if pa.types.is_timestamp(t):
-        return
-    if pa.types.is_integer(t):
-        if layout.timestamp_unit is None:
-            raise DataError(
-                f"{where}: timestamp column {name!r} is {t}, an integer epoch of unknown unit; convert it to a "
-                f"Parquet timestamp (e.g. pandas.to_datetime(df[{name!r}], unit='s', utc=True)) or set "
-                f"Layout(timestamp_unit='s'|'ms'|'us'|'ns') (the CLI's --time-unit)"
-            )
-        return
-    raise DataError(f"{where}: timestamp column {name!r} has type {t}; it must be a timestamp "
-                    f"(convert with pandas.to_datetime(..., utc=True) before writing)")
-
-
-def _check_entity(where: str, name: str, t: pa.DataType) -> None:
-    base = t.value_type if pa.types.is_dictionary(t) else t
-    if not (pa.types.is_string(base) or pa.types.is_large_string(base) or pa.types.is_integer(base)):
-        raise DataError(f"{where}: entity column {name!r} has type {t}; it must be a string or an integer")
-
-
-def _check_fragment(frag, layout: Layout, channels: Sequence[str], keys: Sequence[str]) -> int:
-    """Validate one file's own schema; return its row count from the footer."""
-    try:
-        schema, n_rows = frag.physical_schema, frag.metadata.num_rows
-    except _ARROW_ERRORS as exc:
-        raise DataError(f"{frag.path}: cannot be read as Parquet ({exc})") from exc
-    if n_rows == 0:   # nothing to read (an empty DataFrame written as is has null-typed columns)
-        return 0
-    names = schema.names
-    for role, name in [("entity", layout.entity), ("timestamp", layout.timestamp)] + [("channel", c) for c in channels]:
-        if name in keys:
-            continue
-        if name not in names:
-            raise DataError(f"{frag.path}: {role} column {name!r} not found; columns are {names}.{_suggest(name, names)}")
-        t = schema.field(name).type
-        if role == "channel" and not _is_numeric(t):
-            raise DataError(f"{frag.path}: channel column {name!r} has type {t}; channels must be numeric "
-                            f"(leave it out with Layout(channels=...) or convert it)")
-        if role == "timestamp":
-            _check_timestamp(frag.path, layout, t)
-    return n_rows
 
 
 def _decode(batch: pa.RecordBatch, path: str, layout: Layout, channels: Sequence[str], ts_unit: int) -> Rows:

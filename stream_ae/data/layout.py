@@ -22,7 +22,8 @@ class Layout:
         Column holding the reading time (a Parquet timestamp; naive times are taken as UTC).
     channels : tuple of str or None
         Channel columns, in model order. None: every numeric column except the entity, the
-        timestamp and hive partition keys, in schema order.
+        timestamp and hive partition keys, of the files the time range reaches, in the order
+        they first appear (files in path order).
     timestamp_unit : str or None
         Only for integer epoch timestamp columns: their unit, one of "s", "ms", "us", "ns".
         Integer timestamps are refused unless this is given, so a unit is never guessed.
