@@ -25,6 +25,7 @@ from stream_ae.errors import ConfigError, DataError
 _NS_PER, _ARROW_ERRORS = NS_PER, ARROW_ERRORS
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DAY_NS = 86_400 * 1_000_000_000
+_CHUNK_ROWS = 131_072   # rows of row groups scanned together (one larger group alone)
 
 
 @dataclass
@@ -295,18 +296,7 @@ class History:
             scan_filter = self._build_filter(prune_dates=False, times=False)
             bounds = (-2**63 if self.start_ns is None else self.start_ns,
                       2**63 - 1 if self.end_ns is None else self.end_ns)
-        try:
-            batches = ds.Scanner.from_fragment(frag._fragment, schema=self._schema, columns=columns,
-                                               filter=scan_filter, batch_size=batch_rows).to_batches()
-        except _ARROW_ERRORS as exc:
-            raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
-        while True:
-            try:
-                batch = next(batches, None)
-            except _ARROW_ERRORS as exc:
-                raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
-            if batch is None:
-                break
+        for batch in _batches(frag, self._schema, columns, scan_filter, batch_rows):
             if batch.num_rows == 0:
                 continue
             rows = _decode(batch, frag.path, layout, channels, self._ts_unit)
@@ -322,6 +312,27 @@ class History:
             return frag._fragment.physical_schema.field(self.layout.timestamp).type != self._ts_type
         except (KeyError, *_ARROW_ERRORS):
             return True
+
+
+def _batches(frag: Fragment, schema: pa.Schema, columns: list[str], scan_filter, batch_rows: int):
+    """The file's record batches, read a few row groups at a time (``_CHUNK_ROWS`` rows, or one
+    larger group): a scan of the whole file reads row groups ahead and held about twice the
+    file decoded (a review measured RSS +506 MB on a 270 MB file of 16 row groups). Row groups
+    whose statistics put them outside the filter are not read."""
+    try:
+        groups = [g.row_groups[0] for g in frag._fragment.split_by_row_group(filter=scan_filter, schema=schema)]
+        chunks, rows = [[]], 0
+        for group in groups:
+            if rows >= max(_CHUNK_ROWS, batch_rows):
+                chunks, rows = chunks + [[]], 0
+            chunks[-1].append(group.id)
+            rows += group.num_rows
+        for ids in chunks if groups else ():
+            part = frag._fragment.subset(row_group_ids=ids, schema=schema)
+            yield from ds.Scanner.from_fragment(part, schema=schema, columns=columns, filter=scan_filter,
+                                                batch_size=batch_rows).to_batches()
+    except _ARROW_ERRORS as exc:
+        raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
 
 
 def _scan_schema(schema: pa.Schema, timestamp: str, channels: tuple[str, ...]) -> pa.Schema:
