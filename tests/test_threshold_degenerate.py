@@ -58,7 +58,8 @@ def test_an_evt_warm_up_of_an_idle_machine_does_not_lock_onto_its_first_running_
 
 @pytest.mark.parametrize("size", [1e-9, 1e-12])
 def test_a_tail_of_equal_tiny_peaks_falls_back_to_the_quantile_not_onto_t(size):
-    scores = np.r_[np.full(4900, 0.5), np.full(100, 0.5 + size)]
+    # the level (0.98) quantile falls between 0.5 and 0.5 + size: 100 equal peaks of ~size
+    scores = np.r_[np.linspace(0.1, 0.4, 4890), np.full(10, 0.5), np.full(100, 0.5 + size)]
     th = EvtThreshold(ThresholdSpec())
     th.fit(scores)
     assert th.state_dict()["method"] == "quantile"

@@ -236,6 +236,28 @@ def learnable(x: np.ndarray) -> np.ndarray:
     return x[x < SCORE_MAX]
 
 
+def check_fit_scores(x: np.ndarray, what: str, fewest: int) -> np.ndarray:
+    """``x`` when a calibration may use it: at least ``fewest`` scores, ``MIN_FIT_SCORES`` of
+    them distinct; else a :class:`DataError` saying why. Fitted on a few values (an idle
+    machine's constant score), a rule puts its threshold on them, flags every higher score,
+    learns none of them and never moves.
+
+    >>> check_fit_scores(np.full(50, 0.05), "EVT", 10)
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.DataError: EVT calibration needs at least 10 distinct scores, got 1 among 50 ...
+    """
+    if x.shape[0] < fewest:
+        raise DataError(f"{what} calibration needs at least {fewest} scores, got {x.shape[0]} not saturated; "
+                        "use more validation windows")
+    distinct = np.unique(x).size
+    if distinct < MIN_FIT_SCORES:
+        raise DataError(f"{what} calibration needs at least {MIN_FIT_SCORES} distinct scores, got {distinct} "
+                        f"among {x.shape[0]} (a machine idle over the validation span?); a threshold on them "
+                        "would flag every higher score for good. Calibrate on a span where it runs")
+    return x
+
+
 def check_score(score) -> float:
     """One score as a float; NaN or infinity is a :class:`DataError`."""
     x = float(score)

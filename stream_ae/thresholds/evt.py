@@ -41,9 +41,9 @@ import libspot
 import numpy as np
 
 from stream_ae.configs import spec_dict
-from stream_ae.errors import ArtifactError, DataError, StreamAEError
+from stream_ae.errors import ArtifactError, StreamAEError
 from stream_ae.thresholds.base import (
-    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
+    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_fit_scores, check_score,
     float_or_none, learnable, none_to_nan)
 
 #: Fewest peaks for a GPD tail fit; fewer use the empirical quantile fallback.
@@ -102,11 +102,8 @@ class EvtThreshold(Threshold):
 
     # ---- learning -------------------------------------------------------------------------
     def fit(self, scores) -> None:
-        x = learnable(as_scores(scores))
         depth = self.spec.depth
-        if x.shape[0] < MIN_FIT_SCORES + depth:
-            raise DataError(f"EVT calibration needs at least {MIN_FIT_SCORES + depth} scores, got "
-                            f"{x.shape[0]} not saturated; use more validation windows or lower depth")
+        x = check_fit_scores(learnable(as_scores(scores)), "EVT", MIN_FIT_SCORES + depth)
         self._reset()
         if depth:
             y = np.empty(x.shape[0] - depth)

@@ -14,7 +14,8 @@ Because flagged scores are never learned, the learned scores are cut off at the 
 with ``factor = 1`` the running quantile of a censored sample creeps down over long runs. Use
 ``factor > 1`` (e.g. 1.2 x the 0.99 quantile) so the cut lies well above the quantile.
 
-Nothing is flagged while warming up, so one large score then is learned (a saturated one,
+Nothing is flagged while warming up, and the rule starts only once its last ``warmup``
+scores hold ``MIN_FIT_SCORES`` distinct values. One large score then is learned (a saturated one,
 ``SCORE_MAX``, never is). P² interpolates an upper quantile towards the largest score seen: on
 Exp(1) scores, quantile 0.99, warm-up 20, one score of 1e6 left the threshold 5x too high
 10 000 windows on and at its level 50 000 on. ``spec.window`` forgets it after ``window`` scores.
@@ -30,10 +31,10 @@ import numpy as np
 from river import stats
 
 from stream_ae.configs import spec_dict
-from stream_ae.errors import ArtifactError, DataError, StreamAEError
+from stream_ae.errors import ArtifactError, StreamAEError
 from stream_ae.thresholds.base import (
-    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_score,
-    learnable)
+    MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_fit_scores,
+    check_score, learnable)
 
 _P2 = struct.Struct("<21dBB")
 _P2_FIELDS = ("increments", "desired", "positions", "heights")
@@ -65,20 +66,22 @@ class QuantileThreshold(Threshold):
         else:
             self._stat = stats.RollingQuantile(self.spec.quantile, self.spec.window)
             self._recent = deque(maxlen=self.spec.window)
-        self._seen = 0
+        self._seen = 0                   # scores learned
         self._calibrated = False
+        self._started = False            # warmed up on the stream's own scores
+        self._warm: list[float] = []     # the last ``warmup`` scores, until it starts
         self._value = math.nan
 
     @property
     def ready(self) -> bool:
-        return self._calibrated or self._seen >= self.spec.warmup
+        return self._calibrated or self._started
 
     @property
     def value(self) -> float:
         return self._value
 
     def _learn(self, x: float) -> None:
-        if x >= SCORE_MAX:           # reaches here only while warming up (a ready rule flags it)
+        if x >= SCORE_MAX:           # reaches here only from the warm-up (a ready rule flags it)
             return
         self._stat.update(x)
         if self._recent is not None:
@@ -87,11 +90,24 @@ class QuantileThreshold(Threshold):
         if self.ready:
             self._value = self.spec.factor * self._stat.get()
 
+    def _warm_up(self, x: float) -> None:
+        """Nothing is flagged while warming up. The rule starts on the last ``warmup`` scores once
+        they hold ``MIN_FIT_SCORES`` distinct values: on an idle machine's constant score it
+        would start at ``factor x`` that score, flag every score of the machine running, learn
+        none of them and never move (a review measured 100 % flagged)."""
+        if x < SCORE_MAX:
+            self._warm.append(x)
+        if len(self._warm) < self.spec.warmup:
+            return
+        if len(set(self._warm)) < MIN_FIT_SCORES:
+            del self._warm[0]
+            return
+        warm, self._warm, self._started = self._warm, [], True
+        for s in warm:
+            self._learn(s)
+
     def fit(self, scores) -> None:
-        x = learnable(as_scores(scores))
-        if x.shape[0] < MIN_FIT_SCORES:
-            raise DataError(f"quantile calibration needs at least {MIN_FIT_SCORES} scores, "
-                            f"got {x.shape[0]} not saturated")
+        x = check_fit_scores(learnable(as_scores(scores)), "quantile", MIN_FIT_SCORES)
         self._reset()
         self._calibrated = True
         for s in x.tolist():
@@ -99,7 +115,10 @@ class QuantileThreshold(Threshold):
 
     def step(self, score: float) -> bool:
         x = check_score(score)
-        if x > self._value:          # False while warming up: the value is NaN
+        if not self.ready:
+            self._warm_up(x)
+            return False
+        if x > self._value:
             return True
         self._learn(x)
         return False
@@ -112,7 +131,9 @@ class QuantileThreshold(Threshold):
         for i, s in enumerate(x.tolist()):
             v = self._value
             values[i] = v
-            if s > v:
+            if not self.ready:
+                self._warm_up(s)
+            elif s > v:
                 flags[i] = True
             else:
                 learn(s)
@@ -121,7 +142,8 @@ class QuantileThreshold(Threshold):
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         d = {"kind": "quantile", "format": STATE_FORMAT, "spec": spec_dict(self.spec),
-             "seen": self._seen, "calibrated": self._calibrated}
+             "seen": self._seen, "calibrated": self._calibrated, "started": self._started,
+             "warm": list(self._warm)}
         if self._recent is not None:
             d["window"] = list(self._recent)
         else:
@@ -143,6 +165,11 @@ class QuantileThreshold(Threshold):
         except (KeyError, TypeError, ValueError, struct.error) as exc:
             raise ArtifactError(f"corrupt quantile threshold state ({exc}); re-calibrate the threshold") from exc
         self._seen, self._calibrated = seen, calibrated
+        try:   # a state saved before session 30 has neither: its rule started after ``warmup`` scores
+            self._started = bool(d.get("started", seen >= self.spec.warmup))
+            self._warm = [float(x) for x in d.get("warm", [])]
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"corrupt quantile threshold state ({exc}); re-calibrate the threshold") from exc
         if self.ready and self._seen:
             self._value = self.spec.factor * self._stat.get()
 
