@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,6 @@ from stream_ae.data.footers import ARROW_ERRORS, NS_PER, Footer, check_channels,
 from stream_ae.data.layout import Layout
 from stream_ae.errors import ConfigError, DataError
 
-_NS_PER, _ARROW_ERRORS = NS_PER, ARROW_ERRORS
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DAY_NS = 86_400 * 1_000_000_000
 _CHUNK_ROWS = 131_072   # rows of row groups scanned together (one larger group alone)
@@ -94,13 +93,13 @@ def _locate(uri: str) -> tuple[pafs.FileSystem, str, bool]:
     if "://" in uri:
         try:
             filesystem, path = pafs.FileSystem.from_uri(uri)
-        except _ARROW_ERRORS as exc:
+        except ARROW_ERRORS as exc:
             raise DataError(f"{uri}: cannot open this location ({exc})") from exc
     else:
         filesystem, path = pafs.LocalFileSystem(), os.path.abspath(uri)
     try:
         info = filesystem.get_file_info(path)
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise DataError(f"{uri}: cannot be read ({exc})") from exc
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{uri}: no such file or directory")
@@ -122,21 +121,25 @@ def _hive_keys(files: Sequence[str], base: str) -> list[str]:
     return list(keys)
 
 
-def _discover(uri: str, schema: pa.Schema | None = None) -> tuple[ds.FileSystemDataset, list[str]]:
-    """The archive's Parquet files and hive keys (values read as strings, so that an entity
-    "007" stays "007"). With no ``schema``, no file is opened: one outside the range read may
-    be unreadable, or lack a column."""
+def _discover(uri: str) -> tuple[ds.FileSystemDataset, list[str], Callable[[pa.Schema], ds.FileSystemDataset]]:
+    """The archive's Parquet files and hive keys, no file opened (one outside the range read may
+    be unreadable, or lack a column), and how to open those same files with a schema (hive
+    values read as strings, so that an entity "007" stays "007")."""
     filesystem, path, is_dir = _locate(uri)
     try:
-        if not is_dir:
-            return ds.dataset(path, filesystem=filesystem, format="parquet", schema=schema or pa.schema([])), []
         listed = ds.dataset(path, filesystem=filesystem, format="parquet", schema=pa.schema([]))
-        keys = _hive_keys(listed.files, path)
+        keys = _hive_keys(listed.files, path) if is_dir else []
         as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
-        listing = pa.schema([(k, pa.string()) for k in keys])   # what a partition filter binds to
-        return ds.dataset(path, filesystem=filesystem, format="parquet", partitioning=as_strings,
-                          schema=schema or listing), keys
-    except _ARROW_ERRORS as exc:
+
+        def with_schema(schema: pa.Schema) -> ds.FileSystemDataset:
+            try:
+                return ds.dataset(listed.files, filesystem=filesystem, format="parquet", partitioning=as_strings,
+                                  partition_base_dir=path if is_dir else None, schema=schema)
+            except ARROW_ERRORS as exc:
+                raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
+
+        return with_schema(pa.schema([(k, pa.string()) for k in keys])), keys, with_schema
+    except ARROW_ERRORS as exc:
         raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
 
 
@@ -161,7 +164,7 @@ class History:
         self._n_rows = n_rows
         self._schema = _scan_schema(dataset.schema, layout.timestamp, channels)
         ts_type = self._schema.field(layout.timestamp).type
-        self._ts_unit = _NS_PER[ts_type.unit if pa.types.is_timestamp(ts_type) else layout.timestamp_unit]
+        self._ts_unit = NS_PER[ts_type.unit if pa.types.is_timestamp(ts_type) else layout.timestamp_unit]
         self._filter = self._build_filter()
         self._ts_type = dataset.schema.field(layout.timestamp).type  # the first file's: the filter's
 
@@ -182,7 +185,7 @@ class History:
         if start_ns is not None and end_ns is not None and start_ns >= end_ns:
             raise ConfigError(f"start {start} is not before end {end}")
         wanted = None if entities is None else tuple(str(e) for e in entities)
-        listed, keys = _discover(uri)
+        listed, keys, with_schema = _discover(uri)
         if not listed.files:
             raise DataError(f"{uri}: no Parquet files found")
         dates = {str(ds.get_partition_keys(f.partition_expression).get("date")) for f in listed.get_fragments()}
@@ -191,7 +194,7 @@ class History:
         if wanted is not None and layout.entity in keys:
             terms.append(pc.field(layout.entity).isin(pa.array(wanted, pa.string())))
         reached = listed.get_fragments(filter=_all_of(terms)) if terms else listed.get_fragments()
-        unit = _NS_PER.get(layout.timestamp_unit)
+        unit = NS_PER.get(layout.timestamp_unit)
         footers = []
         for fragment in sorted(reached, key=lambda f: f.path):
             footer = Footer.read(fragment)
@@ -215,7 +218,7 @@ class History:
         first = footers[0].schema
         fields = [first.field(n) for n in (layout.entity, layout.timestamp) if n not in keys]
         fields += [pa.field(c, pa.float64()) for c in channels if c not in keys]
-        dataset, _ = _discover(uri, pa.schema(fields + [pa.field(k, pa.string()) for k in keys]))
+        dataset = with_schema(pa.schema(fields + [pa.field(k, pa.string()) for k in keys]))
         history = cls(uri, dataset, layout, channels, keys, sum(f.n_rows for f in footers), start_ns, end_ns,
                       wanted, paths=[f.path for f in footers])
         if by_date:
@@ -262,7 +265,7 @@ class History:
             return self._n_rows
         try:
             return self._dataset.count_rows(filter=self._filter)
-        except _ARROW_ERRORS:   # a file whose timestamp type differs from the first's: no total
+        except ARROW_ERRORS:   # a file whose timestamp type differs from the first's: no total
             return None
 
     def iter_rows(self, fragment: Fragment | None = None, batch_rows: int = 65_536) -> Iterator[Rows]:
@@ -310,7 +313,7 @@ class History:
     def _differs(self, frag: Fragment) -> bool:
         try:
             return frag._fragment.physical_schema.field(self.layout.timestamp).type != self._ts_type
-        except (KeyError, *_ARROW_ERRORS):
+        except (KeyError, *ARROW_ERRORS):
             return True
 
 
@@ -324,14 +327,15 @@ def _batches(frag: Fragment, schema: pa.Schema, columns: list[str], scan_filter,
         chunks, rows = [[]], 0
         for group in groups:
             if rows >= max(_CHUNK_ROWS, batch_rows):
-                chunks, rows = chunks + [[]], 0
+                chunks.append([])
+                rows = 0
             chunks[-1].append(group.id)
             rows += group.num_rows
         for ids in chunks if groups else ():
             part = frag._fragment.subset(row_group_ids=ids, schema=schema)
             yield from ds.Scanner.from_fragment(part, schema=schema, columns=columns, filter=scan_filter,
                                                 batch_size=batch_rows).to_batches()
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise DataError(f"{frag.path}: cannot be read ({exc})") from exc
 
 
