@@ -52,8 +52,8 @@ class Footer:
         j = self.leaves.get(column)
         if j is None:
             return None
-        return [(self.metadata.row_group(i).num_rows, self.metadata.row_group(i).column(j).statistics)
-                for i in range(self.metadata.num_row_groups)]
+        groups = (self.metadata.row_group(i) for i in range(self.metadata.num_row_groups))
+        return [(group.num_rows, group.column(j).statistics) for group in groups]
 
     def span_ns(self, column: str, unit_ns: int | None) -> tuple[int, int] | None:
         """First and last value of time column ``column`` in ns, from the statistics; None when

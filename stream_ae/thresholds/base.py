@@ -236,6 +236,16 @@ def learnable(x: np.ndarray) -> np.ndarray:
     return x[x < SCORE_MAX]
 
 
+def has_distinct(scores) -> bool:
+    """Whether ``scores`` hold at least ``MIN_FIT_SCORES`` distinct values, what a rule needs
+    to start from them (a calibration, a warm-up).
+
+    >>> has_distinct([0.05] * 100), has_distinct([i / 10 for i in range(10)])
+    (False, True)
+    """
+    return np.unique(np.asarray(scores)).size >= MIN_FIT_SCORES
+
+
 def check_fit_scores(x: np.ndarray, what: str, fewest: int) -> np.ndarray:
     """``x`` when a calibration may use it: at least ``fewest`` scores, ``MIN_FIT_SCORES`` of
     them distinct; else a :class:`DataError` saying why. Fitted on a few values (an idle
@@ -250,8 +260,8 @@ def check_fit_scores(x: np.ndarray, what: str, fewest: int) -> np.ndarray:
     if x.shape[0] < fewest:
         raise DataError(f"{what} calibration needs at least {fewest} scores, got {x.shape[0]} not saturated; "
                         "use more validation windows")
-    distinct = np.unique(x).size
-    if distinct < MIN_FIT_SCORES:
+    if not has_distinct(x):
+        distinct = np.unique(x).size
         raise DataError(f"{what} calibration needs at least {MIN_FIT_SCORES} distinct scores, got {distinct} "
                         f"among {x.shape[0]} (a machine idle over the validation span?); a threshold on them "
                         "would flag every higher score for good. Calibrate on a span where it runs")

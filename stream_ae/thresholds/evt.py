@@ -44,7 +44,7 @@ from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, StreamAEError
 from stream_ae.thresholds.base import (
     MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_fit_scores, check_score,
-    float_or_none, learnable, none_to_nan)
+    float_or_none, has_distinct, learnable, none_to_nan)
 
 #: Fewest peaks for a GPD tail fit; fewer use the empirical quantile fallback.
 MIN_PEAKS = 10
@@ -300,7 +300,7 @@ def _has_tail(scores: list[float], level: float) -> bool:
     True
     """
     x = np.asarray(scores)
-    return np.unique(x).size >= MIN_FIT_SCORES and bool((x > np.quantile(x, level)).any())
+    return has_distinct(x) and bool((x > np.quantile(x, level)).any())
 
 
 def _corrupt(why: str) -> ArtifactError:

@@ -34,7 +34,7 @@ from stream_ae.configs import spec_dict
 from stream_ae.errors import ArtifactError, StreamAEError
 from stream_ae.thresholds.base import (
     MIN_FIT_SCORES, SCORE_MAX, STATE_FORMAT, Threshold, ThresholdSpec, as_scores, check_fit_scores,
-    check_score, learnable)
+    check_score, has_distinct, learnable)
 
 _P2 = struct.Struct("<21dBB")
 _P2_FIELDS = ("increments", "desired", "positions", "heights")
@@ -99,7 +99,7 @@ class QuantileThreshold(Threshold):
             self._warm.append(x)
         if len(self._warm) < self.spec.warmup:
             return
-        if len(set(self._warm)) < MIN_FIT_SCORES:
+        if not has_distinct(self._warm):
             del self._warm[0]
             return
         warm, self._warm, self._started = self._warm, [], True
@@ -126,14 +126,16 @@ class QuantileThreshold(Threshold):
     def step_many(self, scores) -> tuple[np.ndarray, np.ndarray]:
         x = as_scores(scores)
         flags = np.zeros(x.shape[0], dtype=bool)
-        values = np.empty(x.shape[0], dtype=np.float64)
+        values = np.full(x.shape[0], math.nan)
+        scores, i = x.tolist(), 0
+        while i < len(scores) and not self.ready:   # warming up: nothing flagged, the value NaN
+            self._warm_up(scores[i])
+            i += 1
         learn = self._learn
-        for i, s in enumerate(x.tolist()):
+        for i, s in enumerate(scores[i:], start=i):
             v = self._value
             values[i] = v
-            if not self.ready:
-                self._warm_up(s)
-            elif s > v:
+            if s > v:
                 flags[i] = True
             else:
                 learn(s)
@@ -155,6 +157,9 @@ class QuantileThreshold(Threshold):
         self._reset()
         try:
             seen, calibrated = int(d["seen"]), bool(d["calibrated"])
+            # a state saved before session 30 has neither: its rule started after ``warmup`` scores
+            started = bool(d.get("started", seen >= self.spec.warmup))
+            warm = [float(x) for x in d.get("warm", [])]
             if self._recent is not None:
                 for x in d["window"]:
                     self._stat.update(float(x))
@@ -164,12 +169,7 @@ class QuantileThreshold(Threshold):
                 self._stat._is_updated = True
         except (KeyError, TypeError, ValueError, struct.error) as exc:
             raise ArtifactError(f"corrupt quantile threshold state ({exc}); re-calibrate the threshold") from exc
-        self._seen, self._calibrated = seen, calibrated
-        try:   # a state saved before session 30 has neither: its rule started after ``warmup`` scores
-            self._started = bool(d.get("started", seen >= self.spec.warmup))
-            self._warm = [float(x) for x in d.get("warm", [])]
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"corrupt quantile threshold state ({exc}); re-calibrate the threshold") from exc
+        self._seen, self._calibrated, self._started, self._warm = seen, calibrated, started, warm
         if self.ready and self._seen:
             self._value = self.spec.factor * self._stat.get()
 
