@@ -118,7 +118,7 @@ def test_a_drift_marker_that_cannot_be_written_does_not_stop_the_stream(deployed
     event = DriftEvent(key="model", index=10, ts=0, mean_before=0.0, mean_after=1.0, direction="up")
 
     class Shifted:
-        def update_many(self, scores, ts):
+        def update_many(self, scores, ts, flags=None):
             return [event]
 
         def shift(self):

@@ -12,8 +12,9 @@ model's stored starting level. Two cases per seed, both from the same model:
 * ``gain_from_day_6``: channel ``ch_0`` reads 1.3 times its value from day 6 on (a sensor swap).
 
 It prints, per case, the model's reference level, each day's mean log score of the windows the
-calibrated threshold calls normal, the spread of the hourly means over the first scored day
-(the rhythm a drift rule must not take for drift) and the events. Nothing is asserted.
+calibrated threshold calls normal and its share of windows flagged, the spread of the hourly
+means over the first scored day (the rhythm a drift rule must not take for drift) and the
+events. Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -70,9 +71,12 @@ def _case(scores, flags, ts, t0: int, version: str, reference: float | None) -> 
         "windows": int(len(scores)),
         "daily_mean_log_score": {f"day_{d + 1}": round(float(logs[normal & (day == d)].mean()), 3)
                                  for d in range(first, int(day.max()) + 1)},
+        "daily_flagged_percent": {f"day_{d + 1}": round(100 * float(flags[day == d].mean()), 2)
+                                  for d in range(first, int(day.max()) + 1)},
         "first_day_hourly_mean_range": round(float(max(hourly) - min(hourly)), 3),
         "events": [{"day": round((e.ts - t0) / day_ns + 1, 2), "direction": e.direction,
-                    "shift": round(e.mean_after - e.mean_before, 3)} for e in events],
+                    "shift": round(e.mean_after - e.mean_before, 3),
+                    "flagged_share": round(e.flagged_share, 3)} for e in events],
     }
 
 

@@ -1,21 +1,27 @@
 """The stream's watch on its own scores: drift becomes a metric, a log event and a retrain marker.
 
 One :class:`~stream_ae.drift.DriftMonitor` over the scores of the running model (per model, not
-per entity, so memory stays flat however many entities there are), fed only windows the
-threshold judged normal: an anomaly is not drift. Drift is the mean log score over the last
+per entity, so memory stays flat however many entities there are). Its level is of the windows
+the threshold judged normal: an anomaly is not drift. Drift is the mean log score over the last
 ``[drift] horizon`` of event time (a day by default, so the plant's daily rhythm averages out)
 leaving the level the model started from by ``[drift] min_shift`` (0.2). That level is the mean
 log score of the model's normal validation windows, stored in its artifact at training
 (:func:`~stream_ae.drift.artifact_reference`); an artifact trained before it was stored starts
-from the level of its first full horizon. When there is a shift, the runner
+from the level of its first full horizon. The windows the thresholds flagged are counted too:
+when at least ``[drift] max_flagged`` (half) of a horizon's windows were flagged, the model's
+thresholds are stuck above a new operating point they will never learn (they learn no flagged
+window), or the fleet has had a fault as long as the horizon: an event of direction
+``"flagged"``. It is a share of all the model's windows, so it takes most of the fleet; one
+entity stuck shows as its alert, open the whole time. When there is an event, the runner
 
 * counts it in ``stream_ae_drift_events_total{direction}``,
 * logs a structured ``drift`` event (JSON logs carry its fields), and
-* with ``model.deployment``, writes the marker ``drift/<deployment>.json`` in the registry
-  that makes ``python -m jobs.retrain --if-drift`` retrain early.
+* with ``model.deployment`` and an event "up" or "flagged", writes the marker
+  ``drift/<deployment>.json`` in the registry that makes ``python -m jobs.retrain --if-drift``
+  retrain early.
 
-The level is a mean, and an evenly spaced sample of at most ``[drift] sample_per_batch``
-normal scores a batch estimates it as well as every score, at a bounded cost a batch.
+The level and the share are means, and an evenly spaced sample of at most ``[drift]
+sample_per_batch`` scores a batch estimates them as well as every score, at a bounded cost a batch.
 ``[drift] enabled = false`` turns the watch off.
 
 A hot reload starts a fresh monitor from the new model's reference: its scores have other units.
@@ -53,7 +59,7 @@ class DriftWatch:
     def __init__(self, settings, metrics, monitor_factory=None):
         d = settings.drift
         if monitor_factory is None:
-            monitor_factory = functools.partial(DriftMonitor, min_shift=d.min_shift,
+            monitor_factory = functools.partial(DriftMonitor, min_shift=d.min_shift, max_flagged=d.max_flagged,
                                                 horizon_s=parse_duration(d.horizon, "drift.horizon"))
         self.enabled = d.enabled
         self.metrics = metrics
@@ -100,21 +106,26 @@ class DriftWatch:
             return []
         if model_version != self._version:
             self._monitor, self._version = self._factory(reference=reference), model_version
-        normal = np.flatnonzero(~out.flags & np.isfinite(out.scores))  # (b,) an anomaly is not drift
-        if not len(normal):
+        scored = np.flatnonzero(np.isfinite(out.scores))  # (b,) flagged ones too: the monitor counts them
+        if not len(scored):
             return []
-        if len(normal) > self.sample_per_batch:
-            normal = normal[np.linspace(0, len(normal) - 1, self.sample_per_batch).astype(np.int64)]
-        found = self._monitor.update_many(out.scores[normal], ts=out.end_ts[normal])
+        if len(scored) > self.sample_per_batch:
+            scored = scored[np.linspace(0, len(scored) - 1, self.sample_per_batch).astype(np.int64)]
+        found = self._monitor.update_many(out.scores[scored], ts=out.end_ts[scored], flags=out.flags[scored])
         self.metrics.drift_shift.set(self._monitor.shift())
         for event in found:
             self.metrics.drift.labels(event.direction).inc()
-            # scores rising means the model fits worse (retrain); falling is worth a note only
-            level = logging.WARNING if event.direction == "up" else logging.INFO
-            log.log(level, "drift: model %s scores moved %s (mean log score %.3f -> %.3f)", model_version,
-                        event.direction, event.mean_before, event.mean_after,
-                        extra={"fields": {"event": "drift", "model_version": model_version, **event.to_dict()}})
-            if self.registry and self.deployment and event.direction == "up":
+            fields = {"event": "drift", "model_version": model_version, **event.to_dict()}
+            if event.direction == "flagged":
+                log.warning("drift: model %s flagged %.0f%% of the windows over the last drift.horizon: a new "
+                            "operating point or a fault as long, which its thresholds never learn (they learn "
+                            "no flagged window); a retrain on the recent history tells the two apart",
+                            model_version, 100 * event.flagged_share, extra={"fields": fields})
+            else:  # scores rising means the model fits worse (retrain); falling is worth a note only
+                log.log(logging.WARNING if event.direction == "up" else logging.INFO,
+                        "drift: model %s scores moved %s (mean log score %.3f -> %.3f)", model_version,
+                        event.direction, event.mean_before, event.mean_after, extra={"fields": fields})
+            if self.registry and self.deployment and event.direction != "down":
                 self._mark(event)
         self.events.extend(found)
         return found

@@ -80,7 +80,8 @@ class StreamMetrics:
         self.checkpoint_states = Counter("stream_ae_checkpoint_states", "Entity states written by checkpoints",
                                          registry=r)
         self.drift = Counter("stream_ae_drift_events", "Shifts in the running model's normal scores (the level "
-                             "over [drift] horizon), by direction", ["direction"], registry=r)
+                             "over [drift] horizon), by direction: up, down, or flagged (at least [drift] "
+                             "max_flagged of a horizon's windows flagged)", ["direction"], registry=r)
         self.drift_shift = Gauge("stream_ae_drift_shift", "The running model's mean log score over the closed "
                                  "buckets of the latest [drift] horizon minus its starting level: drift is "
                                  "reported at +/- [drift] min_shift once a whole horizon is in (NaN until the "

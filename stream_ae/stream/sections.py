@@ -165,7 +165,10 @@ class DriftSettings(_Section):
     # this much (0.2: scores ~22 % higher or ~18 % lower)
     min_shift: Annotated[float, Meta(gt=0.0)] = 0.2
     horizon: str = "1d"              # event time the level is the mean over: at least the plant's rhythm
-    sample_per_batch: Annotated[int, Meta(ge=1)] = 64    # normal scores fed per micro-batch
+    sample_per_batch: Annotated[int, Meta(ge=1)] = 64    # scores fed per micro-batch (evenly spaced)
+    # an event ("flagged") when at least this share of a horizon's windows were flagged: a threshold
+    # learns no window it flags, so a new operating point is flagged for ever and never moves the level
+    max_flagged: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.5
 
     def __post_init__(self):
         if parse_duration(self.horizon, "drift.horizon") <= 0:
