@@ -52,6 +52,9 @@ class Counters:
     windows_scored: int = 0
     anomalies: int = 0
     duplicates_dropped: int = 0
+    # the channels that had a value (neither NaN nor null) in a row read; None in a checkpoint
+    # written before it was counted (the check it feeds is then skipped)
+    channels_seen: list[str] | None = field(default_factory=list)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Checkpoint:
                 raise ConfigError(
                     f"checkpoint {path} has format {raw.get('format_version')!r}, this version "
                     f"reads format {FORMAT_VERSION}; re-run with --restart.")
-            raw["counters"] = Counters(**raw["counters"])
+            raw["counters"] = Counters(**{"channels_seen": None, **raw["counters"]})
             raw.setdefault("output_layout", 1)   # written before output_layout existed
             return cls(**raw)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -25,7 +25,7 @@ from stream_ae.backfill.checkpoint import (Checkpoint, Counters, Saver, archive_
 from stream_ae.backfill.output import (AtomicPart, expected_parts, output_dir, part_name, remove_parts,
                                        resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
-from stream_ae.errors import ConfigError
+from stream_ae.errors import ConfigError, DataError
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_CHECKPOINT_EVERY_S = 30.0
@@ -155,6 +155,7 @@ class _Run:
         if len(codes) == 0:
             return None
         self.counters.rows_read += len(codes)
+        self._note_channels(values)
         if len(codes) > 1 and (np.diff(codes) < 0).any():   # entities interleaved: group them
             order = np.argsort(codes, kind="stable")          # stable: time order kept per entity
             codes, ts, values = codes[order], ts[order], values[order]
@@ -195,6 +196,21 @@ class _Run:
             end_ts=np.concatenate([b.end_ts for _, b in pushed]),
             score=scored.score, threshold=np.concatenate(values_used), anomaly=anomaly,
             channel_error=scored.channel_error, channels=self._channels, version=self._version)
+
+    def _note_channels(self, values: np.ndarray) -> None:
+        """Count the channels with a value in ``values`` (N, C); nothing once every one has."""
+        seen = self.counters.channels_seen
+        if seen is None or len(seen) == len(self.artifact.channels):
+            return
+        has = ~np.isnan(values).all(axis=0)                                # (C,)
+        self.counters.channels_seen = [c for c, h in zip(self.artifact.channels, has) if h or c in seen]
+
+    def missing_channels(self) -> list[str]:
+        """The model's channels without a value in any row read (all runs of this shard)."""
+        seen = self.counters.channels_seen
+        if seen is None or not self.counters.rows_read:
+            return []
+        return [c for c in self.artifact.channels if c not in seen]
 
     def _check_rejected(self, source: str, name: str, ts: np.ndarray, batch) -> None:
         self.counters.duplicates_dropped += check_time_order(source, name, ts, batch, self.layout)
@@ -363,13 +379,21 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
 
     seconds = time.perf_counter() - t0
     c = run.counters
+    complete = len(checkpoint.completed) + other_shards == len(keys)
+    if complete and run.missing_channels():
+        of = f" of shard {shard[0]}/{shard[1]}'s entities" if shard[1] > 1 else ""
+        raise DataError(
+            f"{archive}: channel {run.missing_channels()[0]!r} has no value (every one NaN or null) in the "
+            f"{c.rows_read} rows{of} read, so no window with it could be scored ({c.windows_scored} scored, "
+            f"written to {out}). Fix the data, widen --start/--end, or score with a model trained without "
+            "the channel")
     return BackfillReport(
         rows_read=c.rows_read, windows_scored=c.windows_scored, anomalies=c.anomalies,
         duplicates_dropped=c.duplicates_dropped, seconds=round(seconds, 3),
         windows_per_s=round((c.windows_scored - windows_before) / max(seconds, 1e-9), 1),
         output_files=list(checkpoint.output_files), fragments_done=scored,
         fragments_resumed=resumed, fragments_other_shards=other_shards,
-        complete=len(checkpoint.completed) + other_shards == len(keys), shard=shard,
+        complete=complete, shard=shard,
         model_version=artifact.version, checkpoints_saved=saves.count,
         checkpoint_seconds=round(saves.seconds, 3))
 
