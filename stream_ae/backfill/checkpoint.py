@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import pyarrow.fs as pafs
 
 from stream_ae.backfill.output import relative_dir, write_bytes_atomic
@@ -55,6 +56,20 @@ class Counters:
     # the channels that had a value (neither NaN nor null) in a row read; None in a checkpoint
     # written before it was counted (the check it feeds is then skipped)
     channels_seen: list[str] | None = field(default_factory=list)
+
+    def note_channels(self, channels, values: np.ndarray) -> None:
+        """Count the ``channels`` with a value in ``values`` (N, C); nothing once every one has."""
+        seen = self.channels_seen
+        if seen is None or len(seen) == len(channels):
+            return
+        has = ~np.isnan(values).all(axis=0)                                # (C,)
+        self.channels_seen = [c for c, h in zip(channels, has) if h or c in seen]
+
+    def missing_channels(self, channels) -> list[str]:
+        """The ``channels`` without a value in any row read (all runs of this shard)."""
+        if self.channels_seen is None or not self.rows_read:
+            return []
+        return [c for c in channels if c not in self.channels_seen]
 
 
 @dataclass

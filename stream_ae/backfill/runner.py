@@ -133,6 +133,11 @@ class _Run:
             mine = self._mine[name] = shard_of(name, self.shard[1]) == self.shard[0]
         return mine
 
+    def owns(self, fragment) -> bool:
+        """False for a file hive-partitioned by an entity of another shard (skipped unread)."""
+        owner = (getattr(fragment, "partition", None) or {}).get(self.layout.entity)
+        return owner is None or self.is_mine(str(owner))
+
     def state_dict(self) -> dict:
         return {name: {"windower": e.windower.state_dict(), "threshold": e.threshold.state_dict()}
                 for name, e in self.entities.items()}
@@ -155,7 +160,7 @@ class _Run:
         if len(codes) == 0:
             return None
         self.counters.rows_read += len(codes)
-        self._note_channels(values)
+        self.counters.note_channels(self.artifact.channels, values)
         if len(codes) > 1 and (np.diff(codes) < 0).any():   # entities interleaved: group them
             order = np.argsort(codes, kind="stable")          # stable: time order kept per entity
             codes, ts, values = codes[order], ts[order], values[order]
@@ -196,21 +201,6 @@ class _Run:
             end_ts=np.concatenate([b.end_ts for _, b in pushed]),
             score=scored.score, threshold=np.concatenate(values_used), anomaly=anomaly,
             channel_error=scored.channel_error, channels=self._channels, version=self._version)
-
-    def _note_channels(self, values: np.ndarray) -> None:
-        """Count the channels with a value in ``values`` (N, C); nothing once every one has."""
-        seen = self.counters.channels_seen
-        if seen is None or len(seen) == len(self.artifact.channels):
-            return
-        has = ~np.isnan(values).all(axis=0)                                # (C,)
-        self.counters.channels_seen = [c for c, h in zip(self.artifact.channels, has) if h or c in seen]
-
-    def missing_channels(self) -> list[str]:
-        """The model's channels without a value in any row read (all runs of this shard)."""
-        seen = self.counters.channels_seen
-        if seen is None or not self.counters.rows_read:
-            return []
-        return [c for c in self.artifact.channels if c not in seen]
 
     def _check_rejected(self, source: str, name: str, ts: np.ndarray, batch) -> None:
         self.counters.duplicates_dropped += check_time_order(source, name, ts, batch, self.layout)
@@ -280,7 +270,8 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     SchemaMismatch
         The archive's channels differ from the model's.
     DataError
-        An entity's readings go back in time within the archive (file, entity and column named).
+        An entity's readings go back in time within the archive (file, entity and column named);
+        a channel has no value in any row of the whole span read (this shard's entities).
     ArtifactError, ConfigError
         A checkpoint from another model version or other arguments exists (use ``restart``).
     """
@@ -337,16 +328,16 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     resumed = len(keys) - len(todo)
     windows_before, scored, other_shards = run.counters.windows_scored, 0, 0
     skips_unread = shard[1] > 1 and layout.entity in getattr(history, "partition_keys", ())
-    bar = tqdm(total=None if resumed or skips_unread or not progress else history.count_rows(), unit="row",
-               unit_scale=True,
-               disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
+    total = None   # rows of the files this run reads: every file in range, or those left that are this shard's
+    if progress:
+        total = history.count_rows([f for f, _ in todo if run.owns(f)] if resumed or skips_unread else None)
+    bar = tqdm(total=total, unit="row", unit_scale=True, disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
     saves = Saver(run, checkpoint, out_fs, ckpt_path, checkpoint_every_s)
     try:
         for fragment, key in todo:
             if max_fragments is not None and scored >= max_fragments:
                 break
-            owner = (getattr(fragment, "partition", None) or {}).get(layout.entity)
-            if owner is not None and not run.is_mine(str(owner)):
+            if not run.owns(fragment):
                 other_shards += 1          # hive-partitioned by entity: skip unread
                 continue
             rel = output_dir(key.rsplit("/", 1)[0] if "/" in key else "", layout.entity,
@@ -380,10 +371,11 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     seconds = time.perf_counter() - t0
     c = run.counters
     complete = len(checkpoint.completed) + other_shards == len(keys)
-    if complete and run.missing_channels():
+    missing = c.missing_channels(artifact.channels) if complete else []
+    if missing:
         of = f" of shard {shard[0]}/{shard[1]}'s entities" if shard[1] > 1 else ""
         raise DataError(
-            f"{archive}: channel {run.missing_channels()[0]!r} has no value (every one NaN or null) in the "
+            f"{archive}: channel {missing[0]!r} has no value (every one NaN or null) in the "
             f"{c.rows_read} rows{of} read, so no window with it could be scored ({c.windows_scored} scored, "
             f"written to {out}). Fix the data, widen --start/--end, or score with a model trained without "
             "the channel")

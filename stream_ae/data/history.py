@@ -258,12 +258,16 @@ class History:
             out.append(Fragment(frag.path, {k: str(v) for k, v in keys.items()}, frag))
         return out
 
-    def count_rows(self) -> int | None:
-        """Rows in range (from Parquet metadata when no time/entity filter is set); None when
-        the files' timestamp types differ, so the bounds cannot be counted in one pass."""
-        if self._filter is None:
-            return self._n_rows
+    def count_rows(self, fragments: list[Fragment] | None = None) -> int | None:
+        """Rows in range, of ``fragments`` (default: every file in range; from Parquet metadata
+        when no time/entity filter is set); None when the files' timestamp types differ, so the
+        bounds cannot be counted in one pass."""
         try:
+            if fragments is not None:
+                return sum(ds.Scanner.from_fragment(f._fragment, schema=self._dataset.schema,
+                                                    filter=self._filter).count_rows() for f in fragments)
+            if self._filter is None:
+                return self._n_rows
             return self._dataset.count_rows(filter=self._filter)
         except ARROW_ERRORS:   # a file whose timestamp type differs from the first's: no total
             return None

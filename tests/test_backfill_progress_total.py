@@ -1,0 +1,67 @@
+"""The backfill's progress bar has a total, and reaches it exactly, on a resumed run and on a
+shard of an archive partitioned by entity (it had none there before session 31)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import stream_ae.backfill.runner as runner
+from stream_ae.backfill import run_backfill
+from tests.test_backfill import DAYS, ENTITIES, _frame, archive, artifact  # noqa: F401  (fixtures)
+
+
+class Bar:
+    """Stands in for tqdm: keeps the total and what was counted."""
+
+    made: list = []
+
+    def __init__(self, total=None, disable=False, **kwargs):
+        self.total, self.n = total, 0
+        if not disable:
+            Bar.made.append(self)
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    Bar.made = []
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    return Bar.made
+
+
+def test_a_resumed_run_counts_the_rows_it_has_left(archive, artifact, tmp_path, bars):
+    out = str(tmp_path / "out")
+    run_backfill(str(archive), str(artifact), out, max_fragments=2, start="2026-01-01T06:00")
+    run_backfill(str(archive), str(artifact), out, start="2026-01-01T06:00")
+    first, resumed = bars
+    assert resumed.total is not None and resumed.total == resumed.n > 0
+    fresh = run_backfill(str(archive), str(artifact), str(tmp_path / "fresh"), start="2026-01-01T06:00")
+    assert bars[2].total == bars[2].n == fresh.rows_read == first.n + resumed.n
+
+
+def test_a_shard_of_an_archive_by_entity_counts_its_own_files(artifact, tmp_path, bars):
+    rng = np.random.default_rng(7)
+    archive = tmp_path / "by-entity"
+    for d, day in enumerate(DAYS):
+        for e in ENTITIES:   # the entity lives only in the directory name
+            folder = archive / f"entity={e}" / f"date={day}"
+            folder.mkdir(parents=True)
+            frame = _frame(e, d, rng).drop(columns=["entity"])
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-0.parquet")
+    rows = 0
+    for i in range(3):
+        report = run_backfill(str(archive), str(artifact), str(tmp_path / "sharded"), shard=(i, 3))
+        bar = bars[-1]
+        assert bar.total == bar.n == report.rows_read
+        rows += bar.total
+    assert rows == 3 * len(DAYS) * 360
