@@ -133,6 +133,7 @@ class _Level:
     seen: int = 0
     events: int = 0
     flagged: bool = False         # in a "flagged" excursion
+    thin: int = 0                 # closes in a row whose horizon held too few values to judge (not saved)
 
     def sums(self, upto: int, n: int) -> tuple[float, float, float, float]:
         """The four sums over the buckets [upto - n, upto)."""
@@ -282,7 +283,9 @@ class DriftMonitor:
             return []  # less than a whole horizon seen
         total, count, flagged_total, flagged = k.sums(b, self.buckets)
         if count + flagged < self.min_values:
+            k.thin += 1
             return []
+        k.thin = 0
         share, events = flagged / (count + flagged), []
         level = total / count if count >= self.min_values else math.nan
         if not math.isnan(level):
@@ -318,6 +321,12 @@ class DriftMonitor:
         if k is None or k.open is None or k.reference is None:
             return math.nan
         return k.level(k.open, self.buckets, 1) - k.reference
+
+    def starved(self, key: str = MODEL_KEY) -> bool:
+        """Whether ``key``'s last whole horizon (every close over it) held fewer than
+        ``min_values`` scores: a horizon too short for the rate of scores judges nothing."""
+        k = self._keys.get(key)
+        return k is not None and k.thin >= self.buckets
 
     def counts(self) -> dict[str, int]:
         """Drift events reported so far, per key."""

@@ -234,6 +234,9 @@ def test_the_stream_watch_remembers_only_its_latest_drift_events_and_counts_all(
         def shift(self):
             return 1.0
 
+        def starved(self):
+            return False
+
     metrics = StreamMetrics()
     watch = DriftWatch(load_settings(env={}), metrics, monitor_factory=lambda reference: EveryBatchDrifts())
     out = DetectorOutput(scores=np.ones(4, np.float32), flags=np.zeros(4, bool), end_ts=np.arange(4, dtype=np.int64))

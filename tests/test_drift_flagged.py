@@ -146,3 +146,24 @@ def test_the_share_is_a_setting_checked_at_start(tmp_path):
     assert [e.direction for e in found if e.direction == "flagged"] == []
     with pytest.raises(ConfigError, match="max_flagged"):
         load_settings(env={}, overrides=["drift.max_flagged=1.5"])
+
+
+def test_a_horizon_too_short_for_the_rate_of_scores_is_told_once(caplog):
+    """drift.horizon = "30s" with a score sampled every half minute: no horizon ever holds the 200
+    scores a level is judged over; the watch says so once, where before it stayed silent."""
+    from stream_ae.stream.drift_watch import DriftWatch
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.settings import load_settings
+
+    with caplog.at_level("WARNING", logger="stream_ae.stream.drift_watch"):
+        for horizon, told in (("30s", 1), ("1d", 0)):
+            caplog.clear()
+            watch = DriftWatch(load_settings(env={}, overrides=[f"drift.horizon={horizon}"]), StreamMetrics())
+            for i in range(120):   # 60 hours
+                watch.observe(_batch(i, 0.0), "v1", reference=0.0)
+            starved = [r.getMessage() for r in caplog.records if "judges nothing" in r.getMessage()]
+            assert len(starved) == told
+            assert all("lengthen drift.horizon" in m and "of 30s" in m for m in starved)
+    monitor = DriftMonitor(horizon_s=60.0, reference=0.0)
+    monitor.update_many(np.ones(600), ts=np.arange(600, dtype=np.int64) * MINUTE)
+    assert monitor.starved() and not DriftMonitor().starved()

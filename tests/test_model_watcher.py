@@ -124,6 +124,9 @@ def test_a_drift_marker_that_cannot_be_written_does_not_stop_the_stream(deployed
         def shift(self):
             return 1.0
 
+        def starved(self):
+            return False
+
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 

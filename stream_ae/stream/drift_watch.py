@@ -69,6 +69,7 @@ class DriftWatch:
         self._monitor = monitor_factory(reference=None)
         self._version: str | None = None
         self.sample_per_batch = int(d.sample_per_batch)
+        self._horizon, self._starved_told = d.horizon, False   # told once a consumer
         self.events: deque = deque(maxlen=EVENTS_KEPT)  # the latest, for inspection: bounded over months
 
     def state(self) -> dict | None:
@@ -113,6 +114,12 @@ class DriftWatch:
             scored = scored[np.linspace(0, len(scored) - 1, self.sample_per_batch).astype(np.int64)]
         found = self._monitor.update_many(out.scores[scored], ts=out.end_ts[scored], flags=out.flags[scored])
         self.metrics.drift_shift.set(self._monitor.shift())
+        if self._monitor.starved() and not self._starved_told:
+            self._starved_told = True
+            log.warning("drift watch: a whole drift.horizon of %s held fewer than %d sampled scores, so the "
+                        "watch judges nothing: lengthen drift.horizon (a day by default) or raise "
+                        "drift.sample_per_batch (%d)", self._horizon, self._monitor.min_values, self.sample_per_batch,
+                        extra={"fields": {"event": "drift_starved", "model_version": model_version}})
         for event in found:
             self.metrics.drift.labels(event.direction).inc()
             fields = {"event": "drift", "model_version": model_version, **event.to_dict()}
