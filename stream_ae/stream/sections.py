@@ -323,12 +323,15 @@ def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# how a true/false setting may be written in the environment or a --set, for every setting
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def _parse_scalar(key: str, text: str, kind: type) -> Any:
     if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return lowered in ("true", "1", "yes", "on")
-        raise ValueError(f"kafka.client.{key}: expected true or false, got {text!r}")
+        if text.strip().lower() in BOOL_WORDS:
+            return BOOL_WORDS[text.strip().lower()]
+        raise ValueError(f"kafka.client.{key}: expected true or false (or yes/no, on/off, 1/0), got {text!r}")
     try:
         return kind(text)
     except ValueError:

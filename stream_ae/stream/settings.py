@@ -30,7 +30,7 @@ import msgspec
 from stream_ae.errors import ConfigError
 from stream_ae.redaction import mask_all, strings, uri_secrets
 
-from stream_ae.stream.sections import (_MASK, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
+from stream_ae.stream.sections import (_MASK, BOOL_WORDS, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
                                        ArchiveSettings,
                                        BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
@@ -248,6 +248,8 @@ def _check_keys(tree: Mapping, struct: type, prefix: str, origins: dict) -> None
             raise ConfigError(f"unknown setting {dotted!r} ({_origin(dotted, origins)})"
                               + (REMOVED.get(dotted) or _suggest(key, prefix, fields)))
         kind = fields[key]
+        if kind is bool and isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            tree[key] = BOOL_WORDS[value.strip().lower()]   # the words kafka.client.* reads too
         if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{dotted} must be a table of settings "
@@ -295,7 +297,7 @@ def _explain(msg: str, origins: Mapping[str, str]) -> str:
     if choices and text.startswith("Invalid enum value"):
         text += f"; choose one of: {', '.join(map(str, choices))}"
     elif text.startswith("Expected `bool`"):
-        text += "; write true or false"
+        text += "; write true or false (or yes/no, on/off, 1/0)"
     return f"setting {key or where}: {text} ({_origin(key, origins)})"
 
 
