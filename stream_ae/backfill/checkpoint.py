@@ -86,25 +86,36 @@ class Checkpoint:
     format_version: int = FORMAT_VERSION
     output_layout: int = OUTPUT_LAYOUT  # 1: every input folder mirrored, entity= too
 
-    def check_matches(self, artifact_version: str, archive: dict, args: dict, path: str) -> None:
-        """Raise if this checkpoint belongs to another run than the one asked for."""
+    def check_matches(self, artifact_version: str, archive: dict, args: dict, path: str,
+                      fingerprint_of_first=None) -> None:
+        """Raise if this checkpoint belongs to another run than the one asked for.
+
+        An archive that only grew is the same run's: its first files (``fingerprint_of_first(n)``,
+        of the first ``n`` in path order) are the ``n`` this checkpoint listed, unchanged, and
+        the files added sort after them (the archiver's next files). The checkpoint then takes
+        the archive as it is now, so the run goes on into the new files."""
         hint = ("Re-run with restart=True (--restart) to start over; it deletes this shard's scores "
                 "written so far.")
         if self.artifact_version != artifact_version:
             raise ArtifactError(
                 f"checkpoint {path} was written with model version {self.artifact_version!r}, "
                 f"but this run uses {artifact_version!r}. {hint}")
-        if self.archive != archive:
+        n = self.archive["fragments"]
+        grown = (fingerprint_of_first is not None and self.archive["uri"] == archive["uri"]
+                 and archive["fragments"] > n and fingerprint_of_first(n) == self.archive["fingerprint"])
+        if self.archive != archive and not grown:
             raise ConfigError(
                 f"checkpoint {path} was written for archive {self.archive['uri']!r} "
-                f"({self.archive['fragments']} files), which differs from "
-                f"{archive['uri']!r} ({archive['fragments']} files) as it is now. {hint}")
+                f"({n} files), which differs from {archive['uri']!r} ({archive['fragments']} files) "
+                "as it is now: a file it listed changed or went, or one was added before its last "
+                f"(files added after its last, as an archiver writes them, are taken on). {hint}")
         was = {k: v for k, v in {**ARG_DEFAULTS, **self.args}.items() if k not in IGNORED_ARGS}
         args = {k: v for k, v in args.items() if k not in IGNORED_ARGS}
         diff = {k: (was.get(k), args.get(k)) for k in {**was, **args} if was.get(k) != args.get(k)}
         if diff:
             listed = ", ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in diff.items())
             raise ConfigError(f"checkpoint {path} was written with other arguments ({listed}). {hint}")
+        self.archive = dict(archive)
 
     def to_json(self) -> bytes:
         # not asdict(self): it deep-copies every entity's state first, which took longer than the dump
@@ -177,17 +188,23 @@ def discard_run(fs: pafs.FileSystem, path: str) -> int:
     return len(parts)
 
 
-def archive_identity(history, fs, root: str, uri: str) -> tuple[dict, list[str]]:
-    """Fingerprint of the archive as it is now (fragment paths and sizes), and the fragments'
-    keys: their paths relative to the archive root, which name them in checkpoints."""
+def archive_identity(history, fs, root: str, uri: str):
+    """Fingerprint of the archive as it is now (fragment paths and sizes), the fragments' keys
+    (their paths relative to the archive root, which name them in checkpoints), and a function
+    of ``n``: the fingerprint of the first ``n`` fragments."""
     fragments = history.fragments()
     keys = [fragment_key(f, root) for f in fragments]
     try:
         sizes = [info.size for info in fs.get_file_info([str(f.path) for f in fragments])]
     except (OSError, TypeError, ValueError):
         sizes = [None] * len(fragments)   # a filesystem that cannot tell: paths only
-    digest = hashlib.sha1("\n".join(f"{k}:{s}" for k, s in zip(keys, sizes)).encode()).hexdigest()
-    return {"uri": uri, "fingerprint": digest, "fragments": len(fragments)}, keys
+    lines = [f"{k}:{s}" for k, s in zip(keys, sizes)]
+
+    def fingerprint_of_first(n: int) -> str:
+        return hashlib.sha1("\n".join(lines[:n]).encode()).hexdigest()
+
+    identity = {"uri": uri, "fingerprint": fingerprint_of_first(len(lines)), "fragments": len(fragments)}
+    return identity, keys, fingerprint_of_first
 
 
 def fragment_key(fragment, root: str) -> str:

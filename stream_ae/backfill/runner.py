@@ -296,7 +296,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     in_fs, in_root = resolve_filesystem(str(archive))
     out_fs, out_root = resolve_filesystem(str(out))
     where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
-    identity, keys = archive_identity(history, in_fs, in_root, where)
+    identity, keys, fingerprint_of_first = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
             "shard": list(shard), "layout": layout.to_dict(), "precision": precision}
     ckpt_path = checkpoint_path(out_root, shard)
@@ -317,7 +317,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     if fresh:
         checkpoint = Checkpoint(artifact.version, identity, args)
     else:
-        checkpoint.check_matches(artifact.version, identity, args, ckpt_path)
+        checkpoint.check_matches(artifact.version, identity, args, ckpt_path, fingerprint_of_first)
         run.load_state_dict(checkpoint.entities)
         run.counters = checkpoint.counters
     remove_parts(out_fs, out_root, expected_parts(keys, layout.entity, legacy=checkpoint.output_layout < 2), shard,
