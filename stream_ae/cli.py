@@ -14,6 +14,7 @@ from stream_ae import __version__
 from stream_ae.allocator import keep_freed_memory
 from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
+from stream_ae.redaction import mask_uri
 
 VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
 EXIT_USAGE = 2
@@ -360,19 +361,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keep_freed_memory()  # torch's freed buffers stay in the process (allocator.py: no page-fault churn)
+    def say(what: str, exc: BaseException) -> None:   # a URI's credentials never reach stderr
+        print(f"stream-ae {args.command}: {what}: {mask_uri(str(exc))}", file=sys.stderr)
+
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"stream-ae {args.command}: configuration error: {exc}", file=sys.stderr)
+        say("configuration error", exc)
         return EXIT_USAGE
     except StreamAEError as exc:
-        print(f"stream-ae {args.command}: error: {exc}", file=sys.stderr)
+        say("error", exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"stream-ae {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:   # a path that is a file, a folder or not readable: it names the path
-        print(f"stream-ae {args.command}: error: {exc}", file=sys.stderr)
+        say("error", exc)
         return EXIT_ERROR
 
 

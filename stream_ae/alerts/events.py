@@ -20,7 +20,8 @@ class AlertEvent:
 
     ``score``/``threshold``/``top_channels`` are those of the window that triggered the event
     (for ``resolved``: of the alert's last flagged window); ``severity`` is that window's band
-    (for ``resolved``: the highest band the alert reached).
+    (for ``open``: the highest among the flagged windows that opened it; for ``resolved``: the
+    highest band the alert reached).
     """
 
     alert_id: str

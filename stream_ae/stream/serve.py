@@ -19,6 +19,7 @@ import time
 from typing import Callable, Sequence
 
 from stream_ae.errors import ConfigError, StreamAEError
+from stream_ae.redaction import mask_uri
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class ModelWatcher:
         m = settings.model
         if not m.deployment and not m.artifact:
             raise ConfigError("no model: set model.deployment (a deployment in the registry at "
-                              f"model.registry={m.registry!r}) or model.artifact (an artifact directory)")
+                              f"model.registry={mask_uri(m.registry)!r}) or model.artifact (an artifact directory)")
         self.settings = settings
         self.on_ready = on_ready
         self.deployment = m.deployment
@@ -76,7 +77,7 @@ class ModelWatcher:
             version = self.registry.current(self.deployment)
             if version is None:
                 raise ConfigError(f"deployment {self.deployment!r} has no version in the registry at "
-                                  f"{self.settings.model.registry!r}; promote one first")
+                                  f"{mask_uri(self.settings.model.registry)!r}; promote one first")
             scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
         self.version = scorer.version
         self._shape = reload_shape(scorer.artifact)
