@@ -162,12 +162,12 @@ class StreamRunner:
                 pass
             checkpoint_due = bool(self._assigned) and self._writing is None and (
                 self._checkpointer.due() or self.detector.table.overflowing())  # an entity flood: write the evicted
-            if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due:
-                if len(self._inflight) >= self.max_in_flight and not self.batcher.room():
-                    self._finish_oldest()  # back-pressure: wait for the model
-                if len(self._inflight) < self.max_in_flight:
-                    self._submit_batch()
-                # else: the model is busy and the batch has room: it grows until either changes
+            if self._inflight and not self.batcher.room() and (
+                    checkpoint_due or len(self._inflight) >= self.max_in_flight):
+                self._finish_oldest()  # back-pressure: wait for the model (a hung one stops the polls: liveness)
+            if self.batcher.ready(idle=len(self._inflight) < self.scoring_threads) and not checkpoint_due \
+                    and len(self._inflight) < self.max_in_flight:
+                self._submit_batch()  # else the model is busy and the batch has room: it grows
             self.metrics.update_lag(self._consumer)   # at most twice a second, whether batches finish or not
         if self._writing is not None and self._writing[0].done():
             self._commit_written()
