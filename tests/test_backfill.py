@@ -177,15 +177,20 @@ def test_shards_together_equal_the_unsharded_run(archive, artifact, full, tmp_pa
     pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]))
 
 
-def test_shards_skip_files_of_other_shards_entities_unread(artifact, tmp_path):
+def write_by_entity(archive: Path) -> Path:
+    """Hive by entity then date, one file each: the entity lives only in the directory name."""
     rng = np.random.default_rng(7)
-    archive = tmp_path / "by-entity"
     for d, day in enumerate(DAYS):
-        for e in ENTITIES:   # the entity lives only in the directory name
+        for e in ENTITIES:
             folder = archive / f"entity={e}" / f"date={day}"
             folder.mkdir(parents=True)
             frame = _frame(e, d, rng).drop(columns=["entity"])
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-0.parquet")
+    return archive
+
+
+def test_shards_skip_files_of_other_shards_entities_unread(artifact, tmp_path):
+    archive = write_by_entity(tmp_path / "by-entity")
     whole = run_backfill(str(archive), str(artifact), str(tmp_path / "whole"), device="cpu",
                          progress=False)
     assert {os.path.dirname(p) for p in files_under(tmp_path / "whole") if p.startswith("date=")} \

@@ -2,14 +2,11 @@
 shard of an archive partitioned by entity (it had none there before session 31)."""
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import stream_ae.backfill.runner as runner
 from stream_ae.backfill import run_backfill
-from tests.test_backfill import DAYS, ENTITIES, _frame, archive, artifact  # noqa: F401  (fixtures)
+from tests.test_backfill import DAYS, archive, artifact, write_by_entity  # noqa: F401  (fixtures)
 
 
 class Bar:
@@ -50,14 +47,7 @@ def test_a_resumed_run_counts_the_rows_it_has_left(archive, artifact, tmp_path, 
 
 
 def test_a_shard_of_an_archive_by_entity_counts_its_own_files(artifact, tmp_path, bars):
-    rng = np.random.default_rng(7)
-    archive = tmp_path / "by-entity"
-    for d, day in enumerate(DAYS):
-        for e in ENTITIES:   # the entity lives only in the directory name
-            folder = archive / f"entity={e}" / f"date={day}"
-            folder.mkdir(parents=True)
-            frame = _frame(e, d, rng).drop(columns=["entity"])
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-0.parquet")
+    archive = write_by_entity(tmp_path / "by-entity")
     rows = 0
     for i in range(3):
         report = run_backfill(str(archive), str(artifact), str(tmp_path / "sharded"), shard=(i, 3))
