@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keep_freed_memory()  # torch's freed buffers stay in the process (allocator.py: no page-fault churn)
+
     def say(what: str, exc: BaseException) -> None:   # a URI's credentials never reach stderr
         print(f"stream-ae {args.command}: {what}: {mask_uri(str(exc))}", file=sys.stderr)
 

@@ -75,7 +75,7 @@ def _case(scores, flags, ts, t0: int, version: str, reference: float | None) -> 
                                   for d in range(first, int(day.max()) + 1)},
         "first_day_hourly_mean_range": round(float(max(hourly) - min(hourly)), 3),
         "events": [{"day": round((e.ts - t0) / day_ns + 1, 2), "direction": e.direction,
-                    "shift": round(e.mean_after - e.mean_before, 3),
+                    "shift": None if e.mean_before is None else round(e.mean_after - e.mean_before, 3),
                     "flagged_share": round(e.flagged_share, 3)} for e in events],
     }
 
