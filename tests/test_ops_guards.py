@@ -10,7 +10,27 @@ from stream_ae.stream.settings import load_settings
 URI = "s3://AKIAEXAMPLE:wJalrSECRETKEY@bucket/models"
 
 
-def test_serve_without_a_model_names_the_registry_masked(capsys):
+@pytest.fixture
+def logging_kept():
+    """serve routes the root logger to the stderr of the moment (capsys's, closed after the test):
+    put the handlers, levels and masked secrets back."""
+    import logging
+
+    from stream_ae.stream import logs
+
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    saved = (list(root.handlers), root.level, kafka.level, logs._SECRET_VALUES)
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in saved[0]:
+        root.addHandler(h)
+    root.setLevel(saved[1])
+    kafka.setLevel(saved[2])
+    logs._SECRET_VALUES = saved[3]
+
+
+def test_serve_without_a_model_names_the_registry_masked(capsys, logging_kept):
     from stream_ae.cli import main
 
     assert main(["serve", "--set", f"model.registry={URI}", "--set", "ops.log_format=text",
