@@ -35,8 +35,8 @@ such excursion, which ends when the share is back under ``max_flagged / 2``.
 
 The state is a few hundred bytes of JSON per key and restores exactly.
 
-:func:`report_drift` is the one edge function here: it writes the marker file the retrain
-job reads (``drift/<deployment>.json`` in the registry root) to run early.
+:func:`~stream_ae.drift_marker.report_drift` (its own module: this one does no I/O) writes the
+marker file the retrain job reads (``drift/<deployment>.json`` in the registry root) to run early.
 
 Examples
 --------
@@ -56,7 +56,6 @@ Examples
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -374,32 +373,3 @@ def artifact_reference(artifact) -> float | None:
     stream_ae stored it: the monitor then takes the level of its first full horizon)."""
     value = ((artifact.training or {}).get("metrics") or {}).get(REFERENCE_METRIC)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-# -- the edge: the marker the retrain job reads ----------------------------------------------
-
-def drift_marker_path(deployment: str) -> str:
-    """Path of a deployment's drift marker, relative to the registry root."""
-    return f"drift/{deployment}.json"
-
-
-def report_drift(registry_root, deployment: str, event: DriftEvent | dict | None = None,
-                 at: dt.datetime | None = None) -> dict:
-    """Write ``drift/<deployment>.json`` in the registry root: the retrain job runs early when it
-    is newer than the last retrain (``jobs.retrain --schedule --if-drift``). Replaced whole.
-
-    Returns the marker record (``deployment``, ``reported_at`` ISO UTC, ``event``).
-    """
-    from stream_ae.registry import Registry
-    from stream_ae.retraining.job import write_json
-
-    at = at or dt.datetime.now(dt.timezone.utc)
-    if isinstance(event, DriftEvent):
-        event = event.to_dict()
-    record = {"deployment": deployment, "reported_at": at.astimezone(dt.timezone.utc).isoformat(),
-              "event": event}
-    registry = Registry(registry_root)
-    registry._pointer_path(deployment)   # validates the name the same way as deployments
-    write_json(registry, drift_marker_path(deployment), record)
-    return record
-

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from stream_ae.drift import (REFERENCE_METRIC, DriftEvent, DriftMonitor, artifact_reference,
-                             drift_marker_path, reference_level, report_drift)
+from stream_ae.drift import REFERENCE_METRIC, DriftEvent, DriftMonitor, artifact_reference, reference_level
+from stream_ae.drift_marker import drift_marker_path, report_drift
 from stream_ae.errors import ConfigError
 
 HOUR = 3600 * 10**9

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from stream_ae.drift import DriftMonitor, drift_marker_path, reference_level
+from stream_ae.drift import DriftMonitor, reference_level
+from stream_ae.drift_marker import drift_marker_path
 from stream_ae.errors import ConfigError
 from stream_ae.thresholds import EvtThreshold, ThresholdSpec
 from tests.test_drift import HOUR, _batch

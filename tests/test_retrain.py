@@ -183,7 +183,8 @@ def test_bad_data_and_bad_settings_exit_non_zero(tmp_path, plant, capsys):
 
 
 def test_schedule_runs_when_due_or_after_drift(tmp_path, plant):
-    from stream_ae.drift import DriftEvent, report_drift
+    from stream_ae.drift import DriftEvent
+    from stream_ae.drift_marker import report_drift
 
     settings = make_settings(tmp_path, plant, *POOR, "retrain.interval=1d")
     assert is_due(settings) == (True, "no successful retrain recorded yet")

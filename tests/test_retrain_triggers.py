@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from stream_ae.drift import report_drift
+from stream_ae.drift_marker import report_drift
 from stream_ae.errors import DataError
 from stream_ae.registry import Registry
 from stream_ae.retraining import is_due

@@ -93,7 +93,7 @@ def _deployment(settings) -> str:
 def is_due(settings, if_drift: bool | None = None) -> tuple[bool, str]:
     """``--schedule``: due when the last successful retrain is older than ``retrain.interval``,
     or (``if_drift`` / ``retrain.run_on_drift``) when a drift marker is newer than it."""
-    from stream_ae.drift import drift_marker_path
+    from stream_ae.drift_marker import drift_marker_path
 
     cfg, deployment = settings.retrain, _deployment(settings)
     registry = Registry(settings.model.registry)

@@ -44,7 +44,8 @@ from collections import deque
 
 import numpy as np
 
-from stream_ae.drift import DriftMonitor, report_drift
+from stream_ae.drift import DriftMonitor
+from stream_ae.drift_marker import report_drift
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.stream.sections import parse_duration
 
