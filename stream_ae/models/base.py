@@ -131,6 +131,14 @@ class Autoencoder(nn.Module):
     @torch.inference_mode()
     def errors(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Score windows (B, T, C): ``(score (B,), channel_error (B, C))`` of the model's view of
-        them, over their newest ``config.score_steps`` steps; see `window_errors`."""
-        v = self.view(x)
-        return window_errors(v, self(v), self.config.score_steps)
+        them, over their newest ``config.score_steps`` steps; see `window_errors`.
+
+        Always in eval mode (no dropout), as the Scorer scores: a model fresh from
+        ``build_model`` or from a training loop is put back in its mode afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            v = self.view(x)
+            return window_errors(v, self(v), self.config.score_steps)
+        finally:
+            self.train(was_training)

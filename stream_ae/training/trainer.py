@@ -118,8 +118,15 @@ def fit_autoencoder(model, train_windows, val_windows, train_config: TrainConfig
     variant's loss terms), ``best_epoch``, ``best_val_loss``, ``epochs_run``, ``stopped_early``,
     ``fit_seconds`` (the epochs, validation included) and ``windows_per_s`` (training windows
     seen per second of it).
-    Same seed, same data -> bitwise-identical weights on CPU.
+    Same seed, same data, same ``num_threads`` -> bitwise-identical weights on CPU (the
+    thread count changes how sums are split); ``num_threads`` is applied here too, not only
+    by :func:`train`.
     """
+    with _torch_threads(train_config.num_threads):
+        return _fit(model, train_windows, val_windows, train_config)
+
+
+def _fit(model, train_windows, val_windows, train_config: TrainConfig) -> dict:
     cfg = train_config
     device = resolve_device(cfg.device)
     train, val = _as_window_set(train_windows), _as_window_set(val_windows)
@@ -244,14 +251,15 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     channels = tuple(history.channels)
     layout = history.layout  # the layout the rows were actually read with
     detrend_at = channel_indices(detrend, channels) if detrend else model_config.detrend
+    # the model this data makes, checked before the passes over the history
+    config = dataclasses.replace(model_config, n_channels=len(channels), window=int(window_spec.length),
+                                 detrend=detrend_at)
     with _torch_threads(cfg.num_threads):
         train_set, val_set, stats = sample_windows(
             history, layout, window_spec, channels, cfg.max_windows, cfg.seed,
             start=start, end=end, val_fraction=cfg.val_fraction, min_coverage=min_coverage)
         _check_counts(train_set, val_set, stats, max(MIN_VAL_WINDOWS, int(getattr(threshold_spec, "warmup", 0))))
         scaler = ChannelScaler().fit(train_set.rows)
-        config = dataclasses.replace(model_config, n_channels=len(channels), window=int(window_spec.length),
-                                     detrend=detrend_at)
         torch.manual_seed(cfg.seed)
         model = build_model(config)
         fit = fit_autoencoder(model, train_set.with_rows(scaler.transform(train_set.rows)),
