@@ -12,11 +12,11 @@ from pathlib import Path
 
 from stream_ae import __version__
 from stream_ae.allocator import keep_freed_memory
+from stream_ae.cli_flags import add_train_parser, layout_flags, time_flags
 from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
-
-VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
+from stream_ae.variant_options import VARIANTS
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
@@ -32,29 +32,6 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated channel names, got {text!r}")
-    return names
-
-
-def _layout_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("columns (wide layout: entity, timestamp, one column per channel)")
-    g.add_argument("--entity-col", default=None, help="entity column (default: the model's, or 'entity')")
-    g.add_argument("--time-col", default=None, help="timestamp column (default: the model's, or 'timestamp')")
-    g.add_argument("--channels", default=None,
-                   help="comma-separated channel columns, in order (default: train: every numeric column; "
-                        "backfill: the model's channels)")
-    g.add_argument("--time-unit", default=None, choices=("s", "ms", "us", "ns"),
-                   help="unit of an integer epoch timestamp column (a Parquet timestamp needs none)")
-
-
-def _time_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--start", default=None, help="first timestamp to read, ISO 8601 (UTC if no zone)")
-    p.add_argument("--end", default=None, help="timestamp to stop before, ISO 8601 (UTC if no zone)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-ae",
@@ -65,29 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser("train", help="train an autoencoder from Parquet history",
-                       description="Train a model from a Parquet history and write a versioned artifact.")
-    t.add_argument("--history", required=True, help="Parquet file, directory, hive dataset, or filesystem URI")
-    t.add_argument("--model", required=True, choices=("conv", "lstm"), help="model family")
-    t.add_argument("--variant", default="undercomplete", choices=VARIANTS, help="training variant")
-    t.add_argument("--out", default="models", help="artifact root directory (default: models)")
-    _layout_flags(t)
-    _time_flags(t)
-    t.add_argument("--window", type=int, default=None, help="window length in readings (default: preset)")
-    t.add_argument("--hop", type=int, default=None, help="readings between window starts (default: preset)")
-    t.add_argument("--max-gap", type=float, default=None, help="seconds; a longer step breaks windows")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: preset)")
-    t.add_argument("--max-windows", type=int, default=None,
-                   help="cap on sampled windows, training and validation together (>= 2)")
-    t.add_argument("--threshold", choices=("evt", "quantile"), default=None, help="threshold rule (default: evt)")
-    t.add_argument("--detrend", type=_names, default=None, metavar="CHANNELS",
-                   help="comma-separated channels whose per-window trend the model ignores: slow drifts "
-                        "that are no fault on their own, e.g. temperatures (default: none)")
-    t.add_argument("--score-steps", type=int, default=None, metavar="N",
-                   help="score a window by the error of its newest N readings, 0 = all (default: preset)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_parser(sub)
 
     b = sub.add_parser("backfill", help="score a Parquet archive with a trained model",
                        description="Score a Parquet archive; writes a Parquet scores dataset partitioned like the input.")
@@ -98,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--registry", default="models", help="registry for --deployment (default: models)")
     b.add_argument("--out", required=True, help="output directory or URI for the scores dataset")
     b.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: score only this worker's share of entities")
-    _layout_flags(b)
-    _time_flags(b)
+    layout_flags(b)
+    time_flags(b)
     b.add_argument("--batch-rows", type=int, default=262_144, help="rows per record batch read")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     b.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -9,9 +9,14 @@ from stream_ae.errors import ConfigError
 
 def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=None, epochs=None,
                    max_windows=None, threshold=None, seed=None, device=None, progress=None,
-                   detrend=None, score_steps=None):
-    """The named preset for `model` with `variant` and any explicit overrides applied."""
+                   detrend=None, score_steps=None, variant_options=None, spell=None):
+    """The named preset for `model` with `variant` and any explicit overrides applied.
+
+    ``variant_options``: the variant's hyperparameters (``noise_std``, ``sparsity``, ...; None
+    keeps the preset's), each checked to be read by ``variant``; ``spell`` names them in errors
+    as the caller's user wrote them (a flag, a setting)."""
     from stream_ae.presets import PRESETS
+    from stream_ae.variant_options import given
 
     if model not in PRESETS:
         raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -24,7 +29,10 @@ def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=N
     steps = preset.model.score_steps if score_steps is None else score_steps
     if window is not None and score_steps is None:
         steps = min(steps, win.length)  # a shorter window than the preset's: score at most all of it
-    model_cfg = dataclasses.replace(preset.model, window=win.length, score_steps=steps)
+    options = given(variant, variant_options or {}, **({"spell": spell} if spell else {}))
+    if detrend and win.length < 3:   # said now, not after reading the history
+        raise ConfigError(f"detrend needs windows of at least 3 readings, got {win.length}")
+    model_cfg = dataclasses.replace(preset.model, window=win.length, score_steps=steps, **options)
     changes = {k: v for k, v in dict(epochs=epochs, max_windows=max_windows, seed=seed,
                                       device=device, progress=progress).items() if v is not None}
     train_cfg = dataclasses.replace(preset.train, **changes)
@@ -37,7 +45,9 @@ def train_command(args, layout):
     """`stream-ae train`: preset + overrides -> trained artifact saved under args.out;
     returns (its path, the artifact)."""
     from stream_ae.artifact import save_artifact
+    from stream_ae.cli_flags import variant_flag
     from stream_ae.training import train
+    from stream_ae.variant_options import OPTIONS
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():   # checked before training, not after it
@@ -46,7 +56,8 @@ def train_command(args, layout):
                             max_gap=args.max_gap, epochs=args.epochs, max_windows=args.max_windows,
                             threshold=args.threshold, seed=args.seed, device=args.device,
                             progress=not args.no_progress, detrend=args.detrend,
-                            score_steps=args.score_steps)
+                            score_steps=args.score_steps, spell=variant_flag,
+                            variant_options={k: getattr(args, k) for k in OPTIONS})
     artifact = train(args.history, layout, preset.window, preset.model, preset.train,
                      preset.threshold, start=args.start, end=args.end, detrend=preset.detrend)
     return save_artifact(artifact, args.out), artifact

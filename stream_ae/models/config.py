@@ -6,10 +6,9 @@ from dataclasses import asdict, dataclass
 
 from stream_ae.configs import from_mapping
 from stream_ae.errors import ConfigError
+from stream_ae.variant_options import OPTIONS, SPARSITY, VARIANTS
 
 KINDS = ("conv", "lstm")
-VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
-SPARSITY = ("l1", "kl")
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,9 @@ class ModelConfig:
     noise_std : std of the Gaussian input corruption (denoising).
     sparsity, sparsity_weight, sparsity_target : sparse penalty: "l1" on the code,
         or "kl" divergence of the mean sigmoid code activation to ``sparsity_target``.
-    contractive_weight : weight of the encoder Jacobian penalty (contractive).
+    contractive_weight : weight of the encoder Jacobian penalty (contractive): the squared
+        Frobenius norm divided by the code units, i.e. the mean over code units of
+        ``||d code_k / d window||^2``, so one weight means the same for any window length.
     kl_weight : weight of the KL term to N(0, I) (variational).
     detrend : indices of channels (in the artifact's channel order) whose per-window
         least-squares line is removed before the model reads the window, for slow drifts
@@ -67,12 +68,13 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.0
     strides: tuple[int, ...] = (2, 2)
-    noise_std: float = 0.2
-    sparsity: str = "l1"
-    sparsity_weight: float = 1e-3
-    sparsity_target: float = 0.05
-    contractive_weight: float = 1e-3
-    kl_weight: float = 1e-3
+    # the variant options (variant_options.OPTIONS: the variant reading each, its default)
+    noise_std: float = OPTIONS["noise_std"].default
+    sparsity: str = OPTIONS["sparsity"].default
+    sparsity_weight: float = OPTIONS["sparsity_weight"].default
+    sparsity_target: float = OPTIONS["sparsity_target"].default
+    contractive_weight: float = OPTIONS["contractive_weight"].default
+    kl_weight: float = OPTIONS["kl_weight"].default
     detrend: tuple[int, ...] = ()
     score_steps: int = 0
 

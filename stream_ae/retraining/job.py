@@ -281,7 +281,8 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                          cfg.recall_tolerance, cfg.min_holdout_windows, cfg.fault_tolerance)
     preset = resolve_preset(cfg.model, cfg.variant, window=cfg.window, epochs=cfg.epochs,
                             max_windows=cfg.max_windows, seed=cfg.seed, device=cfg.device, progress=progress,
-                            detrend=cfg.detrend, score_steps=cfg.score_steps)
+                            detrend=cfg.detrend, score_steps=cfg.score_steps,
+                            variant_options=cfg.variant_options(), spell=lambda k: f"retrain.{k}")
     report = RetrainReport(run_id=f"{deployment}-{pd.Timestamp(now_ns, tz='UTC'):%Y%m%dT%H%M%SZ}", deployment=deployment,
                            decision="failed", now=_iso(now_ns), train_span=[_iso(train_start), _iso(hold_start)],
                            holdout_span=[_iso(hold_start), _iso(now_ns)], preset=preset.to_dict(),

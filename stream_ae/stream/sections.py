@@ -227,8 +227,22 @@ class RetrainSettings(_Section):
     window: Annotated[int, Meta(ge=2)] | None = None
     detrend: tuple[str, ...] | str = ()           # channels whose per-window trend the model ignores (train --detrend); "a,b" from --set
     score_steps: Annotated[int, Meta(ge=0)] | None = None         # None: the preset's (train --score-steps)
+    # the variant's options (stream_ae/variant_options.py; train --noise-std ...); None: the model's default
+    noise_std: Annotated[float, Meta(ge=0.0)] | None = None                   # denoising
+    sparsity: Literal["l1", "kl"] | None = None                              # sparse
+    sparsity_weight: Annotated[float, Meta(ge=0.0)] | None = None             # sparse
+    sparsity_target: Prob | None = None                                      # sparse, with sparsity = "kl"
+    contractive_weight: Annotated[float, Meta(ge=0.0)] | None = None          # contractive
+    kl_weight: Annotated[float, Meta(ge=0.0)] | None = None                   # variational
+
+    def variant_options(self) -> dict[str, Any]:
+        """The variant options set here, checked to be read by ``variant`` (ConfigError naming the key)."""
+        from stream_ae.variant_options import OPTIONS, given
+
+        return given(self.variant, {k: getattr(self, k) for k in OPTIONS}, spell=lambda k: f"retrain.{k}")
 
     def __post_init__(self):
+        self.variant_options()   # a mistake is said when the settings load, not at the next retrain
         if isinstance(self.detrend, str):
             msgspec.structs.force_setattr(self, "detrend", tuple(n.strip() for n in self.detrend.split(",") if n.strip()))
         for key in ("train_span", "holdout_span", "align", "interval"):
