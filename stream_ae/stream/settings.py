@@ -34,7 +34,7 @@ from stream_ae.stream.sections import (_MASK, BOOL_WORDS, SECRET_WORDS, AlertSet
                                        ArchiveSettings,
                                        BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
-                                       _accepted_keys, _Section, parse_duration)
+                                       _DURATION_RE, _accepted_keys, _Section, parse_duration)
 
 ENV_PREFIX = "STREAM_AE_"
 CONFIG_ENV = "STREAM_AE_CONFIG"
@@ -135,11 +135,22 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
         _set_dotted(tree, origins, key.strip(), _unset_if_empty(key.strip(), _stripped(key.strip(), value)),
                     f"from --set {key.strip()}")
     _check_keys(tree, Settings, "", origins)
+    _seconds_from_durations(tree)
     try:
         # strict=False lets "2000" from the environment or a flag fill an int field.
         return msgspec.convert(tree, Settings, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(str(exc), origins)) from None
+
+
+def _seconds_from_durations(tree: dict, section: str = "") -> None:
+    """A seconds setting (a key ending in ``_s``) may be written as a duration: ``quiet_s = "5m"``
+    is 300. The client passthrough (``kafka.client``) is the client's own and left as given."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and f"{section}{key}" != "kafka.client":
+            _seconds_from_durations(value, f"{section}{key}.")
+        elif key.endswith("_s") and isinstance(value, str) and _DURATION_RE.match(value):
+            tree[key] = parse_duration(value, f"{section}{key}")
 
 
 def add_settings_arguments(parser) -> None:
@@ -298,6 +309,9 @@ def _explain(msg: str, origins: Mapping[str, str]) -> str:
         text += f"; choose one of: {', '.join(map(str, choices))}"
     elif text.startswith("Expected `bool`"):
         text += "; write true or false (or yes/no, on/off, 1/0)"
+    elif key.endswith("_s") and text.startswith("Expected `float"):
+        text += "; write seconds (300) or a duration with a unit s, m, h, d or w (5m)" if "got `str`" in text \
+            else " seconds"
     return f"setting {key or where}: {text} ({_origin(key, origins)})"
 
 
