@@ -77,22 +77,23 @@ def test_an_alert_resolves_once_its_entity_was_silent_while_others_went_on():
     tr = AlertTracker(AlertPolicy(k=1, n=1, quiet_s=60, silence_s=120))
     feed(tr, [1])  # a window at 0 s opens it; the entity then sends nothing
     assert tr.expire_silent("pump-1", 119 * S) is None
-    (event,) = [tr.expire_silent("pump-1", 500 * S)]  # noticed late: stamped when the silence was complete
-    assert event.state == "resolved" and event.at == 120 * S and event.sequence == 1
+    (event,) = [tr.expire_silent("pump-1", 500 * S)]  # noticed late: stamped with the last window it sent
+    assert event.state == "resolved" and event.at == 0 and event.sequence == 1
     assert tr.open_alerts() == {} and tr.expire_silent("pump-1", 900 * S) is None
     assert AlertTracker(AlertPolicy(quiet_s=60)).policy.silence == 300  # default: 5 x quiet_s
 
 
 def test_silence_before_a_window_resolves_first_and_the_window_counts_anew():
     """The entity comes back after a silence that others' clock saw: the alert resolved during the
-    silence (at its end), then the window that brings it back starts the k-of-n count over."""
+    silence (stamped with the entity's last window before it), then the window that brings it back
+    starts the k-of-n count over."""
     policy = AlertPolicy(k=1, n=1, quiet_s=60, silence_s=120)
     ts = np.array([0, 10, 20, 300]) * S  # a gap of 280 s before the last window
     flags = np.array([True, True, False, True])
     scores, thr, err = np.full(4, 5.0), np.ones(4), np.ones((4, len(CH)))
     clock = np.array([0, 10, 20, 290]) * S  # others reached 290 s before the last window
     events = AlertTracker(policy).observe_many("e", ts, scores, thr, flags, err, CH, "v1", clock=clock)
-    assert [(e.state, e.at) for e in events] == [("open", 0), ("resolved", 140 * S), ("open", 300 * S)]
+    assert [(e.state, e.at) for e in events] == [("open", 0), ("resolved", 20 * S), ("open", 300 * S)]
     lagging = np.array([0, 10, 20, 130]) * S  # others only 110 s past its last window: no silence
     events = AlertTracker(policy).observe_many("e", ts, scores, thr, flags, err, CH, "v1", clock=lagging)
     assert [(e.state, e.at) for e in events] == [("open", 0), ("resolved", 300 * S), ("open", 300 * S)]

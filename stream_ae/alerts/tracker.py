@@ -264,7 +264,7 @@ class AlertTracker:
             self._flagged(a, run, int(idx[-1]), int(bands.max()))
         self._absorb(st, run, i, i + end)
         if silent_since is not None:  # resolved while the entity was silent; the window counts anew
-            events.append(self._resolve(st, run.entity, silent_since + self._silence_ns))
+            events.append(self._resolve(st, run.entity, silent_since))
         elif i + end < len(run.ts):  # the quiet period ended at this window: resolve, then it counts anew
             events.append(self._resolve(st, run.entity, int(run.ts[i + end])))
         return i + end
@@ -277,13 +277,15 @@ class AlertTracker:
 
     def expire_silent(self, entity: str, clock_ns: int) -> AlertEvent | None:
         """Resolve ``entity``'s open alert if other entities' event time, now ``clock_ns``, moved
-        on by ``policy.silence`` since the entity's last window. The event is stamped in the
-        entity's own time, its last window's end plus the silence, however late it is noticed."""
+        on by ``policy.silence`` since the entity's last window. The event is stamped with that
+        last window's end, the last the entity showed, however late the silence is noticed: a
+        backlog of the entity's readings delivered later then opens its next alert after it,
+        never before (a stamp of last window + silence could lie after the next alert's start)."""
         st = self._entities.get(entity)
         if st is None or st.alert is None or not self._silence_ns or st.last_ts is None \
                 or int(clock_ns) - self._last_clock(st) < self._silence_ns:
             return None
-        return self._resolve(st, entity, st.last_ts + self._silence_ns)
+        return self._resolve(st, entity, st.last_ts)
 
     def open_since(self, entity: str) -> int | None:
         """With an alert open for ``entity``: the others' time at its last window (its own end
