@@ -25,12 +25,15 @@ from stream_ae.stream.checkpoint import EPOCH_HEADER, FENCE_PREFIX, PARTITION_KE
 
 
 def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200,
-                ends: dict | None = None) -> Iterator[Any]:
+                ends: dict | None = None, progress: Callable[[], None] | None = None) -> Iterator[Any]:
     """Yield every record of ``starts`` (TopicPartition -> offset, None = beginning) up to the
     fetch high-watermark each partition had when it was first fetched (or up to ``ends[tp]``).
 
     ``consumer`` is a group-less KafkaConsumer used for nothing else. Raises
-    :class:`StreamAEError` when the topic cannot be read within ``timeout_s``.
+    :class:`StreamAEError` when a poll has brought nothing for ``timeout_s``: a long topic read
+    at a steady pace is not cut off, a stuck one is. ``progress()`` is called after each poll
+    that brought records (the service's liveness: a restore reading a large state topic is
+    alive, not stalled).
     """
     if not starts:
         return
@@ -46,7 +49,12 @@ def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 
     done: set = set()
     deadline = time.monotonic() + timeout_s
     while len(done) < len(tps):
-        for tp, records in consumer.poll(timeout_ms=poll_ms, max_records=10_000).items():
+        polled = consumer.poll(timeout_ms=poll_ms, max_records=10_000)
+        if any(polled.values()):
+            deadline = time.monotonic() + timeout_s
+            if progress is not None:
+                progress()
+        for tp, records in polled.items():
             for r in records:
                 if tp not in target or r.offset < target[tp]:
                     yield r
@@ -62,7 +70,7 @@ def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 
         if time.monotonic() > deadline:
             missing = sorted(f"{tp.topic}[{tp.partition}]" for tp in set(tps) - done)
             raise StreamAEError(
-                f"could not read {', '.join(missing)} to the end within {timeout_s:.0f} s; "
+                f"could not read {', '.join(missing)} to the end: nothing came for {timeout_s:.0f} s; "
                 "check that the broker is reachable and the topic exists"
             )
 
@@ -145,7 +153,8 @@ class StateScan:
 
 
 def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0,
-               fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None) -> dict[int, Restored]:
+               fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None,
+               progress: Callable[[], None] | None = None) -> dict[int, Restored]:
     """Last value per key of the given state partitions (tombstones delete), fences applied.
 
     With ``fence``, the partitions are taken over: once they are read to their ends,
@@ -155,12 +164,14 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
     from kafka import TopicPartition
 
     scans = {p: StateScan() for p in partitions}
-    for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s):
+    for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s,
+                         progress=progress):
         scans[r.partition].feed(r)
     if fence is not None:
         fences = fence({p: scan.top for p, scan in scans.items()})
         tps = {TopicPartition(state_topic, p): scans[p].end for p in partitions}
-        for r in read_to_end(consumer, tps, timeout_s, ends={tp: fences[tp.partition] + 1 for tp in tps}):
+        for r in read_to_end(consumer, tps, timeout_s, ends={tp: fences[tp.partition] + 1 for tp in tps},
+                             progress=progress):
             scans[r.partition].feed(r)
     out = {}
     for p, scan in scans.items():
@@ -179,7 +190,8 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
 
 
 def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id: Callable[[bytes], str | None],
-                   timeout_s: float = 60.0) -> tuple[set[str], dict[int, int]]:
+                   timeout_s: float = 60.0, progress: Callable[[], None] | None = None
+                   ) -> tuple[set[str], dict[int, int]]:
     """Event ids on the alerts topic from ``starts`` (alerts partition -> offset) to the end,
     and the offset each partition was read to."""
     from kafka import TopicPartition
@@ -187,7 +199,7 @@ def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id
     ids: set[str] = set()
     ends = dict(starts)
     tps = {TopicPartition(alerts_topic, p): o for p, o in starts.items()}
-    for r in read_to_end(consumer, tps, timeout_s):
+    for r in read_to_end(consumer, tps, timeout_s, progress=progress):
         ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
         eid = event_id(r.value) if r.value is not None else None
         if eid is not None:
@@ -213,8 +225,10 @@ def _output_starts(reader, topic: str, restored: dict[int, Restored], offsets_of
 def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
             event_id: Callable[[bytes], str | None], timeout_s: float = 60.0,
             dead_letter_topic: str | None = None, letter_id: Callable[[bytes], Any] | None = None,
-            fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None):
-    """Everything a consumer needs to take over readings ``partitions``.
+            fence: Callable[[dict[int, bytes]], dict[int, int]] | None = None,
+            progress: Callable[[], None] | None = None):
+    """Everything a consumer needs to take over readings ``partitions`` (``progress``: see
+    :func:`read_to_end`).
 
     Returns the restored state per partition, the event ids published since the oldest of
     their checkpoints (a partition without a checkpoint reads the alerts topic from the
@@ -226,19 +240,20 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
         raise StreamAEError(
             f"state topic {state_topic!r} has partitions {sorted(state_parts)} but readings partitions "
             f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
-    restored = read_state(reader, state_topic, partitions, timeout_s, fence)
+    restored = read_state(reader, state_topic, partitions, timeout_s, fence, progress)
     starts = _output_starts(reader, alerts_topic, restored, lambda rec: rec.alerts_offsets)
-    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s)
+    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s, progress)
     if dead_letter_topic is None:
         return restored, published, ends
     starts = _output_starts(reader, dead_letter_topic, restored, lambda rec: rec.dead_letter_offsets)
-    letters, letter_ends = read_published(reader, dead_letter_topic, starts, letter_id, timeout_s)
+    letters, letter_ends = read_published(reader, dead_letter_topic, starts, letter_id, timeout_s, progress)
     return restored, published, ends, letters, letter_ends
 
 
-def take_over(settings, partitions: list[int], fence=None):
+def take_over(settings, partitions: list[int], fence=None, progress=None):
     """:func:`recover` of readings ``partitions`` through a group-less consumer of its own,
-    with the service's topics and codec (``fence``: see :func:`read_state`):
+    with the service's topics and codec (``fence``: see :func:`read_state`; ``progress``:
+    :func:`read_to_end`):
     ``(restored, published, alerts_ends, letters, letter_ends)``."""
     from kafka import KafkaConsumer
 
@@ -249,6 +264,7 @@ def take_over(settings, partitions: list[int], fence=None):
                               "enable_auto_commit": False, "fetch_max_wait_ms": 50})
     try:
         return recover(reader, k.state_topic, k.alerts_topic, partitions, codec.alert_event_id,
-                       dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id, fence=fence)
+                       dead_letter_topic=k.dead_letter_topic, letter_id=codec.dead_letter_id, fence=fence,
+                       progress=progress)
     finally:
         reader.close()

@@ -352,15 +352,15 @@ class StreamRunner:
             self._to_restore |= {tp.partition for tp in assigned}
 
     def _restore(self, records: dict) -> dict:
-        """Restore newly assigned partitions from the state topic before any of their records
-        is processed; their records from this poll are dropped and fetched again."""
+        """Restore newly assigned partitions from the state topic before any of their records is processed
+        (their records from this poll are dropped and fetched again); reading counts as polls for liveness."""
         from kafka import TopicPartition
 
         self._commit_written(block=True)  # this member's last write first
         parts, self._to_restore = sorted(self._to_restore), set()
         k = self.settings.kafka
         fence = functools.partial(self._checkpointer.fence, generation=self._consumer.group_metadata().generation_id)
-        restored, published, ends, letters, letter_ends = take_over(self.settings, parts, fence)  # checkpoint.py
+        restored, published, ends, letters, letter_ends = take_over(self.settings, parts, fence, self.metrics.polled)
         for entity, snap in by_recency(restored[p] for p in parts):   # the most recent end up live
             self.detector.restore(entity, snap)
         resume = {}  # partition -> where it resumes: its record's offset, else the group's (its commit or reset)
