@@ -44,9 +44,11 @@ def test_train_flags_set_the_variant_options_of_the_saved_model(small_history, t
 
     assert main(_train_flags(small_history, tmp_path, "--variant", "sparse", "--sparsity", "kl",
                              "--sparsity-weight", "0.02", "--sparsity-target", "0.1")) == 0
-    model = load_artifact(next(tmp_path.iterdir())).model
+    artifact = load_artifact(next(tmp_path.iterdir()))
+    model, metrics = artifact.model, artifact.training["metrics"]
     assert (model.variant, model.sparsity, model.sparsity_weight, model.sparsity_target) == ("sparse", "kl", 0.02, 0.1)
     assert model.noise_std == ModelConfig().noise_std   # options not given keep the defaults
+    assert 0 < metrics["train_recon"] < metrics["train_loss"]   # the objective's reconstruction part, then the penalty
 
 
 @pytest.mark.parametrize("extra, says", [

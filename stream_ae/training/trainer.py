@@ -290,7 +290,8 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
         "fit_seconds": round(fit["fit_seconds"], 3), "train_windows_per_s": round(fit["windows_per_s"], 1),
         "metrics": {
             "val_loss": fit["best_val_loss"],
-            "train_loss": fit["train_loss"][fit["best_epoch"] - 1],
+            "train_loss": fit["train_loss"][fit["best_epoch"] - 1],   # the objective: not comparable to val_loss
+            "train_recon": fit["parts"][fit["best_epoch"] - 1].get("recon"),   # its reconstruction part
             "val_score_quantiles": {str(q): float(v) for q, v in zip(VAL_QUANTILES, quantiles)},
             "val_score_max": float(val_scores.max()),
             "threshold_value": _json_float(getattr(threshold, "value", float("nan"))),
