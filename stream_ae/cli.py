@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_ae import __version__
 from stream_ae.allocator import keep_freed_memory
-from stream_ae.cli_flags import add_train_parser, layout_flags, time_flags
+from stream_ae.cli_flags import add_train_parser, layout_flags, time_flags, variant_option_flags
 from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="scoring precision (the threshold is calibrated in fp32, as `train` does)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    variant_option_flags(e)
 
     d = sub.add_parser("demo", help="run the main job end to end on synthetic data",
                        description="Synthetic plant -> train -> detect -> summary and plot.")

@@ -96,10 +96,15 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=integer(0), default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = t.add_argument_group("variant options (each is read by the one variant it names)")
+    variant_option_flags(t)
+    return t
+
+
+def variant_option_flags(p: argparse.ArgumentParser) -> None:
+    """``--noise-std`` ... : one flag per variant option (variant_options.OPTIONS), default None."""
+    g = p.add_argument_group("variant options (each is read by the one variant it names)")
     for key, opt in OPTIONS.items():
         kind = dict(choices=SPARSITY) if key == "sparsity" else \
             dict(type=number(0.0, 1.0, lo_open=True, hi_open=True) if key == "sparsity_target" else number(0.0))
         g.add_argument(variant_flag(key), default=None, metavar=None if "choices" in kind else "X",
                        help=f"{opt.variant}: {opt.help} (default: {opt.default})", **kind)
-    return t

@@ -48,17 +48,21 @@ def _plain(key: str) -> str:
     return key
 
 
+def _set(values: Mapping[str, Any], spell: Callable[[str], str]) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown variant option(s): {', '.join(map(spell, unknown))}; "
+                          f"valid: {', '.join(map(spell, OPTIONS))}")
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def given(variant: str, values: Mapping[str, Any], spell: Callable[[str], str] = _plain) -> dict[str, Any]:
     """The options in ``values`` that were set (not None), checked to be read by ``variant``.
 
     ``spell`` turns an option (or ``"variant"``) into the name the user wrote, so the error
     names the flag or the setting to fix.
     """
-    unknown = sorted(set(values) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown variant option(s): {', '.join(map(spell, unknown))}; "
-                          f"valid: {', '.join(map(spell, OPTIONS))}")
-    chosen = {k: v for k, v in values.items() if v is not None}
+    chosen = _set(values, spell)
     for key in chosen:
         reader = OPTIONS[key].variant
         if reader != variant:
@@ -68,3 +72,20 @@ def given(variant: str, values: Mapping[str, Any], spell: Callable[[str], str] =
         raise ConfigError(f"{spell('sparsity_target')} is the target of kl sparsity; "
                           f"add {spell('sparsity')} kl (l1 sparsity has no target)")
     return chosen
+
+
+def given_per_variant(variants, values: Mapping[str, Any],
+                      spell: Callable[[str], str] = _plain) -> dict[str, dict[str, Any]]:
+    """For a run over several ``variants`` (an evaluation): each variant's share of the options
+    set in ``values``; an option that none of them reads is an error.
+
+    >>> given_per_variant(["undercomplete", "denoising"], {"noise_std": 0.5})
+    {'undercomplete': {}, 'denoising': {'noise_std': 0.5}}
+    """
+    chosen = _set(values, spell)
+    unread = [k for k in chosen if OPTIONS[k].variant not in variants]
+    if unread:
+        k = unread[0]
+        raise ConfigError(f"{spell(k)} is read by the {OPTIONS[k].variant} variant, which this run does not "
+                          f"include; drop it or add {OPTIONS[k].variant} to {spell('variant')}")
+    return {v: given(v, {k: x for k, x in chosen.items() if OPTIONS[k].variant == v}, spell) for v in variants}

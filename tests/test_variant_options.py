@@ -169,3 +169,28 @@ def test_fit_autoencoder_trains_on_the_configured_threads(monkeypatch):
     torch.set_num_threads(2)
     fit_autoencoder(model, w, w, TrainConfig(epochs=1, batch_size=32, num_threads=1, device="cpu", progress=False))
     assert seen == {1} and torch.get_num_threads() == 2
+
+
+# ---- stream-ae evaluate skab --------------------------------------------------------------------
+
+def test_evaluate_gives_each_variant_its_own_options_and_refuses_one_no_variant_reads(tmp_path, monkeypatch, capsys):
+    import stream_ae.evaluation.skab as skab
+    from stream_ae.cli import build_parser
+    from test_skab_cli_checks import _args
+
+    seen = {}
+
+    def fake_protocol(protocol, data, preset, *rest):
+        seen[preset.model.variant] = preset.model
+        return {"f1": 0.5, "far": 0.1, "mar": 0.2, "nab": {"standard": 1.0, "low_fp": 1.0, "low_fn": 1.0}}, []
+    monkeypatch.setattr(skab, "run_protocol", fake_protocol)
+    monkeypatch.setattr(skab, "load_skab", lambda *a, **k: [])
+    flags = vars(build_parser().parse_args(["evaluate", "skab", "--noise-std", "0.3", "--kl-weight", "0.01"]))
+    options = {k: flags[k] for k in ("noise_std", "sparsity", "sparsity_weight", "sparsity_target",
+                                     "contractive_weight", "kl_weight")}
+    skab.run_skab_cli(_args(tmp_path, variant="undercomplete,denoising,variational", protocol="published", **options))
+    assert seen["denoising"].noise_std == 0.3 and seen["variational"].kl_weight == 0.01
+    assert seen["undercomplete"] == dataclasses.replace(seen["denoising"], variant="undercomplete", noise_std=0.2)
+    with pytest.raises(ConfigError, match="--noise-std is read by the denoising variant, which this run does not "
+                                          "include; drop it or add denoising to --variant"):
+        skab.run_skab_cli(_args(tmp_path, variant="undercomplete", **options))

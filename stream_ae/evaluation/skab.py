@@ -218,7 +218,7 @@ def run_protocol(protocol: str, files: list[SkabFile], preset: "Preset", data_di
 def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), protocols=("A",),
              files: list[str] | None = None, device: str = "cpu", seed: int = 0,
              progress: bool = True, presets: dict | None = None, num_threads: int = 1,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", variant_options: dict | None = None) -> dict:
     """Evaluate presets on SKAB.
 
     Returns ``{kind: {variant: {protocol: result}}}`` where ``result`` holds ``f1``, ``far``,
@@ -227,7 +227,9 @@ def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), proto
     ``seconds`` and ``runs`` (the per-file :class:`FileRun` series, for plotting; drop them
     before writing JSON, see :func:`results_to_json`). ``presets`` overrides the named presets
     by kind (for experiments); ``num_threads`` caps torch's CPU threads during the run;
-    ``precision`` is the scoring precision (:func:`fit_detector`).
+    ``precision`` is the scoring precision (:func:`fit_detector`); ``variant_options``:
+    ``{variant: {option: value}}`` (``variant_options.given_per_variant``), kept in each
+    result's ``preset``.
     """
     skab = load_skab(data_dir, files)
     out: dict = {}
@@ -235,14 +237,15 @@ def evaluate(data_dir, model_kinds=("conv",), variants=("undercomplete",), proto
     torch.set_num_threads(num_threads)  # models this small gain nothing from more threads
     try:
         _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets,
-                      precision)
+                      precision, variant_options or {})
     finally:
         torch.set_num_threads(threads)
     return out
 
 
 def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device, seed, progress, presets,
-                  precision="fp32"):
+                  precision="fp32", variant_options=None):
+    import dataclasses
     import time
 
     from stream_ae.presets import SKAB_ALERT, SKAB_DETREND, SKAB_THRESHOLD, get_preset
@@ -252,6 +255,7 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
             base = (presets or {}).get(kind) or get_preset(kind).replace(
                 threshold=SKAB_THRESHOLD, alert=SKAB_ALERT, detrend=SKAB_DETREND)
             preset = base.with_variant(variant)
+            preset = preset.replace(model=dataclasses.replace(preset.model, **(variant_options or {}).get(variant, {})))
             for protocol in protocols:
                 t0 = time.perf_counter()
                 metrics, runs = run_protocol(protocol, skab, preset, data_dir, device, seed, progress, precision)
@@ -282,9 +286,11 @@ def run_skab_cli(args) -> int:
     """
     from stream_ae.errors import ConfigError
     from stream_ae.evaluation.plot import plot_file_run
+    from stream_ae.cli_flags import variant_flag
     from stream_ae.jsontext import dumps
     from stream_ae.models.config import VARIANTS
     from stream_ae.training.trainer import check_seed
+    from stream_ae.variant_options import OPTIONS, given_per_variant
 
     kinds = [k.strip() for k in str(getattr(args, "model", "conv")).split(",") if k.strip()]
     variant_arg = str(getattr(args, "variant", "undercomplete"))
@@ -297,10 +303,11 @@ def run_skab_cli(args) -> int:
                           "--variant undercomplete")
     seed = check_seed(int(getattr(args, "seed", 0)), "--seed ")
     wanted = _preflight(args, kinds, variants)   # before the minutes of evaluation, not after some of them
+    options = given_per_variant(variants, {k: getattr(args, k, None) for k in OPTIONS}, spell=variant_flag)
     results = evaluate(args.data, kinds, variants, _PROTOCOL_NAMES[proto_arg],
                        device=getattr(args, "device", "cpu"), seed=seed,
                        progress=not getattr(args, "no_progress", False),
-                       precision=getattr(args, "precision", "fp32"))
+                       precision=getattr(args, "precision", "fp32"), variant_options=options)
     print(f"{'model':6} {'variant':14} {'protocol':8} {'F1':>6} {'FAR%':>7} {'MAR%':>7} "
           f"{'NAB std':>8} {'low FP':>8} {'low FN':>8} {'time s':>7}")
     for kind, by_v in results.items():
