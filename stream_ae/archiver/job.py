@@ -35,6 +35,7 @@ from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.membership import GroupMembership
+from stream_ae.stream.publisher import send_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ class Archiver:
         r = self.report
         for i, reason, detail, entity in out.dead_letters:
             letter = codec.dead_letter(batch[i], reason, detail, entity=entity)
-            self._producer.send(self.settings.archive.dead_letter_topic, key=letter.original_key,
-                                value=codec.encode_dead_letter(letter)).add_errback(self._send_failed)
+            send_dead_letter(self._producer, self.settings.archive.dead_letter_topic, letter).add_errback(
+                self._send_failed)
         for reason, count in out.reasons.items():
             r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count
         r.rows, r.files, r.flushes = r.rows + out.rows, r.files + out.files, r.flushes + out.flushes

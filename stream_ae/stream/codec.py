@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 import msgspec
 from msgspec import Meta
 
+from stream_ae.stream.timestamps import MAX_EPOCH_MS as _MAX_EPOCH_MS
+from stream_ae.stream.timestamps import datetime_to_ns, ns_to_datetime, reading_ts_ns  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:
     from stream_ae.stream.columns import ReadingColumns
 
@@ -56,13 +59,13 @@ REJECT_DETAIL = {  # the detail of the ordering reasons, in the stream and the a
 Severity = Literal["info", "warning", "critical"]
 AlertState = Literal["open", "update", "resolved"]
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 F32_LIMIT = float.fromhex("0x1.ffffffp+127")   # the least magnitude float32 rounds to infinity
 RESERVED_ENTITY_PREFIX = "__partition__/"   # the state topic's partition records use such keys
 RESERVED_ENTITY_DETAIL = (f"entity ids starting with {RESERVED_ENTITY_PREFIX!r} are reserved: the state topic "
                           "keeps partition records under them")
 ORIGINAL_MAX_BYTES = 256 * 1024   # a letter's copy of the value: base64 of it fits the producer's 1 MiB request
-_MAX_EPOCH_MS = (2**63 - 1) // 1_000_000          # keeps ts_ns inside int64
+KEY_MAX_BYTES = 1024              # ... of the key (which is also its Kafka key): an entity id is far shorter
+DETAIL_MAX_CHARS = 4096           # ... of its detail (a list of unknown channel names can be any length)
 Timestamp = Annotated[dt.datetime, Meta(tz=True, description="RFC 3339 with an offset")]
 EpochMs = Annotated[int, Meta(ge=0, le=_MAX_EPOCH_MS, description="epoch milliseconds, UTC")]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -133,39 +136,6 @@ class DecodedReading(msgspec.Struct, gc=False):
     message: Any = None
 
 
-def datetime_to_ns(t: dt.datetime) -> int:
-    """Nanoseconds since the epoch of an aware datetime.
-
-    >>> datetime_to_ns(dt.datetime(1970, 1, 1, 0, 0, 1, 5, tzinfo=dt.timezone.utc))
-    1000005000
-    """
-    d = t - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
-
-
-def reading_ts_ns(t) -> int | None:
-    """A decoded reading's ``ts`` (epoch ms, bounded by the schema, or an aware datetime) as ns
-    since the epoch; None for a datetime outside the span epoch milliseconds allow, 1970-01-01
-    to 2262-04-11 (int64 nanoseconds end there).
-
-    >>> reading_ts_ns(1_000), reading_ts_ns(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
-    (1000000000, None)
-    """
-    if type(t) is int:
-        return t * 1_000_000
-    ns = datetime_to_ns(t)
-    return ns if 0 <= ns <= _MAX_EPOCH_MS * 1_000_000 else None
-
-
-def ns_to_datetime(ns: int) -> dt.datetime:
-    """UTC datetime of epoch nanoseconds (microsecond precision).
-
-    >>> ns_to_datetime(1_500_000_000).isoformat()
-    '1970-01-01T00:00:01.500000+00:00'
-    """
-    return _EPOCH + dt.timedelta(microseconds=int(ns) // 1_000)
-
-
 def _record_fields(message: Any) -> tuple[Any, dict]:
     """(value, source fields) of a kafka ConsumerRecord-like object, or of raw bytes."""
     if message is None or isinstance(message, (bytes, bytearray, memoryview)):
@@ -188,19 +158,28 @@ def dead_letter(message: Any, reason: str, detail: str, *, entity: str | None = 
         entity = entity if entity is not None else message.entity
         message = message.message
     value, source = _record_fields(message)
+    if len(detail) > DETAIL_MAX_CHARS:
+        detail = f"{detail[:DETAIL_MAX_CHARS]}... ({len(detail) - DETAIL_MAX_CHARS} more characters)"
     key = source.get("original_key")
     if isinstance(key, str):
-        source["original_key"] = key.encode()
+        key = source["original_key"] = key.encode()
+    if key is not None and len(key) > KEY_MAX_BYTES:   # the letter's Kafka key too: it must stay producible
+        detail += _clipped("original_key", key, KEY_MAX_BYTES)
+        source["original_key"] = bytes(key[:KEY_MAX_BYTES])
     if isinstance(value, str):
         value = value.encode()
     original = bytes(value or b"")
     if len(original) > ORIGINAL_MAX_BYTES:   # an oversized record's whole copy could not be produced
-        detail += (f"; original holds the first {ORIGINAL_MAX_BYTES} of its {len(original)} bytes "
-                   f"(sha256 {hashlib.sha256(original).hexdigest()}): replay it from the source offset")
+        detail += _clipped("original", original, ORIGINAL_MAX_BYTES)
         original = original[:ORIGINAL_MAX_BYTES]
     return DeadLetter(reason=reason, detail=detail, original=original,
                       received_at=received_at or dt.datetime.now(dt.timezone.utc),
                       entity=entity, **source)
+
+
+def _clipped(field: str, data: bytes, kept: int) -> str:
+    return (f"; {field} holds the first {kept} of its {len(data)} bytes "
+            f"(sha256 {hashlib.sha256(data).hexdigest()}): replay it from the source offset")
 
 
 def _non_finite_tokens(data: bytes) -> bool:

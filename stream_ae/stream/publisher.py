@@ -63,8 +63,7 @@ class Publisher:
             return
         self.metrics.dead_letters.labels(letter.reason).inc()
         ck = self.checkpointer
-        self.producer.send(self.kafka.dead_letter_topic, key=letter.original_key,
-                           value=codec.encode_dead_letter(letter)).add_callback(
+        send_dead_letter(self.producer, self.kafka.dead_letter_topic, letter).add_callback(
             lambda md: ck.letter_acked(md.partition, md.offset)).add_errback(self._send_failed)
 
     def forget(self, partitions: set[int]) -> None:
@@ -75,3 +74,23 @@ class Publisher:
     def _send_failed(self, exc) -> None:
         log.error("a produce failed: %r; the next checkpoint will not commit", exc)
         self.failed = True
+
+
+def send_dead_letter(producer, topic: str, letter: codec.DeadLetter):
+    """Produce ``letter`` under its original key and return the future. A letter the producer
+    refuses as too large (kafka-python checks the size in ``send``, so it raised out of the
+    consume loop, and the restart met the same record) goes without its copies of the record's
+    value and key: the source topic, partition and offset still say where to replay it from."""
+    import msgspec
+    from kafka.errors import MessageSizeTooLargeError
+
+    value = codec.encode_dead_letter(letter)
+    try:
+        return producer.send(topic, key=letter.original_key, value=value)
+    except MessageSizeTooLargeError as exc:
+        log.warning("a %s dead letter of %d bytes is too large to produce (%s); sent without the record's "
+                    "value and key", letter.reason, len(value), exc)
+        bare = msgspec.structs.replace(letter, original=b"", original_key=None, detail=(
+            f"{letter.detail}; this letter ({len(value)} bytes) was too large to produce, so it holds neither "
+            "the record's value nor its key: replay it from the source offset"))
+        return producer.send(topic, key=None, value=codec.encode_dead_letter(bare))
