@@ -295,6 +295,7 @@ class Detector:
                 self.clocks.note(entity, p, None)
             if event is not None:
                 self._emit(out, event, self.clocks.last_reading[p])
+        self.clocks.prune(self.table.holds, self.table.dropped)   # states a flood dropped, whatever the silence rule
         out.windows_scored = lo
         if ts_parts:
             out.scores, out.flags, out.end_ts = prep.scored.score[:lo], flags, np.concatenate(ts_parts)

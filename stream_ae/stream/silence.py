@@ -51,6 +51,7 @@ class PartitionClocks:
         self.now: dict[int, int] = {}  # readings partition -> latest window end (ns)
         self.last_reading: dict[int, int] = {}  # partition -> batch index of its last window's reading, this batch
         self.open: dict[str, tuple[int, int]] = {}  # entity with an alert open -> (partition, time at its last window)
+        self._dropped_seen = 0  # the entity table's drop count at the last prune
 
     def around(self, partition: np.ndarray, reading: np.ndarray, end_ts: np.ndarray,
                record_ts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,3 +118,11 @@ class PartitionClocks:
         for p in partitions:
             self.now.pop(p, None)
         self.open = {e: (p, t) for e, (p, t) in self.open.items() if p not in partitions}
+
+    def prune(self, holds, dropped: int) -> None:
+        """Forget the open alerts of entities whose state the table no longer holds (``holds``),
+        once its count of dropped states (``dropped``) has moved: under a flood of new ids these
+        would otherwise stay for good where no silence rule expires them (``silence_s = 0``)."""
+        if dropped != self._dropped_seen:
+            self._dropped_seen = dropped
+            self.open = {e: v for e, v in self.open.items() if holds(e)}
