@@ -182,14 +182,31 @@ def _clipped(field: str, data: bytes, kept: int) -> str:
             f"(sha256 {hashlib.sha256(data).hexdigest()}): replay it from the source offset")
 
 
-def _non_finite_tokens(data: bytes) -> bool:
-    """True when ``data`` is JSON apart from NaN / Infinity tokens (slow path, errors only)."""
-    seen = []
+def _non_finite_reason(data: bytes) -> tuple[str, str] | None:
+    """``(reason, detail)`` for ``data`` that is JSON apart from NaN / Infinity tokens (slow
+    path, errors only): ``non_finite`` when each sits as a channel value, else ``malformed``
+    naming the field (a NaN ``ts`` is no missing value); None for data that is not such JSON."""
+    marks: list = []
     try:
-        json.loads(bytes(data), parse_constant=seen.append)
+        obj = json.loads(bytes(data), parse_constant=lambda token: marks.append([token]) or marks[-1])
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
-        return False
-    return bool(seen)
+        return None
+    if not marks:
+        return None
+    values = obj.get("values") if isinstance(obj, dict) else None
+    channels = [k for k, v in values.items() if any(v is m for m in marks)] if isinstance(values, dict) else []
+    if len(channels) == len(marks):
+        return "non_finite", f"NaN/Infinity is not JSON (channel {channels[0]!r}); send null for a missing value"
+    where = next((k for k, v in obj.items() if k != "values" and _holds(v, marks)), "values") \
+        if isinstance(obj, dict) else "the message"
+    return "malformed", f"NaN/Infinity is not JSON, and {where!r} takes no such value"
+
+
+def _holds(value, marks: list) -> bool:
+    if any(value is m for m in marks):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_holds(v, marks) for v in items)
 
 
 class ReadingDecoder:
@@ -239,10 +256,7 @@ class ReadingDecoder:
                 bad.append(dead_letter(message, _validation_reason(str(exc)), str(exc)))
                 continue
             except msgspec.DecodeError as exc:
-                reason = "non_finite" if _non_finite_tokens(value) else "malformed"
-                detail = ("NaN/Infinity is not JSON; send null for a missing value"
-                          if reason == "non_finite" else str(exc))
-                bad.append(dead_letter(message, reason, detail))
+                bad.append(dead_letter(message, *(_non_finite_reason(value) or ("malformed", str(exc)))))
                 continue
             except Exception as exc:  # invalid UTF-8 in a string, nesting too deep to parse ...
                 bad.append(dead_letter(message, "malformed", f"{type(exc).__name__}: {exc}"))
@@ -296,7 +310,7 @@ class ReadingDecoder:
 def _validation_reason(msg: str) -> str:
     if msg.startswith("Object contains unknown field"):
         return "unknown_field"
-    if msg.startswith("Number out of range"):     # e.g. 1e999, which would be inf
+    if msg.startswith("Number out of range") and "at `$.values" in msg:   # e.g. 1e999, which would be inf
         return "non_finite"
     return "malformed"
 
