@@ -17,6 +17,7 @@ from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
 from stream_ae.variant_options import VARIANTS
+
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 

@@ -29,7 +29,7 @@ def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=N
     steps = preset.model.score_steps if score_steps is None else score_steps
     if window is not None and score_steps is None:
         steps = min(steps, win.length)  # a shorter window than the preset's: score at most all of it
-    options = given(variant, variant_options or {}, **({"spell": spell} if spell else {}))
+    options = given(variant, variant_options or {}, spell)
     if detrend and win.length < 3:   # said now, not after reading the history
         raise ConfigError(f"detrend needs windows of at least 3 readings, got {win.length}")
     model_cfg = dataclasses.replace(preset.model, window=win.length, score_steps=steps, **options)

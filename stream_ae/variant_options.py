@@ -56,12 +56,13 @@ def _set(values: Mapping[str, Any], spell: Callable[[str], str]) -> dict[str, An
     return {k: v for k, v in values.items() if v is not None}
 
 
-def given(variant: str, values: Mapping[str, Any], spell: Callable[[str], str] = _plain) -> dict[str, Any]:
+def given(variant: str, values: Mapping[str, Any], spell: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The options in ``values`` that were set (not None), checked to be read by ``variant``.
 
     ``spell`` turns an option (or ``"variant"``) into the name the user wrote, so the error
-    names the flag or the setting to fix.
+    names the flag or the setting to fix (None: the option's own name).
     """
+    spell = spell or _plain
     chosen = _set(values, spell)
     for key in chosen:
         reader = OPTIONS[key].variant

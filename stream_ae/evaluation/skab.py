@@ -284,9 +284,9 @@ def run_skab_cli(args) -> int:
     ``.plot``, ``.plot_file`` (e.g. "valve1/1.csv"), ``.device``, ``.seed``, ``.precision`` and
     ``.no_progress``.
     """
+    from stream_ae.cli_flags import variant_flag
     from stream_ae.errors import ConfigError
     from stream_ae.evaluation.plot import plot_file_run
-    from stream_ae.cli_flags import variant_flag
     from stream_ae.jsontext import dumps
     from stream_ae.models.config import VARIANTS
     from stream_ae.training.trainer import check_seed
