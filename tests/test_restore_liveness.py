@@ -60,3 +60,13 @@ def test_a_read_that_stops_bringing_records_fails_after_the_timeout(monkeypatch)
         _read(topic, monkeypatch)
     assert topic.now == pytest.approx(25.0 + 60.0, abs=1.0)   # 50 polls of progress, then 60 s of nothing
 
+
+
+def test_the_runner_counts_a_restore_read_as_a_poll(monkeypatch):
+    from test_restore_order import _restart
+    from test_stream_bounds import runner_with_fakes
+
+    runner = runner_with_fakes()
+    runner.metrics.last_poll = 0.0
+    _restart(monkeypatch, {0: {}}, runner)
+    assert runner.metrics.last_poll > 0     # liveness saw the restore's progress

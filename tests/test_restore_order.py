@@ -26,7 +26,10 @@ def _snapshot(runner, entity: str, last_ts: int, windows: int) -> dict:
 
 def _restart(monkeypatch, held: dict[int, dict[str, dict]], runner):
     restored = {p: Restored(entities=dict(entities)) for p, entities in held.items()}
-    monkeypatch.setattr(runner_module, "take_over", lambda settings, parts, fence: (restored, set(), {}, set(), {}))
+    def take_over(settings, parts, fence, progress):
+        progress()   # a poll of the topics that brought records
+        return restored, set(), {}, set(), {}
+    monkeypatch.setattr(runner_module, "take_over", take_over)
     runner._consumer = SimpleNamespace(seek=lambda tp, o: None, position=lambda tp, timeout_ms: 0,
                                        group_metadata=lambda: SimpleNamespace(generation_id=1))
     runner.membership = SimpleNamespace(assigned=lambda parts, resume: None, commit=lambda *a, **k: None)
