@@ -25,6 +25,7 @@ from stream_ae.errors import ConfigError
 VARIANTS = ("undercomplete", "denoising", "sparse", "contractive", "variational")
 SPARSITY = ("l1", "kl")
 
+
 class Option(NamedTuple):
     variant: str    # the variant that reads it
     default: Any    # ModelConfig's default

@@ -20,6 +20,7 @@ from stream_ae.retraining import run_retrain
 from stream_ae.stream.settings import load_settings
 from stream_ae.thresholds import ThresholdSpec
 from stream_ae.training import TrainConfig, fit_autoencoder, train
+from stream_ae.variant_options import OPTIONS
 from test_retrain import POOR, make_settings, plant  # noqa: F401  (plant: a fixture)
 from test_training import TINY
 
@@ -186,8 +187,7 @@ def test_evaluate_gives_each_variant_its_own_options_and_refuses_one_no_variant_
     monkeypatch.setattr(skab, "run_protocol", fake_protocol)
     monkeypatch.setattr(skab, "load_skab", lambda *a, **k: [])
     flags = vars(build_parser().parse_args(["evaluate", "skab", "--noise-std", "0.3", "--kl-weight", "0.01"]))
-    options = {k: flags[k] for k in ("noise_std", "sparsity", "sparsity_weight", "sparsity_target",
-                                     "contractive_weight", "kl_weight")}
+    options = {k: flags[k] for k in OPTIONS}
     skab.run_skab_cli(_args(tmp_path, variant="undercomplete,denoising,variational", protocol="published", **options))
     assert seen["denoising"].noise_std == 0.3 and seen["variational"].kl_weight == 0.01
     assert seen["undercomplete"] == dataclasses.replace(seen["denoising"], variant="undercomplete", noise_std=0.2)
