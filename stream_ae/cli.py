@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs=argparse.REMAINDER, help="the job's own flags, e.g. --config stream-ae.toml")
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("which", choices=("backfill", "stream", "detector", "soak", "drift"),
-                       help="what to measure (detector: the stream's per-reading cost against the entity "
+    bench.add_argument("which", choices=("backfill", "stream", "scoring", "detector", "soak", "drift"),
+                       help="what to measure (scoring: the scorer alone, per precision and forward-pass "
+                            "size, against the device's own ceilings; detector: the stream's per-reading cost against the entity "
                             "count, no broker; soak: the detector's memory over millions of readings, "
                             "steady and with new entity ids arriving; drift: what the drift watch reports "
                             "over a week of a plant with a daily rhythm, with and without a sensor change)")
@@ -146,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="fp32", choices=PRECISIONS,
                       help="scoring precision: the backfill's, or the detector's model.precision "
                            "(bf16: CUDA or a CPU with native bf16)")
-    bench.add_argument("--device", default="cpu", help="backfill: cpu | cuda | cuda:N | auto (the stream "
-                       "benchmark's detector uses model.device=auto)")
+    bench.add_argument("--device", default=None, help="backfill (default cpu), scoring (default auto): cpu | cuda | "
+                       "cuda:N | auto (the stream benchmark's detector uses model.device=auto)")
     return parser
 
 
@@ -236,7 +237,12 @@ def cmd_bench(args) -> int:
             return 0
         if args.rows:
             kwargs["rows"] = parse_counts(args.rows, "--rows")
-        run_backfill_bench(json_path=args.json_path, device=args.device, precision=args.precision, **kwargs)
+        run_backfill_bench(json_path=args.json_path, device=args.device or "cpu", precision=args.precision, **kwargs)
+        return 0
+    if args.which == "scoring":
+        from stream_ae.bench.scoring import run_scoring_bench
+
+        run_scoring_bench(device=args.device or "auto", json_path=args.json_path)
         return 0
     if args.which == "detector":
         from stream_ae.bench.detector import DEFAULT_ENTITIES, DEFAULT_N, run_detector_bench
