@@ -339,6 +339,25 @@ class Scorer:
             scores, channel = scores.cpu(), channel.cpu()
         return ScoreBatch(scores.numpy()[:b], channel.numpy()[:b]).saturated()
 
+    def warm_up(self, windows: int) -> "Scorer":
+        """Run each forward-pass shape a call of up to ``windows`` windows can take, twice, so that
+        the first micro-batches after a start or a hot reload do not pay for it; returns self.
+
+        On CUDA a graph's first call took ~0.5 s and each new shape's first calls ~8 ms (cuDNN's
+        kernel choice, TorchScript's profiling runs), against ~1.3 ms for 2 000 windows after
+        (an H100; docs/performance.md). On the CPU the first calls cost what later ones do, so
+        there it does nothing."""
+        if self.device.type != "cuda":
+            return self
+        step = min(SHAPE_STEP, self.batch_size)
+        top = min(-(-int(windows) // step) * step, self.batch_size)
+        rng = np.random.default_rng(0)
+        for size in range(step, top + 1, step):
+            for extra in (0, size % 7 + 1):  # rows of another length: the graph takes any
+                rows = rng.normal(size=(size + self.length - 1 + extra, len(self.channels))).astype(np.float32)
+                self.score_rows(rows, np.arange(size, dtype=np.int64))
+        return self
+
     def score_windows(self, windows: np.ndarray) -> ScoreBatch:
         """Score raw windows (B, T, C); same numbers as :meth:`score_rows` on the same data."""
         w = np.asarray(windows, dtype=np.float32)

@@ -53,13 +53,12 @@ class StreamRunner:
     settings : Settings
         Validated service settings (``stream_ae.stream.settings``).
     scorer : Scorer or Artifact
-        The model; an Artifact is wrapped in a Scorer on ``settings.model.device`` and ``.precision``.
+        The model; an Artifact becomes a Scorer on ``settings.model.device`` and ``.precision``, warmed up.
     reload : callable or None
         ``reload() -> Scorer | None``, called every ``model.reload_interval_s`` between
         batches; a Scorer returned is swapped in (hot reload).
     checkpoint_interval_s : float or None
-        Seconds between checkpoints (also taken on revoke and on shutdown); None: the
-        setting ``kafka.checkpoint_interval_s``.
+        Seconds between checkpoints (also taken on revoke and on shutdown); None: ``kafka.checkpoint_interval_s``.
     metrics : StreamMetrics or None
         Where to count; a new registry by default.
     """
@@ -70,7 +69,8 @@ class StreamRunner:
         from stream_ae.scoring import Scorer
 
         if isinstance(scorer, Artifact):
-            scorer = Scorer(scorer, device=settings.model.device, precision=settings.model.precision)
+            scorer = Scorer(scorer, device=settings.model.device,
+                            precision=settings.model.precision).warm_up(settings.batch.max_size)
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
         self.detector = build_detector(settings, scorer)

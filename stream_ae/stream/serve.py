@@ -86,7 +86,8 @@ class ModelWatcher:
     def _scorer(self, artifact):
         from stream_ae.scoring import Scorer
 
-        return Scorer(artifact, device=self.settings.model.device, precision=self.settings.model.precision)
+        return Scorer(artifact, device=self.settings.model.device,
+                      precision=self.settings.model.precision).warm_up(self.settings.batch.max_size)
 
     def __call__(self):
         with self._lock:
