@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -352,10 +353,13 @@ class Scorer:
         step = min(SHAPE_STEP, self.batch_size)
         top = min(-(-int(windows) // step) * step, self.batch_size)
         rng = np.random.default_rng(0)
+        started = time.perf_counter()
         for size in range(step, top + 1, step):
             for extra in (0, size % 7 + 1):  # rows of another length: the graph takes any
                 rows = rng.normal(size=(size + self.length - 1 + extra, len(self.channels))).astype(np.float32)
                 self.score_rows(rows, np.arange(size, dtype=np.int64))
+        log.info("model %s warmed up on %s for forward passes of up to %d windows in %.2f s",
+                 self.version, self.device, top, time.perf_counter() - started)
         return self
 
     def score_windows(self, windows: np.ndarray) -> ScoreBatch:
