@@ -183,12 +183,19 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     except (ConfigError, TypeError, KeyError) as exc:
         raise ArtifactError(f"artifact {path} has an invalid manifest: {exc}") from exc
     _check_weights(path, build_model(model_config).state_dict(), state_dict)
-    channels = tuple(manifest["channels"])
+    channels = manifest["channels"]
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise ArtifactError(f"artifact {path} has an invalid manifest: 'channels' must be a list of names, "
+                            f"got {channels!r:.200}")
+    channels = tuple(channels)
     if scaler.n_channels != len(channels) or model_config.n_channels != len(channels):
         raise ArtifactError(
             f"artifact {path} is inconsistent: {len(channels)} channels but the scaler has "
             f"{scaler.n_channels} and the model {model_config.n_channels}"
         )
+    if window.length != model_config.window:
+        raise ArtifactError(f"artifact {path} is inconsistent: windows of {window.length} readings but a model "
+                            f"of {model_config.window}; re-export it or retrain")
     threshold = manifest["threshold"]
     if not isinstance(threshold, dict) or not {"spec", "state"} <= set(threshold):
         raise ArtifactError(f"artifact {path}: manifest 'threshold' must hold 'spec' and 'state'")

@@ -114,9 +114,9 @@ class Detector:
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_scorer(self, scorer) -> None:
-        if int(scorer.length) != self.window_spec.length:
-            raise DataError(f"model {scorer.version} scores windows of {scorer.length} rows but the stream "
-                            f"windows are {self.window_spec.length}; use the artifact's window length")
+        if {int(scorer.length), scorer.window.length} != {self.window_spec.length}:  # the model's and its spec's
+            raise DataError(f"model {scorer.version} scores windows of {scorer.length} rows (its window spec "
+                            f"{scorer.window.length}) but the stream windows are {self.window_spec.length}")
         if tuple(scorer.channels) != self.channels:
             raise DataError(f"model {scorer.version} has channels {list(scorer.channels)}, the running one "
                             f"{list(self.channels)}; a hot reload must keep the channels")

@@ -121,6 +121,10 @@ class ModelWatcher:
             except (OSError, StreamAEError) as exc:
                 self._refuse(version, exc)
                 return
+            except Exception as exc:  # noqa: BLE001 - CUDA out of memory, a trace failure: the running model stays
+                log.exception("loading model %s raised an unexpected error", version)
+                self._refuse(version, exc)
+                return
             log.info("model %s loaded for deployment %r (was %s)", version, self.deployment, self.version)
             if self.on_ready is not None:
                 self.on_ready(scorer)
