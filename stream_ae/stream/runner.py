@@ -25,7 +25,6 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 import threading
-import time
 from typing import Callable
 
 from stream_ae.drift import artifact_reference
@@ -38,6 +37,7 @@ from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.metrics import StreamMetrics
+from stream_ae.stream.model_swap import ModelSwap
 from stream_ae.stream.publisher import Publisher
 from stream_ae.stream.recovery import by_recency, take_over
 from stream_ae.stream.tuning import tune_process
@@ -81,8 +81,7 @@ class StreamRunner:
         self.batcher = MicroBatcher(settings.batch.max_size, settings.batch.max_wait_ms / 1000)
         self.checkpoint_interval_s = float(settings.kafka.checkpoint_interval_s if checkpoint_interval_s is None
                                            else checkpoint_interval_s)
-        self._reload, self._pending_scorer = reload, None
-        self._next_reload = time.monotonic() + settings.model.reload_interval_s
+        self._swap = ModelSwap(reload, settings.model.reload_interval_s)
         self._consumer = self._publisher = self._checkpointer = self.membership = None
         self._next_offsets: dict[int, int] = {}  # readings partition -> next offset processed
         self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
@@ -176,21 +175,19 @@ class StreamRunner:
         self._maybe_reload()
 
     def swap_scorer(self, scorer) -> None:
-        """Hot reload from any thread: the new model is used from the next batch on."""
-        self._pending_scorer = scorer
+        """Hot reload from any thread: the new model scores the batches after the next checkpoint."""
+        self._swap.offer(scorer)
 
     def _maybe_reload(self) -> None:
-        if self._reload is not None and self.settings.model.reload_interval_s > 0 \
-                and time.monotonic() >= self._next_reload:
-            self._next_reload = time.monotonic() + self.settings.model.reload_interval_s
-            new = self._reload()
-            if new is not None and new.version != self.detector.model_version:
-                self._pending_scorer = new
-        if self._pending_scorer is not None:
-            scorer, self._pending_scorer = self._pending_scorer, None
+        """Swap in a new model once what the old one scored is checkpointed: a crash after the swap
+        replays only what the new one scores (else an alert published might never be resolved)."""
+        if self._swap.waiting(self.detector.model_version) is None or (self._assigned and not self.checkpoint()):
+            return  # no new model, or no checkpoint now (a stall awaits a poll's confirmation)
+        with self._lock:
+            scorer = self._swap.take()
             self.detector.swap_scorer(scorer)
-            self.metrics.set_model(scorer.version)
-            log.info("model swapped to %s", scorer.version)
+        self.metrics.set_model(scorer.version)
+        log.info("model swapped to %s", scorer.version)
 
     # -- one micro-batch --------------------------------------------------------------------
     def _submit_batch(self) -> None:
@@ -258,15 +255,15 @@ class StreamRunner:
         self._finish_inflight(confirmed=True)
 
     # -- checkpoint and recovery -------------------------------------------------------------
-    def checkpoint(self, *, in_listener: bool = False, wait: bool = True) -> None:
+    def checkpoint(self, *, in_listener: bool = False, wait: bool = True) -> bool:
         """Snapshot the changed entity states and the replay positions for the checkpoint thread
         to write (``checkpoint.py``); commit them once written. A periodic one (``wait=False``)
         lets the poll loop go on meanwhile and commits without waiting for the answer: the state
         topic, not the commit, says where a partition resumes. Not after a stall before a poll
-        has confirmed the membership (``membership.py``)."""
+        has confirmed the membership (``membership.py``); then it returns False."""
         with self._lock:
             if not ((in_listener or self.membership.fresh()) and self._finish_inflight(in_listener)):
-                return
+                return False
             self._commit_written(block=True)  # one write at a time
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater,
@@ -276,9 +273,10 @@ class StreamRunner:
             self.metrics.checkpoint_seconds.observe(held)
             self._writing = (write, positions)
             if not (wait or in_listener):
-                return
+                return True
             written = self._written(block=True)
         self.membership.commit(written, blocking=wait and not in_listener)
+        return True
 
     def _commit_written(self, block: bool = False) -> None:
         """Commit, without waiting for the answer, the checkpoint being written once it is (``block``: wait)."""
