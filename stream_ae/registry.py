@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ from stream_ae import durable
 from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
 
+log = logging.getLogger(__name__)
 DEPLOYMENTS = "deployments"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSET = object()
@@ -187,7 +189,13 @@ class Registry:
             if info.type != pafs.FileType.Directory or info.base_name.startswith(".") \
                     or info.base_name == DEPLOYMENTS:
                 continue
-            manifest = self._read_json(f"{info.path}/manifest.json")
+            try:  # one folder still being copied by hand must not hide every other version
+                manifest = self._read_json(f"{info.path}/manifest.json")
+                if manifest is not None and not isinstance(manifest, dict):
+                    raise ArtifactError(f"{info.path}/manifest.json in registry {self.root} is not a JSON object")
+            except ArtifactError as exc:
+                log.warning("skipping the folder %s of the registry: %s", info.base_name, exc)
+                continue
             if manifest is None:
                 continue
             model = manifest.get("model", {})
