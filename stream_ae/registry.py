@@ -213,10 +213,10 @@ class Registry:
             return artifact.version
         import pyarrow.fs as pafs
 
-        if self._exists(self._join(artifact.version)):
+        from stream_ae.artifact import MANIFEST_FILE, WEIGHTS_FILE
+        if self._exists(self._join(artifact.version, MANIFEST_FILE)):  # weights alone: a publish cut off, retried
             raise ArtifactError(f"version {artifact.version} already exists in {self.root}; "
                                 "versions are never overwritten")
-        from stream_ae.artifact import MANIFEST_FILE, WEIGHTS_FILE
 
         final = self._join(artifact.version)
         with tempfile.TemporaryDirectory() as tmp:
