@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench.add_argument("which", choices=("backfill", "stream", "scoring", "detector", "soak", "drift"),
                        help="what to measure (scoring: the scorer alone, per precision and forward-pass "
-                            "size, against the device's own ceilings; detector: the stream's per-reading cost against the entity "
+                            "size, against the device's own ceilings; detector: the stream's per-reading "
+                            "cost against the entity "
                             "count, no broker; soak: the detector's memory over millions of readings, "
                             "steady and with new entity ids arriving; drift: what the drift watch reports "
                             "over a week of a plant with a daily rhythm, with and without a sensor change)")

@@ -214,6 +214,7 @@ class Registry:
         import pyarrow.fs as pafs
 
         from stream_ae.artifact import MANIFEST_FILE, WEIGHTS_FILE
+
         if self._exists(self._join(artifact.version, MANIFEST_FILE)):  # weights alone: a publish cut off, retried
             raise ArtifactError(f"version {artifact.version} already exists in {self.root}; "
                                 "versions are never overwritten")
