@@ -6,9 +6,8 @@ the entities whose readings are a clean chunk are windowed together
 :class:`~stream_ae.data.windows.SeriesWindower`, with the same windows and state either
 way. The windows of *all* entities are scored in one :meth:`Scorer.score_rows` call (only
 the new rows and each entity's carried tail travel, never overlapping window copies). An
-entity whose scores are all calm (see :meth:`Threshold.calm_level`) and that has no alert
-open only counts them; every other entity's threshold and alert tracker step through its
-scores in time order.
+entity whose scores are all calm (see :meth:`Threshold.calm_level`) and that has no alert open
+only counts them; every other entity's threshold and alert tracker step through its scores in time order.
 
 Replay: every entity remembers the next Kafka offset per partition after the last
 reading it absorbed. A reading below that offset is already in the (restored) state and
@@ -114,9 +113,10 @@ class Detector:
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_scorer(self, scorer) -> None:
-        if {int(scorer.length), scorer.window.length} != {self.window_spec.length}:  # the model's and its spec's
+        spec = getattr(getattr(scorer, "window", None), "length", scorer.length)  # its artifact's window, if any
+        if {int(scorer.length), spec} != {self.window_spec.length}:
             raise DataError(f"model {scorer.version} scores windows of {scorer.length} rows (its window spec "
-                            f"{scorer.window.length}) but the stream windows are {self.window_spec.length}")
+                            f"{spec}) but the stream windows are {self.window_spec.length}")
         if tuple(scorer.channels) != self.channels:
             raise DataError(f"model {scorer.version} has channels {list(scorer.channels)}, the running one "
                             f"{list(self.channels)}; a hot reload must keep the channels")
