@@ -72,6 +72,15 @@ class WindowScores(nn.Module):
             self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32), persistent=False)
             self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
 
+    @classmethod
+    def of(cls, model: nn.Module, artifact: Artifact) -> "WindowScores":
+        """The scoring module of ``artifact`` around its built ``model``: the inference form (conv:
+        polyphase, only the outputs the scored steps need), its scaler, detrend and scored steps."""
+        fast = inference_model(model, tail=artifact.model.score_steps)
+        return cls(fast, int(artifact.model.window), *artifact.scaler.affine(),
+                   detrend_mask=model.detrend_mask if artifact.model.detrend else None,
+                   score_steps=artifact.model.score_steps)
+
     def forward(self, rows: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
         if self.scales:
             rows = (rows - self.center) / self.scale  # (N, C)
@@ -280,11 +289,7 @@ class Scorer:
         self.model = model.to(self.device).eval()
         # conv models run as stride-1 convolutions over phases, computing only the outputs the
         # score reads (same numbers; ~2.2x faster on one CPU thread for the conv preset)
-        fast = inference_model(self.model, tail=artifact.model.score_steps)
-        module = WindowScores(fast, self.length, *artifact.scaler.affine(),
-                              detrend_mask=self.model.detrend_mask if artifact.model.detrend else None,
-                              score_steps=artifact.model.score_steps)
-        module = module.to(self.device).eval()
+        module = WindowScores.of(self.model, artifact).to(self.device).eval()
         self._graph = score_graph(module, len(self.channels), _PRECISIONS[precision],
                                   structure=json.dumps(artifact.model.to_dict(), sort_keys=True))
         # a traced graph holds its casts; the eager fallback needs the autocast context

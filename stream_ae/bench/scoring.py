@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from stream_ae.bench import emit, skab_detrend
+from stream_ae.bench import emit
+from stream_ae.bench.backfill import CHANNELS  # the 8 channels its configuration (_configs) detrends as SKAB's
 
-CHANNELS = 8
 TARGET_CUDA_WINDOWS_PER_S = 1_000_000
 BATCHES = {"cuda": (2048, 8192, 32768, 131072), "cpu": (2048,)}
 WINDOWS = {"cuda": 1_048_576, "cpu": 65_536}
@@ -33,22 +33,21 @@ def preset_artifact():
     import torch
 
     from stream_ae.artifact import Artifact, make_version, utc_now, weights_bytes
+    from stream_ae.bench.backfill import _configs
     from stream_ae.data.layout import Layout
     from stream_ae.models import build_model
     from stream_ae.models.config import channel_indices
-    from stream_ae.presets import PRESETS
     from stream_ae.scaling import ChannelScaler
 
-    preset = PRESETS["conv"]
+    model, window, _, detrend, _ = _configs()  # the configuration that meets the SKAB target, hop 1
     channels = tuple(f"ch_{i}" for i in range(CHANNELS))
-    config = dataclasses.replace(preset.model, n_channels=CHANNELS,
-                                 detrend=channel_indices(skab_detrend(channels), channels))
+    config = dataclasses.replace(model, n_channels=CHANNELS, detrend=channel_indices(detrend, channels))
     torch.manual_seed(0)
     state = build_model(config).state_dict()
     created = utc_now()
     rows = np.random.default_rng(1).normal(size=(4096, CHANNELS)).astype(np.float32)
     return Artifact(version=make_version(config, created, weights_bytes(state)), model=config,
-                    window=dataclasses.replace(preset.window, hop=1), layout=Layout(), channels=channels,
+                    window=window, layout=Layout(), channels=channels,
                     scaler=ChannelScaler().fit(rows), threshold={"spec": {}, "state": {}}, training={},
                     state_dict=state, created_at=created)
 
@@ -60,14 +59,11 @@ def flops_per_window(artifact, n: int = 1024) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from stream_ae.models import build_model
-    from stream_ae.models.polyphase import inference_model
     from stream_ae.scoring import WindowScores
 
     model = build_model(artifact.model)
     model.load_state_dict(artifact.state_dict)
-    module = WindowScores(inference_model(model.eval(), tail=artifact.model.score_steps), artifact.model.window,
-                          *artifact.scaler.affine(), detrend_mask=model.detrend_mask,
-                          score_steps=artifact.model.score_steps).eval()
+    module = WindowScores.of(model.eval(), artifact).eval()
     rows = torch.randn(n + artifact.model.window, CHANNELS)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         module(rows, torch.arange(n))

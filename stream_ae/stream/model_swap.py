@@ -1,12 +1,22 @@
-"""When a runner asks for a new model, and the model waiting to be swapped in (hot reload).
+"""The model a stream runs: how it is built (:func:`stream_scorer`), when a runner asks for a new
+one, and the one waiting to be swapped in (hot reload).
 
 The runner swaps it in between batches, once what the old model scored is checkpointed
-(:meth:`StreamRunner._maybe_reload`); this only keeps the schedule and the waiting model.
+(:meth:`StreamRunner._maybe_reload`); this only builds, schedules and holds the models.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Callable
+
+
+def stream_scorer(artifact, settings):
+    """A Scorer of ``artifact`` on ``settings.model.device`` and ``.precision``, warmed up to the
+    largest micro-batch (``batch.max_size``): at start-up and for every hot reload alike."""
+    from stream_ae.scoring import Scorer
+
+    return Scorer(artifact, device=settings.model.device,
+                  precision=settings.model.precision).warm_up(settings.batch.max_size)
 
 
 class ModelSwap:

@@ -37,7 +37,7 @@ from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.metrics import StreamMetrics
-from stream_ae.stream.model_swap import ModelSwap
+from stream_ae.stream.model_swap import ModelSwap, stream_scorer
 from stream_ae.stream.publisher import Publisher
 from stream_ae.stream.recovery import by_recency, take_over
 from stream_ae.stream.tuning import tune_process
@@ -66,11 +66,9 @@ class StreamRunner:
     def __init__(self, settings, scorer, *, reload: Callable[[], object] | None = None,
                  checkpoint_interval_s: float | None = None, metrics: StreamMetrics | None = None):
         from stream_ae.artifact import Artifact
-        from stream_ae.scoring import Scorer
 
         if isinstance(scorer, Artifact):
-            scorer = Scorer(scorer, device=settings.model.device,
-                            precision=settings.model.precision).warm_up(settings.batch.max_size)
+            scorer = stream_scorer(scorer, settings)
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
         self.detector = build_detector(settings, scorer)

@@ -84,10 +84,9 @@ class ModelWatcher:
         return scorer
 
     def _scorer(self, artifact):
-        from stream_ae.scoring import Scorer
+        from stream_ae.stream.model_swap import stream_scorer
 
-        return Scorer(artifact, device=self.settings.model.device,
-                      precision=self.settings.model.precision).warm_up(self.settings.batch.max_size)
+        return stream_scorer(artifact, self.settings)
 
     def __call__(self):
         with self._lock:
