@@ -32,12 +32,10 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
-from stream_ae import durable
+from stream_ae import durable, lockfile
 from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
 
@@ -89,6 +87,7 @@ class Registry:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.root = mask_uri(root)   # for messages and repr: an s3://KEY:SECRET@ URI is shown without its secret
         self.cache_dir = cache_dir
+        self.lock_timeout_s = 30.0   # how long a promotion waits for another one
 
     def __repr__(self) -> str:
         return f"Registry({self.root!r})"
@@ -143,35 +142,14 @@ class Registry:
             os.unlink(tmp)
         durable.fsync(parent)
 
-    @contextlib.contextmanager
-    def _locked(self, deployment: str) -> Iterator[None]:
+    def _locked(self, deployment: str):
         """Exclusive lock of one deployment's pointer (local disk only; see the module doc)."""
         if not self.local:
-            yield
-            return
+            return contextlib.nullcontext()
         lock = self._join(DEPLOYMENTS, f".{deployment}.lock")
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):   # a crashed holder: break it after 30 s
-                    if time.time() - os.stat(lock).st_mtime > 30.0:
-                        os.unlink(lock)
-                        continue
-                if time.monotonic() > deadline:
-                    raise PromotionConflict(f"deployment {deployment!r} is locked by another promotion "
-                                            f"({lock}); retry, or remove the lock if no promotion runs") from None
-                time.sleep(0.01)
-        try:
-            os.write(fd, str(os.getpid()).encode())
-            yield
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
+        return lockfile.exclusive(lock, self.lock_timeout_s, lambda holder: PromotionConflict(
+            f"deployment {deployment!r} is locked by another promotion ({lock}, held by {holder or 'unknown'}) "
+            f"for over {self.lock_timeout_s:g} s; retry"))
 
     # -- versions ----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -345,13 +323,21 @@ class Registry:
             return []
         files = sorted(i.path for i in self.fs.get_file_info(pafs.FileSelector(folder))
                        if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
-        top = pointer.get("sequence", 0) if pointer else 0
-        applied: dict[int, dict] = {}
-        for record in sorted((r for r in map(self._read_json, files) if r),
-                             key=lambda r: (r["sequence"], r.get("promoted_at", ""))):
-            if record["sequence"] <= top:
-                applied[record["sequence"]] = record   # the last written of a sequence is the one applied
-        return [applied[s] for s in sorted(applied)]
+        by_sequence: dict[int, list[dict]] = {}
+        for record in filter(None, map(self._read_json, files)):
+            by_sequence.setdefault(record["sequence"], []).append(record)
+        applied, follows = [], pointer   # walk back from the pointer: each promotion names the one before
+        for seq in range(pointer.get("sequence", 0) if pointer else 0, 0, -1):
+            entries = by_sequence.get(seq, [])
+            linked = [r for r in entries if r == follows] or \
+                [r for r in entries if follows is not None and r["version"] == follows["version"]]
+            # among entries of one sequence, only the pointer's links say which took effect; wall-clock
+            # stamps from different hosts do not (the latest is a guess, used where a link is missing)
+            pick = max(linked or entries, key=lambda r: r.get("promoted_at", ""), default=None)
+            if pick is not None:
+                applied.append(pick)
+            follows = {"version": pick["previous"]} if pick and pick.get("previous") else None
+        return applied[::-1]
 
     def deployments(self) -> list[str]:
         """Names of every deployment with a pointer."""

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
 from dataclasses import replace
@@ -32,6 +31,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from stream_ae import lockfile
 from stream_ae.artifact import load_artifact
 from stream_ae.errors import ConfigError, DataError, StreamAEError
 from stream_ae.registry import PromotionConflict, Registry
@@ -128,54 +128,14 @@ def fingerprint(history, train_start: int, train_end: int, preset) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
 def _training_lock(registry: Registry, deployment: str, fp: str, timeout_s: float):
     """Exclusive per-fingerprint lock (local registries; an object store relies on the promotion's CAS)."""
     if not registry.local:
-        yield
-        return
-    folder = os.path.join(registry.path, STATE_DIR, deployment)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f".train-{fp[:16]}.lock")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    holder = json.loads(f.read() or "{}")
-            except (FileNotFoundError, json.JSONDecodeError):
-                holder = {}
-            if holder.get("host") == socket.gethostname() and holder.get("pid") and not _alive(holder["pid"]):
-                with contextlib.suppress(FileNotFoundError):   # its holder died: break it
-                    os.unlink(path)
-                continue
-            if time.monotonic() > deadline:
-                raise RetrainBusy(
-                    f"another retrain of {deployment!r} on the same data holds {path} ({holder or 'holder unknown'}); "
-                    f"waited retrain.lock_timeout_s={timeout_s:g} s. Retry later, or delete the file if no retrain runs"
-                ) from None
-            time.sleep(0.1)
-    try:
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": _wall().isoformat()}).encode())
-        yield
-    finally:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        return contextlib.nullcontext()
+    path = os.path.join(registry.path, STATE_DIR, deployment, f".train-{fp[:16]}.lock")
+    return lockfile.exclusive(path, timeout_s, lambda holder: RetrainBusy(
+        f"another retrain of {deployment!r} on the same data holds {path} ({holder or 'holder unknown'}); "
+        f"waited retrain.lock_timeout_s={timeout_s:g} s. Retry later"), poll_s=0.1)
 
 
 def load_labels(uri: str, start: int, end: int) -> list[LabelledEvent]:
