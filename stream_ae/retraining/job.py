@@ -216,7 +216,8 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
     Raises
     ------
     DataError, ConfigError, ArtifactError
-        Bad history or labels, training failed, an unusable champion (a ``failed`` report is written).
+        Bad history or labels, training failed, an unusable champion (a ``failed`` report is written,
+        as for any other error: an ``OSError`` from the registry, a ``RuntimeError`` from torch).
     PromotionConflict, RetrainBusy
         Another run promoted meanwhile, or holds the training lock too long (a ``conflict`` report is written).
     """
@@ -312,8 +313,8 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
         report.decision, report.error = "conflict", str(exc)
         _finish(report, cfg.report_dir, scores, thresholds)
         raise
-    except StreamAEError as exc:
-        report.decision, report.error = "failed", str(exc)
+    except Exception as exc:   # ours, or the unforeseen (a registry's OSError, CUDA out of memory): reported
+        report.decision, report.error = "failed", str(exc) if isinstance(exc, StreamAEError) else repr(exc)
         _finish(report, cfg.report_dir, scores, thresholds)
         raise
     _finish(report, cfg.report_dir, scores, thresholds)
