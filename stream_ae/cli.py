@@ -295,9 +295,11 @@ def cmd_models(args) -> int:
             print(f"{args.deployment} already serves {args.version}; nothing changed")
         else:
             print(f"{args.deployment} -> {rec['version']} (was {rec.get('previous')})")
+            _warn_unless_hot_swappable(reg, args.deployment, rec)
     elif args.action == "rollback":
         rec = reg.rollback(args.deployment)
         print(f"{args.deployment} -> {rec['version']} (rolled back from {rec.get('previous')})")
+        _warn_unless_hot_swappable(reg, args.deployment, rec)
     else:
         history = reg.history(args.deployment)
         if not history:
@@ -308,6 +310,24 @@ def cmd_models(args) -> int:
         for rec in history:
             print(f"{rec.get('promoted_at', ''):<28} {rec['version']:<52} {rec.get('reason', '')}")
     return 0
+
+
+def _warn_unless_hot_swappable(reg, deployment: str, rec: dict) -> None:
+    """Running consumers keep a model whose channels or window length the new one changes (they
+    refuse the hot reload), while restarted ones load the new one: say so where it was done."""
+    from stream_ae.artifact import load_artifact, reload_shape
+
+    if not rec.get("previous"):
+        return
+    try:
+        old, new = (reload_shape(load_artifact(reg.artifact_path(v))) for v in (rec["previous"], rec["version"]))
+    except StreamAEError:   # the old version no longer loads: consumers restarting on it fail anyway
+        return
+    if old != new:
+        print(f"stream-ae models: warning: {rec['version']} has channels {list(new[0])} and windows of {new[1]}, "
+              f"{rec['previous']} {list(old[0])} and {old[1]}: consumers running {deployment!r} cannot hot-swap "
+              "it and keep the old model (stream_ae_model_reload_failures_total counts their refusals); "
+              "restart them all to serve the new one", file=sys.stderr)
 
 
 def cmd_job(args) -> int:
