@@ -59,7 +59,7 @@ class _Buffer:
         self.started = 0.0               # monotonic time of the first record
         self.tables: list[pa.Table] = []
         self.rows = 0
-        self.channels = set(state.channels)
+        self.channels: set[str] = set()   # this file's own: a retired sensor is no column of later files
         self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
 
 
@@ -214,10 +214,7 @@ class ArchiveCore:
         channels = tuple(sorted(buf.channels))
         table = None
         if buf.tables:
-            table = pa.concat_tables(buf.tables, promote_options="default")
-            for c in channels:
-                if c not in table.column_names:      # seen before, absent from this whole file
-                    table = table.append_column(c, pa.nulls(table.num_rows, pa.float32()))
+            table = pa.concat_tables(buf.tables, promote_options="default")   # a chunk's missing: null
             table = table.select(["entity", "timestamp", *channels])
         files = self.writer.write(self.topic, partition, buf.first, buf.last, table,
                                   PartitionState(buf.last, channels, dict(buf.last_ts)))

@@ -45,7 +45,8 @@ class PartitionState:
 
     ``through`` is the last offset whose record is archived (or dead-lettered), -1 for
     none; ``last_ts`` is each entity's newest archived timestamp (ns), which keeps the
-    ordering check exact across restarts; ``channels`` is the channel union written so far.
+    ordering check exact across restarts; ``channels`` are the last file's (for a person reading
+    the marker: a file holds only the channels its own rows carry).
     """
 
     through: int = -1
