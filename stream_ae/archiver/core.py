@@ -15,6 +15,7 @@ message, which names the reason of each dead letter.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stream_ae.archiver.writer import ArchiveWriter, PartitionState
+from stream_ae.archiver.writer import ArchiveWriter, PartitionState, entity_folder
 from stream_ae.stream import codec
 from stream_ae.stream.columns import lines_are_values
 
@@ -72,6 +73,7 @@ class ArchiveCore:
                  max_future_s: float | None = None):
         self.topic = topic
         self.writer = ArchiveWriter(root, partition_by, compression)
+        self.by_entity = "entity" in partition_by   # each entity id is then a folder name
         self.file_rows, self.max_file_age_s = int(file_rows), float(max_file_age_s)
         self.late_policy = late_policy
         self.max_bytes = max_message_bytes
@@ -178,6 +180,8 @@ class ArchiveCore:
             return None
         if any(r.entity.startswith(codec.RESERVED_ENTITY_PREFIX) for r in readings):
             return None
+        if self.by_entity and any(map(entity_folder_too_long, {r.entity for r in readings})):
+            return None
         columns = _columns([r.values for r in readings])
         if RESERVED.intersection(columns):   # the slow path dead-letters those readings
             return None
@@ -195,13 +199,19 @@ class ArchiveCore:
         kept = []
         for r in ok:
             clash = RESERVED.intersection(r.values)
-            if not clash:
+            if clash:
+                reason, detail = "unknown_channel", (f"channel {min(clash)!r} is a column of the history "
+                                                     f"({', '.join(sorted(RESERVED))}); rename the channel")
+            elif self.by_entity and entity_folder_too_long(r.entity):
+                reason, detail = "malformed", (
+                    f"entity id of {len(r.entity)} characters is over {FOLDER_NAME_MAX_BYTES} bytes as the folder name "
+                    "entity=<id, percent-encoded> of archive.partition_by = date,entity; shorten the id or "
+                    "partition by date only")
+            else:
                 kept.append(r)
                 continue
-            detail = (f"channel {min(clash)!r} is a column of the history ({', '.join(sorted(RESERVED))}); "
-                      "rename the channel")
-            out.dead_letters.append((batch.first + r.message.offset, "unknown_channel", detail, r.entity))
-            out.reasons["unknown_channel"] = out.reasons.get("unknown_channel", 0) + 1
+            out.dead_letters.append((batch.first + r.message.offset, reason, detail, r.entity))
+            out.reasons[reason] = out.reasons.get(reason, 0) + 1
         ok = kept
         if not ok:
             return None
@@ -223,6 +233,19 @@ class ArchiveCore:
         out.flushes += 1
         out.flushed[partition] = buf.last + 1
         self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
+
+
+FOLDER_NAME_MAX_BYTES = 255   # a file or folder name, on every common local and network file system
+
+
+@functools.lru_cache(maxsize=65_536)
+def entity_folder_too_long(entity: str) -> bool:
+    """Whether ``entity=<id>`` (the hive folder, percent-encoded as the writer does) is too long a name.
+
+    >>> entity_folder_too_long("pump-7"), entity_folder_too_long("泵" * 27), entity_folder_too_long("泵" * 28)
+    (False, False, True)
+    """
+    return len("entity=") + len(entity_folder(entity)) > FOLDER_NAME_MAX_BYTES
 
 
 #: Columns of the history besides the channels: a channel of one of these names would replace

@@ -19,6 +19,7 @@ re-run that cuts its flushes at other offsets never leaves a stale copy of a row
 """
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
 import urllib.parse
@@ -113,10 +114,15 @@ def hive_groups(table: pa.Table, partition_by: tuple[str, ...]) -> list[tuple[st
         i = first[g]
         directory = f"date={np.datetime64(int(days[i]), 'D')}"
         if names is not None:
-            directory += "/entity=" + urllib.parse.quote(str(names[codes[i]]), safe="")
+            directory += "/entity=" + entity_folder(str(names[codes[i]]))
         rows = table if order is None else table.take(order[bounds[g]:bounds[g + 1]])
         out.append((directory, rows))
     return out
+
+
+def entity_folder(entity: str) -> str:
+    """The entity's hive folder value: percent-encoded, so any id is one folder name."""
+    return urllib.parse.quote(entity, safe="")
 
 
 def file_name(topic: str, partition: int, first: int, last: int) -> str:
@@ -166,8 +172,12 @@ class ArchiveWriter:
         if state.pending:
             for rel in state.pending:
                 for p in (posixpath.join(self.base, rel), _tmp_path(posixpath.join(self.base, rel))):
-                    if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
-                        self.fs.delete_file(p)
+                    try:
+                        if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
+                            self.fs.delete_file(p)
+                    except OSError as exc:   # a name too long to exist (an older release wrote it)
+                        if exc.errno != errno.ENAMETOOLONG:
+                            raise
             state = replace(state, pending=())
             self._put(path, state.to_json())
         self._states[(topic, partition)] = state
