@@ -12,7 +12,10 @@ Nothing lost, nothing doubled, without transactions: offsets are committed only 
 files holding the records are durable (see ``writer.py``), and the archive's own marker,
 not the group's commit, says where to resume: a partition restarts at
 ``max(committed, last archived + 1)``, after the files of a flush a crash cut short are
-deleted. Dead letters are at least once (a crash can send one twice, as in the stream).
+deleted. A crash can send a dead letter twice, as in the stream. It can also lose one: a file
+flush in the worker moves the marker past a bad record before this process has produced its
+letter, and a crash (or a failed send) in between resumes after it. Closing that window (the
+marker held back until the letters are acknowledged) is not built yet.
 
 The Kafka client stays in this process; decoding and Parquet writing run in one worker
 process (:class:`~stream_ae.archiver.core.ArchiveCore`), fed in poll order, so that they use
