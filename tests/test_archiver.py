@@ -195,6 +195,7 @@ def test_a_lost_partition_drops_its_buffer_where_a_revoked_one_archives_it(tmp_p
     archiver._pool = worker.start(archiver._core_kwargs(), in_process=True)
     forgotten = []
     archiver.membership = SimpleNamespace(forget=forgotten.extend)
+    archiver._producer = SimpleNamespace(flush=lambda: None)   # no dead letters here to acknowledge
     for p, entity in ((0, "kept"), (1, "dropped")):
         archiver._pool.submit(worker.call, "recover", p).result()
         archiver._owned.add(p)

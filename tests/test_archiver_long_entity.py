@@ -42,6 +42,7 @@ def test_the_same_id_is_archived_when_partitioned_by_date_only(tmp_path):
     core.recover(0)
     long_id = "line-7/" + "x" * 240
     out = core.ingest(0, *pack([_Record(i, _reading(long_id, T0_MS + i, {"p": 1.0})) for i in range(2)]))
+    core.flush()
     assert out.dead_letters == [] and History.open(str(tmp_path)).count_rows() == 2
 
 

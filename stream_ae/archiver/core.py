@@ -46,6 +46,7 @@ class Outcome:
     dead_letters: list[tuple[int, str, str, str | None]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     flushed: dict[int, int] = field(default_factory=dict)
+    due: list[int] = field(default_factory=list)   # partitions with a file to write: ask flush(due_only=True)
     rows: int = 0
     files: int = 0
     flushes: int = 0
@@ -62,6 +63,15 @@ class _Buffer:
         self.rows = 0
         self.channels: set[str] = set()   # this file's own: a retired sensor is no column of later files
         self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
+        self.sealed: list[tuple[_Buffer, PartitionState]] = []   # full files, with the state after each
+
+    def seal(self) -> None:
+        """Close the file at ``file_rows``: it waits for :meth:`ArchiveCore.flush`; a new one opens."""
+        done = _Buffer(PartitionState())
+        done.__dict__.update(self.__dict__, sealed=[])
+        state = PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts))
+        self.sealed.append((done, state))
+        self.first, self.tables, self.rows, self.channels = None, [], 0, set()
 
 
 class ArchiveCore:
@@ -105,17 +115,30 @@ class ArchiveCore:
             batch = _Batch(joined, starts[a:b], lengths[a:b], a)
             self._accept(buf, batch, out)
             if buf.rows >= self.file_rows:
-                self._flush(partition, out)
+                buf.seal()
+                out.due.append(partition)
             a = b
         return out
 
+    def due(self) -> Outcome:
+        """Which partitions have a file to write: a full one, or one older than ``max_file_age_s``."""
+        now = time.monotonic()
+        return Outcome(due=[p for p, buf in self._buffers.items() if buf.sealed or (
+            buf.first is not None and now - buf.started >= self.max_file_age_s)])
+
     def flush(self, partitions: list[int] | None = None, due_only: bool = False, forget: bool = False) -> Outcome:
-        """Write the buffers (all, or those older than ``max_file_age_s``) durably."""
+        """Write the buffers durably: the full files, then the open one (always, or when older than
+        ``max_file_age_s`` with ``due_only``). The caller has produced (and had acknowledged) the
+        dead letters of every record ingested so far: the marker moves past them here."""
         out, now = Outcome(), time.monotonic()
         for p in list(self._buffers) if partitions is None else partitions:
             buf = self._buffers.get(p)
-            if buf is not None and buf.first is not None and (not due_only or now - buf.started >= self.max_file_age_s):
-                self._flush(p, out)
+            if buf is not None:
+                for done, state in buf.sealed:
+                    self._write(p, done, state, out)
+                buf.sealed = []
+                if buf.first is not None and (not due_only or now - buf.started >= self.max_file_age_s):
+                    self._flush(p, out)
             if forget:
                 self._buffers.pop(p, None)
         return out
@@ -221,18 +244,19 @@ class ArchiveCore:
 
     def _flush(self, partition: int, out: Outcome) -> None:
         buf = self._buffers[partition]
-        channels = tuple(sorted(buf.channels))
+        self._write(partition, buf, PartitionState(buf.last, tuple(sorted(buf.channels)), dict(buf.last_ts)), out)
+        self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
+
+    def _write(self, partition: int, buf: _Buffer, state: PartitionState, out: Outcome) -> None:
         table = None
         if buf.tables:
             table = pa.concat_tables(buf.tables, promote_options="default")   # a chunk's missing: null
-            table = table.select(["entity", "timestamp", *channels])
-        files = self.writer.write(self.topic, partition, buf.first, buf.last, table,
-                                  PartitionState(buf.last, channels, dict(buf.last_ts)))
+            table = table.select(["entity", "timestamp", *state.channels])
+        files = self.writer.write(self.topic, partition, buf.first, buf.last, table, state)
         out.rows += buf.rows
         out.files += len(files)
         out.flushes += 1
         out.flushed[partition] = buf.last + 1
-        self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
 
 
 FOLDER_NAME_MAX_BYTES = 255   # a file or folder name, on every common local and network file system

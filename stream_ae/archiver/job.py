@@ -3,7 +3,8 @@
 One consumer group of its own (``archive.group_id``), offsets committed by hand. Per
 topic-partition, valid readings are buffered and rolled into files at
 ``archive.file_rows`` rows or ``archive.max_file_age_s`` seconds (memory is bounded by
-``file_rows`` rows per assigned partition, plus a few polls in flight). Invalid readings go
+``file_rows`` rows per assigned partition, plus a few polls in flight and a full file that
+waits for them). Invalid readings go
 to the archiver's own dead-letter topic (``archive.dead_letter_topic``) with the stream's
 reasons: the codec's, and ``duplicate`` / ``out_of_order`` per entity (a backfill refuses
 an archive that goes back in time).
@@ -12,10 +13,11 @@ Nothing lost, nothing doubled, without transactions: offsets are committed only 
 files holding the records are durable (see ``writer.py``), and the archive's own marker,
 not the group's commit, says where to resume: a partition restarts at
 ``max(committed, last archived + 1)``, after the files of a flush a crash cut short are
-deleted. A crash can send a dead letter twice, as in the stream. It can also lose one: a file
-flush in the worker moves the marker past a bad record before this process has produced its
-letter, and a crash (or a failed send) in between resumes after it. Closing that window (the
-marker held back until the letters are acknowledged) is not built yet.
+deleted. Dead letters are at least once (a crash can send one twice, as in the stream): the
+worker only writes a file, which moves the marker past its records, when this process asks,
+after it has produced every dead letter of what the worker holds and had them acknowledged.
+It asks only while it is still sure of its partitions (``membership.fresh()``), so polls
+handed over before a stall that cost them write nothing.
 
 The Kafka client stays in this process; decoding and Parquet writing run in one worker
 process (:class:`~stream_ae.archiver.core.ArchiveCore`), fed in poll order, so that they use
@@ -82,6 +84,7 @@ class Archiver:
         self._consumer = self._producer = self._pool = self.membership = None
         self._closing = False
         self._failed: BaseException | None = None
+        self._due = False   # the worker holds a file to write (a full one, or one past max_file_age_s)
         self._lock = threading.RLock()  # the rebalance listener runs on the client's IO thread
 
     def _core_kwargs(self) -> dict:
@@ -126,8 +129,7 @@ class Archiver:
                     break
             if self.membership.confirm():  # not after a stall that cost the partitions
                 with self._lock:
-                    self._drain()
-                    self._apply(_result(self._pool.submit(worker.call, "flush", None)))
+                    self._write_files(None, due_only=False)
                 self._commit()
         return self.report
 
@@ -152,10 +154,12 @@ class Archiver:
                     n += len(batch)
                     fut = self._pool.submit(worker.call, "ingest", tp.partition, *worker.pack(batch))
                     self._in_flight.append((fut, batch))
-            if age_check and self.membership.fresh():
-                self._in_flight.append((self._pool.submit(worker.call, "flush", None, True), None))
+            if age_check:   # answered in order, as the polls: which files are due
+                self._in_flight.append((self._pool.submit(worker.call, "due"), None))
             while self._in_flight and (self._in_flight[0][0].done() or len(self._in_flight) > MAX_IN_FLIGHT):
                 self._apply(*self._pop())
+            if self._due and self.membership.fresh():
+                self._write_files(None, due_only=True)
         self._seek(seeks)
         self._commit()
         self.report.consumed += n
@@ -173,6 +177,7 @@ class Archiver:
                 self._send_failed)
         for reason, count in out.reasons.items():
             r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count
+        self._due = self._due or bool(out.due)
         r.rows, r.files, r.flushes = r.rows + out.rows, r.files + out.files, r.flushes + out.flushes
         if out.flushed:
             r.last_flush_at = time.perf_counter()
@@ -181,6 +186,17 @@ class Archiver:
     def _drain(self) -> None:
         while self._in_flight:
             self._apply(*self._pop())
+
+    def _write_files(self, parts: list[int] | None, due_only: bool, forget: bool = False) -> None:
+        """Have the worker write files (moving the marker past their records) once every dead letter
+        of what it holds is produced and acknowledged: a crash then cannot resume past an unsent one."""
+        self._drain()
+        self._producer.flush()
+        if self._failed is not None:
+            raise StreamAEError(f"a dead letter could not be produced ({self._failed!r}); no file was written "
+                                "past it: a restart reads its record again")
+        self._due = False
+        self._apply(_result(self._pool.submit(worker.call, "flush", parts, due_only, forget)))
 
     def _send_failed(self, exc) -> None:
         log.error("a dead letter could not be produced: %r; not committing", exc)
@@ -239,8 +255,7 @@ class Archiver:
             if self._closing or not parts:
                 return
             try:
-                self._drain()
-                self._apply(_result(self._pool.submit(worker.call, "flush", parts, False, True)))
+                self._write_files(parts, due_only=False, forget=True)
             except Exception as exc:  # raised in the poll loop; the next owner resumes from the marker
                 self._failed = exc
             self._forget(parts)
