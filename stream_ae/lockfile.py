@@ -5,7 +5,8 @@ The lock is an ``flock`` on the file, not the file's existence. A holder killed 
 "stale lock" to guess about and break: breaking one by age or by a dead pid lets two waiters
 that both judged it stale each delete the other's fresh lock and both go on. The holder
 deletes the file before it lets go; a waiter that locked the deleted file sees that its path
-names another file (or none) and tries again.
+names another file (or none) and tries again. On NFS, hosts exclude each other only where the
+mount passes locks to the server (not with ``nolock`` or ``local_lock=flock``).
 
 >>> import os, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), ".job.lock")
@@ -39,7 +40,10 @@ def holder_of(path: str) -> dict:
 def _acquire(path: str) -> int | None:
     """A locked descriptor of the file at ``path`` now, or None when another holds it."""
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except PermissionError:   # another user's file (a shared registry): a read-only one locks as well
+            fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -64,11 +68,13 @@ def exclusive(path: str, timeout_s: float, busy: Callable[[dict], Exception],
             raise busy(holder_of(path))
         time.sleep(poll_s)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": dt.datetime.now(dt.timezone.utc).isoformat()}).encode())
+        with contextlib.suppress(OSError):   # read-only (another user's file): the holder goes unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": dt.datetime.now(dt.timezone.utc).isoformat()}).encode())
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)   # while still locked: see the module doc
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):   # not a file someone put in its place
+                os.unlink(path)   # while still locked: see the module doc
         os.close(fd)

@@ -299,10 +299,10 @@ class Registry:
                 lineage = (lineage + [version])[-_LINEAGE_MAX:]
             record = {"deployment": deployment, "version": version, "previous": now_serving,
                       "promoted_at": _now(), "reason": reason, "sequence": (old or {}).get("sequence", 0) + 1,
-                      "lineage": lineage}
+                      "lineage": lineage, "previous_entry": (old or {}).get("entry")}
             stamp = record["promoted_at"].replace("-", "").replace(":", "").replace(".", "")
-            entry = self._join(DEPLOYMENTS, deployment, "history",
-                               f"{stamp}-{record['sequence']:06d}-{version}.json")
+            record["entry"] = f"{stamp}-{record['sequence']:06d}-{version}.json"   # the links history() walks
+            entry = self._join(DEPLOYMENTS, deployment, "history", record["entry"])
             self._write_json(entry, record, replace=False)   # history first: a pointer is never unrecorded
             self._write_json(path, record, replace=True)
         return record
@@ -329,14 +329,16 @@ class Registry:
         applied, follows = [], pointer   # walk back from the pointer: each promotion names the one before
         for seq in range(pointer.get("sequence", 0) if pointer else 0, 0, -1):
             entries = by_sequence.get(seq, [])
-            linked = [r for r in entries if r == follows] or \
-                [r for r in entries if follows is not None and r["version"] == follows["version"]]
+            named = (follows or {}).get("entry")   # entries before session 34 have no name links: their version
+            linked = [r for r in entries if named and r.get("entry") == named] or [r for r in entries if r == follows] \
+                or [r for r in entries if follows is not None and r["version"] == follows["version"]]
             # among entries of one sequence, only the pointer's links say which took effect; wall-clock
             # stamps from different hosts do not (the latest is a guess, used where a link is missing)
             pick = max(linked or entries, key=lambda r: r.get("promoted_at", ""), default=None)
             if pick is not None:
                 applied.append(pick)
-            follows = {"version": pick["previous"]} if pick and pick.get("previous") else None
+            follows = {"version": pick["previous"], "entry": pick.get("previous_entry")} \
+                if pick and pick.get("previous") else None
         return applied[::-1]
 
     def deployments(self) -> list[str]:

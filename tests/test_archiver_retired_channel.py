@@ -42,3 +42,16 @@ def test_a_channel_seen_once_is_not_carried_into_later_files_even_across_a_resta
     assert later.channels == ("temp",) and later.count_rows() == 20
     whole = History.open(str(tmp_path))   # and the whole archive still has it
     assert whole.channels == ("temp", "tmep") and whole.count_rows() == 30
+
+
+def test_a_channel_only_a_rejected_reading_carried_is_no_column_of_the_file(tmp_path):
+    core = ArchiveCore("t", str(tmp_path), file_rows=100)
+    core.recover(0)
+    core.ingest(0, *pack([_Record(0, _reading("a", T0_MS, {"x": 1.0}))]))
+    core.flush()
+    out = core.ingest(0, *pack([_Record(1, _reading("a", T0_MS, {"old": 5.0})),   # a late duplicate, retired channel
+                                _Record(2, _reading("a", T0_MS + 1000, {"x": 2.0}))]))
+    core.flush()
+    assert [reason for _, reason, _, _ in out.dead_letters] == ["duplicate"]
+    assert [pq.read_schema(f).names for f in sorted(tmp_path.rglob("*.parquet"))] == \
+        [["entity", "timestamp", "x"], ["entity", "timestamp", "x"]]

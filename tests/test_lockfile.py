@@ -132,3 +132,28 @@ def test_processes_contending_for_one_lock_never_hold_it_together(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert overlaps.value == 0
     assert not os.path.exists(lock)   # each holder deletes it as it lets go
+
+
+def test_a_lock_file_of_another_user_is_locked_read_only(tmp_path, monkeypatch):
+    """A shared registry: the file another user created (mode 0644) opens read-only, which locks as well."""
+    real_open = os.open
+
+    def as_another_user(path, flags, *mode):
+        if flags & os.O_RDWR and os.path.exists(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *mode)
+
+    lock = str(tmp_path / ".x.lock")
+    thread, release = _hold_in_a_thread(lockfile.exclusive(lock, timeout_s=1, busy=RuntimeError))
+    monkeypatch.setattr(lockfile.os, "open", as_another_user)
+    try:
+        with pytest.raises(TimeoutError):   # waits for the holder, then says busy; not a PermissionError
+            with lockfile.exclusive(lock, timeout_s=0.3, busy=lambda holder: TimeoutError(holder)):
+                pass
+    finally:
+        release.set()
+        thread.join(5)
+    (tmp_path / ".x.lock").write_text("{}")   # left behind by a holder that was killed
+    with lockfile.exclusive(lock, timeout_s=1, busy=RuntimeError):
+        assert lockfile.holder_of(lock) == {}   # it could not write its name into a read-only file
+    assert not os.path.exists(lock)

@@ -50,3 +50,17 @@ def test_the_same_version_promoted_again_after_an_interruption_is_the_pointers_e
     reg.promote("prod", v2, reason="retried")
     assert reg.history("prod")[-1] == reg.pointer("prod")
     assert reg.history("prod")[-1]["reason"] == "retried"
+
+
+def test_the_same_version_interrupted_then_promoted_stays_right_once_a_later_promotion_follows(three, monkeypatch):
+    reg, (v1, v2, v3) = three
+    reg.promote("prod", v1, reason="first")
+    real_now = registry_module._now
+    monkeypatch.setattr(registry_module, "_now", lambda: "2099-01-01T00:00:00.000000Z")
+    interrupt_pointer_write(reg, monkeypatch)
+    with pytest.raises(Crash):
+        reg.promote("prod", v2, reason="interrupted")
+    monkeypatch.setattr(registry_module, "_now", real_now)
+    reg.promote("prod", v2, reason="took effect")
+    reg.promote("prod", v3, reason="third")   # sequence 2 is now found by v3's link, not the pointer itself
+    assert [h["reason"] for h in reg.history("prod")] == ["first", "took effect", "third"]

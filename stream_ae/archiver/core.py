@@ -175,8 +175,8 @@ class ArchiveCore:
             table = table.filter(pa.array(keep))
         if table.num_rows:
             buf.tables.append(table)
-            buf.rows += table.num_rows
-            buf.channels.update(columns)
+            buf.rows += table.num_rows   # a channel only rejected rows carried is no column of the file
+            buf.channels.update(c for c in columns if table.column(c).null_count < table.num_rows)
 
     def _decode_fast(self, batch: "_Batch"):
         n = len(batch.lengths)

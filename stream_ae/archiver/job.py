@@ -195,7 +195,8 @@ class Archiver:
         if self._failed is not None:
             raise StreamAEError(f"a dead letter could not be produced ({self._failed!r}); no file was written "
                                 "past it: a restart reads its record again")
-        self._due = False
+        if parts is None:   # all partitions' due files: nothing is due after this
+            self._due = False
         self._apply(_result(self._pool.submit(worker.call, "flush", parts, due_only, forget)))
 
     def _send_failed(self, exc) -> None:
