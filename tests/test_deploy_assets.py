@@ -198,8 +198,10 @@ def test_detector_replicas_do_not_exceed_the_readings_partitions():
 def test_detector_grace_period_outlasts_a_batch_a_flush_and_a_checkpoint():
     dep, _, settings = _detector()
     checkpoint_s = settings.kafka.checkpoint_interval_s
-    flush_s = settings.kafka.client.get("request_timeout_ms", 30_000) / 1000
-    needed = checkpoint_s + settings.batch.max_wait_ms / 1000 + flush_s
+    # a producer flush waits up to delivery_timeout_ms (kafka-python's default 120 s), not request_timeout_ms;
+    # a stop flushes twice (the checkpoint's settle and write), then closes the producer (10 s)
+    flush_s = settings.kafka.client.get("delivery_timeout_ms", 120_000) / 1000
+    needed = checkpoint_s + settings.batch.max_wait_ms / 1000 + 2 * flush_s + 10
     grace = pod_spec(dep)["terminationGracePeriodSeconds"]
     assert grace > needed, f"terminationGracePeriodSeconds {grace} <= {needed:.1f} s needed for a clean stop"
 
@@ -219,6 +221,20 @@ def test_retrain_cronjob_never_overlaps_and_reports_failure():
     assert job["template"]["spec"]["restartPolicy"] == "Never"   # a failed run shows as a failed pod
     fields = cron["spec"]["schedule"].split()
     assert len(fields) == 5, f"schedule {cron['spec']['schedule']!r} is not a 5-field cron expression"
+    # bad settings (2) and a conflict (3) are not retried: a retry repeats the error or waits on the lock again
+    from jobs.retrain import __doc__ as exit_codes
+
+    assert "2 bad settings or flags; 3 conflict" in " ".join(exit_codes.split())
+    rules = job["podFailurePolicy"]["rules"]
+    container = job["template"]["spec"]["containers"][0]["name"]
+    assert [(r["action"], r["onExitCodes"]["containerName"], r["onExitCodes"]["operator"],
+             sorted(r["onExitCodes"]["values"])) for r in rules] == [("FailJob", container, "In", [2, 3])]
+
+
+def test_detector_disruption_budget_lets_a_drain_evict_pods_that_are_not_ready():
+    pdb = one_object("PodDisruptionBudget", "stream-ae-detector")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"   # a spare replica is never ready
 
 
 def test_backfill_indexed_job_shards_cover_every_entity_exactly_once():
