@@ -167,6 +167,9 @@ def test_detector_probes_hit_the_health_endpoints_on_the_configured_port():
     live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
     assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
     assert _port(c, live["port"]) == _port(c, ready["port"]) == settings.ops.health_port
+    start = c["startupProbe"]   # a slow model download or GPU warm-up is not a dead pod
+    assert start["httpGet"]["path"] == "/healthz" and _port(c, start["httpGet"]["port"]) == settings.ops.health_port
+    assert start["periodSeconds"] * start["failureThreshold"] >= 300
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
