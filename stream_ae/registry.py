@@ -329,7 +329,7 @@ class Registry:
         applied, follows = [], pointer   # walk back from the pointer: each promotion names the one before
         for seq in range(pointer.get("sequence", 0) if pointer else 0, 0, -1):
             entries = by_sequence.get(seq, [])
-            named = (follows or {}).get("entry")   # entries before session 34 have no name links: their version
+            named = (follows or {}).get("entry")   # entries written before these links: by their version
             linked = [r for r in entries if named and r.get("entry") == named] or [r for r in entries if r == follows] \
                 or [r for r in entries if follows is not None and r["version"] == follows["version"]]
             # among entries of one sequence, only the pointer's links say which took effect; wall-clock

@@ -15,6 +15,7 @@ message, which names the reason of each dead letter.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections import namedtuple
@@ -67,8 +68,8 @@ class _Buffer:
 
     def seal(self) -> None:
         """Close the file at ``file_rows``: it waits for :meth:`ArchiveCore.flush`; a new one opens."""
-        done = _Buffer(PartitionState())
-        done.__dict__.update(self.__dict__, sealed=[])
+        done = copy.copy(self)
+        done.sealed = []
         state = PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts))
         self.sealed.append((done, state))
         self.first, self.tables, self.rows, self.channels = None, [], 0, set()
