@@ -66,12 +66,19 @@ class _Buffer:
         self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
         self.sealed: list[tuple[_Buffer, PartitionState]] = []   # full files, with the state after each
 
+    def state(self) -> PartitionState:
+        """The partition's state once this buffer's file is written (the marker's record)."""
+        return PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts))
+
+    def aged(self, now: float, max_age_s: float) -> bool:
+        """Whether its open file holds a record older than ``max_age_s`` (monotonic seconds)."""
+        return self.first is not None and now - self.started >= max_age_s
+
     def seal(self) -> None:
         """Close the file at ``file_rows``: it waits for :meth:`ArchiveCore.flush`; a new one opens."""
         done = copy.copy(self)
         done.sealed = []
-        state = PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts))
-        self.sealed.append((done, state))
+        self.sealed.append((done, self.state()))
         self.first, self.tables, self.rows, self.channels = None, [], 0, set()
 
 
@@ -124,8 +131,7 @@ class ArchiveCore:
     def due(self) -> Outcome:
         """Which partitions have a file to write: a full one, or one older than ``max_file_age_s``."""
         now = time.monotonic()
-        return Outcome(due=[p for p, buf in self._buffers.items() if buf.sealed or (
-            buf.first is not None and now - buf.started >= self.max_file_age_s)])
+        return Outcome(due=[p for p, buf in self._buffers.items() if buf.sealed or buf.aged(now, self.max_file_age_s)])
 
     def flush(self, partitions: list[int] | None = None, due_only: bool = False, forget: bool = False) -> Outcome:
         """Write the buffers durably: the full files, then the open one (always, or when older than
@@ -138,7 +144,7 @@ class ArchiveCore:
                 for done, state in buf.sealed:
                     self._write(p, done, state, out)
                 buf.sealed = []
-                if buf.first is not None and (not due_only or now - buf.started >= self.max_file_age_s):
+                if buf.first is not None and (not due_only or buf.aged(now, self.max_file_age_s)):
                     self._flush(p, out)
             if forget:
                 self._buffers.pop(p, None)
@@ -245,7 +251,7 @@ class ArchiveCore:
 
     def _flush(self, partition: int, out: Outcome) -> None:
         buf = self._buffers[partition]
-        self._write(partition, buf, PartitionState(buf.last, tuple(sorted(buf.channels)), dict(buf.last_ts)), out)
+        self._write(partition, buf, buf.state(), out)
         self._buffers[partition] = _Buffer(self.writer.state(self.topic, partition))
 
     def _write(self, partition: int, buf: _Buffer, state: PartitionState, out: Outcome) -> None:
