@@ -15,6 +15,7 @@ import fnmatch
 import importlib
 import importlib.util
 import json
+import math
 import re
 import tomllib
 
@@ -170,6 +171,7 @@ def test_detector_probes_hit_the_health_endpoints_on_the_configured_port():
     start = c["startupProbe"]   # a slow model download or GPU warm-up is not a dead pod
     assert start["httpGet"]["path"] == "/healthz" and _port(c, start["httpGet"]["port"]) == settings.ops.health_port
     assert start["periodSeconds"] * start["failureThreshold"] >= 300
+    assert math.isinf(settings.model.wait_for_model_s), "a new cluster's detectors crash-loop until a first model"
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -308,6 +310,8 @@ def test_compose_detector_scales_up_to_the_partitions_and_stops_gracefully():
     services = compose_file()["services"]
     detector = services["detector"]
     assert "ports" not in detector, "published ports would stop `--scale detector=N`"
+    inv = next(i for i in compose_invocations() if i.where.endswith("detector"))
+    assert math.isinf(settings_for(inv, inv.argv).model.wait_for_model_s), "it would restart until a first model"
     assert detector["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert int(detector["stop_grace_period"].rstrip("s")) > 30
     for name in ("archiver", "retrain"):

@@ -91,6 +91,8 @@ class StreamMetrics:
                                        "deployment names that failed (the running model stayed)", registry=r)
         self.model_info = Gauge("stream_ae_model_info", "The model in use (value 1)", ["version"], registry=r)
         self.last_poll = 0.0
+        self.waited_at = 0.0   # the last check for a first model (model.wait_for_model_s), while waiting
+        self.waiting_for_model = False
         self.assigned: list[int] = []
         self.model_version: str | None = None
         self.running = False
@@ -109,6 +111,10 @@ class StreamMetrics:
 
     def polled(self) -> None:
         self.last_poll = time.time()
+
+    def waiting(self, on: bool) -> None:
+        """Waiting for the deployment to name a first version: alive (a check just ran), not ready."""
+        self.waiting_for_model, self.waited_at = on, time.time()
 
     def set_assignment(self, partitions) -> None:
         """The partitions this member holds now; the lag series of any it gave up go away (a
@@ -179,6 +185,7 @@ class StreamMetrics:
             "seconds_since_poll": round(time.time() - self.last_poll, 3) if self.last_poll else None,
             "assigned_partitions": sorted(self.assigned),
             "model_version": self.model_version,
+            "waiting_for_model": self.waiting_for_model,
             "seconds_since_heartbeat": None if self.heartbeat_age_s is None else round(self.heartbeat_age_s, 3),
             "broker_reachable": self.heartbeat_age_s is None or self.heartbeat_age_s <= self.heartbeat_limit_s,
             "thresholds_warming_up": self.warming_up(),

@@ -4,8 +4,9 @@ Stdlib ``http.server`` in a daemon thread per port; nothing else. The runner is 
 called from here: the handlers only read :class:`~stream_ae.stream.metrics.StreamMetrics`.
 
 * ``/healthz``: 200 while the consume loop is alive, i.e. it polled within ``stale_after_s``
-  (or the service started less than that ago and is still loading); 503 otherwise, so an
-  orchestrator restarts a wedged process.
+  (or the service started less than that ago and is still loading, or it is waiting for a
+  first model and checked the registry within that time); 503 otherwise, so an orchestrator
+  restarts a wedged process.
 * ``/readyz``: 200 when the runner runs, a model is loaded and partitions are assigned; 503
   otherwise (e.g. while joining the group, or a spare member of a group with fewer partitions
   than members).
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def liveness(metrics, started_at: float, stale_after_s: float) -> tuple[bool, dict]:
     """(alive, body) from the runner's last poll."""
     health = metrics.health()
-    last = metrics.last_poll or started_at
+    last = max(metrics.last_poll, metrics.waited_at) or started_at
     alive = time.time() - last <= stale_after_s
     return alive, {"status": "alive" if alive else "stalled", "stale_after_s": stale_after_s, **health}
 
@@ -40,7 +41,8 @@ def readiness(metrics) -> tuple[bool, dict]:
     health = metrics.health()
     ready = bool(health["running"] and health["model_version"] and health["assigned_partitions"]
                  and health["broker_reachable"])
-    status = "ready" if ready else "broker unreachable" if not health["broker_reachable"] else "not ready"
+    status = "ready" if ready else "broker unreachable" if not health["broker_reachable"] else \
+        "waiting for a model" if health["waiting_for_model"] else "not ready"
     return ready, {"status": status, **health}
 
 

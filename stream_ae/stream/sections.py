@@ -102,6 +102,8 @@ class ModelSettings(_Section):
     # fp32, or bf16 (CUDA, or a CPU with native bf16: ~1.5x faster there) / fp16 (CUDA)
     precision: Literal[PRECISIONS] = "fp32"
     reload_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0   # 0: never look for a new version
+    # at start, wait this long for model.deployment to name a version (0: fail at once; inf: for good)
+    wait_for_model_s: Annotated[float, Meta(ge=0.0)] = 0.0
 
     def __post_init__(self):
         if self.deployment and self.artifact:

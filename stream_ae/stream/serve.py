@@ -1,4 +1,4 @@
-"""``stream-ae serve``: settings → logging → model → HTTP endpoints → the runner, until SIGTERM.
+"""``stream-ae serve``: settings → logging → HTTP endpoints → model → the runner, until SIGTERM.
 
 Signal handlers only set a stop flag; the runner then finishes its batch, flushes the
 alerts, checkpoints, commits and closes (see ``runner.py``). Exit status: 0 after a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -41,6 +42,7 @@ class ModelWatcher:
     """
 
     RETRY_S, RETRY_MAX_S = 10.0, 600.0
+    FIRST_CHECK_S = 5.0   # how often a deployment with no version yet is read (model.wait_for_model_s)
 
     def __init__(self, settings, on_ready: Callable[[object], None] | None = None):
         m = settings.model
@@ -67,21 +69,56 @@ class ModelWatcher:
     def watching(self) -> bool:
         return self.registry is not None
 
-    def initial(self):
-        """The Scorer to start with (raises ConfigError / ArtifactError when there is none)."""
+    def initial(self, stop: threading.Event | None = None, metrics=None):
+        """The Scorer to start with (raises ConfigError / ArtifactError when there is none), after
+        waiting up to ``model.wait_for_model_s`` for the deployment to name a version; None when
+        ``stop`` is set while waiting."""
         from stream_ae.artifact import load_artifact, reload_shape
 
         if self.registry is None:
             scorer = self._scorer(load_artifact(self.settings.model.artifact))
         else:
-            version = self.registry.current(self.deployment)
+            version = self._first_version(stop or threading.Event(), metrics)
             if version is None:
-                raise ConfigError(f"deployment {self.deployment!r} has no version in the registry at "
-                                  f"{mask_uri(self.settings.model.registry)!r}; promote one first")
+                return None
             scorer = self._scorer(load_artifact(self.registry.artifact_path(version)))
         self.version = scorer.version
         self._shape = reload_shape(scorer.artifact)
         return scorer
+
+    def _first_version(self, stop: threading.Event, metrics) -> str | None:
+        """The version the deployment names, checked every ``FIRST_CHECK_S`` for up to
+        ``model.wait_for_model_s`` (a new deployment whose first model is still being trained);
+        None if ``stop`` is set meanwhile. A registry that cannot be read while waiting is logged."""
+        wait_s = self.settings.model.wait_for_model_s
+        where = f"the registry at {mask_uri(self.settings.model.registry)!r}"
+        version = self.registry.current(self.deployment)
+        if version is None and wait_s > 0:
+            log.warning("deployment %r has no version in %s yet: waiting %s for one to be promoted "
+                        "(model.wait_for_model_s); /readyz answers 503 meanwhile", self.deployment, where,
+                        "for good" if math.isinf(wait_s) else f"up to {wait_s:g} s")
+            deadline = time.monotonic() + wait_s
+            while version is None and not stop.is_set() and time.monotonic() < deadline:
+                if metrics is not None:
+                    metrics.waiting(True)
+                if stop.wait(min(self.FIRST_CHECK_S, max(0.0, deadline - time.monotonic()))):
+                    break
+                try:
+                    version = self.registry.current(self.deployment)
+                except (OSError, StreamAEError) as exc:
+                    log.warning("cannot read deployment %r while waiting for its first version: %s",
+                                self.deployment, exc)
+            if metrics is not None:
+                metrics.waiting(False)
+            if version is None and stop.is_set():
+                log.info("stopped while waiting for deployment %r to name a version", self.deployment)
+                return None
+        if version is None:
+            waited = f" after waiting {wait_s:g} s (model.wait_for_model_s)" if wait_s > 0 else \
+                " (or set model.wait_for_model_s to wait for one)"
+            raise ConfigError(f"deployment {self.deployment!r} has no version in {where}{waited}; "
+                              "promote one first")
+        return version
 
     def _scorer(self, artifact):
         from stream_ae.stream.model_swap import stream_scorer
@@ -214,31 +251,32 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     configure_logging(settings.ops, secrets=settings.secret_values())
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
     stop = stop or threading.Event()
-    with stop_on_signals(stop):
+    metrics = StreamMetrics()
+    ops = settings.ops
+    stale = max(60.0, 3 * settings.kafka.session_timeout_ms / 1000)
+    with stop_on_signals(stop), contextlib.ExitStack() as stack:
         try:   # why it cannot start, as a log line too (a JSON log pipeline drops the CLI's plain line)
             watcher = ModelWatcher(settings)
+            stack.enter_context(OpsServer(metrics, ops.metrics_port, ops.health_port, stale_after_s=stale))
             check_broker(settings)
-            scorer = watcher.initial()
+            scorer = watcher.initial(stop, metrics)   # answers /healthz while it waits for a first model
         except StreamAEError as exc:
             log.error("stream-ae serve cannot start: %s", exc, extra={"fields": {"error": type(exc).__name__}})
             raise
+        if scorer is None:
+            return 0   # stopped while waiting for a first model
         log.info("model %s on %s", scorer.version, scorer.device,
                  extra={"fields": {"deployment": settings.model.deployment, "model_version": scorer.version}})
-        metrics = StreamMetrics()
-        ops = settings.ops
-        stale = max(60.0, 3 * settings.kafka.session_timeout_ms / 1000)
-        with OpsServer(metrics, ops.metrics_port, ops.health_port, stale_after_s=stale):
-            runner = StreamRunner(settings, scorer, reload=watcher if watcher.watching else None,
-                                  metrics=metrics)
-            watcher.on_ready, watcher.metrics = runner.swap_scorer, metrics
-            try:
-                runner.run(stop)
-            except StreamAEError:
-                log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
-                raise
-            except Exception:   # not ours: log with the traceback, exit non-zero
-                log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
-                return 1
+        runner = StreamRunner(settings, scorer, reload=watcher if watcher.watching else None, metrics=metrics)
+        watcher.on_ready, watcher.metrics = runner.swap_scorer, metrics
+        try:
+            runner.run(stop)
+        except StreamAEError:
+            log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
+            raise
+        except Exception:   # not ours: log with the traceback, exit non-zero
+            log.exception("stream-ae serve failed; offsets were not committed after the last checkpoint")
+            return 1
     log.info("stream-ae serve stopped gracefully",
              extra={"fields": {"consumed": metrics.sample("stream_ae_messages_consumed_total"),
                                "model_version": metrics.model_version}})
