@@ -39,7 +39,7 @@ def test_the_health_body_is_json_whatever_its_figures(value):
     from stream_ae.stream.ops import OpsServer
 
     class Metrics:
-        last_poll = None
+        last_poll, waited_at = None, 0.0
 
         def health(self):
             return {"lag": value}

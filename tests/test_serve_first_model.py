@@ -131,3 +131,18 @@ def test_serve_answers_healthz_while_it_waits_and_exits_0_on_stop(tmp_path, monk
     prober.join()
     assert status == 0
     assert seen and seen[0][0] == 503 and json.loads(seen[0][1])["waiting_for_model"] is True
+
+
+def test_before_its_first_poll_it_stays_alive_through_a_slow_model_load_for_the_start_grace():
+    """The health port opens before the model loads: a download or GPU warm-up longer than
+    stale_after_s must not fail liveness (a restart mid-load would be a crash loop)."""
+    from stream_ae.stream.metrics import StreamMetrics
+    from stream_ae.stream.ops import START_GRACE_S, liveness
+
+    metrics, now = StreamMetrics(), time.time()
+    assert liveness(metrics, now - 75, stale_after_s=60)[0]                      # loading for 75 s
+    assert not liveness(metrics, now - START_GRACE_S - 1, stale_after_s=60)[0]  # a load that hangs
+    metrics.waiting(False)                                                       # a first model came just now
+    assert liveness(metrics, now - 10 * START_GRACE_S, stale_after_s=60)[0]
+    metrics.last_poll = now - 61                                                 # running: polls count alone
+    assert not liveness(metrics, now, stale_after_s=60)[0]

@@ -3,10 +3,11 @@
 Stdlib ``http.server`` in a daemon thread per port; nothing else. The runner is never
 called from here: the handlers only read :class:`~stream_ae.stream.metrics.StreamMetrics`.
 
-* ``/healthz``: 200 while the consume loop is alive, i.e. it polled within ``stale_after_s``
-  (or the service started less than that ago and is still loading, or it is waiting for a
-  first model and checked the registry within that time); 503 otherwise, so an orchestrator
-  restarts a wedged process.
+* ``/healthz``: 200 while the consume loop is alive, i.e. it polled within ``stale_after_s``;
+  before its first poll, while the service started (or, waiting for a first model, last
+  checked the registry) less than ``START_GRACE_S`` (5 min) ago: checking the broker,
+  downloading and warming up the model. 503 otherwise, so an orchestrator restarts a wedged
+  process.
 * ``/readyz``: 200 when the runner runs, a model is loaded and partitions are assigned; 503
   otherwise (e.g. while joining the group, or a spare member of a group with fewer partitions
   than members).
@@ -27,11 +28,18 @@ from stream_ae.jsontext import dumps
 log = logging.getLogger(__name__)
 
 
+START_GRACE_S = 300.0   # before the first poll: the broker check, a model's download and warm-up
+
+
 def liveness(metrics, started_at: float, stale_after_s: float) -> tuple[bool, dict]:
-    """(alive, body) from the runner's last poll."""
+    """(alive, body) from the runner's last poll; before the first, from the start (or the last
+    check for a first model) within ``START_GRACE_S`` or ``stale_after_s``, the longer."""
     health = metrics.health()
-    last = max(metrics.last_poll, metrics.waited_at) or started_at
-    alive = time.time() - last <= stale_after_s
+    if metrics.last_poll:
+        last, limit = metrics.last_poll, stale_after_s
+    else:
+        last, limit = max(metrics.waited_at, started_at), max(stale_after_s, START_GRACE_S)
+    alive = time.time() - last <= limit
     return alive, {"status": "alive" if alive else "stalled", "stale_after_s": stale_after_s, **health}
 
 
