@@ -18,7 +18,10 @@ long it runs). Each time a bucket closes, the level is compared with the key's *
 * otherwise the level of the key's first full horizon.
 
 An event is the level leaving the reference by ``min_shift`` (0.2: scores about 22 % higher or
-18 % lower), judged only once a whole horizon has been seen; one event per excursion, which
+18 % lower), judged only once a whole horizon has been seen, and only over a horizon that holds
+scores in about as many of its buckets as usual (all but an eighth of the most seen): an outage
+inside it would leave the level of some hours of the rhythm, which is no drift. Two horizons in a
+row with fewer make that the new usual (a plant now idle at night). One event per excursion, which
 ends when the level is back within ``min_shift / 2``. A step is reported within a fraction of
 the horizon (the share of it that must hold the new level); a creep when it has added up. Windows
 the threshold flagged are left out of the level: an anomaly is not drift. So is a score stamped
@@ -133,6 +136,8 @@ class _Level:
     events: int = 0
     flagged: bool = False         # in a "flagged" excursion
     thin: int = 0                 # closes in a row whose horizon held too few values to judge (not saved)
+    usual: int = 0                # most buckets holding scores in a horizon judged
+    short: int = 0                # closes in a row not judged for holding scores in fewer buckets than usual
 
     def sums(self, upto: int, n: int) -> tuple[float, float, float, float]:
         """The four sums over the buckets [upto - n, upto)."""
@@ -285,6 +290,12 @@ class DriftMonitor:
             k.thin += 1
             return []
         k.thin = 0
+        held = sum(b - self.buckets <= o < b for o in k.buckets)
+        if held < k.usual - self.buckets // 8 and k.short < 2 * self.buckets:
+            k.short += 1  # an outage inside the horizon: its level is of some hours of the rhythm only
+            return []     # (after two horizons of it, the stream's hours have changed: the new usual)
+        k.usual = held if k.short else max(k.usual, held)
+        k.short = 0
         share, events = flagged / (count + flagged), []
         level = total / count if count >= self.min_values else math.nan
         if not math.isnan(level):
@@ -342,7 +353,8 @@ class DriftMonitor:
         flagged count]``."""
         keys = {key: {"buckets": [[b, *cell[:4 if cell[3] else 2]] for b, cell in sorted(k.buckets.items())],
                       "open": k.open, "first": k.first, "reference": k.reference, "side": k.side,
-                      "seen": k.seen, "events": k.events, "flagged": k.flagged}
+                      "seen": k.seen, "events": k.events, "flagged": k.flagged, "usual": k.usual,
+                      "short": k.short}
                 for key, k in self._keys.items()}
         return {"format": STATE_FORMAT, "params": self.params(), "keys": keys}
 
@@ -364,7 +376,8 @@ class DriftMonitor:
                 buckets[int(b)] = [float(s), int(c), float(fs), int(fc)]
             keys[key] = _Level(buckets=buckets, open=d["open"], first=d["first"], reference=d["reference"],
                                side=int(d["side"]), seen=int(d["seen"]), events=int(d["events"]),
-                               flagged=bool(d.get("flagged", False)))
+                               flagged=bool(d.get("flagged", False)), usual=int(d.get("usual", 0)),
+                               short=int(d.get("short", 0)))
         self._keys = keys
 
 

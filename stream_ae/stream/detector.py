@@ -297,8 +297,8 @@ class Detector:
                 self._emit(out, event, self.clocks.last_reading[p])
         self.clocks.prune(self.table.holds, self.table.dropped)   # states a flood dropped, whatever the silence rule
         out.windows_scored = lo
-        if ts_parts:
-            out.scores, out.flags, out.end_ts = prep.scored.score[:lo], flags, np.concatenate(ts_parts)
+        if lo:
+            out.scores, out.flags, out.end_ts = prep.scored.score[:lo], flags, after   # times bounded as the clocks'
         self.table.unpin(out.entities)
         self.table.trim()
         return out

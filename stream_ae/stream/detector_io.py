@@ -52,7 +52,10 @@ class DetectorOutput:
     # every window scored, in entity then time order: a read-only tap (drift watch, demo plot)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))    # (B,)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))           # (B,)
-    end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # (B,) ns
+    # (B,) ns: the time of each window's partition just after it (silence.PartitionClocks.around): its
+    # end, no later than its last reading's Kafka record timestamp (a sensor clock a day ahead moves
+    # no horizon), no earlier than the partition's time before it
+    end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def group_by_entity(entity: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
