@@ -100,10 +100,11 @@ def run_demo(out: Path, offline: bool = False, seed: int = 7) -> int:
 
         frames, detections = detect_streaming(out, artifact, df, train_end)
     from stream_ae.demo.plot import plot_demo
-    from stream_ae.demo.summary import match
+    from stream_ae.demo.summary import ALERTS, match
 
-    tolerance = int(artifact.window.length * FREQ_S * 1e9)
-    summary = match(injected, detections, tolerance)
+    tolerance = int(artifact.window.length * FREQ_S * 1e9)   # a window holds a fault this long after it
+    lead = int((ALERTS["n"] - 1) * artifact.window.hop * FREQ_S * 1e9)   # the k-of-n rule's first window
+    summary = match(injected, detections, tolerance, lead)
     print()
     print("\n".join(summary.lines()))
     png = plot_demo(out / "demo.png", frames, injected, detections,

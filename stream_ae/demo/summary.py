@@ -40,7 +40,8 @@ class MatchSummary:
             out.append(f"detection delay (event time): median {np.median(delays):.0f} s, "
                        f"max {delays.max():.0f} s")
         for a, d in self.found:
-            out.append(f"  found  {a.entity:<10} {a.kind:<18} after {d:>6.0f} s")
+            out.append(f"  found  {a.entity:<10} {a.kind:<18} after {d:>6.0f} s" if d >= 0 else
+                       f"  found  {a.entity:<10} {a.kind:<18} {-d:>6.0f} s before its first reading")
         for a in self.missed:
             out.append(f"  missed {a.entity:<10} {a.kind:<18}")
         return out
@@ -75,31 +76,42 @@ def alerts_to_detections(alerts, last_ts: dict) -> list[Detection]:
     return [Detection(e, s, end if end is not None else int(last_ts[e])) for e, s, end in spans.values()]
 
 
-def match(injected, detections: list[Detection], tolerance_ns: int) -> MatchSummary:
+def match(injected, detections: list[Detection], tolerance_ns: int, lead_ns: int = 0) -> MatchSummary:
     """An injected anomaly is found when a detection of its entity begins within
-    [start - tolerance, end + tolerance] and lasts into it; any other detection is a false alert.
-    One that began earlier was open on normal data when the fault came (it did not find it).
+    [start - lead, end + tolerance] and lasts into it; any other detection is a false alert.
+    ``tolerance`` is how long a window still holds the fault after it ends; ``lead`` how early
+    the first of the k flagged windows that opened an alert may end before it (the alert
+    rule's n windows). One that began earlier was open on normal data when the fault came (it
+    did not find it). A detection finds one anomaly at most: the anomalies, in time order, each
+    take the earliest detection left. The delay is signed (an alert may open within ``lead``
+    before the fault's first reading).
 
     >>> from stream_ae.data.synthetic import InjectedAnomaly
     >>> fault = InjectedAnomaly("u", "level_shift", 10_000, 10_600, ("ch_1",))
-    >>> s = match([fault], [Detection("u", 9_000, 10_050)], tolerance_ns=600)
+    >>> s = match([fault], [Detection("u", 9_900, 10_050)], tolerance_ns=600, lead_ns=50)
     >>> len(s.found), len(s.false_alerts)
     (0, 1)
-    >>> s = match([fault], [Detection("u", 9_500, 10_050)], tolerance_ns=600)
-    >>> len(s.found), len(s.false_alerts)
-    (1, 0)
+    >>> s = match([fault], [Detection("u", 9_960, 10_050)], tolerance_ns=600, lead_ns=50)
+    >>> len(s.found), len(s.false_alerts), s.delays_s().tolist()
+    (1, 0, [-4e-08])
+    >>> later = InjectedAnomaly("u", "spike", 10_900, 10_950, ("ch_1",))   # under the same alert
+    >>> s = match([fault, later], [Detection("u", 10_100, 11_000)], tolerance_ns=600)
+    >>> len(s.found), len(s.missed)
+    (1, 1)
     """
     summary = MatchSummary()
-    used = set()
-    for a in injected:
+    credited, during = set(), set()   # detections that found an anomaly / that began during one
+    for a in sorted(injected, key=lambda a: (a.start_ts, a.entity)):
         hits = [i for i, d in enumerate(detections)
                 if d.entity == a.entity and d.end_ts >= a.start_ts
-                and a.start_ts - tolerance_ns <= d.start_ts <= a.end_ts + tolerance_ns]
-        if hits:
-            first = min(detections[i].start_ts for i in hits)
-            summary.found.append((a, max(0.0, (first - a.start_ts) / 1e9)))
-            used.update(hits)
+                and a.start_ts - lead_ns <= d.start_ts <= a.end_ts + tolerance_ns]
+        during.update(hits)   # an alert that resolved and opened again within one fault is no false alert
+        left = [i for i in hits if i not in credited]
+        if left:
+            first = min(left, key=lambda i: detections[i].start_ts)
+            summary.found.append((a, (detections[first].start_ts - a.start_ts) / 1e9))
+            credited.add(first)
         else:
             summary.missed.append(a)
-    summary.false_alerts = [d for i, d in enumerate(detections) if i not in used]
+    summary.false_alerts = [d for i, d in enumerate(detections) if i not in during]
     return summary
