@@ -14,6 +14,7 @@ import sys
 import threading
 
 from stream_ae.errors import StreamAEError
+from stream_ae.redaction import mask_uri
 
 
 def build_parser(prog: str = "python -m jobs.archive") -> argparse.ArgumentParser:
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.archive") ->
     try:
         settings = settings_from_args(args)
     except StreamAEError as exc:
-        parser.error(str(exc))  # exits 2 with one line
-    from stream_ae.stream.logs import configure_logging
+        parser.error(mask_uri(str(exc)))  # exits 2 with one line
+    from stream_ae.stream.logs import configure_logging, masked_text
 
     configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     stop = threading.Event()
@@ -49,11 +50,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.archive") ->
     try:
         report = run_archiver(settings, stop, max_records=args.max_records, idle_exit_s=args.exit_when_idle)
     except (StreamAEError, OSError) as exc:   # OSError: the archive root (disk full, permissions)
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {masked_text(exc)}", file=sys.stderr)
         return 1
     except KafkaError as exc:   # no broker at the address, a refused login
         print(f"{prog}: error: Kafka at kafka.bootstrap_servers={settings.kafka.bootstrap_servers!r}: "
-              f"{exc}; check the address, the network and kafka.client security settings", file=sys.stderr)
+              f"{masked_text(exc)}; check the address, the network and kafka.client security settings", file=sys.stderr)
         return 1
     print(json.dumps({"consumed": report.consumed, "rows": report.rows, "files": report.files,
                       "flushes": report.flushes, "dead_letters": report.dead_letters}))

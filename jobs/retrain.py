@@ -20,6 +20,7 @@ import json
 import sys
 
 from stream_ae.errors import ConfigError, StreamAEError
+from stream_ae.redaction import mask_uri
 
 PROG = "python -m jobs.retrain"
 
@@ -47,22 +48,22 @@ def run(args, prog: str = PROG) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {mask_uri(str(exc))}", file=sys.stderr)
         return 2
-    from stream_ae.stream.logs import configure_logging
+    from stream_ae.stream.logs import configure_logging, masked_text
 
     configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     try:
         report = run_retrain(settings, now=args.now, schedule=args.schedule, if_drift=args.if_drift or None,
                              progress=args.progress)
     except (PromotionConflict, RetrainBusy) as exc:
-        print(f"{prog}: conflict: {exc}", file=sys.stderr)
+        print(f"{prog}: conflict: {masked_text(exc)}", file=sys.stderr)
         return 3
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {masked_text(exc)}", file=sys.stderr)
         return 2
     except (StreamAEError, OSError) as exc:   # OSError: the registry or report_dir (not a folder, permissions)
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {masked_text(exc)}", file=sys.stderr)
         return 1
     print(json.dumps({"decision": report.decision, "challenger": (report.challenger or {}).get("version"),
                       "champion": (report.champion or {}).get("version"), "reasons": report.reasons,

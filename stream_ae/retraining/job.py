@@ -39,6 +39,7 @@ from stream_ae.retraining import faults
 from stream_ae.retraining.compare import (Decision, LabelledEvent, PromotionRule, decide, holdout_metrics,
                                           swap_blocker)
 from stream_ae.retraining.report import RetrainReport, plot_scores, write_report
+from stream_ae.stream.logs import masked_text
 from stream_ae.stream.settings import parse_duration
 
 log = logging.getLogger(__name__)
@@ -310,11 +311,11 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                    {"ran_at": _wall().isoformat(), "started_at": started.isoformat(), "run_id": report.run_id,
                     "decision": report.decision, "challenger": version, "champion_at_start": champion})
     except (PromotionConflict, RetrainBusy) as exc:
-        report.decision, report.error = "conflict", str(exc)
+        report.decision, report.error = "conflict", masked_text(exc)
         _finish(report, cfg.report_dir, scores, thresholds)
         raise
     except Exception as exc:   # ours, or the unforeseen (a registry's OSError, CUDA out of memory): reported
-        report.decision, report.error = "failed", str(exc) if isinstance(exc, StreamAEError) else repr(exc)
+        report.decision, report.error = "failed", masked_text(exc if isinstance(exc, StreamAEError) else repr(exc))
         _finish(report, cfg.report_dir, scores, thresholds)
         raise
     _finish(report, cfg.report_dir, scores, thresholds)

@@ -42,6 +42,14 @@ def _scrub(text: str, secrets: tuple[str, ...] | None = None) -> str:
     return text
 
 
+def masked_text(text) -> str:
+    """What a user may see of ``text`` (an error printed or written to a report): the configured
+    secrets (:func:`configure_logging`) and every URI's credentials masked."""
+    from stream_ae.redaction import mask_uri
+
+    return mask_uri(_scrub(str(text)))
+
+
 def _mask(obj, key: str = ""):
     if any(w in key.lower() for w in _SECRET_WORDS) and obj not in (None, ""):
         return _MASK

@@ -129,8 +129,11 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
                         f"from environment variable {name}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. kafka.group_id=g1")
+        if not sep or not key.strip():   # what looks like a key only: the rest may be a mistyped secret
+            shown = re.match(r"\s*[\w.]*", item).group().strip()
+            shown = (shown + "..." if shown != item.strip() else shown) if shown else "with no key"
+            raise ConfigError(f"--set {shown}: expected section.key=value, "
+                              "e.g. kafka.group_id=g1")
         # the origin names the key only: a mistyped secret's value must not reach the error text
         _set_dotted(tree, origins, key.strip(), _unset_if_empty(key.strip(), _stripped(key.strip(), value)),
                     f"from --set {key.strip()}")
@@ -210,16 +213,32 @@ def _env_key(name: str) -> str | None:
     if "__" in rest:
         return ".".join(rest.split("__"))
     section = next((s for s in msgspec.structs.fields(Settings) if rest.startswith(s.name + "_")), None)
-    if section is not None:   # STREAM_AE_KAFKA_GROUP_ID: a typo, not an unrelated variable
+    if section is not None and _SERVICE_LINK.search(name) is None and _names_a_key(section, rest):
+        # STREAM_AE_KAFKA_GROUP_ID: a typo. STREAM_AE_KAFKA_BOOTSTRAP_SERVICE_HOST, which Kubernetes
+        # sets for a Service named stream-ae-kafka-bootstrap, is an unrelated variable
+        key = rest[len(section.name) + 1:]
+        key = "CLIENT__" + key[len("client_"):] if key.startswith("client_") else key
         raise ConfigError(f"environment variable {name}: separate section and key with a double "
-                          f"underscore, e.g. {ENV_PREFIX}{section.name.upper()}__"
-                          f"{rest[len(section.name) + 1:].upper()}")
+                          f"underscore, e.g. {ENV_PREFIX}{section.name.upper()}__{key.upper()}")
     owners = [s.name for s in msgspec.structs.fields(Settings) for f in msgspec.structs.fields(s.type)
               if f.name == rest]
     if owners:   # STREAM_AE_LOG_FORMAT: a setting without its section
         raise ConfigError(f"environment variable {name} names no section; did you mean "
                           + " or ".join(f"{ENV_PREFIX}{o.upper()}__{rest.upper()}" for o in owners) + "?")
     return None
+
+
+# the variables Kubernetes sets for each Service in the namespace (enableServiceLinks)
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$")
+
+
+def _names_a_key(section, rest: str) -> bool:
+    """Whether ``rest`` (``<section>_<key>``) is one of the section's keys, nearly (one typo), or
+    a key of its nested table (``kafka_client_...``)."""
+    key = rest[len(section.name) + 1:]
+    fields = [f.name for f in msgspec.structs.fields(section.type)]
+    return bool(difflib.get_close_matches(key, fields, n=1, cutoff=0.9)) or \
+        any(key.startswith(f + "_") for f in fields if f == "client")
 
 
 def _merge(tree: dict, origins: dict, new: Mapping, origin: str, prefix: str = "") -> None:
