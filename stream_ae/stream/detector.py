@@ -32,6 +32,7 @@ from stream_ae.errors import DataError
 from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch, group_by_entity, nothing_replayed
 from stream_ae.stream.entities import EntityState, EntityTable
 from stream_ae.stream.silence import PartitionClocks
+from stream_ae.stream.threshold_start import calibrated_threshold
 from stream_ae.thresholds import ThresholdSpec, build_threshold
 
 log = logging.getLogger(__name__)
@@ -381,20 +382,3 @@ def build_detector(settings, scorer) -> Detector:
                          silence_s=a.silence_s)
     return Detector(scorer, spec, state, policy, scorer.window, settings.input.max_entities,
                     threshold_overrides=overrides)
-
-
-def calibrated_threshold(artifact, overrides: dict | None = None) -> tuple[ThresholdSpec, dict | None]:
-    """(spec, state) every entity starts from: the artifact's calibration, unless settings
-    override the rule, in which case the calibration no longer applies and entities warm up."""
-    import dataclasses
-
-    spec = ThresholdSpec.from_dict(artifact.threshold["spec"])
-    state = artifact.threshold.get("state")
-    if overrides:
-        kind = overrides.get("kind", spec.kind)   # another rule: its own defaults, not the artifact's unused values
-        new = dataclasses.replace(spec if kind == spec.kind else ThresholdSpec(kind=kind), **overrides)
-        if new != spec:
-            log.warning("threshold settings %s differ from model %s's calibration: every entity warms up",
-                        overrides, artifact.version)
-            spec, state = new, None
-    return spec, state

@@ -8,6 +8,7 @@ configuration names.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 from typing import Annotated, Any, Literal, Mapping
@@ -118,6 +119,9 @@ class BatchSettings(_Section):
     scoring_threads: Annotated[int, Meta(ge=1, le=16)] = 2
 
 
+THRESHOLD_OPTIONS = {"evt": ("q", "level"), "quantile": ("quantile", "factor")}   # each rule's own [threshold] keys
+
+
 class ThresholdSettings(_Section):
     """Overrides of the artifact's calibrated threshold; ``None`` keeps the artifact's value."""
 
@@ -128,6 +132,22 @@ class ThresholdSettings(_Section):
     factor: Annotated[float, Meta(gt=0.0)] | None = None
     warmup: Annotated[int, Meta(ge=10)] | None = None   # a tail fit needs 10 scores (and DSPOT's depth more)
 
+    def __post_init__(self):
+        given = [k for k in THRESHOLD_OPTIONS["evt"] + THRESHOLD_OPTIONS["quantile"] if getattr(self, k) is not None]
+        for kind, other in (("evt", "quantile"), ("quantile", "evt")):
+            mine = [k for k in given if k in THRESHOLD_OPTIONS[kind]]
+            theirs = [k for k in given if k in THRESHOLD_OPTIONS[other]]
+            if mine and (theirs or self.kind == other):
+                raise ValueError(f"threshold.{mine[0]} is an option of the {kind} rule, which "
+                                 + (f"threshold.{theirs[0]} is not" if theirs else "threshold.kind is not")
+                                 + ": set the options of one rule")
+        if self.factor is not None and not (1.0 < self.factor < math.inf):
+            raise ValueError(f"threshold.factor must be a number above 1, got {self.factor}: flagged windows are "
+                             "never learned, so at factor <= 1 the threshold keeps falling")
+        if self.q is not None and self.level is not None and self.q >= 1.0 - self.level:
+            raise ValueError(f"threshold.q ({self.q}) must be smaller than 1 - threshold.level "
+                             f"({1.0 - self.level:g}): the anomaly quantile has to lie inside the fitted tail")
+
 
 class AlertSettings(_Section):
     k: Annotated[int, Meta(ge=1)] = 3                  # open after k flagged windows ...
@@ -137,6 +157,9 @@ class AlertSettings(_Section):
     silence_s: Annotated[float, Meta(ge=0.0)] | None = None  # ... or silent (None: 5 x quiet_s; 0: never)
 
     def __post_init__(self):
+        for key in ("update_interval_s", "quiet_s", "silence_s"):
+            if getattr(self, key) is not None and not math.isfinite(getattr(self, key)):
+                raise ValueError(f"alerts.{key} must be a finite number of seconds, got {getattr(self, key)}")
         if self.k > self.n:
             raise ValueError(f"alerts.k ({self.k}) must not exceed alerts.n ({self.n})")
         if self.silence_s and self.silence_s < self.quiet_s:
