@@ -106,8 +106,8 @@ class Archiver:
         with contextlib.ExitStack() as stack:
             self._pool = worker.start(self._core_kwargs(), in_process=not self.worker_process)
             stack.callback(self._pool.shutdown)
-            self._producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
-                                              "enable_idempotence": True, "linger_ms": 5})
+            self._producer = KafkaProducer(**{"linger_ms": 5, **s.kafka_client_kwargs("producer"), "acks": "all",
+                                              "enable_idempotence": True})
             stack.callback(self._producer.close, 10)
             self._consumer = KafkaConsumer(**{**s.kafka_client_kwargs("consumer"), "group_id": a.group_id,
                                               "auto_offset_reset": "earliest", "enable_auto_commit": False})

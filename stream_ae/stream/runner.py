@@ -99,8 +99,8 @@ class StreamRunner:
 
         s = self.settings
         with contextlib.ExitStack() as stack:
-            producer = KafkaProducer(**{**s.kafka_client_kwargs("producer"), "acks": "all",
-                                        "enable_idempotence": True, "linger_ms": 2})
+            producer = KafkaProducer(**{"linger_ms": 2, **s.kafka_client_kwargs("producer"), "acks": "all",
+                                        "enable_idempotence": True})
             stack.callback(producer.close, 10)
             self._checkpointer = Checkpointer(producer, s.kafka.state_topic, self.checkpoint_interval_s,
                                               output_failed=lambda: self._publisher.failed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import types
 from typing import Annotated, Any, Literal, Mapping
@@ -305,7 +306,15 @@ _SERVICE_OWNED = {"acks": "alerts and dead letters are produced with acks=all",
                   "enable_auto_commit": "offsets are committed only after the alerts are acknowledged",
                   # /readyz judges the broker by the client's heartbeat metrics; without them it said ready
                   "metrics_enabled": "the health endpoint reads the client's heartbeat metrics",
-                  "metric_group_prefix": "the health endpoint reads the client's heartbeat metrics"}
+                  "metric_group_prefix": "the health endpoint reads the client's heartbeat metrics",
+                  # objects, or what the service decides: accepted, they failed after start-up or did nothing
+                  **dict.fromkeys(("key_serializer", "value_serializer", "key_deserializer", "value_deserializer"),
+                                  "the service encodes and decodes its records itself"),
+                  "ssl_context": "it is an object; set ssl_cafile, ssl_certfile and ssl_keyfile",
+                  "transactional_id": "the producers are idempotent, not transactional",
+                  "max_poll_records": "each poll takes what the client holds, up to two batches (batch.max_size)"}
+# compression_type -> the test of kafka.codec for its library, and the package that provides it
+_CODECS = {"snappy": ("has_snappy", "python-snappy"), "lz4": ("has_lz4", "lz4"), "zstd": ("has_zstd", "zstandard")}
 # passthrough keys with a fixed set of values: checked here, not by the client after start-up
 _CLIENT_CHOICES = {"security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                    "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512",
@@ -359,10 +368,44 @@ def _client_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 and not (isinstance(default, float) and type(value) is int):
             raise ValueError(f"kafka.client.{key}: expected {type(default).__name__}, "
                              f"got {type(value).__name__}")
+        if key == "api_version" and value is not None:   # TOML has no tuple: [3, 7, 0] or "3.7.0"
+            value = _api_version(value)
         if key in _CLIENT_CHOICES and value is not None and value not in _CLIENT_CHOICES[key]:
             raise ValueError(f"kafka.client.{key} is {value!r}; choose one of: {', '.join(_CLIENT_CHOICES[key])}")
         out[key] = Secret(value) if any(w in key for w in SECRET_WORDS) else value
+    _check_client_config(out)
     return out
+
+
+def _api_version(value) -> tuple[int, ...]:
+    parts = re.split(r"\s*[.,]\s*", value.strip().strip("[]()")) if isinstance(value, str) else value
+    try:
+        version = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        version = ()
+    if not 2 <= len(version) <= 3:
+        raise ValueError(f"kafka.client.api_version: expected a broker version such as [3, 7, 0] or \"3.7.0\", "
+                         f"got {value!r}")
+    return version
+
+
+def _check_client_config(out: dict) -> None:
+    """What kafka-python would refuse only once a client is built, after the broker check."""
+    import kafka.codec
+
+    codec = out.get("compression_type")
+    if codec in _CODECS and not getattr(kafka.codec, _CODECS[codec][0])():
+        raise ValueError(f"kafka.client.compression_type = {codec!r} needs the {_CODECS[codec][1]} package, "
+                         "which is not installed: install it, or choose gzip")
+    timeout, wait = out.get("request_timeout_ms", 305_000), out.get("fetch_max_wait_ms", 500)
+    if timeout is not None and wait is not None and timeout <= wait:
+        raise ValueError(f"kafka.client.request_timeout_ms ({timeout}) must be larger than "
+                         f"kafka.client.fetch_max_wait_ms ({wait})")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_crlfile"):
+        path = out.get(key)
+        path = path.get_secret_value() if isinstance(path, Secret) else path
+        if path and not os.path.isfile(path):
+            raise ValueError(f"kafka.client.{key}: no file at {path!r} (mount it, or correct the path)")
 
 
 # how a true/false setting may be written in the environment or a --set, for every setting

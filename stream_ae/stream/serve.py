@@ -185,13 +185,15 @@ class ModelWatcher:
 def check_broker(settings, timeout_s: float = 10.0) -> None:
     """Fail fast, with a ConfigError a user can act on, when the cluster or the topics are missing."""
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaConfigurationError, KafkaError
 
     k = settings.kafka
     try:
         ms = int(timeout_s * 1000)
         admin = KafkaAdminClient(**{"request_timeout_ms": ms, "bootstrap_timeout_ms": ms,
                                     **settings.kafka_client_kwargs("admin")})
+    except KafkaConfigurationError as exc:   # not the network's fault: a [kafka.client] value
+        raise ConfigError(f"kafka-python refused the [kafka.client] settings: {exc}") from None
     except KafkaError as exc:
         raise ConfigError(f"no Kafka broker answers at kafka.bootstrap_servers={k.bootstrap_servers!r} "
                           f"({type(exc).__name__}); check the address, the network and kafka.client "
