@@ -167,6 +167,7 @@ def cmd_train(args) -> int:
 
     path, artifact = train_command(args, _layout(args))
     print(f"model saved: {path}")
+    print(f"channels ({len(artifact.channels)}): {', '.join(artifact.channels)}")
     t = artifact.training
     m, q = t["metrics"], t["metrics"]["val_score_quantiles"]
     print(f"{t['epochs']} epochs (best {t['best_epoch']}), validation loss {m['val_loss']:.4g}; threshold "
@@ -200,6 +201,11 @@ def cmd_backfill(args) -> int:
           f"dropped; {r.fragments_done} fragments ({r.fragments_resumed} resumed) -> {len(r.output_files)} "
           f"files in {args.out}; {r.seconds:.1f} s, {r.windows_per_s:,.0f} windows/s; {r.checkpoints_saved} "
           f"checkpoint(s) saved in {r.checkpoint_seconds:.1f} s; model {r.model_version}")
+    quiet = list(r.entities_without_windows.items())
+    if quiet:   # read, but not one window: a sensor that entity never had, or too few rows
+        print(f"warning: {len(quiet)} entit{'y' if len(quiet) == 1 else 'ies'} had rows but no window scored: "
+              + "; ".join(f"{name} ({why})" for name, why in quiet[:10]) + ("; ..." if len(quiet) > 10 else ""),
+              file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -111,6 +112,22 @@ def is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
+def pandas_index(schema: pa.Schema) -> set[str]:
+    """The columns that hold a pandas index (``df.to_parquet(path)`` keeps a filtered frame's row
+    numbers as ``__index_level_0__``): never a sensor channel.
+
+    >>> import pandas as pd
+    >>> sorted(pandas_index(pa.Table.from_pandas(pd.DataFrame({"a": [1.0, 2.0]}, index=[3, 5])).schema))
+    ['__index_level_0__']
+    """
+    try:
+        meta = schema.pandas_metadata or {}
+    except (ValueError, TypeError):   # pandas metadata that is not JSON: no index known
+        meta = {}
+    named = {c for c in meta.get("index_columns", []) if isinstance(c, str)}   # a RangeIndex is a dict, no column
+    return named | {n for n in schema.names if re.fullmatch(r"__index_level_\d+__", n)}
+
+
 def check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
     name = layout.timestamp
     if pa.types.is_timestamp(t):
@@ -130,7 +147,8 @@ def check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
 def check_entity(where: str, name: str, t: pa.DataType) -> None:
     base = t.value_type if pa.types.is_dictionary(t) else t
     if not (pa.types.is_string(base) or pa.types.is_large_string(base) or pa.types.is_integer(base)):
-        raise DataError(f"{where}: entity column {name!r} has type {t}; it must be a string or an integer")
+        raise DataError(f"{where}: entity column {name!r} has type {t}; it must be string (utf8), large_string or an "
+                        "integer type: cast it before writing (e.g. table.cast with pyarrow.string())")
 
 
 def check_file(footer: Footer, layout: Layout, keys: Sequence[str]) -> None:

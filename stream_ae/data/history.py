@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from stream_ae.data.footers import ARROW_ERRORS, NS_PER, Footer, check_channels, check_file, is_numeric
+from stream_ae.data.footers import ARROW_ERRORS, NS_PER, Footer, check_channels, check_file, is_numeric, pandas_index
 from stream_ae.data.layout import Layout
 from stream_ae.errors import ConfigError, DataError
 
@@ -156,8 +156,7 @@ class History:
         self.layout = layout
         self.channels: tuple[str, ...] = channels
         self.partition_keys: tuple[str, ...] = tuple(partition_keys)
-        self.start_ns: int | None = start_ns
-        self.end_ns: int | None = end_ns
+        self.start_ns, self.end_ns = start_ns, end_ns   # int ns or None
         self.entities: tuple[str, ...] | None = entities
         self._dataset = dataset
         self._paths = None if paths is None else frozenset(paths)   # the files the range reaches
@@ -206,8 +205,8 @@ class History:
                 raise DataError(f"{uri}: the dataset has no rows ({len(listed.files)} file(s))")
             raise DataError(f"{uri}: the dataset has no rows between {start or 'its start'} and {end or 'its end'} "
                             f"({len(listed.files)} file(s)); widen the period")
-        if layout.channels is None:
-            skip = {layout.entity, layout.timestamp, *keys}
+        if layout.channels is None:   # every numeric column, but not a pandas index (a row number)
+            skip = {layout.entity, layout.timestamp, *keys, *(n for f in footers for n in pandas_index(f.schema))}
             channels = tuple(dict.fromkeys(f.name for footer in footers for f in footer.schema
                                            if f.name not in skip and is_numeric(f.type)))
             if not channels:
@@ -249,7 +248,7 @@ class History:
 
     def fragments(self) -> list[Fragment]:
         """Files (after partition pruning by the filters), sorted by path, with their hive partition values."""
-        found = self._dataset.get_fragments(filter=self._filter) if self._filter is not None else self._dataset.get_fragments()
+        found = self._dataset.get_fragments(**({} if self._filter is None else {"filter": self._filter}))
         out = []
         for frag in sorted(found, key=lambda f: f.path):
             if self._paths is not None and frag.path not in self._paths:
@@ -390,7 +389,11 @@ def _decode(batch: pa.RecordBatch, path: str, layout: Layout, channels: Sequence
     encoded = ent if pa.types.is_dictionary(ent.type) else pc.dictionary_encode(ent)
     names = encoded.dictionary.cast(pa.string()).to_numpy(zero_copy_only=False)
     entity = names[encoded.indices.to_numpy(zero_copy_only=False)]  # (N,) object
-    ts_ns = ts.cast(pa.int64()).to_numpy() * np.int64(ts_unit)  # (N,)
+    raw = ts.cast(pa.int64()).to_numpy()  # (N,)
+    if ts_unit > 1 and len(raw) and np.abs(raw).max() > np.iinfo(np.int64).max // ts_unit:   # a wrong unit
+        raise DataError(f"{path}: {abs(raw).max()} {layout.timestamp_unit} is past the year 2262: the times are in "
+                        f"a smaller unit than {layout.timestamp_unit!r}; set --time-unit (s, ms, us or ns)")
+    ts_ns = raw * np.int64(ts_unit)  # (N,)
     values = np.empty((batch.num_rows, len(channels)), np.float32)  # (N, C)
     for c in range(len(channels)):
         values[:, c] = batch.column(2 + c).cast(pa.float32()).to_numpy(zero_copy_only=False)

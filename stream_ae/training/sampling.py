@@ -213,6 +213,12 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         for split, mask in (("train", is_train & sampled), ("val", is_val & sampled)):
             out[split].add(name, batch.rows, batch.starts[mask], batch.start_ts[mask], batch.end_ts[mask])
     rows = int(sum(counts.values()))
+    if rows and 2 * duplicates >= rows:   # one model of a single tag: of no use, and nothing else said so
+        raise DataError(
+            f"{duplicates} of the {rows} rows repeat an entity's timestamp and were dropped: is the history a long "
+            f"export (a {channels[0]!r} column beside a tag column), or was every row written twice? Write it wide, "
+            "one row per entity and time with a column per channel (pandas: df.pivot_table(index=[entity, "
+            "timestamp], columns=tag, values=value).reset_index()), or drop the repeated rows")
     if coverage.fraction() < min_coverage:
         raise DataError(
             f"the history covers {coverage.fraction():.0%} of the period {iso_utc(coverage.start)} .. "
