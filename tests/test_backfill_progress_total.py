@@ -32,7 +32,7 @@ class Bar:
 @pytest.fixture
 def bars(monkeypatch):
     Bar.made = []
-    monkeypatch.setattr(runner, "tqdm", Bar)
+    monkeypatch.setattr(runner, "progress_bar", lambda enabled=True, **kwargs: Bar(disable=not enabled, **kwargs))
     return Bar.made
 
 
@@ -55,3 +55,9 @@ def test_a_shard_of_an_archive_by_entity_counts_its_own_files(artifact, tmp_path
         assert bar.total == bar.n == report.rows_read
         rows += bar.total
     assert rows == 3 * len(DAYS) * 360
+
+
+def test_the_bar_is_silent_when_stderr_is_not_a_terminal(archive, artifact, tmp_path, capsys):  # noqa: F811
+    """Before: tqdm(disable=not progress) drew its updates into a cron job's or CI's log file."""
+    run_backfill(str(archive), str(artifact), str(tmp_path / "out"), device="cpu", progress=True)
+    assert "backfill 0/1" not in capsys.readouterr().err

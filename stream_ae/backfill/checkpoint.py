@@ -56,6 +56,29 @@ class Counters:
     # the channels that had a value (neither NaN nor null) in a row read; None in a checkpoint
     # written before it was counted (the check it feeds is then skipped)
     channels_seen: list[str] | None = field(default_factory=list)
+    # the entities that had a window scored; None in a checkpoint written before they were kept
+    windowed: list[str] | None = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._windowed = set(self.windowed or ())
+
+    def note_windowed(self, names) -> None:
+        if self.windowed is not None:
+            new = [n for n in names if n not in self._windowed]
+            self._windowed.update(new)
+            self.windowed.extend(new)
+
+    def without_windows(self, entities: dict, channels) -> dict[str, str]:
+        """The ``entities`` (name -> state with a ``windower``) read but with no window scored in
+        any run of this shard, each with why, as far as its windower knows."""
+        if self.windowed is None:
+            return {}
+        out = {}
+        for name in sorted(set(entities) - self._windowed):
+            empty = [channels[i] for i in entities[name].windower.channels_without_value()]
+            out[name] = (f"no value to fill {', '.join(empty)} from" if empty else
+                         "fewer rows than a window between gaps")
+        return out
 
     def note_channels(self, channels, values: np.ndarray) -> None:
         """Count the ``channels`` with a value in ``values`` (N, C); nothing once every one has."""
@@ -131,7 +154,7 @@ class Checkpoint:
                 raise ConfigError(
                     f"checkpoint {path} has format {raw.get('format_version')!r}, this version "
                     f"reads format {FORMAT_VERSION}; re-run with --restart.")
-            raw["counters"] = Counters(**{"channels_seen": None, **raw["counters"]})
+            raw["counters"] = Counters(**{"channels_seen": None, "windowed": None, **raw["counters"]})
             raw.setdefault("output_layout", 1)   # written before output_layout existed
             return cls(**raw)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -56,6 +56,26 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def check_output_place(in_fs: pafs.FileSystem, in_root: str, out_fs: pafs.FileSystem, out_root: str,
+                       out: str) -> None:
+    """Before anything is read: ``--out`` must be a folder (or not exist yet) outside the archive,
+    whose next run would read the score files as history.
+
+    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> fs, path = resolve_filesystem(root)
+    >>> check_output_place(fs, path, fs, path + "/scores", root + "/scores")
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.ConfigError: --out ... lies inside --archive ...
+    """
+    inside = out_root == in_root or out_root.startswith(in_root.rstrip("/") + "/")
+    if out_fs.type_name == in_fs.type_name and inside:
+        raise ConfigError(f"--out {out} lies inside --archive {in_root}: the next backfill or training would "
+                          "read its score files as history; choose an --out outside the archive")
+    if out_fs.get_file_info(out_root).type == pafs.FileType.File:
+        raise ConfigError(f"--out {out} is a file; give a folder (new or one an earlier backfill wrote)")
+
+
 def relative_dir(fragment_path: str, archive_root: str, partition: dict | None) -> str:
     """The fragment's directory relative to the archive root ("" at the root).
 

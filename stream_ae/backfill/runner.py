@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from stream_ae.backfill.checkpoint import (Checkpoint, Counters, Saver, archive_identity, checkpoint_path,
                                            discard_run, load_checkpoint, other_shardings)
-from stream_ae.backfill.output import (AtomicPart, expected_parts, output_dir, part_name, remove_parts,
-                                       resolve_filesystem, scores_table)
+from stream_ae.backfill.output import (AtomicPart, check_output_place, expected_parts, output_dir, part_name,
+                                       remove_parts, resolve_filesystem, scores_table)
 from stream_ae.data.history import check_time_order
 from stream_ae.errors import ConfigError, DataError
+from stream_ae.progress import progress_bar
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_CHECKPOINT_EVERY_S = 30.0
@@ -51,6 +51,7 @@ class BackfillReport:
     model_version: str
     checkpoints_saved: int = 0    # by this run
     checkpoint_seconds: float = 0.0
+    entities_without_windows: dict = field(default_factory=dict)   # read, none scored: name -> why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +192,7 @@ class _Run:
             values_used.append(v)
             lo = hi
         anomaly = np.concatenate(flags)
+        self.counters.note_windowed(n for n, _ in pushed)
         self.counters.windows_scored += len(anomaly)
         self.counters.anomalies += int(anomaly.sum())
         counts = [len(b.starts) for _, b in pushed]
@@ -295,6 +297,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
 
     in_fs, in_root = resolve_filesystem(str(archive))
     out_fs, out_root = resolve_filesystem(str(out))
+    check_output_place(in_fs, in_root, out_fs, out_root, str(out))
     where = str(archive) if "://" in str(archive) else in_root   # one spelling per archive
     identity, keys, fingerprint_of_first = archive_identity(history, in_fs, in_root, where)
     args = {"start": None if start is None else str(start), "end": None if end is None else str(end),
@@ -331,7 +334,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
     total = None   # rows of the files this run reads: every file in range, or those left that are this shard's
     if progress:
         total = history.count_rows([f for f, _ in todo if run.owns(f)] if resumed or skips_unread else None)
-    bar = tqdm(total=total, unit="row", unit_scale=True, disable=not progress, desc=f"backfill {shard[0]}/{shard[1]}")
+    bar = progress_bar(progress, total=total, unit="row", unit_scale=True, desc=f"backfill {shard[0]}/{shard[1]}")
     saves = Saver(run, checkpoint, out_fs, ckpt_path, checkpoint_every_s)
     try:
         for fragment, key in todo:
@@ -387,6 +390,7 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
         fragments_resumed=resumed, fragments_other_shards=other_shards,
         complete=complete, shard=shard,
         model_version=artifact.version, checkpoints_saved=saves.count,
-        checkpoint_seconds=round(saves.seconds, 3))
+        checkpoint_seconds=round(saves.seconds, 3),
+        entities_without_windows=c.without_windows(run.entities, artifact.channels) if complete else {})
 
 

@@ -297,6 +297,10 @@ class SeriesWindower:
         return k if k < L else L + (k - L) % hop
 
     # -- state --------------------------------------------------------------------------
+    def channels_without_value(self) -> list[int]:
+        """Channels with no value to fill from now: none yet, or missing for longer than ``max_fill``."""
+        return np.flatnonzero(np.isnan(self._last)).tolist()
+
     def state_dict(self) -> dict:
         """JSON-safe state (NaN may appear as a float) that :meth:`load_state_dict` restores exactly."""
         return {
