@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from stream_ae.errors import ConfigError
+from stream_ae.redaction import mask_uri
 
 
 def resolve_preset(model: str, variant: str, *, window=None, hop=None, max_gap=None, epochs=None,
@@ -50,7 +51,11 @@ def train_command(args, layout):
     from stream_ae.variant_options import OPTIONS
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():   # checked before training, not after it
+    if "://" in str(args.out):   # a registry on an object store (or file://): written through its filesystem
+        from stream_ae.registry import Registry
+
+        registry = Registry(args.out)   # checked before training: a URI pyarrow cannot open stops here
+    elif out.exists() and not out.is_dir():   # checked before training, not after it
         raise ConfigError(f"--out {out} is a file; give a folder for the model versions (e.g. models)")
     preset = resolve_preset(args.model, args.variant, window=args.window, hop=args.hop,
                             max_gap=args.max_gap, epochs=args.epochs, max_windows=args.max_windows,
@@ -60,4 +65,6 @@ def train_command(args, layout):
                             variant_options={k: getattr(args, k) for k in OPTIONS})
     artifact = train(args.history, layout, preset.window, preset.model, preset.train,
                      preset.threshold, start=args.start, end=args.end, detrend=preset.detrend)
+    if "://" in str(args.out):
+        return f"{mask_uri(str(args.out)).rstrip('/')}/{registry.publish(artifact)}", artifact
     return save_artifact(artifact, args.out), artifact
