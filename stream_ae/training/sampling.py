@@ -27,6 +27,7 @@ import pandas as pd
 from stream_ae.data.history import check_time_order, to_ns
 from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import ConfigError, DataError
+from stream_ae.progress import progress_bar
 
 
 @dataclass
@@ -74,9 +75,12 @@ def iso_utc(ns: int) -> str:
     return pd.Timestamp(int(ns), tz="UTC").isoformat().replace("+00:00", "Z")
 
 
-def _chunks(history, channel_idx, start_ns, end_ns):
-    """Yield (entity, ts, values, source file) per entity per batch, rows inside [start, end)."""
+def _chunks(history, channel_idx, start_ns, end_ns, bar=None):
+    """Yield (entity, ts, values, source file) per entity per batch, rows inside [start, end);
+    ``bar`` counts the rows read."""
     for rows in history.iter_rows():
+        if bar is not None:
+            bar.update(rows.ts.shape[0])
         keep = np.ones(rows.ts.shape[0], dtype=bool)
         if start_ns is not None:
             keep &= rows.ts >= start_ns
@@ -136,7 +140,8 @@ def _subset(ws: WindowSet, keep: np.ndarray) -> WindowSet:
 
 
 def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windows: int, seed: int,
-                   start=None, end=None, val_fraction: float = 0.2, min_coverage: float = 0.0):
+                   start=None, end=None, val_fraction: float = 0.2, min_coverage: float = 0.0,
+                   progress: bool = False):
     """Sample at most ``max_windows`` raw windows, split by time into train and validation.
 
     ``min_coverage``: raise :class:`DataError` when the readings cover less than this share of
@@ -168,13 +173,16 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     first, last = None, None
     missing_values = np.zeros(len(channels), np.int64)
     steps = _Steps()
-    for name, ts, vals, _ in _chunks(history, channel_idx, start_ns, end_ns):
+    total = history.count_rows() if progress else None   # from the footers: no read
+    bar = progress_bar(progress, total=total, unit="row", unit_scale=True, desc="reading history 1/2", leave=False)
+    for name, ts, vals, _ in _chunks(history, channel_idx, start_ns, end_ns, bar):
         counts[name] = counts.get(name, 0) + ts.size
         steps.sample(name, ts)
         missing_values += np.isnan(vals).sum(axis=0)
         lo, hi = int(ts.min()), int(ts.max())
         first = lo if first is None else min(first, lo)
         last = hi if last is None else max(last, hi)
+    bar.close()
     if first is None:
         raise DataError(f"the history has no rows between start={start} and end={end}; widen the period")
     median_step = steps.median()
@@ -192,7 +200,8 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
     found = {"train": 0, "val": 0, "straddling": 0}
     out = {"train": _Collector(length), "val": _Collector(length)}
     gaps, duplicates = _Gaps(median_step, window_spec.max_gap_s), 0
-    for name, ts, vals, source in _chunks(history, channel_idx, start_ns, end_ns):
+    bar = progress_bar(progress, total=total, unit="row", unit_scale=True, desc="reading history 2/2", leave=False)
+    for name, ts, vals, source in _chunks(history, channel_idx, start_ns, end_ns, bar):
         coverage.mark(ts)
         windower = windowers.setdefault(name, SeriesWindower(window_spec, len(channels)))
         batch = windower.push(ts, vals)
@@ -212,6 +221,7 @@ def sample_windows(history, layout, window_spec: WindowSpec, channels, max_windo
         found["straddling"] += int(b - is_train.sum() - is_val.sum())
         for split, mask in (("train", is_train & sampled), ("val", is_val & sampled)):
             out[split].add(name, batch.rows, batch.starts[mask], batch.start_ts[mask], batch.end_ts[mask])
+    bar.close()
     rows = int(sum(counts.values()))
     if rows and 2 * duplicates >= rows:   # one model of a single tag: of no use, and nothing else said so
         raise DataError(

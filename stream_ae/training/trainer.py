@@ -257,7 +257,7 @@ def train(history, layout, window_spec, model_config, train_config: TrainConfig,
     with _torch_threads(cfg.num_threads):
         train_set, val_set, stats = sample_windows(
             history, layout, window_spec, channels, cfg.max_windows, cfg.seed,
-            start=start, end=end, val_fraction=cfg.val_fraction, min_coverage=min_coverage)
+            start=start, end=end, val_fraction=cfg.val_fraction, min_coverage=min_coverage, progress=cfg.progress)
         _check_counts(train_set, val_set, stats, max(MIN_VAL_WINDOWS, int(getattr(threshold_spec, "warmup", 0))))
         scaler = ChannelScaler().fit(train_set.rows)
         torch.manual_seed(cfg.seed)
