@@ -146,3 +146,27 @@ def test_before_its_first_poll_it_stays_alive_through_a_slow_model_load_for_the_
     assert liveness(metrics, now - 10 * START_GRACE_S, stale_after_s=60)[0]
     metrics.last_poll = now - 61                                                 # running: polls count alone
     assert not liveness(metrics, now, stale_after_s=60)[0]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_settings_error_is_a_log_line_too_in_the_format_asked_for(tmp_path, capsys, fmt):
+    """Before: only the CLI's plain line; a JSON log pipeline dropped why the service did not start."""
+    import logging
+
+    from stream_ae.stream.serve import serve
+
+    config = tmp_path / "s.toml"
+    config.write_text(f'[ops]\nlog_format = "{fmt}"\n[alerts]\nk = 9\nn = 5\n')
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        with pytest.raises(ConfigError, match="alerts.k"):
+            serve(str(config), [])
+    finally:
+        root.handlers[:], root.level = saved
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    if fmt == "json":
+        record = json.loads(line)
+        assert record["level"] == "ERROR" and "cannot start" in record["msg"] and "alerts.k (9)" in record["msg"]
+    else:
+        assert "cannot start" in line and "alerts.k (9)" in line and not line.startswith("{")

@@ -240,6 +240,31 @@ def stop_on_signals(stop: threading.Event, signals=(signal.SIGTERM, signal.SIGIN
             signal.signal(s, h)
 
 
+def _log_format_anyway(config_path, overrides):
+    """The ``[ops]`` logging of settings that failed to load, as far as it can be read (a flag, the
+    environment, the TOML file, else the defaults): the reason then reaches a JSON log pipeline."""
+    import os
+    import tomllib
+
+    from stream_ae.stream.sections import OpsSettings
+    from stream_ae.stream.settings import CONFIG_ENV
+
+    wanted = {}
+    try:
+        with open(config_path or os.environ.get(CONFIG_ENV) or os.devnull, "rb") as f:
+            wanted.update(tomllib.load(f).get("ops", {}))
+    except (OSError, ValueError, AttributeError, TypeError):   # no file, not TOML, [ops] not a table
+        pass
+    for key in ("log_format", "log_level"):
+        wanted[key] = os.environ.get(f"STREAM_AE_OPS__{key.upper()}", wanted.get(key))
+        for item in overrides:
+            name, _, value = item.partition("=")
+            wanted[key] = value.strip() if name.strip() == f"ops.{key}" else wanted[key]
+    fmt, level = str(wanted.get("log_format")).lower(), str(wanted.get("log_level")).upper()
+    return OpsSettings(log_format=fmt if fmt in ("json", "text") else "json",
+                       log_level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+
+
 def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
           stop: threading.Event | None = None) -> int:
     """Run the streaming detector until SIGTERM / SIGINT (or ``stop``); returns the exit status."""
@@ -249,7 +274,12 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     from stream_ae.stream.runner import StreamRunner
     from stream_ae.stream.settings import load_settings
 
-    settings = load_settings(config_path, overrides=overrides)
+    try:
+        settings = load_settings(config_path, overrides=overrides)
+    except ConfigError as exc:   # a log line too, in the format the settings would have chosen
+        configure_logging(_log_format_anyway(config_path, overrides))
+        log.error("stream-ae serve cannot start: %s", mask_uri(str(exc)), extra={"fields": {"error": "ConfigError"}})
+        raise
     configure_logging(settings.ops, secrets=settings.secret_values())
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
     stop = stop or threading.Event()
