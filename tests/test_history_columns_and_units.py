@@ -91,3 +91,21 @@ def test_training_shows_a_bar_over_each_read_of_the_history(tmp_path, monkeypatc
     sampling.sample_windows(history, history.layout, WindowSpec(length=16), history.channels, 500, 0, progress=True)
     assert [(b.desc, b.total, b.n) for b in bars] == [("reading history 1/2", 1200, 1200),
                                                       ("reading history 2/2", 1200, 1200)]
+
+
+def test_a_channel_flattened_by_float32_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    """Before: '1e9 + 20 sin t' (a meter) became one float32 value, scaled as a constant, no warning."""
+    import logging
+
+    import stream_ae.data.footers as footers
+
+    monkeypatch.setattr(footers, "_FLOAT32_CHECKED", set())
+    df = frame(n=600)
+    df["meter"] = 1e9 + 20 * np.sin(np.arange(len(df)) / 10)
+    df.to_parquet(tmp_path / "a.parquet", index=False)
+    with caplog.at_level(logging.WARNING, logger="stream_ae.data.footers"):
+        rows = list(History.open(str(tmp_path), Layout()).iter_rows(batch_rows=100))
+        list(History.open(str(tmp_path), Layout()).iter_rows(batch_rows=100))
+    assert len(np.unique(np.concatenate([r.values[:, 2] for r in rows]))) <= 3   # what the cast leaves
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "channel 'meter' varies by" in warned[0] and "Subtract an offset" in warned[0]

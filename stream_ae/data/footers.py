@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stream_ae.data.layout import Layout
 from stream_ae.errors import DataError
+
+log = logging.getLogger(__name__)
 
 NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
@@ -106,6 +111,31 @@ def _as_ns(value, unit_ns: int | None) -> int | None:
 def suggest(name: str, names: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+_FLOAT32_CHECKED: set[str] = set()   # channels whose float32 resolution was judged, once a process
+FLOAT32_LEVELS = 64   # fewer float32 steps than this across a batch's readings: the channel is a staircase
+
+
+def channel_values(batch: pa.RecordBatch, channels: Sequence[str], first: int, path: str) -> np.ndarray:
+    """``(N, C)`` float32 values of ``channels``, columns ``first``.. of ``batch``. A channel whose
+    readings vary by a few float32 steps of their size (``1e9 + 20 sin t``: a meter, a totalizer)
+    is flattened by the cast, which the models work in: warned once, saying what to change."""
+    values = np.empty((batch.num_rows, len(channels)), np.float32)
+    for c, name in enumerate(channels):
+        column = batch.column(first + c)
+        if name not in _FLOAT32_CHECKED:
+            lo, hi = (v.as_py() for v in pc.min_max(column).values())
+            if lo is not None and hi is not None and hi > lo:   # judged on readings that vary
+                _FLOAT32_CHECKED.add(name)
+                step = float(np.spacing(np.float32(max(abs(lo), abs(hi)))))
+                if hi - lo < FLOAT32_LEVELS * step:
+                    log.warning("%s: channel %r varies by %.3g around %.7g, where float32 (which the models "
+                                "work in) steps by %.3g: %d levels are left of its readings. Subtract an offset "
+                                "(e.g. its first value) or store its change per reading", path, name, hi - lo,
+                                hi, step, int((hi - lo) / step) + 1)
+        values[:, c] = column.cast(pa.float32()).to_numpy(zero_copy_only=False)
+    return values
 
 
 def is_numeric(t: pa.DataType) -> bool:

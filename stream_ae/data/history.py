@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from stream_ae.data.footers import ARROW_ERRORS, NS_PER, Footer, check_channels, check_file, is_numeric, pandas_index
+from stream_ae.data.footers import (ARROW_ERRORS, NS_PER, Footer, channel_values, check_channels, check_file,
+                                     is_numeric, pandas_index)
 from stream_ae.data.layout import Layout
 from stream_ae.errors import ConfigError, DataError
 
@@ -394,7 +395,4 @@ def _decode(batch: pa.RecordBatch, path: str, layout: Layout, channels: Sequence
         raise DataError(f"{path}: {abs(raw).max()} {layout.timestamp_unit} is past the year 2262: the times are in "
                         f"a smaller unit than {layout.timestamp_unit!r}; set --time-unit (s, ms, us or ns)")
     ts_ns = raw * np.int64(ts_unit)  # (N,)
-    values = np.empty((batch.num_rows, len(channels)), np.float32)  # (N, C)
-    for c in range(len(channels)):
-        values[:, c] = batch.column(2 + c).cast(pa.float32()).to_numpy(zero_copy_only=False)
-    return Rows(entity=entity, ts=ts_ns, values=values, source=path)
+    return Rows(entity=entity, ts=ts_ns, values=channel_values(batch, channels, 2, path), source=path)
