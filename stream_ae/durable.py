@@ -35,6 +35,29 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync(os.path.dirname(os.fspath(path)) or ".")
 
 
+def create_dir_on(fs: pafs.FileSystem, directory: str) -> None:
+    """``directory`` and its missing parents on ``fs``; on a local disk each new folder's name is
+    synced into its parent, else a power cut could lose a new ``date=`` folder with the files
+    already published in it (and the marker that moved past their rows would not bring them back).
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> create_dir_on(pafs.LocalFileSystem(), root + "/date=2026-01-01/entity=a")
+    >>> os.path.isdir(root + "/date=2026-01-01/entity=a")
+    True
+    """
+    if not isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(directory, recursive=True)
+        return
+    new, d = [], os.path.abspath(directory)
+    while not os.path.isdir(d) and os.path.dirname(d) != d:
+        new.append(d)
+        d = os.path.dirname(d)
+    os.makedirs(directory, exist_ok=True)
+    for made in reversed(new):   # from the top: each name into its parent
+        fsync(os.path.dirname(made))
+
+
 def publish_on(fs: pafs.FileSystem, tmp: str, path: str) -> None:
     """Rename the fully written ``tmp`` over ``path`` on ``fs``: durably (:func:`publish`) on a
     local disk; on an object store closing the stream was the upload, and a move the rename."""

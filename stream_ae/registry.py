@@ -122,7 +122,7 @@ class Registry:
     def _write_json(self, path: str, obj: dict, *, replace: bool) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
         parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
+        durable.create_dir_on(self.fs, parent)
         if not replace and self._exists(path):
             raise ArtifactError(f"{path} already exists in registry {self.root}; history entries are immutable")
         if not self.local:   # an object store makes a single PUT visible whole

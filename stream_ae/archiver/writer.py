@@ -204,14 +204,14 @@ class ArchiveWriter:
     # -- atomic files ------------------------------------------------------------------------
     def _write_parquet(self, path: str, table: pa.Table) -> None:
         tmp = _tmp_path(path)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        durable.create_dir_on(self.fs, posixpath.dirname(path))
         pq.write_table(table, tmp, filesystem=self.fs, compression=self.compression,
                        row_group_size=1 << 20)
         durable.publish_on(self.fs, tmp, path)
 
     def _put(self, path: str, data: bytes) -> None:
         tmp = _tmp_path(path)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        durable.create_dir_on(self.fs, posixpath.dirname(path))
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         durable.publish_on(self.fs, tmp, path)

@@ -184,7 +184,7 @@ class AtomicPart:
         if table.num_rows == 0:
             return
         if self._writer is None:
-            self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+            durable.create_dir_on(self.fs, posixpath.dirname(self.path))
             self._writer = pq.ParquetWriter(self.tmp_path, SCORES_SCHEMA, filesystem=self.fs,
                                             compression="zstd")
         self._writer.write_table(table)
@@ -254,7 +254,7 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a small file (a checkpoint) under a temporary name, then rename it into place
     (on a local disk durably: see :mod:`stream_ae.durable`)."""
     directory, name = posixpath.split(path)
-    fs.create_dir(directory, recursive=True)
+    durable.create_dir_on(fs, directory)
     tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     with fs.open_output_stream(tmp) as stream:
         stream.write(data)
