@@ -63,12 +63,22 @@ class _Buffer:
         self.tables: list[pa.Table] = []
         self.rows = 0
         self.channels: set[str] = set()   # this file's own: a retired sensor is no column of later files
-        self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns)
+        self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns), the newest max_entities
+        self.floor = state.floor            # the newest ts of the entities let go (None: none)
         self.sealed: list[tuple[_Buffer, PartitionState]] = []   # full files, with the state after each
 
     def state(self) -> PartitionState:
         """The partition's state once this buffer's file is written (the marker's record)."""
-        return PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts))
+        return PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts), floor=self.floor)
+
+    def let_go(self, cap: int) -> None:
+        """Keep the ``cap * 0.9`` entities with the newest readings; the floor rises to the newest of
+        the rest, so the order of every entity, kept or not, still holds in the files."""
+        keep = int(cap * 0.9)
+        stamps = np.fromiter(self.last_ts.values(), np.int64, len(self.last_ts))
+        cut = np.partition(stamps, len(stamps) - keep - 1)[len(stamps) - keep - 1]   # the newest let go
+        self.last_ts = {e: t for e, t in self.last_ts.items() if t > cut}
+        self.floor = max(int(cut), self.floor if self.floor is not None else int(cut))
 
     def aged(self, now: float, max_age_s: float) -> bool:
         """Whether its open file holds a record older than ``max_age_s`` (monotonic seconds)."""
@@ -88,8 +98,9 @@ class ArchiveCore:
     def __init__(self, topic: str, root: str, partition_by=("date",), compression: str = "zstd",
                  file_rows: int = 250_000, max_file_age_s: float = 300.0, max_message_bytes: int = 65_536,
                  unknown_fields: str = "reject", late_policy: str = "dead_letter",
-                 max_future_s: float | None = None):
+                 max_future_s: float | None = None, max_entities: int = 100_000):
         self.topic = topic
+        self.max_entities = int(max_entities)   # per partition, in the ordering check (input.max_entities)
         self.writer = ArchiveWriter(root, partition_by, compression)
         self.by_entity = "entity" in partition_by   # each entity id is then a folder name
         self.file_rows, self.max_file_age_s = int(file_rows), float(max_file_age_s)
@@ -166,15 +177,17 @@ class ArchiveCore:
         keep = np.ones(len(ts), bool)
         last_ts = buf.last_ts
         for i, (e, t) in enumerate(zip(entity, ts.tolist())):
-            prev = last_ts.get(e)
+            prev = last_ts.get(e, buf.floor)   # an entity let go: no older than the newest let go
             if prev is not None and t <= prev:
                 keep[i] = False
-                reason = "duplicate" if t == prev else "out_of_order"
+                reason = "duplicate" if t == prev and e in last_ts else "out_of_order"
                 if self.late_policy == "dead_letter":
                     out.dead_letters.append((batch.first + int(index[i]), reason, codec.REJECT_DETAIL[reason], e))
                 out.reasons[reason] = out.reasons.get(reason, 0) + 1
             else:
                 last_ts[e] = t
+        if len(last_ts) > self.max_entities:
+            buf.let_go(self.max_entities)
         table = pa.table({"entity": pa.array(entity, pa.string()),
                           "timestamp": pa.array(ts, pa.int64()).view(_TS_TYPE),
                           **{c: col.cast(pa.float32()) for c, col in columns.items()}})

@@ -92,7 +92,8 @@ class Archiver:
         return dict(topic=s.kafka.readings_topic, root=a.root, partition_by=a.partition_by,
                     compression=a.compression, file_rows=a.file_rows, max_file_age_s=a.max_file_age_s,
                     max_message_bytes=s.input.max_message_bytes, unknown_fields=s.input.unknown_fields,
-                    late_policy=s.input.late_policy, max_future_s=s.input.future_limit_s())
+                    late_policy=s.input.late_policy, max_future_s=s.input.future_limit_s(),
+                    max_entities=s.input.max_entities)
 
     def run(self, stop: threading.Event, *, max_records: int | None = None,
             idle_exit_s: float | None = None) -> ArchiveReport:

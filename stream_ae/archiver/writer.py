@@ -47,25 +47,29 @@ class PartitionState:
     ``through`` is the last offset whose record is archived (or dead-lettered), -1 for
     none; ``last_ts`` is each entity's newest archived timestamp (ns), which keeps the
     ordering check exact across restarts; ``channels`` are the last file's (for a person reading
-    the marker: a file holds only the channels its own rows carry).
+    the marker: a file holds only the channels its own rows carry). ``floor`` is the newest
+    timestamp of the entities no longer in ``last_ts`` (at most ``input.max_entities`` are: a flood
+    of ids), which a reading of an entity not in it must pass; None while none was let go.
     """
 
     through: int = -1
     channels: tuple[str, ...] = ()
     last_ts: dict[str, int] = field(default_factory=dict)
     pending: tuple[str, ...] = ()
+    floor: int | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"format": 1, "through": self.through, "channels": list(self.channels),
-                           "last_ts": self.last_ts, "pending": list(self.pending)},
+                           "last_ts": self.last_ts, "pending": list(self.pending), "floor": self.floor},
                           separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> "PartitionState":
         try:
             d = json.loads(data)
+            floor = d.get("floor")   # a marker written before entities were let go has none
             return cls(int(d["through"]), tuple(d["channels"]), {str(k): int(v) for k, v in d["last_ts"].items()},
-                       tuple(d["pending"]))
+                       tuple(d["pending"]), None if floor is None else int(floor))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{where}: archiver marker is unreadable ({exc!r}); delete it only if the "
                             f"files of this topic-partition are deleted too") from None
