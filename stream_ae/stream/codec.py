@@ -185,28 +185,36 @@ def _clipped(field: str, data: bytes, kept: int) -> str:
 def _non_finite_reason(data: bytes) -> tuple[str, str] | None:
     """``(reason, detail)`` for ``data`` that is JSON apart from NaN / Infinity tokens (slow
     path, errors only): ``non_finite`` when each sits as a channel value, else ``malformed``
-    naming the field (a NaN ``ts`` is no missing value); None for data that is not such JSON."""
+    naming the field (a NaN ``ts`` is no missing value); None for data that is not such JSON.
+    Linear in the message, and strict UTF-8 as the fast path (a BOM or UTF-16 is malformed)."""
     marks: list = []
     try:
-        obj = json.loads(bytes(data), parse_constant=lambda token: marks.append([token]) or marks[-1])
+        obj = json.loads(bytes(data).decode("utf-8"),
+                         parse_constant=lambda token: marks.append([token]) or marks[-1])
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
         return None
     if not marks:
         return None
+    ids = {id(m) for m in marks}
     values = obj.get("values") if isinstance(obj, dict) else None
-    channels = [k for k, v in values.items() if any(v is m for m in marks)] if isinstance(values, dict) else []
+    channels = [k for k, v in values.items() if id(v) in ids] if isinstance(values, dict) else []
     if len(channels) == len(marks):
         return "non_finite", f"NaN/Infinity is not JSON (channel {channels[0]!r}); send null for a missing value"
-    where = next((k for k, v in obj.items() if k != "values" and _holds(v, marks)), "values") \
+    where = next((k for k, v in obj.items() if k != "values" and _holds(v, ids)), "values") \
         if isinstance(obj, dict) else "the message"
     return "malformed", f"NaN/Infinity is not JSON, and {where!r} takes no such value"
 
 
-def _holds(value, marks: list) -> bool:
-    if any(value is m for m in marks):
-        return True
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return any(_holds(v, marks) for v in items)
+def _holds(value, ids: set) -> bool:
+    """Whether ``value`` is, or nests, one of the objects ``ids`` names (a walk, not a recursion:
+    ``json.loads`` parses deeper nesting than Python's stack takes frames)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if id(v) in ids:
+            return True
+        todo.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())
+    return False
 
 
 class ReadingDecoder:
@@ -227,8 +235,8 @@ class ReadingDecoder:
                  max_future_s: float | None = None, clock=time.time):
         if unknown_fields not in ("reject", "ignore"):
             raise ValueError(f"unknown_fields must be 'reject' or 'ignore', not {unknown_fields!r}")
-        if max_future_s is not None and not max_future_s > 0:
-            raise ValueError(f"max_future_s must be None or above 0, not {max_future_s!r}")
+        if max_future_s is not None and not 0 < max_future_s < float("inf"):
+            raise ValueError(f"max_future_s must be None or a finite number above 0, not {max_future_s!r}")
         self.max_bytes, self.unknown_fields = max_bytes, unknown_fields
         self.max_future_s, self._clock = max_future_s, clock
         self._decoder = msgspec.json.Decoder(Reading if unknown_fields == "reject" else _LenientReading)
@@ -310,7 +318,7 @@ class ReadingDecoder:
 def _validation_reason(msg: str) -> str:
     if msg.startswith("Object contains unknown field"):
         return "unknown_field"
-    if msg.startswith("Number out of range") and "at `$.values" in msg:   # e.g. 1e999, which would be inf
+    if msg.startswith("Number out of range") and "at `$.values[" in msg:   # a channel's 1e999, which would be inf
         return "non_finite"
     return "malformed"
 

@@ -53,7 +53,8 @@ class ReadingColumns(msgspec.Struct, gc=False):
         ingest = np.where(ms > 0, ms / 1000, time.time())
         batch = ReadingBatch(entity=self.entity, ts=self.ts_ns, values=self.values,  # values (N, C)
                              partition=np.fromiter(map(_PARTITION, msgs), np.int64, n),
-                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n), record_ts=ms * 1_000_000)
+                             offset=np.fromiter(map(_OFFSET, msgs), np.int64, n),
+                             record_ts=np.minimum(ms, 2**63 // 1_000_000) * 1_000_000)   # no wrap past 2262
         return batch, ingest
 
 

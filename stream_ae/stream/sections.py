@@ -177,6 +177,11 @@ class InputSettings(_Section):
     # it would make every later reading of its entity out_of_order until wall time caught up
     max_future_s: Annotated[float, Meta(ge=0.0)] = 86_400.0
 
+    def __post_init__(self):
+        if not math.isfinite(self.max_future_s):
+            raise ValueError(f"input.max_future_s must be a finite number of seconds (0: no limit), "
+                             f"got {self.max_future_s}")
+
     def future_limit_s(self) -> float | None:
         """``max_future_s`` as ``ReadingDecoder`` takes it: None for no limit (0)."""
         return self.max_future_s or None
