@@ -33,11 +33,13 @@ import pandas as pd
 
 from stream_ae import lockfile
 from stream_ae.artifact import load_artifact
-from stream_ae.errors import ConfigError, DataError, StreamAEError
+from stream_ae.data.layout import Layout
+from stream_ae.errors import ArtifactError, ConfigError, DataError, StreamAEError
 from stream_ae.registry import PromotionConflict, Registry
 from stream_ae.retraining import faults
 from stream_ae.retraining.compare import (Decision, LabelledEvent, PromotionRule, decide, holdout_metrics,
                                           swap_blocker)
+from stream_ae.retraining.labels import load_labels  # noqa: F401 - also this module's, as before
 from stream_ae.retraining.report import RetrainReport, plot_scores, write_report
 from stream_ae.stream.logs import masked_text
 from stream_ae.stream.settings import parse_duration
@@ -101,17 +103,17 @@ def is_due(settings, if_drift: bool | None = None) -> tuple[bool, str]:
     last = read_json(registry, f"{STATE_DIR}/{deployment}/last.json")
     if last is None:
         return True, "no successful retrain recorded yet"
-    ran_at = _parse_time(last["ran_at"])
-    # a marker written while that run trained is not handled by it (its data was chosen at its start)
+    # a marker written while that run trained is not handled by it (its data was chosen at its start);
+    # the interval counts from that start too, or a daily run slips by its own length every day
     since = last.get("started_at", last["ran_at"])
-    age = (_wall() - ran_at).total_seconds()
+    age = (_wall() - _parse_time(since)).total_seconds()
     if age >= parse_duration(cfg.interval):
-        return True, f"the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
+        return True, f"the last successful retrain started {age:.0f} s ago (retrain.interval={cfg.interval})"
     if cfg.run_on_drift if if_drift is None else if_drift:
         marker = read_json(registry, drift_marker_path(deployment))
         if marker is not None and _parse_time(marker["reported_at"]) > _parse_time(since):
             return True, f"drift reported at {marker['reported_at']}, after the last retrain started ({since})"
-    return False, (f"not due: the last successful retrain ran {age:.0f} s ago (retrain.interval={cfg.interval})"
+    return False, (f"not due: the last successful retrain started {age:.0f} s ago (retrain.interval={cfg.interval})"
                    " and no newer drift marker")
 
 
@@ -124,7 +126,9 @@ def fingerprint(history, train_start: int, train_end: int, preset) -> str:
     fs, _ = resolve_filesystem(str(history.uri))
     paths = [f.path for f in history.fragments()]
     files = [[i.path, i.size, i.mtime_ns] for i in (fs.get_file_info(paths) if paths else [])]
-    blob = json.dumps({"span": [int(train_start), int(train_end)], "files": files, "preset": preset.to_dict()},
+    what = preset.to_dict()
+    what["train"] = {k: v for k, v in what["train"].items() if k != "progress"}   # a display flag: the same run
+    blob = json.dumps({"span": [int(train_start), int(train_end)], "files": files, "preset": what},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -137,38 +141,6 @@ def _training_lock(registry: Registry, deployment: str, fp: str, timeout_s: floa
     return lockfile.exclusive(path, timeout_s, lambda holder: RetrainBusy(
         f"another retrain of {deployment!r} on the same data holds {path} ({holder or 'holder unknown'}); "
         f"waited retrain.lock_timeout_s={timeout_s:g} s. Retry later"), poll_s=0.1)
-
-
-def load_labels(uri: str, start: int, end: int) -> list[LabelledEvent]:
-    """Labelled events / operator feedback (Parquet or CSV: ``entity``, ``start``, ``end``, optional
-    ``anomaly`` bool — rows with False are ignored) overlapping ``[start, end)`` ns."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.dataset as ds
-
-    as_text = pcsv.ConvertOptions(column_types={"entity": pa.string()})   # "0042" is an id, not 42
-    try:
-        table = (pcsv.read_csv(uri, convert_options=as_text) if str(uri).lower().endswith(".csv")
-                 else ds.dataset(uri, format="parquet").to_table())
-    except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"retrain.labels={uri!r} cannot be read as Parquet or CSV: {exc}") from None
-    frame = table.to_pandas()
-    missing = [c for c in ("entity", "start", "end") if c not in frame.columns]
-    if missing:
-        raise DataError(f"{uri}: labels need columns entity, start, end; missing {missing} (have {list(frame.columns)})")
-    if "anomaly" in frame.columns:
-        frame = frame[frame["anomaly"].astype(bool)]
-    numeric = [c for c in ("start", "end") if pd.api.types.is_numeric_dtype(frame[c])]
-    if numeric:   # pandas reads a number as epoch nanoseconds: epoch seconds became January 1970
-        raise DataError(f"{uri}: {' and '.join(numeric)} hold numbers; write times as ISO 8601 strings "
-                        "(2026-01-01T01:00:00Z) or a timestamp column, so that their unit is not guessed")
-    try:
-        starts = pd.to_datetime(frame["start"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
-        ends = pd.to_datetime(frame["end"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{uri}: start/end must be times (ISO strings or timestamps): {exc}") from None
-    return [LabelledEvent(str(e), int(s), int(t)) for e, s, t in zip(frame["entity"], starts, ends)
-            if s < end and t >= start]
 
 
 def evaluate(version: str, artifact_path, history_uri: str, start: int, end: int, device: str,
@@ -251,21 +223,27 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                            rule=rule.to_dict(), started_at=started.isoformat())
     champion = registry.current(deployment)          # the CAS token: what serves now
     report.champion = {"version": champion, "metrics": None} if champion else None
-    scores, thresholds = {}, {}
+    scores, thresholds, arts = {}, {}, {}
     try:
+        if champion:   # before training: a version folder gone is a broken registry (exit 1), not bad settings
+            try:
+                arts["champion"] = load_artifact(registry.artifact_path(champion))
+            except ConfigError as exc:
+                raise ArtifactError(f"the champion {champion} cannot be loaded: {exc}") from None
         history = History.open(history_at, start=_iso(train_start), end=_iso(hold_start))
+        if champion and set(arts["champion"].channels) == set(history.channels) != set():
+            # the champion's channel order, whatever order the span's first file has (a channel offline then)
+            history = History.open(history_at, Layout(channels=tuple(arts["champion"].channels)),
+                                   start=_iso(train_start), end=_iso(hold_start))
         fp = report.fingerprint = fingerprint(history, train_start, hold_start, preset)
         report.run_id += f"-{fp[:8]}"
         runs = f"{STATE_DIR}/{deployment}/runs/{fp}.json"
-        record = read_json(registry, runs) or {}
-        if record.get("decision") in ("promoted", "kept_champion") or (champion and champion == record.get("challenger")):
-            report.decision, report.challenger = "already_done", {"version": record.get("challenger"), "metrics": None}
-            report.reasons = [f"this run (fingerprint {fp[:12]}) was already decided: "
-                              f"{record.get('decision', 'promoted')} at {record.get('decided_at', '?')}; nothing done"]
-            report.finished_at = _wall().isoformat()
+        if _already_done(registry, report, read_json(registry, runs) or {}, champion, fp, started):
             return report
         with _training_lock(registry, deployment, fp, cfg.lock_timeout_s):
             record = read_json(registry, runs) or {}
+            if _already_done(registry, report, record, champion, fp, started):   # an overlapping run decided it
+                return report
             version = record.get("challenger")
             if version and _published(registry, version):
                 report.challenger_reused = True
@@ -275,7 +253,7 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                 write_json(registry, runs, {"fingerprint": fp, "challenger": version, "trained_at": _wall().isoformat(),
                                             "span": report.train_span})
         report.challenger = {"version": version, "metrics": None}
-        arts = {"challenger": load_artifact(registry.artifact_path(version))}
+        arts["challenger"] = load_artifact(registry.artifact_path(version))
         report.training = _training_summary(arts["challenger"])
         events = load_labels(cfg.labels, hold_start, now_ns) if cfg.labels else []
         ch_metrics, scores["challenger"] = evaluate(version, registry.artifact_path(version), history_at,
@@ -286,20 +264,25 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                             f"{ch_metrics.windows} windows, fewer than retrain.min_holdout_windows="
                             f"{cfg.min_holdout_windows}: is the history ({history_at}) up to date?")
         champ_metrics = None
+        blocker = swap_blocker(arts["champion"], arts["challenger"]) if champion else None
         if champion:
-            arts["champion"] = load_artifact(registry.artifact_path(champion))
-            champ_metrics, scores["champion"] = evaluate(champion, registry.artifact_path(champion), history_at,
-                                                         hold_start, now_ns, cfg.device, events)
+            try:
+                champ_metrics, scores["champion"] = evaluate(champion, registry.artifact_path(champion), history_at,
+                                                             hold_start, now_ns, cfg.device, events)
+            except (DataError, ArtifactError) as exc:
+                if not blocker:
+                    raise
+                del arts["champion"]   # a retired sensor: the champion cannot read the holdout; not promoted
+                blocker += f" (the champion cannot be scored on the holdout: {masked_text(exc)})"
         shares = faults.measure(history_at, _iso(hold_start), _iso(now_ns), arts, cfg.device, cfg.seed)
         ch_metrics = replace(ch_metrics, fault_detection=shares["challenger"])
         report.challenger["metrics"] = ch_metrics.to_dict()
-        if champion:
+        if champ_metrics is not None:
             champ_metrics = replace(champ_metrics, fault_detection=shares["champion"])
             report.champion["metrics"], thresholds["champion"] = champ_metrics.to_dict(), champ_metrics.threshold_median
         decision = decide(rule, ch_metrics, champ_metrics)
-        blocker = swap_blocker(arts["champion"], arts["challenger"]) if champion else None
         if blocker:   # named whatever the rule decided: a new sensor in the archive is news to an operator
-            decision = Decision(False, [blocker, *decision.reasons])
+            decision = Decision(False, [blocker, *(decision.reasons if champ_metrics is not None else [])])
         report.reasons = decision.reasons
         if decision.promote:
             report.promotion = registry.promote(deployment, version, expect=champion,
@@ -311,6 +294,12 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
                    {"ran_at": _wall().isoformat(), "started_at": started.isoformat(), "run_id": report.run_id,
                     "decision": report.decision, "challenger": version, "champion_at_start": champion})
     except (PromotionConflict, RetrainBusy) as exc:
+        mine = (report.challenger or {}).get("version")
+        if isinstance(exc, PromotionConflict) and mine and registry.current(deployment) == mine:
+            report.decision = "already_done"   # an overlapping run of the same data promoted it: its report stays
+            report.reasons = [f"an overlapping run of the same data promoted {mine} meanwhile; nothing done"]
+            report.finished_at = _wall().isoformat()
+            return report
         report.decision, report.error = "conflict", masked_text(exc)
         _finish(report, cfg.report_dir, scores, thresholds)
         raise
@@ -321,6 +310,27 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
     _finish(report, cfg.report_dir, scores, thresholds)
     log.info(report.summary())
     return report
+
+
+def _already_done(registry: Registry, report: RetrainReport, record: dict, champion, fp: str, started) -> bool:
+    """Whether the run of fingerprint ``fp`` was decided (``record``), or its challenger serves
+    (promoted, then cut short): ``report`` says so, and ``last.json`` is brought up to date if
+    the cut-short run could not write it (else the schedule would train again)."""
+    decided = record.get("decision") in ("promoted", "kept_champion")
+    if not (decided or (champion and champion == record.get("challenger"))):
+        return False
+    decision = record.get("decision", "promoted")
+    report.decision, report.challenger = "already_done", {"version": record.get("challenger"), "metrics": None}
+    report.reasons = [f"this run (fingerprint {fp[:12]}) was already decided: "
+                      f"{decision} at {record.get('decided_at', '?')}; nothing done"]
+    last_at = f"{STATE_DIR}/{report.deployment}/last.json"
+    last = read_json(registry, last_at) or {}
+    if last.get("started_at", last.get("ran_at", "")) < record.get("trained_at", ""):   # its own never written
+        write_json(registry, last_at, {"ran_at": _wall().isoformat(), "started_at": started.isoformat(),
+                                       "run_id": report.run_id, "decision": decision,
+                                       "challenger": record.get("challenger"), "champion_at_start": champion})
+    report.finished_at = _wall().isoformat()
+    return True
 
 
 def _published(registry: Registry, version: str) -> bool:
