@@ -49,7 +49,7 @@ def test_integer_times_read_in_too_large_a_unit_stop_with_the_flag_to_set(tmp_pa
     df.to_parquet(tmp_path / "a.parquet", index=False)
     rows = list(History.open(str(tmp_path), Layout(timestamp_unit="ms")).iter_rows())
     assert rows[0].ts[0] == frame()["timestamp"].iloc[0].value
-    with pytest.raises(DataError, match="past the year 2262: the times are in a smaller unit than 's'; set --time-unit"):
+    with pytest.raises(DataError, match="past the year 2262: the times are in a smaller unit than 's'; set --time"):
         list(History.open(str(tmp_path), Layout(timestamp_unit="s")).iter_rows())
 
 

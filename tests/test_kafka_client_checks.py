@@ -47,7 +47,8 @@ def test_api_version_and_ssl_files_that_exist_load(tmp_path):
     (tmp_path / "s.toml").write_text(f'[kafka.client]\napi_version = [3, 7, 0]\nssl_cafile = "{ca}"\n')
     kwargs = load_settings(tmp_path / "s.toml", env={}).kafka_client_kwargs("consumer")
     assert kwargs["api_version"] == (3, 7, 0) and kwargs["ssl_cafile"] == str(ca)
-    assert load_settings(env={}, overrides=["kafka.client.api_version=2.8"]).kafka_client_kwargs()["api_version"] == (2, 8)
+    short = load_settings(env={}, overrides=["kafka.client.api_version=2.8"])
+    assert short.kafka_client_kwargs()["api_version"] == (2, 8)
 
 
 class Built(Exception):

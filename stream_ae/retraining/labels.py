@@ -43,7 +43,8 @@ def load_labels(uri: str, start: int, end: int) -> list[LabelledEvent]:
     frame = table.to_pandas()
     missing = [c for c in ("entity", "start", "end") if c not in frame.columns]
     if missing:
-        raise DataError(f"{uri}: labels need columns entity, start, end; missing {missing} (have {list(frame.columns)})")
+        raise DataError(f"{uri}: labels need columns entity, start, end; missing {missing} "
+                        f"(have {list(frame.columns)})")
     if "anomaly" in frame.columns:   # true/false, yes/no, 1/0 in any case; "no" is no anomaly, nor is a blank
         frame = frame[frame["anomaly"].map(_is_true)]
     numeric = [c for c in ("start", "end") if pd.api.types.is_numeric_dtype(frame[c])]

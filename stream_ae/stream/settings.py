@@ -30,11 +30,12 @@ import msgspec
 from stream_ae.errors import ConfigError
 from stream_ae.redaction import mask_all, strings, uri_secrets
 
-from stream_ae.stream.sections import (_MASK, BOOL_WORDS, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
+from stream_ae.stream.client_settings import BOOL_WORDS, _accepted_keys
+from stream_ae.stream.sections import (_MASK, SECRET_WORDS, AlertSettings,  # noqa: F401 - re-exported
                                        ArchiveSettings,
                                        BatchSettings, DriftSettings, InputSettings, KafkaSettings, ModelSettings,
                                        OpsSettings, RetrainSettings, Secret, ThresholdSettings,
-                                       _DURATION_RE, _accepted_keys, _Section, parse_duration)
+                                       _DURATION_RE, _Section, parse_duration)
 
 ENV_PREFIX = "STREAM_AE_"
 CONFIG_ENV = "STREAM_AE_CONFIG"
