@@ -247,7 +247,7 @@ def _log_format_anyway(config_path, overrides):
     import tomllib
 
     from stream_ae.stream.sections import OpsSettings
-    from stream_ae.stream.settings import CONFIG_ENV
+    from stream_ae.stream.settings import CONFIG_ENV, ENV_PREFIX
 
     wanted = {}
     try:
@@ -256,13 +256,18 @@ def _log_format_anyway(config_path, overrides):
     except (OSError, ValueError, AttributeError, TypeError):   # no file, not TOML, [ops] not a table
         pass
     for key in ("log_format", "log_level"):
-        wanted[key] = os.environ.get(f"STREAM_AE_OPS__{key.upper()}", wanted.get(key))
+        wanted[key] = os.environ.get(f"{ENV_PREFIX}OPS__{key.upper()}", wanted.get(key))
         for item in overrides:
             name, _, value = item.partition("=")
             wanted[key] = value.strip() if name.strip() == f"ops.{key}" else wanted[key]
     fmt, level = str(wanted.get("log_format")).lower(), str(wanted.get("log_level")).upper()
     return OpsSettings(log_format=fmt if fmt in ("json", "text") else "json",
                        log_level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+
+
+def _cannot_start(exc: StreamAEError) -> None:
+    """Why the service cannot start, as a log line too (a JSON log pipeline drops the CLI's plain one)."""
+    log.error("stream-ae serve cannot start: %s", mask_uri(str(exc)), extra={"fields": {"error": type(exc).__name__}})
 
 
 def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
@@ -278,7 +283,7 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
         settings = load_settings(config_path, overrides=overrides)
     except ConfigError as exc:   # a log line too, in the format the settings would have chosen
         configure_logging(_log_format_anyway(config_path, overrides))
-        log.error("stream-ae serve cannot start: %s", mask_uri(str(exc)), extra={"fields": {"error": "ConfigError"}})
+        _cannot_start(exc)
         raise
     configure_logging(settings.ops, secrets=settings.secret_values())
     log.info("stream-ae serve starting", extra={"fields": {"settings": settings.redacted()}})
@@ -287,13 +292,13 @@ def serve(config_path: str | None = None, overrides: Sequence[str] = (), *,
     ops = settings.ops
     stale = max(60.0, 3 * settings.kafka.session_timeout_ms / 1000)
     with stop_on_signals(stop), contextlib.ExitStack() as stack:
-        try:   # why it cannot start, as a log line too (a JSON log pipeline drops the CLI's plain line)
+        try:
             watcher = ModelWatcher(settings)
             stack.enter_context(OpsServer(metrics, ops.metrics_port, ops.health_port, stale_after_s=stale))
             check_broker(settings)
             scorer = watcher.initial(stop, metrics)   # answers /healthz while it waits for a first model
         except StreamAEError as exc:
-            log.error("stream-ae serve cannot start: %s", exc, extra={"fields": {"error": type(exc).__name__}})
+            _cannot_start(exc)
             raise
         if scorer is None:
             return 0   # stopped while waiting for a first model
