@@ -55,3 +55,14 @@ def test_the_retrain_job_masks_a_uri_credential_in_its_error_and_its_report(tmp_
     written = list(reports.glob("*.json"))
     assert written and all(SECRET not in p.read_text() for p in written)
     assert json.loads(written[0].read_text())["decision"] == "failed"
+
+
+def test_a_sections_own_check_names_where_each_key_it_names_came_from():
+    """Before: a ConfigError raised by a section's check (retrain.noise_std on the undercomplete
+    variant) named no source, and "not both" named only one of the two keys' sources."""
+    with pytest.raises(ConfigError, match=r"retrain.noise_std is read by the denoising variant only.*"
+                                          r"\(from --set retrain.noise_std\)$"):
+        load_settings(env={}, overrides=["retrain.noise_std=0.1"])
+    with pytest.raises(ConfigError, match=r"not both \(model.deployment from environment variable "
+                                          r"STREAM_AE_MODEL__DEPLOYMENT; model.artifact from --set model.artifact\)$"):
+        load_settings(env={"STREAM_AE_MODEL__DEPLOYMENT": "prod"}, overrides=["model.artifact=models/v1"])

@@ -143,7 +143,7 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     try:
         # strict=False lets "2000" from the environment or a flag fill an int field.
         return msgspec.convert(tree, Settings, strict=False, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, ConfigError) as exc:   # a section's own check may raise ConfigError
         raise ConfigError(_explain(str(exc), origins)) from None
 
 
@@ -320,10 +320,12 @@ def _explain(msg: str, origins: Mapping[str, str]) -> str:
     text = msg[:match.start()] if match else msg
     named = re.findall(r"\b((?:[a-z_]+\.)+[a-z_]+)\b", text)   # keys a __post_init__ named
     key = next((k for k in named if k in origins), re.sub(r"\[\d+\]", "", where))   # a list's item: the list's
+    others = [k for k in dict.fromkeys(named) if k in origins and k != key]   # "set a or b, not both": each one's
+    source = "; ".join(f"{k} {_origin(k, origins)}" for k in (key, *others)) if others else _origin(key, origins)
     if key and text.startswith(f"{key}: "):
         text = text[len(key) + 2:]
     elif key and text.startswith(f"{key} "):   # the check's own sentence names the key
-        return f"{text} ({_origin(key, origins)})"
+        return f"{text} ({source})"
     choices = _choices(key)
     if choices and text.startswith("Invalid enum value"):
         text += f"; choose one of: {', '.join(map(str, choices))}"
@@ -332,7 +334,7 @@ def _explain(msg: str, origins: Mapping[str, str]) -> str:
     elif key.endswith("_s") and text.startswith("Expected `float"):
         text += "; write seconds (300) or a duration with a unit s, m, h, d or w (5m)" if "got `str`" in text \
             else " seconds"
-    return f"setting {key or where}: {text} ({_origin(key, origins)})"
+    return f"setting {key or where}: {text} ({source})"
 
 
 def _choices(dotted: str) -> tuple:
