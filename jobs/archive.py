@@ -14,7 +14,7 @@ import sys
 import threading
 
 from stream_ae.errors import StreamAEError
-from stream_ae.redaction import mask_uri
+from stream_ae.stream.logs import masked_text
 
 
 def build_parser(prog: str = "python -m jobs.archive") -> argparse.ArgumentParser:
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.archive") ->
     try:
         settings = settings_from_args(args)
     except StreamAEError as exc:
-        parser.error(mask_uri(str(exc)))  # exits 2 with one line
-    from stream_ae.stream.logs import configure_logging, masked_text
+        parser.error(masked_text(exc))  # exits 2 with one line
+    from stream_ae.stream.logs import configure_logging
 
     configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     stop = threading.Event()

@@ -20,7 +20,7 @@ import json
 import sys
 
 from stream_ae.errors import ConfigError, StreamAEError
-from stream_ae.redaction import mask_uri
+from stream_ae.stream.logs import masked_text
 
 PROG = "python -m jobs.retrain"
 
@@ -48,9 +48,9 @@ def run(args, prog: str = PROG) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"{prog}: error: {mask_uri(str(exc))}", file=sys.stderr)
+        print(f"{prog}: error: {masked_text(exc)}", file=sys.stderr)
         return 2
-    from stream_ae.stream.logs import configure_logging, masked_text
+    from stream_ae.stream.logs import configure_logging
 
     configure_logging(settings.ops, secrets=settings.secret_values())  # as the service: format, level, masking
     try:

@@ -231,9 +231,10 @@ def run_retrain(settings, now=None, *, schedule: bool = False, if_drift: bool | 
             except ConfigError as exc:
                 raise ArtifactError(f"the champion {champion} cannot be loaded: {exc}") from None
         history = History.open(history_at, start=_iso(train_start), end=_iso(hold_start))
-        if champion and set(arts["champion"].channels) == set(history.channels) != set():
+        champ_channels = tuple(arts["champion"].channels) if champion else ()
+        if set(champ_channels) == set(history.channels) and champ_channels != history.channels:
             # the champion's channel order, whatever order the span's first file has (a channel offline then)
-            history = History.open(history_at, Layout(channels=tuple(arts["champion"].channels)),
+            history = History.open(history_at, Layout(channels=champ_channels),
                                    start=_iso(train_start), end=_iso(hold_start))
         fp = report.fingerprint = fingerprint(history, train_start, hold_start, preset)
         report.run_id += f"-{fp[:8]}"
