@@ -231,6 +231,12 @@ class Checkpointer:
         """Whether a restored partition's replay has yet to pass its previous owner's reach."""
         return bool(self._holds)
 
+    def replaying(self, partitions) -> bool:
+        """Whether one of ``partitions`` (those read from) is held: its replay may not have passed
+        its previous owner yet. A partition never read from replays nothing. A hold is let go by
+        the first checkpoint past it (``output_offsets``)."""
+        return any(p in self._holds for p in partitions)
+
     def release(self, partitions) -> None:
         """The partitions are no longer this consumer's."""
         for p in partitions:

@@ -177,10 +177,12 @@ class StreamRunner:
         self._swap.offer(scorer)
 
     def _maybe_reload(self) -> None:
-        """Swap in a new model once what the old one scored is checkpointed: a crash after the swap
-        replays only what the new one scores (else an alert published might never be resolved)."""
-        if self._swap.waiting(self.detector.model_version) is None or (self._assigned and not self.checkpoint()):
-            return  # no new model, or no checkpoint now (a stall awaits a poll's confirmation)
+        """Swap in a new model once what the old one scored is checkpointed, and not while a restored
+        partition replays its previous owner's readings: a crash after the swap replays only what the
+        new one scores, and what is replayed is what published its alerts (else one might never resolve)."""
+        if self._swap.waiting(self.detector.model_version) is None or self._checkpointer.replaying(
+                self._next_offsets) or (self._assigned and not self.checkpoint()):
+            return  # no new model, a replay under way, or no checkpoint now (a stall awaits a poll's confirmation)
         with self._lock:
             scorer = self._swap.take()
             self.detector.swap_scorer(scorer)
@@ -188,12 +190,14 @@ class StreamRunner:
         log.info("model swapped to %s", scorer.version)
 
     # -- one micro-batch --------------------------------------------------------------------
-    def _submit_batch(self) -> None:
-        """Decode and window the batcher's records; their scoring starts on the model's thread."""
+    def _submit_batch(self, reload: bool = True) -> None:
+        """Decode and window the batcher's records; their scoring starts on the model's thread. ``reload``: swap in
+        a model waiting first (not in a listener, where a checkpoint would block the client's IO thread)."""
         records, ends = self.batcher.take()
         if not records:
             return
-        self._maybe_reload()
+        if reload:
+            self._maybe_reload()
         self.metrics.consumed.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         cols, bad = self.decoder.decode_columns(records, self.detector.channels)
@@ -248,8 +252,8 @@ class StreamRunner:
 
     def _drain(self) -> None:
         """Process and finish everything held (a revoke, or the shutdown with a confirmed membership)."""
-        while self.batcher:  # it may hold more than one batch
-            self._submit_batch()
+        while self.batcher:  # it may hold more than one batch; the model waiting is swapped in after
+            self._submit_batch(reload=False)
         self._finish_inflight(confirmed=True)
 
     # -- checkpoint and recovery -------------------------------------------------------------
