@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# Two workers, a test file each at a time (each worker starts its own broker when a file needs one):
+# the broker tests mostly wait on group joins and session timeouts, so two overlap well.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow and not kafka and not skab"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not kafka and not skab"
 
 demo: venv
 	$(BIN)/stream-ae demo

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Kafka-compatible broker per test session, uuid-named topics.
+"""Shared fixtures: one Kafka-compatible broker per test session (per xdist worker under
+``make test``), uuid-named topics.
 
 The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else testcontainers' Kafka if Docker
 answers, else the embedded Tansu binary (see stream_ae/stream/broker.py). Tests that use
@@ -6,6 +7,8 @@ it are marked ``kafka``; they skip, saying why, when no broker can be had.
 """
 from __future__ import annotations
 
+import logging
+import os
 import uuid
 
 import pytest
@@ -15,6 +18,29 @@ from stream_ae.stream.broker import BrokerUnavailable, create_topics, delete_top
 # Tansu joins a group in about half the session timeout: keep it short there. Apache Kafka
 # refuses less than group.min.session.timeout.ms (6000 by default).
 SESSION_TIMEOUT_MS = {"embedded": 3000, "testcontainers": 6000, "external": 6000}
+
+
+def pytest_configure(config):
+    """An xdist worker shares the cores with the other: one torch thread each, or their thread
+    pools spin against each other (a 2 s test took 21 s with two threads per worker on 2 cores)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_log_handler():
+    """A test that runs the CLI in-process leaves its ``basicConfig`` handler on the root logger,
+    writing to that test's captured stderr; a later test that logs then prints "--- Logging
+    error ---" into its own. Which test comes later depends on the order (``-n 2`` changes it):
+    take such handlers off after each test, and put the root's level back."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for h in [h for h in root.handlers if h not in before and type(h) is logging.StreamHandler]:
+        root.removeHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
