@@ -131,6 +131,9 @@ class QuantileThreshold(Threshold):
         while i < len(scores) and not self.ready:   # warming up: nothing flagged, the value NaN
             self._warm_up(scores[i])
             i += 1
+        if self._recent is None and i < len(scores):
+            self._step_p2(scores, i, flags, values)
+            return flags, values
         learn = self._learn
         for i, s in enumerate(scores[i:], start=i):
             v = self._value
@@ -140,6 +143,26 @@ class QuantileThreshold(Threshold):
             else:
                 learn(s)
         return flags, values
+
+    def _step_p2(self, scores: list, i: int, flags: np.ndarray, values: np.ndarray) -> None:
+        """:meth:`step_many`'s loop for the ready P² rule, inlined (the stream's hot path: half of
+        the detector's finishing time went to the method calls per score). Same steps as
+        :meth:`_learn`, on river's Rust estimator directly."""
+        stat, factor, v, seen = self._stat._quantile, self.spec.factor, self._value, self._seen
+        update, get, out, flagged = stat.update, stat.get, [], []
+        for j, s in enumerate(scores[i:], start=i):
+            out.append(v)
+            if s > v:
+                flagged.append(j)
+            elif s < SCORE_MAX:
+                update(s)
+                seen += 1
+                v = factor * get()
+        if seen != self._seen:
+            self._stat._is_updated = True
+        self._seen, self._value = seen, v
+        values[i:] = out
+        flags[flagged] = True
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
