@@ -116,3 +116,15 @@ def get_preset(name: str, variant: str | None = None) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     return preset.with_variant(variant) if variant else preset
+
+
+def skab_preset(name: str = "conv") -> Preset:
+    """The preset ``name`` as SKAB's evaluation runs it: its threshold and alert rules and its
+    detrended channels. The benchmarks run this too (``bench/stream.py``, ``bench/backfill.py``):
+    the configuration that meets the SKAB target is what they measure.
+
+    >>> p = skab_preset("conv")
+    >>> p.threshold.kind, p.threshold.factor, (p.alert.k, p.alert.n), p.detrend
+    ('quantile', 1.75, (1, 1), ('Temperature', 'Thermocouple'))
+    """
+    return get_preset(name).replace(threshold=SKAB_THRESHOLD, alert=SKAB_ALERT, detrend=SKAB_DETREND)

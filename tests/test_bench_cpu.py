@@ -64,6 +64,7 @@ def test_the_stream_bench_says_which_part_of_the_detector_used_the_cores(broker,
     """(b) of ``stream-ae bench stream`` on some thousands of readings: the poll loop, the model's
     thread and kafka-python's I/O are each seen working, the broker's processes beside them."""
     from stream_ae.bench import stream
+    from stream_ae.bench.rates import detector_rate
     from stream_ae.stream.broker import delete_topics
 
     artifact = stream._artifact(tmp_path)
@@ -75,12 +76,13 @@ def test_the_stream_bench_says_which_part_of_the_detector_used_the_cores(broker,
     try:
         stream._produce_all(broker.bootstrap, topics["readings_topic"], msgs)
         settings = stream._settings(broker, topics)
-        rate, profile = stream.detector_rate(settings, artifact, n,
-                                             tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
+        rate, profile = detector_rate(settings, artifact, n, stream.ENTITIES,
+                                      tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
     finally:
         delete_topics(broker.bootstrap, list(topics.values()))
     cores = profile["cpu_cores"]
     assert rate > 0 and profile["batches"] >= 3
+    assert profile["checkpoints"] >= 1   # (b) ends on a checkpoint that covers the last window
     assert cores["poll_loop"] > 0 and cores["model"] > 0 and cores["kafka_io"] > 0
     assert cores["model"] <= settings.batch.scoring_threads + 0.05  # one torch thread each
     assert ("broker" in cores) == (broker.kind == "embedded")

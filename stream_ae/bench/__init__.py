@@ -26,16 +26,6 @@ def skab_detrend(channels) -> tuple[str, ...]:
     return tuple(channels[SKAB_CHANNELS.index(name)] for name in SKAB_DETREND)
 
 
-def evt_peak_share(detector, windows: int) -> float | None:
-    """Share of ``windows`` scored windows (warm-up included) that the detector's live EVT
-    thresholds learned as peaks beyond their calibration's (None: not an EVT threshold)."""
-    calibration = detector.threshold_state or {}
-    if calibration.get("kind") != "evt" or not windows:
-        return None
-    nt = [detector.table.get(e).threshold.state_dict().get("nt", 0) for e in detector.table.live()]
-    return round(sum(k - calibration["nt"] for k in nt) / windows, 4)
-
-
 def emit(result: dict, json_path=None) -> dict:
     """Print a benchmark's figures as JSON and, when asked, write them to ``json_path``."""
     from pathlib import Path

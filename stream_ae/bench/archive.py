@@ -79,7 +79,7 @@ def _sample_peak_rss(pid: int, seen: dict[int, int]) -> None:
 
 def _raw_run(bootstrap, kind, topic, dlq, root, n, queue) -> None:
     """Child: (a) records/s of a bare consumer group; its peak RSS."""
-    from stream_ae.bench.stream import raw_consume_rate
+    from stream_ae.bench.rates import raw_consume_rate
 
     rate = raw_consume_rate(_settings(bootstrap, kind, topic, dlq, root), n)
     queue.put({"msgs_per_s": rate})

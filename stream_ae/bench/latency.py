@@ -161,7 +161,8 @@ def _percentiles(ms: np.ndarray, prefix: str) -> dict:
 def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: str = "fp32") -> dict:
     """(c) Offered load ``rate`` for ``LATENCY_SECONDS`` (as many of ``msgs`` as that takes);
     every alert event's ingest-to-ack latency."""
-    from stream_ae.bench.stream import CPU_GROUPS, _run, _settings, _topics
+    from stream_ae.bench.rates import CPU_GROUPS, _run
+    from stream_ae.bench.stream import _settings, _topics
     from stream_ae.stream.broker import delete_topics
     from stream_ae.stream.runner import StreamRunner
 
@@ -199,7 +200,8 @@ def latency_run(broker, artifact, msgs, rate: float, out_dir: Path, precision: s
 def broker_latency_run(broker, msgs, rate: float, out_dir: Path, timeout_s: float = 300.0) -> dict:
     """The broker floor under (c): the same paced readings read by a bare consumer; every
     reading's latency from its CreateTime to the poll that returned it."""
-    from stream_ae.bench.stream import _settings, _topics, bare_consumer
+    from stream_ae.bench.rates import bare_consumer
+    from stream_ae.bench.stream import _settings, _topics
     from stream_ae.stream.batcher import MicroBatcher
     from stream_ae.stream.broker import delete_topics
 

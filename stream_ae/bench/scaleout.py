@@ -203,8 +203,9 @@ def consumer_group_run(broker, artifact_path: Path, readings_topic: str, k: int,
 
 def run_scaleout_bench(n: int = 200_000, consumers=(1, 2), json_path=None, out_dir="bench-out") -> dict:
     """Aggregate readings/s of k detector processes in one group, for each k; print and return."""
+    from stream_ae.bench.rates import raw_consume_rate
     from stream_ae.bench.stream import (CHANNELS, SETTINGS, _artifact_path, _crc32c_native, _messages,
-                                        _produce_all, _settings, _topics, raw_consume_rate)
+                                        _produce_all, _settings, _topics)
     from stream_ae.presets import PRESETS
     from stream_ae.stream.broker import delete_topics, running_broker
 

@@ -2,8 +2,11 @@
 
 (a) raw kafka-python consume rate of the N readings: a consumer group, same client settings
     and process settings (``stream/tuning.py``) as the runner, no processing;
-(b) the detector's end-to-end rate on the same readings: a StreamRunner with the conv preset
-    (hop 1), from its partitions being assigned to the last window scored;
+(b) the detector's end-to-end rate on the same readings: a StreamRunner with the configuration
+    that meets the SKAB target (``presets.skab_preset``: the conv preset, hop 1, SKAB's quantile
+    threshold and first-flag alert rule, its two detrended channels), from its partitions being
+    assigned to the checkpoint that covers the last window (its alerts acknowledged, its state
+    written and its offsets committed);
 (c) ingest-to-alert latency at an offered load of half of (b): a producer in another process
     paces the readings for ``LATENCY_SECONDS`` (anomalies included, so alerts happen: the
     plant continues past the N readings when that needs more) while a fresh runner consumes;
@@ -11,31 +14,30 @@
     produced) to the acknowledgement of the alert it caused, every event recorded; beside it
     the broker floor: the same paced readings read by a bare consumer (``latency.py``).
 
-The model is the conv preset architecture trained for one short epoch on the history of the
-same plant (its first ``HISTORY_ROWS`` rows per entity, clean); the stream is the rows after
-them, with anomalies injected. That is how a deployment runs: a model trained on a fleet's
-past scores its present. The share of windows that are EVT peaks (2 % when scores follow
-the calibration; each peak costs the threshold more work) is measured and reported.
+The model is that configuration trained for one short epoch on the history of the same plant
+(its first ``HISTORY_ROWS`` rows per entity, clean); the stream is the rows after them, with
+anomalies injected. That is how a deployment runs: a model trained on a fleet's past scores its
+present. The share of windows the thresholds flag is measured and reported: each flagged window
+is an alert to open or update, and the rule learns only from the others.
 Figures are printed and written as JSON; compare ratios within one run, never absolute rates across runs.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from stream_ae.bench import cpu, emit, evt_peak_share
+from stream_ae.bench import cpu, emit
 from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.bench.latency import LATENCY_SECONDS, broker_latency_run, latency_run, paced_readings
 from stream_ae.bench.latency_plot import plot_latency
 from stream_ae.bench.loadgen import GENERATOR_LINGER_MS, load_generator
+from stream_ae.bench.rates import RAW_MAX_RECORDS, detector_rate, raw_consume_rate
 
 ENTITIES = 16
 CHANNELS = 8
@@ -43,15 +45,6 @@ DEFAULT_N = 200_000
 PLANT_SEED = 2
 HISTORY_ROWS = 6_000           # per entity: the model's training span, just before the streamed rows
 TARGET_RATIO, TARGET_P99_MS = 0.6, 200.0
-POLL_THREAD = "stream-ae-poll-loop"
-# The runner's threads by name: the poll loop (decode, windows, thresholds, alerts, Kafka
-# calls), the model's (ThreadPoolExecutor "stream-ae-scoring"), kafka-python's network threads.
-CPU_GROUPS = {"poll_loop": lambda name: name == POLL_THREAD,
-              "model": lambda name: name.startswith("stream-ae-scoring"),
-              "kafka_io": lambda name: name.startswith("kafka-io")}
-# (a) polls this many records a call, whatever the detector's batch.max_size: in a sweep of
-# 500 / 1024 / 2048 / 4096 (two rounds, one broker) 1024 was the best or equal best
-RAW_MAX_RECORDS = 1024
 TORCH_THREADS = 1              # on 2 shared cores, a 2nd intra-op thread fights the Kafka I/O thread
 # Service settings used by every run; fetch_max_wait_ms bounds how long the broker holds an
 # empty fetch (kafka-python's 500 ms default shows up in the latency tail).
@@ -62,17 +55,17 @@ SETTINGS = {"batch.max_size": 2048, "batch.max_wait_ms": 20, "kafka.client.fetch
 
 
 def _artifact_path(out_dir: Path) -> Path:
-    """The conv preset, 8 channels, the two SKAB detrends at the same positions (``skab_detrend``),
-    trained 1 epoch on 20k windows of the plant's clean history; cached."""
+    """SKAB's configuration (``skab_preset``) on 8 channels, its two detrends at the same positions
+    (``skab_detrend``), trained 1 epoch on 20k windows of the plant's clean history; cached."""
     from stream_ae.artifact import save_artifact
     from stream_ae.data.layout import Layout
     from stream_ae.data.synthetic import write_history
-    from stream_ae.presets import PRESETS
+    from stream_ae.presets import skab_preset
     from stream_ae.training import TrainConfig, train
 
     from stream_ae.bench import config_key, skab_detrend
 
-    preset = PRESETS["conv"]
+    preset = skab_preset("conv")
     detrend = skab_detrend([f"ch_{i}" for i in range(CHANNELS)])
     key = (config_key(preset.model, preset.window, preset.threshold, detrend)
            + f"/plant-{PLANT_SEED}x{ENTITIES}-{HISTORY_ROWS}")
@@ -153,114 +146,15 @@ def _settings(broker, topics: dict, precision: str = "fp32"):
 
 def _overrides(broker, topics: dict) -> list[str]:
     """``section.key=value`` settings of every run (a fresh group id each call)."""
-    from stream_ae.presets import PRESETS
+    from stream_ae.presets import skab_preset
 
-    alert = PRESETS["conv"].alert
+    alert = skab_preset("conv").alert
     session_ms = 3000 if broker.kind == "embedded" else 6000
     overrides = [f"kafka.bootstrap_servers={broker.bootstrap}", f"kafka.group_id=bench-{uuid.uuid4().hex[:8]}",
                  f"kafka.session_timeout_ms={session_ms}", "model.device=auto",
                  f"alerts.k={alert.k}", f"alerts.n={alert.n}", f"alerts.quiet_s={alert.quiet_s}",
                  f"alerts.update_interval_s={alert.update_interval_s}"]
     return overrides + [f"kafka.{k}={v}" for k, v in topics.items()] + [f"{k}={v}" for k, v in SETTINGS.items()]
-
-
-@contextlib.contextmanager
-def bare_consumer(settings, compiled: bool):
-    """A consumer group member on the readings topic, assigned, under the process settings the
-    runner gives itself (``stream/tuning.py``: GIL switch interval, frozen start-up heap), so a
-    ceiling measured with it differs from the runner only in the work done. ``compiled``: try to
-    install the detector's record decoder (stream/record_decoding.py). Yields the consumer and
-    whether that decoder is installed (if not, kafka-python's reads, as the runner falls back)."""
-    from kafka import KafkaConsumer
-
-    from stream_ae.stream import record_decoding
-    from stream_ae.stream.broker import wait_for_assignment
-    from stream_ae.stream.tuning import tune_process
-
-    consumer = KafkaConsumer(**{**settings.kafka_client_kwargs("consumer"), "enable_auto_commit": False})
-    try:
-        installed = bool(compiled) and record_decoding.install(consumer)
-        with contextlib.ExitStack() as stack:
-            tune_process(stack, settings.batch.torch_threads)
-            consumer.subscribe([settings.kafka.readings_topic])
-            wait_for_assignment(consumer)
-            yield consumer, installed
-    finally:
-        consumer.close(autocommit=False)
-
-
-def raw_consume_rate(settings, n: int, compiled: bool = False) -> float:
-    """(a) Records/s of a bare consumer group over the readings topic: no decode, no processing.
-    ``compiled``: with the detector's record decoder installed.
-
-    It runs under the runner's process settings (``bare_consumer``): without them kafka-python
-    alone was 127-138 k/s against 156-165 k/s with them (three rounds, one broker), a ceiling
-    ~20 % low that flattered (b)/(a)."""
-    with bare_consumer(settings, compiled) as (consumer, installed):
-        if compiled and not installed:
-            return float("nan")
-        t, got = time.perf_counter(), 0
-        while got < n:
-            for batch in consumer.poll(timeout_ms=100, max_records=RAW_MAX_RECORDS).values():
-                got += len(batch)
-        return n / (time.perf_counter() - t)
-
-
-def _run(runner, done, timeout_s: float = 600.0,
-         children: tuple[int, ...] = ()) -> tuple["cpu.Snapshot", "cpu.Snapshot"]:
-    """Run until ``done()``; returns CPU snapshots (``.at``: perf_counter seconds) taken when the
-    runner's partitions were assigned and when ``done()`` first held; ``children``: processes
-    (the broker) whose CPU the snapshots also read."""
-    stop, errors = threading.Event(), []
-
-    def target():
-        try:
-            runner.run(stop)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True, name=POLL_THREAD)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    assigned = None
-    while thread.is_alive() and time.monotonic() < deadline:
-        if assigned is None and runner.metrics.assigned:
-            assigned = cpu.snapshot(children)
-        if done():
-            break
-        # Once the run is measured, look rarely: each wake-up of this thread takes the GIL from
-        # the runner (0.1 ms switch interval); every 2 ms that cost (b) 5-10 %. Seeing the end
-        # up to 10 ms late understates (b) by at most 10 ms / the run's length (~0.5 %).
-        time.sleep(0.002 if assigned is None else 0.01)
-    finished = cpu.snapshot(children)
-    stop.set()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    if not done():
-        raise RuntimeError("the runner did not get through the readings in time")
-    return assigned or finished, finished
-
-
-def detector_rate(settings, artifact, n: int, broker_pids: tuple[int, ...] = ()) -> tuple[float, dict]:
-    """(b) Readings/s of the StreamRunner, assignment to last window scored; and where time went:
-    the model's busy share, and the cores each part used (``cpu_cores``: the poll loop, the
-    model's thread, kafka-python's I/O threads, the broker's processes, the whole machine)."""
-    from stream_ae.stream.runner import StreamRunner
-
-    runner = StreamRunner(settings, artifact)
-    expected = n - ENTITIES * (artifact.window.length - 1)
-    m = runner.metrics
-    a, b = _run(runner, lambda: (m.sample("stream_ae_windows_scored_total") or 0) >= expected,
-                children=broker_pids)
-    elapsed = b.at - a.at
-    batches = m.sample("stream_ae_batch_readings_count") or 1
-    model_s = m.sample("stream_ae_scoring_seconds_sum") or 0.0
-    return n / elapsed, {"seconds": round(elapsed, 2), "batches": int(batches),
-                         "mean_batch_readings": round(n / batches, 1),
-                         "model_seconds": round(model_s, 2), "model_share": round(model_s / elapsed, 3),
-                         "evt_peak_share": evt_peak_share(runner.detector, expected),
-                         "cpu_cores": cpu.cpu_between(a, b, CPU_GROUPS, children_label="broker")}
 
 
 def _crc32c_native() -> bool:
@@ -295,7 +189,7 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
             raw = raw_consume_rate(_settings(broker, topics), n)
             raw_compiled = raw_consume_rate(_settings(broker, topics), n, compiled=True)
             det_settings = _settings(broker, topics, precision)
-            det, profile = detector_rate(det_settings, artifact, n,
+            det, profile = detector_rate(det_settings, artifact, n, ENTITIES,
                                          tuple(cpu.child_pids(cpu.BROKER_PROCESS)))
         finally:
             delete_topics(broker.bootstrap, list(topics.values()))
@@ -316,9 +210,11 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "kafka_crc32c": _crc32c_native(),
         "load_generator": {"client": load_generator(), "linger_ms": GENERATOR_LINGER_MS},
-        "model": {"source": "presets.PRESETS['conv'], detrended as SKAB's ("
+        "model": {"source": "presets.skab_preset('conv'), detrended as SKAB's ("
                   + ", ".join(artifact.channels[i] for i in artifact.model.detrend) + ")",
                   "version": artifact.version, **artifact.model.to_dict()},
+        "threshold": artifact.threshold["spec"],
+        "alert": {k: getattr(det_settings.alerts, k) for k in ("k", "n", "quiet_s", "update_interval_s")},
         "window": artifact.window.to_dict(), "settings": {**SETTINGS, "model.precision": precision,
                                                         "kafka.record_decoder": det_settings.kafka.record_decoder},
         "produce_msgs_per_s": round(produce_rate, 1),
@@ -331,8 +227,11 @@ def run_stream_bench(json_path=None, n=None, out_dir="bench-out", precision: str
         "detector_profile": profile, "latency_plot": str(plot),
         "targets": {"ratio": TARGET_RATIO, "latency_p99_ms": TARGET_P99_MS},
         "notes": [f"model trained 1 epoch on 20k windows of the plant's first {HISTORY_ROWS} rows per entity "
-                  "(clean); the readings are the rows after them, anomalies injected; detector_profile."
-                  "evt_peak_share is the share of windows the thresholds learned as peaks (2 % by design)",
+                  "(clean) with SKAB's configuration (threshold and alert above); the readings are the rows "
+                  "after them, anomalies injected; detector_profile.flagged_share is the share of windows the "
+                  "thresholds flagged",
+                  "(b) ends when a checkpoint begun after the last window is written and committed (asked for "
+                  "then, not waited an interval for): its alerts acknowledged, its state records written",
                   "(a) is stock kafka-python; (b) decodes fetched batches with aiokafka's compiled "
                   "decoder (kafka.record_decoder=compiled, the default); raw_consume_compiled_decoder is "
                   "(a) with that decoder too, and ratio_to_compiled_raw (b) against it",

@@ -248,12 +248,11 @@ def _evaluate_all(out, skab, data_dir, model_kinds, variants, protocols, device,
     import dataclasses
     import time
 
-    from stream_ae.presets import SKAB_ALERT, SKAB_DETREND, SKAB_THRESHOLD, get_preset
+    from stream_ae.presets import skab_preset
 
     for kind in model_kinds:
         for variant in variants:
-            base = (presets or {}).get(kind) or get_preset(kind).replace(
-                threshold=SKAB_THRESHOLD, alert=SKAB_ALERT, detrend=SKAB_DETREND)
+            base = (presets or {}).get(kind) or skab_preset(kind)
             preset = base.with_variant(variant)
             preset = preset.replace(model=dataclasses.replace(preset.model, **(variant_options or {}).get(variant, {})))
             for protocol in protocols:
