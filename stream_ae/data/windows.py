@@ -17,6 +17,7 @@ The rule depends only on the sequence of rows, never on how it was chunked:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,14 +48,16 @@ class WindowSpec:
     max_fill: int = 5
 
     def __post_init__(self) -> None:
-        if int(self.length) != self.length or self.length < 1:
-            raise ConfigError(f"WindowSpec.length must be a positive integer, got {self.length!r}")
-        if int(self.hop) != self.hop or self.hop < 1:
-            raise ConfigError(f"WindowSpec.hop must be a positive integer, got {self.hop!r}")
+        # integers, not 60.0 or True: a float length passed every check and broke the first
+        # window's slice (numpy integers are taken, as ints)
+        for name, least, what in (("length", 1, "a positive integer"), ("hop", 1, "a positive integer"),
+                                  ("max_fill", 0, "an integer >= 0")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ConfigError(f"WindowSpec.{name} must be {what}, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.max_gap_s is not None and not self.max_gap_s > 0:
             raise ConfigError(f"WindowSpec.max_gap_s must be > 0 seconds or None, got {self.max_gap_s!r}")
-        if int(self.max_fill) != self.max_fill or self.max_fill < 0:
-            raise ConfigError(f"WindowSpec.max_fill must be an integer >= 0, got {self.max_fill!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
