@@ -262,10 +262,11 @@ class Scorer:
         ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda[:n]"``.
     batch_size
         Windows per forward pass (micro-batch), rounded up to a multiple of ``SHAPE_STEP``
-        above it; scores do not depend on it.
+        above it; scores do not depend on it from ``SHAPE_STEP`` up (below, each pass has
+        another shape, and the CPU library may sum in another order: the last bits can differ).
     precision
         ``"fp32"`` (default: CPU and GPU agree to ~1e-5); ``"bf16"`` autocast on CUDA or on a
-        CPU with native bf16 (1.5x faster there; scores within ~1e-3 of fp32); ``"fp16"``
+        CPU with native bf16 (1.5x faster there; scores within about 1 % of fp32, typically 0.05 %); ``"fp16"``
         autocast on CUDA. Compare scores only between runs of the same precision.
     """
 
