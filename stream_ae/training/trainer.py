@@ -94,9 +94,13 @@ def _as_window_set(windows) -> WindowSet:
 
 
 def _amp_dtype(device: torch.device, amp: bool):
+    """bf16 on a GPU that computes in it (Ampere, compute capability 8, and later), else fp16 with
+    a gradient scaler. Not ``torch.cuda.is_bf16_supported()``: it says yes for the emulated bf16 of
+    a V100 or T4, and it reads the current device, not the one training runs on."""
     if not amp or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.bfloat16 if torch.cuda.get_device_capability(index)[0] >= 8 else torch.float16
 
 
 def _val_loss(model, rows: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor, batch: int) -> float:
