@@ -81,9 +81,9 @@ def test_the_ids_a_restore_found_published_go_once_every_replay_has_passed_its_p
     runner._checkpointer.hold(0, PartitionRecord(0, 80, {0: 12}))
     try:
         runner.checkpoint()  # the replay is at 100 of 150: still held
-        assert runner.detector._published == {"a1-3", "other-partition-7"}
+        assert runner.detector._published.ids == {"a1-3", "other-partition-7"}
         runner._next_offsets[0] = 150
         runner.checkpoint()  # passed: no replay derives any of them now
-        assert runner.detector._published == set() and not runner._checkpointer.holding()
+        assert runner.detector._published.ids == set() and not runner._checkpointer.holding()
     finally:
         runner._checkpointer.close()

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from stream_ae.data.windows import SeriesWindower, WindowSpec
 from stream_ae.errors import DataError
 from stream_ae.stream.detector_io import DetectorOutput, ReadingBatch, group_by_entity, nothing_replayed
 from stream_ae.stream.entities import EntityState, EntityTable
+from stream_ae.stream.orphans import PublishedAlerts
 from stream_ae.stream.silence import PartitionClocks
 from stream_ae.stream.threshold_start import calibrated_threshold
 from stream_ae.thresholds import ThresholdSpec, build_threshold
@@ -108,7 +109,7 @@ class Detector:
         self.channels = tuple(scorer.channels)
         self._check_scorer(scorer)
         self.table = EntityTable(self._new_state, max_entities)
-        self._published: set[str] = set()
+        self._published = PublishedAlerts()   # what a restore found published (orphans.py)
         self.clocks = PartitionClocks()  # partition event time, for alerts of silent entities (silence.py)
         self._silence_ns = alert_policy.silence_ns
 
@@ -164,13 +165,18 @@ class Detector:
             for state in self.table.states():
                 state.windower.respec(scorer.window)
 
-    def suppress(self, event_ids: Iterable[str]) -> None:
-        """Event ids already on the alerts topic: a replay will not return them again."""
-        self._published.update(event_ids)
+    def suppress(self, published: Iterable[str] | Mapping[str, bytes]) -> None:
+        """Events already on the alerts topic (ids, or id -> the record's value): a replay will not
+        return them again, and one it does not derive can close an alert (``forget_published``)."""
+        self._published.add(published)
 
-    def forget_published(self) -> None:
-        """Every replay passed its previous owner: ids no replay derived (other partitions') go."""
-        self._published.clear()
+    def forget_published(self) -> list:
+        """Every replay passed its previous owner: ids no replay derived (other partitions') go.
+        Returns ``resolved`` events for the alerts of this consumer's entities that the replay
+        did not carry on and left open on the topic (``orphans.py``), to publish."""
+        return self._published.forget(
+            lambda: {st.entity: st.tracker.open_alerts().get(st.entity) for st in self.table.states()},
+            lambda entity: self.clocks.now.get(self.table.get(entity).partition))
 
     # -- the micro-batch -------------------------------------------------------------------
     def process(self, batch: ReadingBatch) -> DetectorOutput:
@@ -306,8 +312,7 @@ class Detector:
 
     def _emit(self, out: DetectorOutput, event, reading: int) -> None:
         """Return ``event`` (caused by batch reading ``reading``) unless it is already published."""
-        if event.event_id in self._published:
-            self._published.discard(event.event_id)
+        if self._published.derived(event):
             out.suppressed += 1
         else:
             out.events.append(event)
@@ -358,6 +363,7 @@ class Detector:
     def restore(self, entity: str, snapshot: dict) -> None:
         """Load an entity's checkpoint snapshot."""
         state = self.table.restore(entity, snapshot)
+        self._published.restored(state.tracker.open_alerts().values())
         self.clocks.note(entity, state.partition, state.tracker.open_since(entity))
 
     def discard(self, prep: "PreparedBatch") -> None:

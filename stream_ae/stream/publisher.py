@@ -41,14 +41,16 @@ class Publisher:
         self.failed = False
         self.already_sent: set[tuple[str, int, int]] = set()  # dead letters a replay must not repeat
 
-    def alert(self, event, ingest_s: float) -> None:
-        """Produce one alert event; ``ingest_s`` is when its reading entered Kafka (epoch s)."""
+    def alert(self, event, ingest_s: float | None) -> None:
+        """Produce one alert event; ``ingest_s`` is when its reading entered Kafka (epoch s; None:
+        no reading caused it, so no latency is observed)."""
         alert = codec.alert_message(event)
         ck, m = self.checkpointer, self.metrics
 
         def acked(md) -> None:
             ck.alert_acked(md.partition, md.offset)
-            m.latency.observe(max(time.time() - ingest_s, 0.0))
+            if ingest_s is not None:
+                m.latency.observe(max(time.time() - ingest_s, 0.0))
             m.alerts.labels(alert.state).inc()
 
         self.producer.send(self.kafka.alerts_topic, key=alert.entity.encode(),

@@ -190,19 +190,21 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
 
 
 def read_published(consumer, alerts_topic: str, starts: dict[int, int], event_id: Callable[[bytes], str | None],
-                   timeout_s: float = 60.0, progress: Callable[[], None] | None = None
-                   ) -> tuple[set[str], dict[int, int]]:
-    """Event ids on the alerts topic from ``starts`` (alerts partition -> offset) to the end,
-    and the offset each partition was read to."""
+                   timeout_s: float = 60.0, progress: Callable[[], None] | None = None, values: bool = False
+                   ) -> tuple[set[str] | dict[str, bytes], dict[int, int]]:
+    """Event ids on the alerts topic from ``starts`` (alerts partition -> offset) to the end
+    (``values``: id -> the record's value), and the offset each partition was read to."""
     from kafka import TopicPartition
 
-    ids: set[str] = set()
+    ids: set[str] | dict[str, bytes] = {} if values else set()
     ends = dict(starts)
     tps = {TopicPartition(alerts_topic, p): o for p, o in starts.items()}
     for r in read_to_end(consumer, tps, timeout_s, progress=progress):
         ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
         eid = event_id(r.value) if r.value is not None else None
-        if eid is not None:
+        if eid is not None and values:
+            ids[eid] = r.value
+        elif eid is not None:
             ids.add(eid)
     for tp in tps:
         hw = consumer.highwater(tp)
@@ -230,8 +232,8 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
     """Everything a consumer needs to take over readings ``partitions`` (``progress``: see
     :func:`read_to_end`).
 
-    Returns the restored state per partition, the event ids published since the oldest of
-    their checkpoints (a partition without a checkpoint reads the alerts topic from the
+    Returns the restored state per partition, the events published since the oldest of
+    their checkpoints (event id -> the record's value) (a partition without a checkpoint reads the alerts topic from the
     beginning), and the alerts offsets read to; with ``dead_letter_topic``, also the ids
     (``letter_id``) of the dead letters published since then and the offsets read to.
     """
@@ -242,7 +244,7 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
             f"{sorted(partitions)} are assigned; create it with as many partitions as the readings topic")
     restored = read_state(reader, state_topic, partitions, timeout_s, fence, progress)
     starts = _output_starts(reader, alerts_topic, restored, lambda rec: rec.alerts_offsets)
-    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s, progress)
+    published, ends = read_published(reader, alerts_topic, starts, event_id, timeout_s, progress, values=True)
     if dead_letter_topic is None:
         return restored, published, ends
     starts = _output_starts(reader, dead_letter_topic, restored, lambda rec: rec.dead_letter_offsets)

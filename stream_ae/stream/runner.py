@@ -85,8 +85,7 @@ class StreamRunner:
         self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
         self._failed = self._closing = False
         self._revoke_error: BaseException | None = None  # kafka-python logs a listener's error and goes on
-        # the rebalance listener may run on kafka-python's IO thread: this keeps batches, checkpoints, rebalances apart
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # a rebalance listener runs on kafka-python's IO thread: one at a time
         self._inflight: deque[InFlight] = deque()  # prepared batches, oldest first
         self._writing: tuple[Future, dict[int, int]] | None = None  # a checkpoint being written, its positions
         self.scoring_threads, self.max_in_flight = settings.batch.scoring_threads, settings.batch.scoring_threads + 1
@@ -270,8 +269,9 @@ class StreamRunner:
             positions = {p: o for p, o in self._next_offsets.items() if p in self._assigned}
             held, write = self._checkpointer.begin(self.detector.table, positions, self.drift.state(), self._highwater,
                                                    dict(self.detector.clocks.now), settle=wait)
-            if not self._checkpointer.holding():  # every replay passed its previous owner: nothing to suppress
-                self.detector.forget_published()
+            if not self._checkpointer.holding():  # every replay passed its previous owner: nothing to suppress,
+                for event in self.detector.forget_published():   # and an alert no replay carried on is closed
+                    self._publisher.alert(event, None)
             self.metrics.checkpoint_seconds.observe(held)
             self._writing = (write, positions)
             if not (wait or in_listener):
