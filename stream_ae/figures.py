@@ -24,14 +24,37 @@ def figure(**kwargs):
     return fig
 
 
+def picture_format(path, flag: str = "the picture") -> str:
+    """The image format ``path``'s extension names (``png`` without one), or a ConfigError that
+    lists the ones there are: checked before minutes of work, not after them.
+
+    >>> picture_format("out/eval.svg"), picture_format("out/eval")
+    ('svg', 'png')
+    >>> picture_format("eval.txt", "--plot")
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.ConfigError: --plot eval.txt: 'txt' is not an image format; end the name in .png, .svg, .pdf, ...
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from stream_ae.errors import ConfigError
+
+    fmt = Path(path).suffix[1:].lower() or "png"
+    if fmt not in FigureCanvasAgg.get_supported_filetypes():
+        raise ConfigError(f"{flag} {path}: {fmt!r} is not an image format; end the name in .png, .svg, .pdf, ...")
+    return fmt
+
+
 def save(fig, path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` (its folder made as needed) through a temporary file and a
-    rename, so a reader never sees half a picture; returns the path."""
+    rename, so a reader never sees half a picture; returns the path. The format is the
+    extension's (``png`` without one: the temporary name's random part is not taken for one)."""
     path = Path(path)
+    fmt = picture_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, format=fmt)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -337,6 +337,7 @@ def _preflight(args, kinds, variants) -> str | None:
     """Every model, variant, the plot's file, the precision and the output folders exist, or a
     ConfigError says which; returns the name of the file to plot (None: no ``--plot``)."""
     from stream_ae.errors import ConfigError
+    from stream_ae.figures import picture_format
     from stream_ae.models.config import VARIANTS
     from stream_ae.presets import get_preset
     from stream_ae.scoring import check_precision, resolve_device
@@ -352,6 +353,7 @@ def _preflight(args, kinds, variants) -> str | None:
             raise ConfigError(f"{flag} {target}: the folder {Path(target).parent} does not exist; create it first")
     if not getattr(args, "plot", None):
         return None
+    picture_format(args.plot, "--plot")
     wanted = str(getattr(args, "plot_file", "valve1/1.csv")).removesuffix(".csv")
     names = [name for name, _ in skab_files(args.data)]
     if wanted not in names:
