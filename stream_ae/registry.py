@@ -96,6 +96,10 @@ class Registry:
     def _join(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts]) if self.path else "/".join(parts)
 
+    def exists(self) -> bool:
+        """Whether the registry's folder is there (a new one is made by the first ``publish``)."""
+        return self._exists(self.path)
+
     def _exists(self, path: str) -> bool:
         import pyarrow.fs as pafs
 

@@ -116,6 +116,8 @@ class ModelWatcher:
         if version is None:
             waited = f" after waiting {wait_s:g} s (model.wait_for_model_s)" if wait_s > 0 else \
                 " (or set model.wait_for_model_s to wait for one)"
+            if not self.registry.exists():
+                where += ", a folder that does not exist (check model.registry)"
             raise ConfigError(f"deployment {self.deployment!r} has no version in {where}{waited}; "
                               "promote one first")
         return version
@@ -183,7 +185,20 @@ class ModelWatcher:
 
 
 def check_broker(settings, timeout_s: float = 10.0) -> None:
-    """Fail fast, with a ConfigError a user can act on, when the cluster or the topics are missing."""
+    """Fail fast, with a ConfigError a user can act on, when the cluster or the topics are missing.
+    kafka-python's own lines while it tries the address (two dozen ERROR and WARNING lines for a
+    broker that does not answer) are held back unless the log level is DEBUG: the error says it."""
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    if level > logging.DEBUG:
+        kafka_log.setLevel(logging.CRITICAL)
+    try:
+        _check_broker(settings, timeout_s)
+    finally:
+        kafka_log.setLevel(level)
+
+
+def _check_broker(settings, timeout_s: float) -> None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError, KafkaError
 
