@@ -300,7 +300,8 @@ def cmd_models(args) -> int:
         if before == args.version:
             print(f"{args.deployment} already serves {args.version}; nothing changed")
         else:
-            print(f"{args.deployment} -> {rec['version']} (was {rec.get('previous')})")
+            was = rec.get("previous")
+            print(f"{args.deployment} -> {rec['version']} " + (f"(was {was})" if was else "(its first version)"))
             _warn_unless_hot_swappable(reg, args.deployment, rec)
     elif args.action == "rollback":
         rec = reg.rollback(args.deployment)

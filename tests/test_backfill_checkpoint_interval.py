@@ -67,6 +67,6 @@ def test_a_crash_between_saves_rescores_since_the_last_one_and_doubles_nothing(a
 
 @pytest.mark.parametrize("bad", [-1, float("nan")])
 def test_a_negative_interval_is_refused(archive, artifact, tmp_path, bad):
-    with pytest.raises(ConfigError, match="checkpoint_every_s must be 0 or more"):
+    with pytest.raises(ConfigError, match=r"checkpoint_every_s\) must be 0 or more"):
         run_backfill(str(archive), str(artifact), str(tmp_path / "x"), device="cpu", progress=False,
                      checkpoint_every_s=bad)

@@ -283,9 +283,10 @@ def run_backfill(archive: str, artifact_path: str, out: str, shard=(0, 1), start
 
     shard = parse_shard(shard)
     if int(batch_rows) < 1:
-        raise ConfigError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+        raise ConfigError(f"--batch-rows (batch_rows) must be a positive integer, got {batch_rows!r}")
     if not checkpoint_every_s >= 0:
-        raise ConfigError(f"checkpoint_every_s must be 0 or more seconds, got {checkpoint_every_s!r}")
+        raise ConfigError("--checkpoint-every (checkpoint_every_s) must be 0 or more seconds, "
+                          f"got {checkpoint_every_s!r}")
     t0 = time.perf_counter()
     artifact = load_artifact(artifact_path)
     layout = artifact.layout if layout is None else layout

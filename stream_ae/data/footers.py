@@ -167,7 +167,7 @@ def check_timestamp(where: str, layout: Layout, t: pa.DataType) -> None:
             raise DataError(
                 f"{where}: timestamp column {name!r} is {t}, an integer epoch of unknown unit; convert it to a "
                 f"Parquet timestamp (e.g. pandas.to_datetime(df[{name!r}], unit='s', utc=True)) or set "
-                f"Layout(timestamp_unit='s'|'ms'|'us'|'ns') (the CLI's --time-unit)"
+                f"--time-unit s|ms|us|ns (Layout(timestamp_unit=...) in Python)"
             )
         return
     raise DataError(f"{where}: timestamp column {name!r} has type {t}; it must be a timestamp "
@@ -189,8 +189,8 @@ def check_file(footer: Footer, layout: Layout, keys: Sequence[str]) -> None:
             continue
         if name not in names:
             raise DataError(f"{footer.path}: {role} column {name!r} not found; columns are {names}."
-                            f"{suggest(name, names)} Set Layout({role}=...) (the CLI's --{flag}) "
-                            f"to the right name.")
+                            f"{suggest(name, names)} Name the right one with --{flag} NAME "
+                            f"(Layout({role}=...) in Python).")
         t = footer.schema.field(name).type
         if role == "timestamp":
             check_timestamp(footer.path, layout, t)
