@@ -364,9 +364,8 @@ def _scan_schema(schema: pa.Schema, timestamp: str, channels: tuple[str, ...]) -
 
 
 def check_time_order(source: str, entity: str, ts: np.ndarray, batch, layout: Layout) -> int:
-    """Raise :class:`DataError` when a windower refused rows of ``entity`` as older than an
-    earlier one (``batch``: its :class:`~stream_ae.data.windows.WindowBatch` for rows ``ts``);
-    else the number of rows it dropped as repeated timestamps.
+    """Raise :class:`DataError` when a windower refused rows of ``entity`` as older than an earlier
+    one (``batch``: its WindowBatch for rows ``ts``); else the number it dropped as repeated times.
 
     Training and backfill both read archives in path order and refuse an unsorted one: the
     rows a windower drops as late would silently be missing from the model or the scores."""
@@ -378,7 +377,10 @@ def check_time_order(source: str, entity: str, ts: np.ndarray, batch, layout: La
             f"(first at {layout.timestamp}={when}); an archive must be sorted by "
             f"{layout.timestamp!r} within each entity, and files are read in path order "
             f"(part-10 before part-2: zero-pad numbers in file names). Sort the rows (e.g. by "
-            f"[{layout.entity!r}, {layout.timestamp!r}]) or rename the files, and re-run.")
+            f"[{layout.entity!r}, {layout.timestamp!r}]) or rename the files, and re-run."
+            + (f" So many ({len(late)} of {len(ts)} rows) suggest a long export, a tag column beside one value "
+               "column, grouped by tag: write it wide instead (pandas: df.pivot_table(index=[entity, timestamp], "
+               "columns=tag, values=value).reset_index())." if 4 * len(late) >= len(ts) else ""))
     return len(batch.rejected)
 
 
