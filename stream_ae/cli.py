@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_ae import __version__
 from stream_ae.allocator import keep_freed_memory
-from stream_ae.cli_flags import add_train_parser, layout_flags, time_flags, variant_option_flags
+from stream_ae.cli_flags import Parser, add_train_parser, layout_flags, time_flags, variant_option_flags
 from stream_ae.configs import PRECISIONS, parse_counts
 from stream_ae.errors import ConfigError, StreamAEError
 from stream_ae.redaction import mask_uri
@@ -34,7 +34,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stream-ae",
         description="Streaming anomaly detection for sensor time series with autoencoders.",
     )
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Synthetic plant -> train -> detect -> summary and plot.")
     d.add_argument("--out", default="demo-out", help="working directory for data, model and plot")
     d.add_argument("--offline", action="store_true", help="backfill only, no Kafka")
-    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--seed", type=int, default=7, help="seed of the synthetic plant and the model")
 
     s = sub.add_parser("serve", help="run the streaming detector against Kafka",
                        description="Consume readings, score windows, publish alerts.")

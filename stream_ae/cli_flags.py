@@ -93,7 +93,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                         "that are no fault on their own, e.g. temperatures (default: none)")
     t.add_argument("--score-steps", type=integer(0), default=None, metavar="N",
                    help="score a window by the error of its newest N readings, 0 = all (default: preset)")
-    t.add_argument("--seed", type=integer(0), default=0)
+    t.add_argument("--seed", type=integer(0), default=0, help="seed of the weights and the sampled windows")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     variant_option_flags(t)
@@ -108,3 +108,24 @@ def variant_option_flags(p: argparse.ArgumentParser) -> None:
             dict(type=number(0.0, 1.0, lo_open=True, hi_open=True) if key == "sparsity_target" else number(0.0))
         g.add_argument(variant_flag(key), default=None, metavar=None if "choices" in kind else "X",
                        help=f"{opt.variant}: {opt.help} (default: {opt.default})", **kind)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless there is none (None, False) or the help
+    says it already (a new user asked which SKAB file is plotted, and on which device)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        none = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if none or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows the defaults; its sub-command parsers are too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
