@@ -31,7 +31,8 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 def plot_demo(path: Path, frames: dict, injected, detections, title: str) -> Path:
     """frames: entity -> dict(ts, values (n, C), channels, score_ts, score, threshold), ns timestamps.
 
-    Each entity's signal panel draws the channels its injected anomalies touch, each as a
+    Each entity's signal panel draws the channels its injected anomalies touch (at most
+    ``MAX_CHANNELS``; the span's label names them all), each as a
     z-score over the run (channels differ in level and scale), and names the kind and the
     channels of every injected span."""
     from stream_ae.figures import figure, save

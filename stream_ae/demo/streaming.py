@@ -177,6 +177,8 @@ def detect_streaming(out, artifact, df, train_end: int):
     # note on its own IO thread when the two cores are busy (the model just trained, the broker
     # starting); every demo printed one, and a user can do nothing about it
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    if logging.getLogger().level > logging.DEBUG:   # the runner's INFO lines broke into the demo's own (-v: kept)
+        logging.getLogger("stream_ae.stream").setLevel(logging.WARNING)
     with running_broker() as broker:
         suffix = uuid.uuid4().hex[:8]
         topics = {"readings_topic": f"demo-readings-{suffix}", "alerts_topic": f"demo-alerts-{suffix}",
@@ -187,6 +189,10 @@ def detect_streaming(out, artifact, df, train_end: int):
                       compact={topics["state_topic"]})
         try:
             return _stream(broker, topics, artifact, df, train_end)
+        except KeyboardInterrupt:   # Ctrl-C: the clients' complaints as the broker goes are no news
+            for name in ("kafka", "stream_ae.stream"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            raise
         finally:
             delete_topics(broker.bootstrap, list(topics.values()))
 
