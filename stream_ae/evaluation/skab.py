@@ -47,8 +47,9 @@ class Detector:
 
 
 def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: int = 0,
-                 precision: str = "fp32") -> Detector:
-    """Fit ``preset`` on ``train``: time split, scaler on the fit part, autoencoder, threshold.
+                 precision: str = "fp32", progress: bool = False) -> Detector:
+    """Fit ``preset`` on ``train``: time split, scaler on the fit part, autoencoder, threshold
+    (``progress``: the trainer's bar, for protocol B's one long training)."""
 
     As ``stream-ae train`` does, the threshold is calibrated on fp32 scores; ``precision`` is
     the precision the detector then scores at (as ``model.precision`` in the stream).
@@ -84,7 +85,7 @@ def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: i
 
     config = dataclasses.replace(preset.model, n_channels=len(SKAB_CHANNELS), window=spec.length,
                                  detrend=channel_indices(preset.detrend, SKAB_CHANNELS))
-    train_config = dataclasses.replace(preset.train, seed=seed, device=device, progress=False)
+    train_config = dataclasses.replace(preset.train, seed=seed, device=device, progress=progress)
     torch.manual_seed(seed)
     model = build_model(config)
     history = fit_autoencoder(model, window_set(fit_w), window_set(val_w), train_config)
@@ -205,7 +206,7 @@ def run_protocol(protocol: str, files: list[SkabFile], preset: "Preset", data_di
         # 20x the windows of a protocol-A slice: the trainer's default batch of 256 keeps the
         # number of optimiser steps per epoch (and the run time) in the same range
         big = dataclasses.replace(preset, train=dataclasses.replace(preset.train, batch_size=256))
-        detector = fit_detector(load_anomaly_free(data_dir), big, device, seed, precision)
+        detector = fit_detector(load_anomaly_free(data_dir), big, device, seed, precision, progress)
     for f in tqdm(files, desc=desc, unit="file", disable=not progress, leave=False):
         if protocol == "A":
             detector = fit_detector(f.head(TRAIN_ROWS), preset, device, seed, precision)
