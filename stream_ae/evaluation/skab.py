@@ -49,7 +49,7 @@ class Detector:
 def fit_detector(train: SkabFile, preset: "Preset", device: str = "cpu", seed: int = 0,
                  precision: str = "fp32", progress: bool = False) -> Detector:
     """Fit ``preset`` on ``train``: time split, scaler on the fit part, autoencoder, threshold
-    (``progress``: the trainer's bar, for protocol B's one long training)."""
+    (``progress``: the trainer's bar, for protocol B's one long training).
 
     As ``stream-ae train`` does, the threshold is calibrated on fp32 scores; ``precision`` is
     the precision the detector then scores at (as ``model.precision`` in the stream).
