@@ -3,9 +3,12 @@ backend and its open figures, and nothing is left registered with pyplot."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from stream_ae.errors import ConfigError
 from stream_ae.figures import save
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +82,15 @@ def test_a_failed_save_leaves_neither_the_picture_nor_a_temporary_file(tmp_path)
 
     fig = figure()
     fig.subplots().plot([1, 2])
-    with pytest.raises(ValueError):
+
+    def half_then_fail(path, **kwargs):   # the disk fills up halfway through the picture
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    fig.savefig = half_then_fail
+    with pytest.raises(OSError):
+        save(fig, tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError):   # a name that is no image format: refused before anything is written
         save(fig, tmp_path / "x.notaformat")
     assert list(tmp_path.iterdir()) == []
