@@ -127,9 +127,9 @@ class _Covered:
 def detector_rate(settings, artifact, n: int, entities: int,
                   broker_pids: tuple[int, ...] = ()) -> tuple[float, dict]:
     """(b) Readings/s of the StreamRunner over ``n`` readings of ``entities`` entities, assignment to
-    the checkpoint that covers the last window (``_Covered``); and where time went: the model's busy share, the share of windows flagged,
-    and the cores each part used (``cpu_cores``: the poll loop, the model's thread, kafka-python's
-    I/O threads, the broker's processes, the whole machine)."""
+    the checkpoint that covers the last window (``_Covered``); and where time went: the model's busy
+    share, the share of windows flagged, and the cores each part used (``cpu_cores``: the poll loop,
+    the model's thread, kafka-python's I/O threads, the broker's processes, the whole machine)."""
     from stream_ae.stream.runner import StreamRunner
 
     runner = StreamRunner(settings, artifact)

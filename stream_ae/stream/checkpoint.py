@@ -54,8 +54,8 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 import math
+import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field

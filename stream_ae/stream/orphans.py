@@ -109,4 +109,3 @@ class PublishedAlerts:
         events = closing_events(last_events(self.events), self.carried, open_now(), now_ns) if self.events else []
         self.ids, self.events, self.carried = set(), {}, set()
         return events
-

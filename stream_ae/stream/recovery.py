@@ -232,9 +232,9 @@ def recover(reader, state_topic: str, alerts_topic: str, partitions: list[int],
     """Everything a consumer needs to take over readings ``partitions`` (``progress``: see
     :func:`read_to_end`).
 
-    Returns the restored state per partition, the events published since the oldest of
-    their checkpoints (event id -> the record's value) (a partition without a checkpoint reads the alerts topic from the
-    beginning), and the alerts offsets read to; with ``dead_letter_topic``, also the ids
+    Returns the restored state per partition, the events published since the oldest of their
+    checkpoints as event id -> the record's value (a partition without a checkpoint reads the
+    alerts topic from the beginning), and the alerts offsets read to; with ``dead_letter_topic``, also the ids
     (``letter_id``) of the dead letters published since then and the offsets read to.
     """
     state_parts = reader.partitions_for_topic(state_topic) or set()
