@@ -3,8 +3,9 @@ archives of 1 M and 10 M rows; the scorer alone.
 
 Each backfill runs in a fresh subprocess (2 torch threads; CPU unless ``--device`` says
 otherwise) so its peak resident memory is its own (``os.wait4`` rusage of that child). The
-model is the configuration that meets the SKAB target (``_configs``), trained for one short epoch: scoring speed depends on the architecture, not on how well it
-was trained. Archives and the model are cached under ``out_dir``.
+model is the configuration that meets the SKAB target (``_configs``), trained for one short
+epoch: scoring speed depends on the architecture, not on how well it was trained. Archives
+and the model are cached under ``out_dir``.
 
 Run it with ``python -m stream_ae.bench.backfill --rows 1000000 --json bench-out/backfill.json``.
 """

@@ -56,9 +56,9 @@ def _records(entities: int, n: int, length: int, channels: tuple[str, ...]) -> t
 
 def _stages(artifact, scorer, records: list, lead: int, vectorised: bool) -> dict:
     """Microseconds per reading of each stage over ``records[lead:]`` (the first ``lead`` warm up)."""
+    from stream_ae.presets import skab_preset
     from stream_ae.stream import codec
     from stream_ae.stream.detector import build_detector
-    from stream_ae.presets import skab_preset
     from stream_ae.stream.settings import load_settings
 
     alert = skab_preset("conv").alert   # the service's defaults, with SKAB's alert rule
