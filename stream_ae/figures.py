@@ -26,7 +26,7 @@ def figure(**kwargs):
 
 def picture_format(path, flag: str = "the picture") -> str:
     """The image format ``path``'s extension names (``png`` without one), or a ConfigError that
-    lists the ones there are: checked before minutes of work, not after them.
+    names some there are: checked before minutes of work, not after them.
 
     >>> picture_format("out/eval.svg"), picture_format("out/eval")
     ('svg', 'png')
