@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="conv", help="conv, lstm, or conv,lstm")
     e.add_argument("--variant", default="undercomplete",
                    help=f"comma-separated variants, or 'all' ({', '.join(VARIANTS)})")
-    e.add_argument("--protocol", default="all", help="published | anomaly-free | all")
+    e.add_argument("--protocol", default="all",
+                   help="published (A) | anomaly-free (B) | all: the table names them A and B")
     e.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
     e.add_argument("--plot", default=None, help="write a picture of one file's signals, scores and labels")
     e.add_argument("--plot-file", default="valve1/1.csv", help="which SKAB file to plot")
