@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable)")
 
+    lb = sub.add_parser("broker", help="run the embedded broker with the service's topics, to try serve locally",
+                        description="Start the embedded Kafka-compatible broker (Tansu, memory storage), create "
+                                    "the topics the settings name, print the serve command; until Ctrl-C.")
+    lb.add_argument("--config", default=None, help="TOML settings file whose topic names to create")
+    lb.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one setting (repeatable)")
+    lb.add_argument("--partitions", type=int, default=4, help="partitions of the readings and state topics")
+
     m = sub.add_parser("models", help="list, promote and roll back model versions",
                        description="The model registry: versions and the deployment pointers consumers follow.")
     registry_help = "registry directory or URI, before or after ACTION (default: models)"
@@ -229,6 +237,20 @@ def cmd_serve(args) -> int:
     return serve(args.config, [*verbose, *args.overrides]) or 0
 
 
+def cmd_broker(args) -> int:
+    import signal
+    import threading
+
+    from stream_ae.stream.local_broker import run_local_broker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return run_local_broker(args.config, args.overrides, args.partitions, stop)
+    except KeyboardInterrupt:   # Ctrl-C is how it is stopped: the broker is down once this is reached
+        return 0
+
+
 def cmd_bench(args) -> int:
     if args.which == "backfill":
         from stream_ae.bench.backfill import run_backfill_bench
@@ -344,8 +366,8 @@ def cmd_job(args) -> int:
     return importlib.import_module(f"jobs.{args.name}").main(args.args, prog=f"stream-ae job {args.name}")
 
 
-COMMANDS = {"job": cmd_job, "models": cmd_models, "train": cmd_train, "backfill": cmd_backfill, "evaluate": cmd_evaluate,
-            "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench}
+COMMANDS = {"job": cmd_job, "models": cmd_models, "train": cmd_train, "backfill": cmd_backfill,
+            "evaluate": cmd_evaluate, "demo": cmd_demo, "serve": cmd_serve, "broker": cmd_broker, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
