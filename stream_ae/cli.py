@@ -238,17 +238,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_broker(args) -> int:
-    import signal
-    import threading
+    from stream_ae.stream.local_broker import run_until_stopped
 
-    from stream_ae.stream.local_broker import run_local_broker
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        return run_local_broker(args.config, args.overrides, args.partitions, stop)
-    except KeyboardInterrupt:   # Ctrl-C is how it is stopped: the broker is down once this is reached
-        return 0
+    return run_until_stopped(args.config, args.overrides, args.partitions)
 
 
 def cmd_bench(args) -> int:
@@ -313,7 +305,10 @@ def cmd_models(args) -> int:
             serving.setdefault(reg.current(dep), []).append(dep)
         versions = reg.versions()
         if not versions:
-            print(f"no model versions in {args.registry}")
+            inner = sorted(str(p.parent.parent) for p in Path(args.registry).glob("*/*/manifest.json")) \
+                if reg.local else []   # a registry one level down: the demo keeps one per plant digest
+            print(f"no model versions in {args.registry}" + (f"; these folders in it hold some: {', '.join(inner)} "
+                                                            "(pass one as --registry)" if inner else ""))
         for v in versions:
             deps = ", ".join(serving.get(v["version"], []))
             print(f"{v['version']:<52} {v.get('created_at') or '':<22} {('<- ' + deps) if deps else ''}")

@@ -50,3 +50,15 @@ def run_local_broker(config_path: str | None, overrides: Sequence[str], partitio
             f"Ctrl-C stops the broker")
         stop.wait()
     return 0
+
+
+def run_until_stopped(config_path: str | None, overrides: Sequence[str], partitions: int) -> int:
+    """:func:`run_local_broker` until SIGTERM or Ctrl-C (the command line's way to stop it)."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return run_local_broker(config_path, overrides, partitions, stop)
+    except KeyboardInterrupt:   # the broker is down once this is reached
+        return 0
