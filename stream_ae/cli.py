@@ -33,6 +33,12 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def set_flag(p: argparse.ArgumentParser) -> None:
+    """``--set SECTION.KEY=VALUE``, repeatable: the settings flag of ``serve`` and ``broker``."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="stream-ae",
@@ -98,15 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Consume readings, score windows, publish alerts.")
     s.add_argument("--config", default=None, help="TOML settings file (default: $STREAM_AE_CONFIG); "
                    "precedence: defaults < file < STREAM_AE_<SECTION>__<KEY> environment < --set")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable)")
+    set_flag(s)
 
     lb = sub.add_parser("broker", help="run the embedded broker with the service's topics, to try serve locally",
                         description="Start the embedded Kafka-compatible broker (Tansu, memory storage), create "
                                     "the topics the settings name, print the serve command; until Ctrl-C.")
     lb.add_argument("--config", default=None, help="TOML settings file whose topic names to create")
-    lb.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override one setting (repeatable)")
+    set_flag(lb)
     lb.add_argument("--partitions", type=int, default=4, help="partitions of the readings and state topics")
 
     m = sub.add_parser("models", help="list, promote and roll back model versions",
