@@ -116,7 +116,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        none = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        none = action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+            or action.default == []   # a repeatable flag's empty list is no default
         if none or "default" in text or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"

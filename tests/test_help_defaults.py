@@ -27,3 +27,4 @@ def test_the_defaults_are_in_the_help(command, shown):
 def test_flags_without_a_default_say_none():
     text = helps("evaluate")
     assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: [])" not in helps("serve")   # the repeatable --set
