@@ -114,13 +114,15 @@ def test_serve_answers_healthz_while_it_waits_and_exits_0_on_stop(tmp_path, monk
     monkeypatch.setattr(serve_module.ModelWatcher, "FIRST_CHECK_S", 0.05)
     port, stop, seen = free_port(), threading.Event(), []
 
-    def probe():
+    def probe():   # the port opens before the first registry check: "not ready" until the wait begins
         for _ in range(200):
             try:
                 seen.append(http_get(f"http://127.0.0.1:{port}/readyz"))
-                break
+                if json.loads(seen[-1][1])["waiting_for_model"]:
+                    break
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         stop.set()
 
     prober = threading.Thread(target=probe)
@@ -130,7 +132,7 @@ def test_serve_answers_healthz_while_it_waits_and_exits_0_on_stop(tmp_path, monk
                                        f"ops.health_port={port}"], stop=stop)
     prober.join()
     assert status == 0
-    assert seen and seen[0][0] == 503 and json.loads(seen[0][1])["waiting_for_model"] is True
+    assert seen and all(code == 503 for code, _ in seen) and json.loads(seen[-1][1])["waiting_for_model"] is True
 
 
 def test_before_its_first_poll_it_stays_alive_through_a_slow_model_load_for_the_start_grace():
