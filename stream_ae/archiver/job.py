@@ -172,12 +172,17 @@ class Archiver:
 
     def _apply(self, out: Outcome, batch: list | None = None) -> None:
         r = self.report
+        reasons = dict(out.reasons)
         for i, reason, detail, entity in out.dead_letters:
             letter = codec.dead_letter(batch[i], reason, detail, entity=entity)
+            if letter.reason != reason:  # the worker saw the bytes of an unreadable batch's stand-in only
+                reasons[reason] -= 1
+                reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
             send_dead_letter(self._producer, self.settings.archive.dead_letter_topic, letter).add_errback(
                 self._send_failed)
-        for reason, count in out.reasons.items():
-            r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count
+        for reason, count in reasons.items():
+            if count:
+                r.dead_letters[reason] = r.dead_letters.get(reason, 0) + count
         self._due = self._due or bool(out.due)
         r.rows, r.files, r.flushes = r.rows + out.rows, r.files + out.files, r.flushes + out.flushes
         if out.flushed:

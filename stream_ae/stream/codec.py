@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 import msgspec
 from msgspec import Meta
 
+from stream_ae.stream.corrupt_batch import CorruptBatch
 from stream_ae.stream.timestamps import MAX_EPOCH_MS as _MAX_EPOCH_MS
 from stream_ae.stream.timestamps import datetime_to_ns, ns_to_datetime, reading_ts_ns  # noqa: F401 - re-exported
 
@@ -50,6 +51,7 @@ Reason = Literal[   # only reasons something produces: a consumer of dead letter
     "malformed", "unknown_field", "non_finite", "oversized",          # the codec's own
     "missing_channel", "unknown_channel",                              # checked by the runner
     "out_of_order", "duplicate",                                       # ordering, by the runner
+    "corrupt_batch",                          # a fetched record batch the client cannot read (corrupt_batch.py)
 ]
 REASONS: tuple[str, ...] = Reason.__args__
 REJECT_DETAIL = {  # the detail of the ordering reasons, in the stream and the archiver alike
@@ -151,7 +153,10 @@ def _record_fields(message: Any) -> tuple[Any, dict]:
 
 def dead_letter(message: Any, reason: str, detail: str, *, entity: str | None = None,
                 received_at: dt.datetime | None = None) -> DeadLetter:
-    """Build a dead letter for a record, raw bytes or :class:`DecodedReading`."""
+    """Build a dead letter for a record, raw bytes or :class:`DecodedReading`; for the record reader's
+    stand-in for an unreadable batch, whatever was found wrong with its bytes, ``corrupt_batch``."""
+    if type(message) is CorruptBatch:
+        return dead_letter(message.source(), "corrupt_batch", message.detail, received_at=received_at)
     if reason not in REASONS:
         raise ValueError(f"unknown dead-letter reason {reason!r}; use one of {REASONS}")
     if isinstance(message, DecodedReading):
@@ -323,15 +328,10 @@ def _validation_reason(msg: str) -> str:
     return "malformed"
 
 
-_DEFAULT_DECODER = ReadingDecoder()
-
-
-def decode_readings(messages: Iterable[Any], *, max_bytes: int | None = None,
+def decode_readings(messages: Iterable[Any], *, max_bytes: int = 65_536,
                     unknown_fields: str = "reject") -> tuple[list[DecodedReading], list[DeadLetter]]:
     """Decode a batch of records into valid readings and dead letters (never raises)."""
-    if max_bytes is None and unknown_fields == "reject":
-        return _DEFAULT_DECODER.decode(messages)
-    return ReadingDecoder(max_bytes or _DEFAULT_DECODER.max_bytes, unknown_fields).decode(messages)
+    return ReadingDecoder(max_bytes, unknown_fields).decode(messages)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -11,15 +11,20 @@ per-partition record reader for one that
   batches and control batches skipped under ``read_committed``), records before the fetch
   offset dropped, the next fetch offset;
 * decodes each batch's records with aiokafka's compiled decoder (kafka-python's own when
-  aiokafka lacks the batch's compression codec);
-* builds kafka-python's ``ConsumerRecord`` for each, field for field what kafka-python gives.
+  aiokafka lacks the batch's compression codec, is not installed, or ``kafka.record_decoder``
+  is ``"kafka-python"``);
+* builds kafka-python's ``ConsumerRecord`` for each, field for field what kafka-python gives;
+* where kafka-python would raise from ``poll()`` on a batch it cannot read (its CRC fails, or
+  its records do not decode) and stop the service on every restart, fetches the batch once
+  more and, if it is still unreadable, hands over one ``CorruptBatch`` in its place, which
+  becomes the dead letter ``corrupt_batch`` (``corrupt_batch.py``).
 
 Everything else (the group, fetching, positions, commits) stays kafka-python's. When the
 consumer has key or value deserializers, a fetch holds a pre-v2 message set, or kafka-python's
-internals are not what this was written against, the consumer keeps its own decoder
+internals are not what this was written against, the consumer keeps its own reader
 (``install`` returns False and says why in the log). ``tests/test_record_decoding.py`` compares
-both decoders record for record over plain, compressed, transactional, aborted, control and
-mid-batch fetches.
+both readers record for record over plain, compressed, transactional, aborted, control and
+mid-batch fetches; ``tests/test_corrupt_batch.py`` covers the unreadable ones.
 """
 from __future__ import annotations
 
@@ -31,18 +36,17 @@ import operator
 import struct
 from typing import Any
 
+from stream_ae.stream.corrupt_batch import CorruptBatch
+
 log = logging.getLogger(__name__)
 
+CRC_FAILED = "failed its CRC check"
 _OFFSET, _TIMESTAMP, _KEY, _VALUE, _HEADERS = (operator.attrgetter(a) for a in
                                                ("offset", "timestamp", "key", "value", "headers"))
 
 
 def available() -> str | None:
-    """None when the compiled decoder can be used, else why not."""
-    try:
-        importlib.import_module("aiokafka.record._crecords.default_records")  # the compiled decoder
-    except ImportError as exc:
-        return f"aiokafka's compiled record decoder is not importable ({exc})"
+    """None when the record reader can be installed, else why not."""
     try:
         from kafka.consumer.fetcher import Fetcher
 
@@ -53,12 +57,20 @@ def available() -> str | None:
     return None
 
 
-def install(consumer: Any, decoder: str = "compiled") -> bool:
-    """Decode the consumer's fetched batches with :class:`FastPartitionRecords`; False (and
-    the consumer unchanged) when that cannot be done exactly, or ``decoder`` (the
-    ``kafka.record_decoder`` setting) is ``"kafka-python"``."""
-    if decoder != "compiled":
+def _compiled_available() -> bool:
+    try:
+        importlib.import_module("aiokafka.record._crecords.default_records")  # the compiled decoder
+    except ImportError as exc:
+        log.warning("record batches decoded by kafka-python (slower): aiokafka's compiled record decoder "
+                    "is not importable (%s)", exc)
         return False
+    return True
+
+
+def install(consumer: Any, decoder: str = "compiled") -> bool:
+    """Read the consumer's fetched batches with :class:`FastPartitionRecords` (each batch's records decoded
+    in C when ``decoder``, the ``kafka.record_decoder`` setting, is ``"compiled"`` and aiokafka is there,
+    else by kafka-python); False (and the consumer unchanged) when that cannot be done exactly."""
     why = available()
     fetcher = getattr(consumer, "_fetcher", None)
     if why is None and fetcher is None:
@@ -66,9 +78,13 @@ def install(consumer: Any, decoder: str = "compiled") -> bool:
     if why is None and (fetcher.config.get("key_deserializer") or fetcher.config.get("value_deserializer")):
         why = "the consumer deserializes keys or values"
     if why is not None:
-        log.warning("record batches decoded by kafka-python (slower): %s", why)
+        log.warning("record batches read by kafka-python's own reader (slower, and an unreadable batch "
+                    "stops the consumer): %s", why)
         return False
-    fetcher.PartitionRecords = _partition_records_class()  # an instance attribute: this consumer only
+    compiled = decoder == "compiled" and _compiled_available()
+    cls = _partition_records_class() if compiled else _build_class(compiled_codecs=frozenset())
+    # an instance attribute: this consumer only, with its own memory of batches found unreadable once
+    fetcher.PartitionRecords = type(cls.__name__, (cls,), {"unreadable": {}})
     return True
 
 
@@ -80,23 +96,26 @@ def _partition_records_class():
 def _build_class(compiled_codecs: frozenset[int] | None = None):
     """The reader class; ``compiled_codecs``: compression types aiokafka decodes (default: all it
     can here; 0 is none). The others take kafka-python's own batch decoder."""
-    import aiokafka.codec as acodec
     import kafka.errors as Errors
-    from aiokafka.errors import KafkaError as AioKafkaError
-    from aiokafka.record._crecords import DefaultRecordBatch as CBatch
     from kafka.consumer.fetcher import ConsumerRecord, Fetcher
     from kafka.protocol.consumer import IsolationLevel
     from kafka.record.default_records import DefaultRecordBatch as PyBatch
 
     if compiled_codecs is None:
+        import aiokafka.codec as acodec
+
         compiled_codecs = frozenset(c for c, ok in ((PyBatch.CODEC_NONE, True), (PyBatch.CODEC_GZIP, acodec.has_gzip()),
                                                     (PyBatch.CODEC_SNAPPY, acodec.has_snappy()),
                                                     (PyBatch.CODEC_LZ4, acodec.has_lz4()),
                                                     (PyBatch.CODEC_ZSTD, acodec.has_zstd())) if ok)
+    if compiled_codecs:
+        from aiokafka.record._crecords import DefaultRecordBatch as CBatch
     read_committed = IsolationLevel.READ_COMMITTED
 
     class FastPartitionRecords(Fetcher.PartitionRecords):
         """kafka-python's ``PartitionRecords`` with each batch's records decoded in one C pass."""
+
+        unreadable: dict = {}  # {TopicPartition: first offset of the batch found unreadable on the last fetch}
 
         def __init__(self, fetch_offset, tp, records, *args, **kwargs):
             super().__init__(fetch_offset, tp, records, *args, **kwargs)  # its iterator is never run
@@ -137,31 +156,34 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             last_batch = None
             topic, partition = tp.topic, tp.partition
             while batch is not None:
-                last_batch = batch
-                if self.check_crcs and not batch.validate_crc():
-                    raise Errors.CorruptRecordError(
-                        "Record batch for partition %s at offset %s failed crc check"
-                        % (self.topic_partition, batch.base_offset))
-                self.leader_epoch = batch.leader_epoch
-                if self.isolation_level == read_committed and batch.has_producer_id():
+                last_batch, later = batch, records.next_batch()
+                why = CRC_FAILED if self.check_crcs and not batch.validate_crc() else None
+                self.leader_epoch = batch.leader_epoch  # outside the CRC's span, as the base offset and length
+                if why is None and self.isolation_level == read_committed and batch.has_producer_id():
                     self._consume_aborted_transactions_up_to(batch.last_offset)
                     producer_id = batch.producer_id
                     if self._contains_abort_marker(batch):
                         self.aborted_producer_ids.discard(producer_id)
                     elif self._is_batch_aborted(batch):
-                        self.next_fetch_offset = batch.next_offset
-                        batch = records.next_batch()
+                        self.next_fetch_offset, batch = batch.next_offset, later
                         continue
-                if batch.is_control_batch:
-                    self.next_fetch_offset = batch.next_offset
-                    batch = records.next_batch()
+                if why is None and batch.is_control_batch:
+                    self.next_fetch_offset, batch = batch.next_offset, later
                     continue
-                try:
-                    recs = list(CBatch(batch._buffer)) if batch.compression_type in compiled_codecs else list(batch)
-                except AioKafkaError as exc:  # kafka-python's error, as its own decoder raises
-                    raise Errors.CorruptRecordError(
-                        "Record batch for partition %s at offset %s: %s"
-                        % (self.topic_partition, batch.base_offset, exc)) from exc
+                if why is None:
+                    try:
+                        recs = list(CBatch(batch._buffer)) if batch.compression_type in compiled_codecs \
+                            else list(batch)
+                    except Exception as exc:  # noqa: BLE001 - a header key not UTF-8, a payload that will not inflate
+                        why = f"could not be decoded ({type(exc).__name__}: {exc})"
+                if why is not None:
+                    stand_in = self._unreadable(batch, later, why)
+                    if stand_in is None:  # found so once: fetched again from here
+                        self.next_fetch_offset = max(batch.base_offset, self.fetch_offset)
+                        break
+                    yield [stand_in]
+                    batch = later
+                    continue
                 self.records_read += len(recs)
                 if recs and recs[0].offset < self.fetch_offset:  # a batch fetched from its middle
                     recs = [r for r in recs if r.offset >= self.fetch_offset]
@@ -177,10 +199,32 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                                    map(_header_size, headers)))
                 else:
                     yield []
-                batch = records.next_batch()
-            if last_batch is not None and last_batch.magic == 2:
-                self.next_fetch_offset = last_batch.next_offset
+                batch = later
+            else:
+                if last_batch is not None and last_batch.magic == 2:
+                    self.next_fetch_offset = last_batch.next_offset
             self.drain()
+
+        def _unreadable(self, batch, later, why: str) -> CorruptBatch | None:
+            """The stand-in for an unreadable batch found so on the fetch before too; None the first
+            time (the caller fetches it again). Raises kafka-python's error when where the batch
+            ends cannot be known: its header is inside the failed CRC's span, and no batch follows."""
+            tp, first = self.topic_partition, batch.base_offset
+            if self.unreadable.get(tp) != first:
+                self.unreadable[tp] = first
+                log.warning("partition %s: the record batch at offset %d %s; fetching it again", tp, first, why)
+                return None
+            del self.unreadable[tp]
+            trusted = why != CRC_FAILED  # else its offset span, inside the CRC's, is suspect too
+            end = batch.next_offset if trusted or later is None else later.base_offset  # one past its last offset
+            if not first < end or (not trusted and later is None and end > first + batch.size_in_bytes):
+                raise Errors.CorruptRecordError(  # a record takes a byte at least
+                    f"Record batch for partition {tp} at offset {first} {why}, and no trustworthy end: "
+                    "it cannot be skipped safely")
+            log.error("partition %s: the record batch at offsets %d-%d %s on two fetches; dead-lettered as "
+                      "corrupt_batch and skipped", tp, first, end - 1, why)
+            return CorruptBatch(tp.topic, tp.partition, first, end - 1, bytes(batch._buffer), why,
+                                batch.first_timestamp if trusted else None)
 
     return FastPartitionRecords
 

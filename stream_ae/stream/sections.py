@@ -70,8 +70,8 @@ class KafkaSettings(_Section):
     state_topic: Text = "stream-ae.state"
     # seconds between checkpoints (state + offsets); a crash replays at most this much
     checkpoint_interval_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 5.0
-    # how fetched record batches become records: "compiled" (aiokafka's C decoder, the same
-    # ConsumerRecords at ~1/5 of the CPU; stream/record_decoding.py) or kafka-python's own
+    # who decodes the records of each fetched batch: "compiled" (aiokafka's C decoder, the same
+    # ConsumerRecords at ~1/5 of the CPU; stream/record_decoding.py) or kafka-python (in Python)
     record_decoder: Literal["compiled", "kafka-python"] = "compiled"
     client: Mapping[str, Any] = msgspec.field(default_factory=dict)  # kafka-python passthrough
 
