@@ -212,8 +212,9 @@ def check_channels(footers: Sequence[Footer], channels: Sequence[str], keys: Seq
                                 f"(leave it out with Layout(channels=...) or convert it)")
         if not holders:
             names = list(dict.fromkeys(n for f in footers for n in f.schema.names))
+            others = [n for n in names if n not in channels and n not in keys]  # not one read for itself
             raise DataError(f"{where}: channel column {name!r} not found in any of the {len(footers)} file(s) "
-                            f"read; columns are {names}.{suggest(name, names)}")
+                            f"read; columns are {names}.{suggest(name, others)}")
         if not any(f.has_values(name) for f in holders):
             raise DataError(f"{where}: channel column {name!r} has no value in the {len(footers)} file(s) read "
                             f"(every one null, or no column; the first {footers[0].path}): no window can be "
