@@ -20,9 +20,7 @@ fetch with an impossible offset span) still raises, as before: skipping it would
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
-CORRUPT_BATCH_REASON = "corrupt_batch"
+from typing import NamedTuple
 
 
 class _Source(NamedTuple):
@@ -57,7 +55,3 @@ class CorruptBatch:
 
     def __repr__(self) -> str:
         return f"CorruptBatch({self.topic}-{self.partition}, offsets {self.first}-{self.offset})"
-
-
-def is_corrupt_batch(record: Any) -> bool:
-    return type(record) is CorruptBatch
