@@ -78,29 +78,55 @@ def test_a_batch_unreadable_on_one_fetch_only_is_read_as_usual():
 
 
 def test_the_stand_in_is_the_same_whatever_offset_the_fetch_starts_at():
-    """A restart that resumes inside the batch names the same first offset: the letter is found already sent."""
-    bad = crc_broken(batch(20, readings(6)))
+    """A fetch that starts inside the batch names the same first offset: its letter is the same letter."""
+    data = crc_broken(batch(20, readings(6))) + batch(26, readings(1))[:30]  # the next batch cut short
     cls = reader()
-    fetch(cls, bad, 23)
-    got, next_offset = fetch(cls, bad, 23)
+    fetch(cls, data, 23)
+    got, next_offset = fetch(cls, data, 23)
     assert (got[0].first, got[0].offset, next_offset) == (20, 25, 26)
 
 
-def test_a_last_batch_whose_broken_header_gives_no_believable_end_still_raises():
-    bad = bytearray(batch(0, readings(3)))
-    struct.pack_into(">i", bad, 23, 1 << 30)  # last offset delta, inside the CRC's span: now wrong
+def test_a_crc_failed_batch_ends_where_the_next_header_says_not_where_its_own_suspect_header_says():
+    bad = bytearray(crc_broken(batch(0, readings(10))))
+    struct.pack_into(">i", bad, 23, 200)  # its last offset delta, inside the failed CRC's span: wrong too
     cls = reader()
+    fetch(cls, bytes(bad) + batch(10, readings(3)), 0)
+    got, next_offset = fetch(cls, bytes(bad) + batch(10, readings(3)), 0)
+    assert (got[0].first, got[0].offset) == (0, 9) and [r.offset for r in got[1:]] == [10, 11, 12]
     fetch(cls, bytes(bad), 0)
-    with pytest.raises(CorruptRecordError, match="cannot be skipped safely"):
+    with pytest.raises(CorruptRecordError, match="no batch after it in the fetch"):  # no guess from the delta
         fetch(cls, bytes(bad), 0)
+
+
+def test_under_read_committed_a_crc_failed_batch_is_not_skipped():
+    """It might be a transaction's abort marker: skipping it would read the producer's next
+    committed transaction as aborted."""
+    from kafka.protocol.consumer import IsolationLevel
+
+    data = crc_broken(batch(0, readings(3))) + batch(3, readings(2))
+    cls, rc = reader(), {"isolation_level": IsolationLevel.READ_COMMITTED, "aborted_transactions": []}
+    cls(0, TP, MemoryRecords(data), check_crcs=True, **rc).take()
+    with pytest.raises(CorruptRecordError, match="transaction marker"):
+        cls(0, TP, MemoryRecords(data), check_crcs=True, **rc).take()
+
+
+def test_a_good_read_forgets_the_one_failed_fetch_and_a_stand_in_before_the_fetch_offset_is_dropped():
+    cls = reader()
+    good = batch(0, readings(5, headers=[("zz", b"v")]))
+    fetch(cls, crc_broken(good), 0)
+    fetch(cls, good, 0)
+    assert cls.unreadable == {}  # a later failure of this batch is fetched twice again
+    data = header_key_not_utf8(good) + batch(5, readings(3))
+    fetch(cls, data, 6)
+    got, next_offset = fetch(cls, data, 6)  # the broker sent a batch wholly before the fetch offset
+    assert [r.offset for r in got] == [6, 7] and next_offset == 8
 
 
 def test_the_decoder_dead_letters_the_stand_in_and_the_batcher_ends_past_it():
     bad = crc_broken(batch(5, readings(5)))
     cls = reader()
-    fetch(cls, bad, 5)
-    (stand_in,), _ = fetch(cls, bad, 5)
-    good, _ = fetch(cls, batch(10, readings(2)), 10)
+    fetch(cls, bad + batch(10, readings(2)), 5)
+    stand_in, *good = fetch(cls, bad + batch(10, readings(2)), 5)[0]
     decoder = codec.ReadingDecoder(max_bytes=64)  # smaller than the batch's bytes: the stand-in still says why
     cols, letters = decoder.decode_columns([stand_in, *good], ("a",))
     assert len(cols) == 2 and len(letters) == 1
@@ -121,10 +147,38 @@ def test_install_gives_each_consumer_its_own_memory_and_kafka_python_decoding_ke
         assert record_decoding.install(a) and record_decoding.install(b, "kafka-python")
         ra, rb = a._fetcher.PartitionRecords, b._fetcher.PartitionRecords
         assert ra.unreadable is not rb.unreadable
-        bad = crc_broken(batch(0, readings(2)))
+        bad = crc_broken(batch(0, readings(2))) + batch(2, readings(1))
         for cls in (ra, rb):
             fetch(cls, bad, 0)
             assert isinstance(fetch(cls, bad, 0)[0][0], CorruptBatch)
     finally:
         a.close()
         b.close()
+
+
+def test_a_restore_without_a_checkpoint_resumes_at_the_stand_ins_first_offset_and_finds_its_letter_sent():
+    """A partition taken over with no checkpoint resumes where its first polled record begins: for a
+    stand-in, its batch's first offset, so the letter the crashed owner sent is not sent again."""
+    from unittest import mock
+
+    from kafka.structs import TopicPartition
+
+    from stream_ae.stream import runner as R
+    from stream_ae.stream.recovery import Restored
+    from stream_ae.stream.settings import load_settings
+
+    settings = load_settings(env={})
+    topic = settings.kafka.readings_topic
+    stand_in = CorruptBatch(topic, 0, 100, 109, b"\0" * 80, "failed its CRC check")
+    source = codec.dead_letter_source(codec.dead_letter(stand_in, "malformed", "its bytes"))
+    runner = object.__new__(R.StreamRunner)
+    runner.settings, runner._to_restore, runner._next_offsets, runner._assigned = settings, {0}, {}, set()
+    for name in ("_checkpointer", "_consumer", "detector", "drift", "membership", "metrics"):
+        setattr(runner, name, mock.MagicMock())
+    runner._commit_written = lambda block=False: None
+    runner._publisher = mock.MagicMock(already_sent=set())
+    with mock.patch.object(R, "take_over", return_value=({0: Restored()}, set(), {}, {source}, {})), \
+            mock.patch.object(R, "by_recency", return_value=[]):
+        runner._restore({TopicPartition(topic, 0): [stand_in]})
+    runner._consumer.seek.assert_called_once_with(TopicPartition(topic, 0), 100)
+    assert runner._publisher.already_sent == {source} and source[2] == 100

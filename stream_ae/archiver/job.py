@@ -38,6 +38,7 @@ from stream_ae.archiver import worker
 from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
+from stream_ae.stream.corrupt_batch import first_offset
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.publisher import send_dead_letter
@@ -235,7 +236,7 @@ class Archiver:
             tp = TopicPartition(topic, p)
             through = _result(self._pool.submit(worker.call, "recover", p))   # after the polls before it
             dropped = records.pop(tp, None)
-            seeks[tp] = (through, dropped[0].offset if dropped else None)
+            seeks[tp] = (through, first_offset(dropped[0]) if dropped else None)
             self._owned.add(p)
         if self.report.assigned_at is None:
             self.report.assigned_at = time.perf_counter()

@@ -328,10 +328,10 @@ def _validation_reason(msg: str) -> str:
     return "malformed"
 
 
-def decode_readings(messages: Iterable[Any], *, max_bytes: int = 65_536,
+def decode_readings(messages: Iterable[Any], *, max_bytes: int | None = None,
                     unknown_fields: str = "reject") -> tuple[list[DecodedReading], list[DeadLetter]]:
     """Decode a batch of records into valid readings and dead letters (never raises)."""
-    return ReadingDecoder(max_bytes, unknown_fields).decode(messages)
+    return ReadingDecoder(max_bytes or 65_536, unknown_fields).decode(messages)
 
 
 _ENCODER = msgspec.json.Encoder()

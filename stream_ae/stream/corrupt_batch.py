@@ -15,12 +15,13 @@ It flows as a record of its partition, so nothing new is needed downstream:
   with the batch's bytes as ``original``, its *first* offset as ``source_offset`` (the same on every
   fetch, so a restart finds the letter already published) and the offsets it spans in ``detail``.
 
-A batch whose header itself cannot be trusted to say where the next one begins (the last of its
-fetch with an impossible offset span) still raises, as before: skipping it would guess.
+A batch whose CRC failed is skipped only up to the next batch header of its fetch, and not under
+read_committed (it might be a transaction marker); otherwise it still raises, as before: skipping
+it would be a guess (``record_decoding``'s ``_unreadable``).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class _Source(NamedTuple):
@@ -55,3 +56,8 @@ class CorruptBatch:
 
     def __repr__(self) -> str:
         return f"CorruptBatch({self.topic}-{self.partition}, offsets {self.first}-{self.offset})"
+
+
+def first_offset(record: Any) -> int:
+    """The first offset a polled record stands for: a stand-in's batch's first, else its own."""
+    return record.first if type(record) is CorruptBatch else record.offset

@@ -121,7 +121,8 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             super().__init__(fetch_offset, tp, records, *args, **kwargs)  # its iterator is never run
             self._pending: list = []  # decoded records of the current batch not yet taken
             self._at = 0
-            self._fast = _all_v2(records)
+            self._bases = _batch_bases(records)  # every batch header's base offset, in order; None: not all v2
+            self._fast = self._bases is not None
             if self._fast:
                 self.record_iterator = self._batches(tp, records)
 
@@ -181,9 +182,12 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                     if stand_in is None:  # found so once: fetched again from here
                         self.next_fetch_offset = max(batch.base_offset, self.fetch_offset)
                         break
-                    yield [stand_in]
+                    if stand_in.offset >= self.fetch_offset:  # else wholly before the fetch offset: dropped
+                        yield [stand_in]
                     batch = later
                     continue
+                if self.unreadable and self.unreadable.get(tp) == batch.base_offset:
+                    del self.unreadable[tp]  # unreadable on one fetch only: a later one is fetched twice too
                 self.records_read += len(recs)
                 if recs and recs[0].offset < self.fetch_offset:  # a batch fetched from its middle
                     recs = [r for r in recs if r.offset >= self.fetch_offset]
@@ -207,20 +211,25 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
 
         def _unreadable(self, batch, later, why: str) -> CorruptBatch | None:
             """The stand-in for an unreadable batch found so on the fetch before too; None the first
-            time (the caller fetches it again). Raises kafka-python's error when where the batch
-            ends cannot be known: its header is inside the failed CRC's span, and no batch follows."""
+            time (the caller fetches it again). Raises kafka-python's error when it cannot be skipped
+            safely: its header fields after the CRC (offset span, transaction markers) are suspect when
+            the CRC failed, so its end is then the next batch header's base offset in the fetch (a
+            truncated one's too), and under read_committed it might be a transaction's marker."""
             tp, first = self.topic_partition, batch.base_offset
             if self.unreadable.get(tp) != first:
                 self.unreadable[tp] = first
                 log.warning("partition %s: the record batch at offset %d %s; fetching it again", tp, first, why)
                 return None
             del self.unreadable[tp]
-            trusted = why != CRC_FAILED  # else its offset span, inside the CRC's, is suspect too
-            end = batch.next_offset if trusted or later is None else later.base_offset  # one past its last offset
-            if not first < end or (not trusted and later is None and end > first + batch.size_in_bytes):
-                raise Errors.CorruptRecordError(  # a record takes a byte at least
-                    f"Record batch for partition {tp} at offset {first} {why}, and no trustworthy end: "
-                    "it cannot be skipped safely")
+            trusted = why != CRC_FAILED
+            bases = self._bases
+            after = bases[bases.index(first) + 1] if first in bases and bases[-1] != first else None
+            end = batch.next_offset if trusted else after  # one past its last offset
+            if end is None or end <= first or (not trusted and self.isolation_level == read_committed):
+                raise Errors.CorruptRecordError(
+                    f"Record batch for partition {tp} at offset {first} {why}, and "
+                    + ("it might be a transaction marker (read_committed)" if end is not None and end > first
+                       else "no batch after it in the fetch tells where it ends") + ": it cannot be skipped safely")
             log.error("partition %s: the record batch at offsets %d-%d %s on two fetches; dead-lettered as "
                       "corrupt_batch and skipped", tp, first, end - 1, why)
             return CorruptBatch(tp.topic, tp.partition, first, end - 1, bytes(batch._buffer), why,
@@ -229,19 +238,21 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
     return FastPartitionRecords
 
 
-def _all_v2(records) -> bool:
-    """True when every batch of a fetched ``MemoryRecords`` is message format v2 (read from the
-    headers alone; the reader is left where it was)."""
+def _batch_bases(records) -> list[int] | None:
+    """The base offset of every batch header in a fetched ``MemoryRecords``, a truncated last one's
+    too, in order (read from the headers alone, outside any CRC; the reader is left where it was);
+    None when one is not message format v2."""
     buf = getattr(records, "_buffer", None)
     if not isinstance(buf, (bytes, bytearray, memoryview)):
-        return False  # not the MemoryRecords this was written against: kafka-python's reader
-    pos, size = 0, len(buf)
+        return None  # not the MemoryRecords this was written against: kafka-python's reader
+    bases, pos, size = [], 0, len(buf)
     while pos + 17 <= size:
-        length, magic = struct.unpack_from(">i", buf, pos + 8)[0], buf[pos + 16]
-        if magic != 2 or length < 0:  # a corrupt length: kafka-python's reader says what is wrong
-            return False
+        base, length = struct.unpack_from(">qi", buf, pos)
+        if buf[pos + 16] != 2 or length < 0:  # a corrupt length: kafka-python's reader says what is wrong
+            return None
+        bases.append(base)
         pos += 12 + length
-    return True
+    return bases
 
 
 def _size(b) -> int:

@@ -1,8 +1,7 @@
 """The Kafka edge of the streaming detector: poll, decode, detect, publish, checkpoint.
 
-Input policy (what is dead-lettered, and why): ``contracts.py``. Entity floods: ``entities.py``.
-Recovery, exactly-once alerts, checkpoints, fences: ``checkpoint.py``, ``recovery.py``. Stalls:
-``membership.py``. One consumer until SIGTERM / SIGINT: ``python -m stream_ae.stream.consumer_process``.
+Input policy: ``contracts.py``, ``corrupt_batch.py``. Entity floods: ``entities.py``. Stalls: ``membership.py``.
+Recovery, fences: ``checkpoint.py``, ``recovery.py``. One process: ``python -m stream_ae.stream.consumer_process``.
 
 Pipeline: the model runs in ``batch.scoring_threads`` worker threads (the scoring graph holds
 the GIL only to enter and leave), each scoring its own micro-batch, while this thread polls,
@@ -33,6 +32,7 @@ from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.batcher import InFlight, MicroBatcher
 from stream_ae.stream.broker import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer
+from stream_ae.stream.corrupt_batch import first_offset
 from stream_ae.stream.detector import build_detector
 from stream_ae.stream.drift_watch import DriftWatch
 from stream_ae.stream.membership import GroupMembership
@@ -368,7 +368,7 @@ class StreamRunner:
             tp = TopicPartition(k.readings_topic, p)
             dropped = records.pop(tp, None)
             positions = restored[p].positions
-            start = positions.next_offset if positions else dropped[0].offset if dropped else None
+            start = positions.next_offset if positions else first_offset(dropped[0]) if dropped else None
             if start is not None:
                 self._consumer.seek(tp, start)
             else:  # an idle partition still gets a record, or every restore would read the outputs from 0
