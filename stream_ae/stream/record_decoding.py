@@ -28,7 +28,6 @@ mid-batch fetches; ``tests/test_corrupt_batch.py`` covers the unreadable ones.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import logging
@@ -82,15 +81,21 @@ def install(consumer: Any, decoder: str = "compiled") -> bool:
                     "stops the consumer): %s", why)
         return False
     compiled = decoder == "compiled" and _compiled_available()
-    cls = _partition_records_class() if compiled else _build_class(compiled_codecs=frozenset())
+    cls = _partition_records_class(compiled)
     # an instance attribute: this consumer only, with its own memory of batches found unreadable once
     fetcher.PartitionRecords = type(cls.__name__, (cls,), {"unreadable": {}})
     return True
 
 
-@functools.cache
-def _partition_records_class():
-    return _build_class()
+_CLASSES: dict[bool, type] = {}  # (functools.cache would key f() and f(True) apart)
+
+
+def _partition_records_class(compiled: bool = True):
+    """The reader class, built once a process: batches decoded in C where aiokafka can (``compiled``), else by
+    kafka-python."""
+    if compiled not in _CLASSES:
+        _CLASSES[compiled] = _build_class() if compiled else _build_class(compiled_codecs=frozenset())
+    return _CLASSES[compiled]
 
 
 def _build_class(compiled_codecs: frozenset[int] | None = None):
@@ -178,7 +183,7 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                     except Exception as exc:  # noqa: BLE001 - a header key not UTF-8, a payload that will not inflate
                         why = f"could not be decoded ({type(exc).__name__}: {exc})"
                 if why is not None:
-                    stand_in = self._unreadable(batch, later, why)
+                    stand_in = self._unreadable(batch, why)
                     if stand_in is None:  # found so once: fetched again from here
                         self.next_fetch_offset = max(batch.base_offset, self.fetch_offset)
                         break
@@ -209,7 +214,7 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                     self.next_fetch_offset = last_batch.next_offset
             self.drain()
 
-        def _unreadable(self, batch, later, why: str) -> CorruptBatch | None:
+        def _unreadable(self, batch, why: str) -> CorruptBatch | None:
             """The stand-in for an unreadable batch found so on the fetch before too; None the first
             time (the caller fetches it again). Raises kafka-python's error when it cannot be skipped
             safely: its header fields after the CRC (offset span, transaction markers) are suspect when
