@@ -36,10 +36,11 @@ def _archiver_writes(live: Path, later: Path) -> None:
 def test_a_killed_run_resumes_into_the_files_the_archiver_added(archive, artifact, full, tmp_path):
     live, later = _live(archive, tmp_path)
     out = tmp_path / "scores"
-    first = run_backfill(str(live), str(artifact), str(out), progress=False, batch_rows=500, max_fragments=2)
+    first = run_backfill(str(live), str(artifact), str(out), device="cpu", progress=False, batch_rows=500,
+                         max_fragments=2)
     assert first.fragments_done == 2 and not first.complete    # killed, 2 of its 4 files done
     _archiver_writes(live, later)
-    resumed = run_backfill(str(live), str(artifact), str(out), progress=False, batch_rows=500)
+    resumed = run_backfill(str(live), str(artifact), str(out), device="cpu", progress=False, batch_rows=500)
     assert resumed.fragments_resumed == 2 and resumed.fragments_done == 4 and resumed.complete
     assert files_under(out / f"date={DAYS[0]}") == files_under(full[0] / f"date={DAYS[0]}")
     pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]))
@@ -48,9 +49,9 @@ def test_a_killed_run_resumes_into_the_files_the_archiver_added(archive, artifac
 def test_a_finished_run_scores_only_the_new_files_and_equals_one_run_over_all(archive, artifact, full, tmp_path):
     live, later = _live(archive, tmp_path)
     out = tmp_path / "scores"
-    assert run_backfill(str(live), str(artifact), str(out), progress=False, batch_rows=500).complete
+    assert run_backfill(str(live), str(artifact), str(out), device="cpu", progress=False, batch_rows=500).complete
     _archiver_writes(live, later)
-    again = run_backfill(str(live), str(artifact), str(out), progress=False, batch_rows=500)
+    again = run_backfill(str(live), str(artifact), str(out), device="cpu", progress=False, batch_rows=500)
     assert again.fragments_resumed == 4 and again.fragments_done == 2 and again.complete
     assert again.windows_scored == full[1].windows_scored
     pd.testing.assert_frame_equal(read_scores(out), read_scores(full[0]))
