@@ -59,7 +59,7 @@ def to_ns(when, name: str = "time") -> int:
     1000000000
     """
     try:
-        stamp = pd.Timestamp(when)
+        stamp = pd.Timestamp(str(when) if isinstance(when, str) else when)  # np.str_: pandas 3.0 refuses it
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}={when!r} is not a time; give an ISO string such as '2026-01-01T00:00:00Z'") from exc
     if stamp is pd.NaT:
