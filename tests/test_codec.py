@@ -334,6 +334,15 @@ HOSTILE = {  # found by review: each stopped the consumer (the decoder raised) b
 }
 
 
+def _parses_deep() -> bool:
+    """Whether msgspec parses the 3000-deep nesting of HOSTILE's "nested, ignored" here."""
+    try:
+        msgspec.json.decode(b"[" * 3000 + b"]" * 3000)
+    except RecursionError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("unknown_fields", ["reject", "ignore"])
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_messages_are_dead_lettered_on_every_path_and_the_batch_goes_on(name, unknown_fields):
@@ -343,6 +352,12 @@ def test_hostile_messages_are_dead_lettered_on_every_path_and_the_batch_goes_on(
     records = [record(b, offset=i) for i, b in enumerate(blobs)]
     decoder = ReadingDecoder(unknown_fields=unknown_fields)
     cols, bad = decoder.decode_columns(records, channels)
+    if name == "nested, ignored" and unknown_fields == "ignore" and _parses_deep():
+        # a reading with an ignored extra field is scored where the interpreter lets msgspec parse
+        # 3000 levels (Python 3.12); on 3.11 its recursion limit stops at 1000: malformed, below
+        assert [m.offset for m in cols.messages] == [0, 1, 2, 3, 4] and bad == []
+        assert [r.message.offset for r in decoder.decode(records)[0]] == [0, 1, 2, 3, 4]
+        return
     assert [m.offset for m in cols.messages] == [0, 1, 3, 4]
     assert [(b.source_offset, b.original) for b in bad] == [(2, HOSTILE[name])]
     assert bad[0].reason in ("malformed", "non_finite", "unknown_field")
