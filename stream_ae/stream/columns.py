@@ -135,7 +135,7 @@ def _decode_lines(decoder: "ReadingDecoder", messages: list, fast) -> tuple[list
         ts_ns = [reading_ts_ns(t) for t in ts]
         if None in ts_ns:
             return None  # one is out of range: the general path dead-letters it
-    return list(map(_ENTITY, readings)), ts_ns, [msgspec.structs.astuple(r.values) for r in readings]
+    return list(map(_ENTITY, readings)), ts_ns, list(map(msgspec.structs.astuple, map(_VALUES, readings)))
 
 
 def lines_are_values(joined: bytes, lengths: np.ndarray) -> bool:
@@ -178,7 +178,7 @@ def values_to_row(values: dict[str, float | None], channels: tuple[str, ...]
     return row, missing, unknown
 
 
-_VALUE, _TS, _ENTITY = operator.attrgetter("value"), operator.attrgetter("ts"), operator.attrgetter("entity")
+_VALUE, _TS, _ENTITY, _VALUES = (operator.attrgetter(a) for a in ("value", "ts", "entity", "values"))
 
 
 def _columns(decoder: "ReadingDecoder", entity: list, ts: list, rows: list, kept: list, bad: list,
