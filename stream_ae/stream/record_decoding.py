@@ -41,6 +41,7 @@ from stream_ae.stream.corrupt_batch import CorruptBatch
 log = logging.getLogger(__name__)
 
 CRC_FAILED = "failed its CRC check"
+_CRC_AT, _CRC_FROM = 17, 21  # a v2 batch's CRC field, and where the bytes it covers begin
 _OFFSET, _TIMESTAMP, _KEY, _VALUE, _HEADERS = (operator.attrgetter(a) for a in
                                                ("offset", "timestamp", "key", "value", "headers"))
 
@@ -128,8 +129,9 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             super().__init__(fetch_offset, tp, records, *args, **kwargs)  # its iterator is never run
             self._pending: list = []  # decoded records of the current batch not yet taken
             self._at = 0
-            self._bases = _batch_bases(records)  # every batch header's base offset, in order; None: not all v2
-            self._fast = self._bases is not None
+            self._heads = _batch_heads(records)  # every batch header's (base offset, span), in order; None: not all v2
+            self._buffer = getattr(records, "_buffer", None)
+            self._fast = self._heads is not None
             if self._fast:
                 self.record_iterator = self._batches(tp, records)
 
@@ -212,7 +214,9 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             time (the caller fetches it again). Raises kafka-python's error when it cannot be skipped
             safely: its header fields after the CRC (offset span, transaction markers) are suspect when
             the CRC failed, so its end is then the next batch header's base offset in the fetch (a
-            truncated one's too), and under read_committed it might be a transaction's marker."""
+            truncated one's too; a whole one's only if that batch passes its own CRC, since where it
+            starts came from the suspect batch's length), and under read_committed it might be a
+            transaction's marker."""
             tp, first = self.topic_partition, batch.base_offset
             if self.unreadable.get(tp) != first:
                 self.unreadable[tp] = first
@@ -220,14 +224,18 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                 return None
             del self.unreadable[tp]
             trusted = why != CRC_FAILED
-            bases = self._bases
-            after = bases[bases.index(first) + 1] if first in bases and bases[-1] != first else None
-            end = batch.next_offset if trusted else after  # one past its last offset
+            heads = self._heads
+            at = next((i for i, head in enumerate(heads) if head[0] == first), len(heads))
+            after = heads[at + 1] if at + 1 < len(heads) else None
+            unsound = not trusted and after is not None and not _sound_or_cut_short(self._buffer, *after[1:])
+            end = batch.next_offset if trusted else None if after is None or unsound else after[0]  # one past its last
             if end is None or end <= first or (not trusted and self.isolation_level == read_committed):
                 raise Errors.CorruptRecordError(
                     f"Record batch for partition {tp} at offset {first} {why}, and "
                     + ("it might be a transaction marker (read_committed)" if end is not None and end > first
-                       else "no batch after it in the fetch tells where it ends") + ": it cannot be skipped safely")
+                       else "the batch its length points to fails its CRC too, so its length may be what is "
+                       "corrupt" if unsound else "no batch after it in the fetch tells where it ends")
+                    + ": it cannot be skipped safely")
             log.error("partition %s: the record batch at offsets %d-%d %s on two fetches; dead-lettered as "
                       "corrupt_batch and skipped", tp, first, end - 1, why)
             return CorruptBatch(tp.topic, tp.partition, first, end - 1, bytes(batch._buffer), why,
@@ -236,21 +244,32 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
     return FastPartitionRecords
 
 
-def _batch_bases(records) -> list[int] | None:
-    """The base offset of every batch header in a fetched ``MemoryRecords``, a truncated last one's
-    too, in order (read from the headers alone, outside any CRC; the reader is left where it was);
-    None when one is not message format v2."""
+def _batch_heads(records) -> list[tuple[int, int, int]] | None:
+    """``(base offset, start, stop)`` of every batch header in a fetched ``MemoryRecords``, a
+    truncated last one's too (its stop past the buffer's end), in order: read from the headers
+    alone, outside any CRC; the reader is left where it was. None when one is not message format v2."""
     buf = getattr(records, "_buffer", None)
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         return None  # not the MemoryRecords this was written against: kafka-python's reader
-    bases, pos, size = [], 0, len(buf)
+    heads, pos, size = [], 0, len(buf)
     while pos + 17 <= size:
         base, length = struct.unpack_from(">qi", buf, pos)
         if buf[pos + 16] != 2 or length < 0:  # a corrupt length: kafka-python's reader says what is wrong
             return None
-        bases.append(base)
+        heads.append((base, pos, pos + 12 + length))
         pos += 12 + length
-    return bases
+    return heads
+
+
+def _sound_or_cut_short(buf, start: int, stop: int) -> bool:
+    """Whether the v2 batch at ``buf[start:stop]`` passes its CRC (CRC-32C of its bytes from the
+    attributes on), or is cut short by the fetch's end, where it cannot be checked."""
+    from kafka.record.util import calc_crc32c
+
+    if stop > len(buf) or stop - start < _CRC_FROM:
+        return stop > len(buf)
+    (crc,) = struct.unpack_from(">I", buf, start + _CRC_AT)
+    return calc_crc32c(bytes(buf[start + _CRC_FROM:stop])) == crc
 
 
 def _consumer_records(make, topic: str, partition: int, leader_epoch: int, ts_type: int, recs: list) -> list:
