@@ -44,7 +44,7 @@ class RefusingProducer:
     def __init__(self, limit):
         self.limit, self.sent = limit, []
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None):
         if len(value) + len(key or b"") > self.limit:
             raise MessageSizeTooLargeError(f"{len(value)} bytes is larger than max_request_size {self.limit}")
         self.sent.append((topic, key, value))
@@ -59,7 +59,7 @@ def test_a_letter_the_producer_refuses_goes_without_the_record_copies():
     sent = codec.decode_dead_letter(value)
     assert topic == "dlq" and key is None and sent.original == b"" and sent.original_key is None
     assert (sent.reason, sent.source_partition, sent.source_offset) == ("oversized", 3, 42)
-    assert "was too large to produce, so it holds neither the record's value nor its key" in sent.detail
+    assert "was too large to produce, so it holds neither the record's value, key nor headers" in sent.detail
 
 
 def test_the_publisher_does_not_raise_on_a_letter_too_large_for_the_producer():

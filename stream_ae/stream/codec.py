@@ -113,7 +113,7 @@ class Alert(msgspec.Struct, forbid_unknown_fields=True):
     schema_version: Version = SCHEMA_VERSION
 
 
-class DeadLetter(msgspec.Struct, forbid_unknown_fields=True):
+class DeadLetter(msgspec.Struct, forbid_unknown_fields=True, dict=True):  # dict: .headers, the record's, not encoded
     """A message the service could not use, with the original bytes for a replay."""
 
     reason: Reason
@@ -171,15 +171,14 @@ def dead_letter(message: Any, reason: str, detail: str, *, entity: str | None = 
     if key is not None and len(key) > KEY_MAX_BYTES:   # the letter's Kafka key too: it must stay producible
         detail += _clipped("original_key", key, KEY_MAX_BYTES)
         source["original_key"] = bytes(key[:KEY_MAX_BYTES])
-    if isinstance(value, str):
-        value = value.encode()
-    original = bytes(value or b"")
+    original = bytes((value.encode() if isinstance(value, str) else value) or b"")
     if len(original) > ORIGINAL_MAX_BYTES:   # an oversized record's whole copy could not be produced
         detail += _clipped("original", original, ORIGINAL_MAX_BYTES)
         original = original[:ORIGINAL_MAX_BYTES]
-    return DeadLetter(reason=reason, detail=detail, original=original,
-                      received_at=received_at or dt.datetime.now(dt.timezone.utc),
-                      entity=entity, **source)
+    letter = DeadLetter(reason=reason, detail=detail, original=original,
+                        received_at=received_at or dt.datetime.now(dt.timezone.utc), entity=entity, **source)
+    letter.headers = [(k, b"" if v is None else bytes(v)) for k, v in getattr(message, "headers", None) or ()]
+    return letter
 
 
 def _clipped(field: str, data: bytes, kept: int) -> str:

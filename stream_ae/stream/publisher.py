@@ -79,20 +79,21 @@ class Publisher:
 
 
 def send_dead_letter(producer, topic: str, letter: codec.DeadLetter):
-    """Produce ``letter`` under its original key and return the future. A letter the producer
+    """Produce ``letter`` under its original key, with its record's headers (a null header value,
+    which kafka-python cannot send, as an empty one), and return the future. A letter the producer
     refuses as too large (kafka-python checks the size in ``send``, so it raised out of the
     consume loop, and the restart met the same record) goes without its copies of the record's
-    value and key: the source topic, partition and offset still say where to replay it from."""
+    value, key and headers: the source topic, partition and offset still say where to replay it from."""
     import msgspec
     from kafka.errors import MessageSizeTooLargeError
 
     value = codec.encode_dead_letter(letter)
     try:
-        return producer.send(topic, key=letter.original_key, value=value)
+        return producer.send(topic, key=letter.original_key, value=value, headers=getattr(letter, "headers", None))
     except MessageSizeTooLargeError as exc:
         log.warning("a %s dead letter of %d bytes is too large to produce (%s); sent without the record's "
                     "value and key", letter.reason, len(value), exc)
         bare = msgspec.structs.replace(letter, original=b"", original_key=None, detail=(
             f"{letter.detail}; this letter ({len(value)} bytes) was too large to produce, so it holds neither "
-            "the record's value nor its key: replay it from the source offset"))
+            "the record's value, key nor headers: replay it from the source offset"))
         return producer.send(topic, key=None, value=codec.encode_dead_letter(bare))
