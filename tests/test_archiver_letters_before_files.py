@@ -45,7 +45,7 @@ class _Producer:
     def __init__(self, error=None):
         self.error, self.sent, self.events = error, 0, []
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None):
         self.sent += 1
         self.events.append("send")
         return _Sent(self.error)
