@@ -19,7 +19,7 @@ import copy
 import functools
 import time
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 
 import msgspec
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stream_ae.archiver.writer import ArchiveWriter, PartitionState, entity_folder
+from stream_ae.errors import DataError
 from stream_ae.stream import codec
 from stream_ae.stream.columns import lines_are_values
 
@@ -65,11 +66,13 @@ class _Buffer:
         self.channels: set[str] = set()   # this file's own: a retired sensor is no column of later files
         self.last_ts = dict(state.last_ts)  # entity -> newest accepted ts (ns), the newest max_entities
         self.floor = state.floor            # the newest ts of the entities let go (None: none)
+        self.topic_id = state.topic_id
         self.sealed: list[tuple[_Buffer, PartitionState]] = []   # full files, with the state after each
 
     def state(self) -> PartitionState:
         """The partition's state once this buffer's file is written (the marker's record)."""
-        return PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts), floor=self.floor)
+        return PartitionState(self.last, tuple(sorted(self.channels)), dict(self.last_ts), floor=self.floor,
+                              topic_id=self.topic_id)
 
     def let_go(self, cap: int) -> None:
         """Keep the ``cap * 0.9`` entities with the newest readings; the floor rises to the newest of
@@ -110,10 +113,21 @@ class ArchiveCore:
         self._lines = msgspec.json.Decoder(codec.Reading if unknown_fields == "reject" else _LenientReading)
         self._buffers: dict[int, _Buffer] = {}
 
-    def recover(self, partition: int) -> int:
-        """Take a partition on: clean up a cut-short flush; returns its last archived offset (-1: none)."""
+    def recover(self, partition: int, topic_id: str | None = None) -> int:
+        """Take a partition on: clean up a cut-short flush; returns its last archived offset (-1: none).
+
+        ``topic_id``: the topic's id now (None: the broker gives none). One other than the marker's
+        means the topic was deleted and created again: its offsets start at 0 again, so resuming
+        after the marker would skip its records and their files would take the old ones' names."""
         state = self.writer.recover(self.topic, partition)
-        self._buffers[partition] = _Buffer(state)
+        if topic_id is not None and state.topic_id not in (None, topic_id):
+            raise DataError(
+                f"topic {self.topic!r} partition {partition}: the archive holds offsets through {state.through} of "
+                f"topic id {state.topic_id}, but the topic now has id {topic_id}: it was deleted and created again, "
+                "and its offsets started again at 0. Archiving it here would skip its first records and give its "
+                f"files the names of the old topic's. Archive it under another archive path, or move "
+                f"{self.writer.marker_dir(self.topic)} aside together with the old topic's files")
+        self._buffers[partition] = _Buffer(replace(state, topic_id=topic_id or state.topic_id))
         return state.through
 
     def ingest(self, partition: int, offsets: bytes, lengths: bytes, joined: bytes) -> Outcome:

@@ -232,9 +232,10 @@ class Archiver:
         topic = self.settings.kafka.readings_topic
         parts, self._to_recover = sorted(self._to_recover), set()
         seeks = {}
+        topic_id = _topic_id(self._consumer, topic)
         for p in parts:
             tp = TopicPartition(topic, p)
-            through = _result(self._pool.submit(worker.call, "recover", p))   # after the polls before it
+            through = _result(self._pool.submit(worker.call, "recover", p, topic_id))   # after the polls before it
             dropped = records.pop(tp, None)
             seeks[tp] = (through, first_offset(dropped[0]) if dropped else None)
             self._owned.add(p)
@@ -297,6 +298,16 @@ class Archiver:
         """Listener (IO thread): note the partitions; the poll loop recovers them before use."""
         with self._lock:
             self._to_recover |= {tp.partition for tp in assigned}
+
+
+def _topic_id(consumer, topic: str) -> str | None:
+    """The topic's id in the consumer's metadata (kafka-python 3.0 keeps it on its cluster
+    metadata); None when the broker gives none (before Kafka 2.8) or the client keeps none."""
+    try:
+        tid = consumer._client.cluster.topic_id(topic)
+    except Exception:  # noqa: BLE001 - another client version: no check, as with an old broker
+        return None
+    return None if tid is None or str(tid).strip("0-") == "" else str(tid)  # the all-zero id: none
 
 
 def _result(fut: cf.Future):

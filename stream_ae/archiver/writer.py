@@ -50,6 +50,8 @@ class PartitionState:
     the marker: a file holds only the channels its own rows carry). ``floor`` is the newest
     timestamp of the entities no longer in ``last_ts`` (at most ``input.max_entities`` are: a flood
     of ids), which a reading of an entity not in it must pass; None while none was let go.
+    ``topic_id`` is the Kafka topic id the offsets belong to (None: the broker gave none, or the
+    marker predates it): a topic deleted and created again has a new one, and offsets from 0.
     """
 
     through: int = -1
@@ -57,10 +59,12 @@ class PartitionState:
     last_ts: dict[str, int] = field(default_factory=dict)
     pending: tuple[str, ...] = ()
     floor: int | None = None
+    topic_id: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"format": 1, "through": self.through, "channels": list(self.channels),
-                           "last_ts": self.last_ts, "pending": list(self.pending), "floor": self.floor},
+                           "last_ts": self.last_ts, "pending": list(self.pending), "floor": self.floor,
+                           "topic_id": self.topic_id},
                           separators=(",", ":")).encode()
 
     @classmethod
@@ -69,7 +73,7 @@ class PartitionState:
             d = json.loads(data)
             floor = d.get("floor")   # a marker written before entities were let go has none
             return cls(int(d["through"]), tuple(d["channels"]), {str(k): int(v) for k, v in d["last_ts"].items()},
-                       tuple(d["pending"]), None if floor is None else int(floor))
+                       tuple(d["pending"]), None if floor is None else int(floor), d.get("topic_id"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{where}: archiver marker is unreadable ({exc!r}); delete it only if the "
                             f"files of this topic-partition are deleted too") from None
@@ -161,6 +165,10 @@ class ArchiveWriter:
     def state(self, topic: str, partition: int) -> PartitionState:
         """The durable state of a topic-partition, as of its last complete flush."""
         return self._states.get((topic, partition)) or PartitionState()
+
+    def marker_dir(self, topic: str) -> str:
+        """Where the markers of ``topic`` are, as the archive path was given."""
+        return posixpath.join(str(self.root), MARKER_DIR, topic)
 
     def _marker(self, topic: str, partition: int) -> str:
         return posixpath.join(self.base, MARKER_DIR, topic, f"{partition:05d}.json")
