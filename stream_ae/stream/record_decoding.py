@@ -213,10 +213,11 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             """The stand-in for an unreadable batch found so on the fetch before too; None the first
             time (the caller fetches it again). Raises kafka-python's error when it cannot be skipped
             safely: its header fields after the CRC (offset span, transaction markers) are suspect when
-            the CRC failed, so its end is then the next batch header's base offset in the fetch (a
-            truncated one's too; a whole one's only if that batch passes its own CRC, since where it
-            starts came from the suspect batch's length), and under read_committed it might be a
-            transaction's marker."""
+            the CRC failed, so its end is then the next batch header's base offset in the fetch, trusted
+            only when that batch passes its own CRC or the base is where the batch's own offset span
+            ends (where the header starts came from the suspect batch's length, outside the CRC: a
+            bit-rotted length lands on header-shaped bytes, which agree with neither); and under
+            read_committed it might be a transaction's marker."""
             tp, first = self.topic_partition, batch.base_offset
             if self.unreadable.get(tp) != first:
                 self.unreadable[tp] = first
@@ -227,15 +228,17 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             heads = self._heads
             at = next((i for i, head in enumerate(heads) if head[0] == first), len(heads))
             after = heads[at + 1] if at + 1 < len(heads) else None
-            unsound = not trusted and after is not None and not _sound_or_cut_short(self._buffer, *after[1:])
-            end = batch.next_offset if trusted else None if after is None or unsound else after[0]  # one past its last
+            unsure = not trusted and after is not None and after[0] != batch.next_offset \
+                and not _whole_and_sound(self._buffer, *after[1:])
+            end = batch.next_offset if trusted else None if after is None or unsure else after[0]  # one past its last
             if end is None or end <= first or (not trusted and self.isolation_level == read_committed):
                 raise Errors.CorruptRecordError(
                     f"Record batch for partition {tp} at offset {first} {why}, and "
                     + ("it might be a transaction marker (read_committed)" if end is not None and end > first
-                       else "the batch its length points to fails its CRC too, so its length may be what is "
-                       "corrupt" if unsound else "no batch after it in the fetch tells where it ends")
-                    + ": it cannot be skipped safely")
+                       else f"the next batch header in the fetch (offset {after[0]}) and its own offset span (to "
+                       f"{batch.next_offset - 1}) disagree where it ends, and that batch cannot be checked (it fails "
+                       "its CRC, or the fetch cuts it short)" if unsure
+                       else "no batch after it in the fetch tells where it ends") + ": it cannot be skipped safely")
             log.error("partition %s: the record batch at offsets %d-%d %s on two fetches; dead-lettered as "
                       "corrupt_batch and skipped", tp, first, end - 1, why)
             return CorruptBatch(tp.topic, tp.partition, first, end - 1, bytes(batch._buffer), why,
@@ -261,13 +264,13 @@ def _batch_heads(records) -> list[tuple[int, int, int]] | None:
     return heads
 
 
-def _sound_or_cut_short(buf, start: int, stop: int) -> bool:
-    """Whether the v2 batch at ``buf[start:stop]`` passes its CRC (CRC-32C of its bytes from the
-    attributes on), or is cut short by the fetch's end, where it cannot be checked."""
+def _whole_and_sound(buf, start: int, stop: int) -> bool:
+    """Whether the v2 batch at ``buf[start:stop]`` is whole in the fetch and passes its CRC
+    (CRC-32C of its bytes from the attributes on)."""
     from kafka.record.util import calc_crc32c
 
     if stop > len(buf) or stop - start < _CRC_FROM:
-        return stop > len(buf)
+        return False
     (crc,) = struct.unpack_from(">I", buf, start + _CRC_AT)
     return calc_crc32c(bytes(buf[start + _CRC_FROM:stop])) == crc
 
