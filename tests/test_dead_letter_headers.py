@@ -39,7 +39,7 @@ def test_the_letter_record_carries_them_and_a_letter_without_a_record_carries_no
     send_dead_letter(producer, "dlq", codec.dead_letter(Record("r", 0, 3, 5, b"k", b"x", HEADERS), "malformed", "x"))
     send_dead_letter(producer, "dlq", codec.dead_letter(b"x", "malformed", "bytes alone"))
     send_dead_letter(producer, "dlq", codec.dead_letter(CorruptBatch("r", 0, 10, 12, b"\0" * 70, "failed"), "", ""))
-    assert [headers for *_, headers in producer.sent] == [[HEADERS[0], ("empty", b"")], [], []]
+    assert [headers for *_, headers in producer.sent] == [[HEADERS[0], ("empty", b"")], None, None]
 
 
 @pytest.mark.kafka
@@ -64,3 +64,33 @@ def test_the_runner_sends_the_headers_with_the_letter(broker, topic_factory, kaf
     run_until(runner, done)
     assert [(codec.decode_dead_letter(r.value).source_offset, r.headers) for r in letters] == [
         (0, [HEADERS[0]]), (1, [("src", b"plc-7")])]
+
+
+class SizeCheckingProducer(Producer):
+    """Refuses a record over ``limit`` bytes of key, value and headers in send(), as kafka-python does."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def send(self, topic, key=None, value=None, headers=None):
+        from kafka.errors import MessageSizeTooLargeError
+
+        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers or ())
+        if size > self.limit:
+            raise MessageSizeTooLargeError(f"{size} bytes is larger than max_request_size {self.limit}")
+        return super().send(topic, key, value, headers)
+
+
+def test_headers_too_large_for_the_producer_are_left_off_before_the_value_and_key():
+    """A 600 KB header beside a 250 KB value fits a 900 KB request; its letter with both does not (the
+    value is base64 there). Before, the fallback dropped the value and the key too, though the letter
+    fit without the headers."""
+    big = [("trace-dump", b"h" * 600_000)]
+    producer = SizeCheckingProducer(limit=900_000)
+    record = Record("r", 0, 3, 5, b"k", b"x" * 250_000, big)
+    send_dead_letter(producer, "dlq", codec.dead_letter(record, "malformed", "x"))
+    ((_, key, value, headers),) = producer.sent
+    sent = codec.decode_dead_letter(value)
+    assert key == b"k" and sent.original == b"x" * 250_000 and headers is None
+    assert "the record's headers (1, 600010 bytes) made this letter too large" in sent.detail

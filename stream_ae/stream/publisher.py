@@ -82,18 +82,30 @@ def send_dead_letter(producer, topic: str, letter: codec.DeadLetter):
     """Produce ``letter`` under its original key, with its record's headers (a null header value,
     which kafka-python cannot send, as an empty one), and return the future. A letter the producer
     refuses as too large (kafka-python checks the size in ``send``, so it raised out of the
-    consume loop, and the restart met the same record) goes without its copies of the record's
-    value, key and headers: the source topic, partition and offset still say where to replay it from."""
+    consume loop, and the restart met the same record) goes without the headers first, and then
+    without its copies of the record's value and key too: the source topic, partition and offset
+    still say where to replay it from."""
     import msgspec
     from kafka.errors import MessageSizeTooLargeError
 
+    headers = getattr(letter, "headers", None) or None
     value = codec.encode_dead_letter(letter)
     try:
-        return producer.send(topic, key=letter.original_key, value=value, headers=getattr(letter, "headers", None))
+        return producer.send(topic, key=letter.original_key, value=value, headers=headers)
     except MessageSizeTooLargeError as exc:
-        log.warning("a %s dead letter of %d bytes is too large to produce (%s); sent without the record's "
-                    "value and key", letter.reason, len(value), exc)
-        bare = msgspec.structs.replace(letter, original=b"", original_key=None, detail=(
-            f"{letter.detail}; this letter ({len(value)} bytes) was too large to produce, so it holds neither "
-            "the record's value, key nor headers: replay it from the source offset"))
-        return producer.send(topic, key=None, value=codec.encode_dead_letter(bare))
+        refused = exc
+    if headers:
+        size = sum(len(k.encode()) + len(v) for k, v in headers)
+        lighter = msgspec.structs.replace(letter, detail=(
+            f"{letter.detail}; the record's headers ({len(headers)}, {size} bytes) made this letter too large "
+            "to produce and were left off: replay it from the source offset for them"))
+        try:
+            return producer.send(topic, key=letter.original_key, value=codec.encode_dead_letter(lighter))
+        except MessageSizeTooLargeError as exc:
+            refused = exc
+    log.warning("a %s dead letter of %d bytes is too large to produce (%s); sent without the record's "
+                "value, key and headers", letter.reason, len(value), refused)
+    bare = msgspec.structs.replace(letter, original=b"", original_key=None, detail=(
+        f"{letter.detail}; this letter ({len(value)} bytes) was too large to produce, so it holds neither "
+        "the record's value, key nor headers: replay it from the source offset"))
+    return producer.send(topic, key=None, value=codec.encode_dead_letter(bare))
