@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
+from stream_ae.archiver.core import ArchiveCore
+from stream_ae.archiver.worker import pack
 from stream_ae.archiver.writer import MARKER_DIR, PartitionState
 from stream_ae.errors import DataError
 from stream_ae.stream.broker import create_topics, delete_topics
-from test_archiver import _archive, _archived, _overrides, _produce, _stream
+from test_archiver import T0_MS, _archive, _archived, _overrides, _produce, _reading, _stream
+
+OLD, NEW = "0197a3b4-0000-7000-8000-00000000000a", "0197a3b4-0000-7000-8000-00000000000b"
+
+
+def _core_with_a_file(root) -> ArchiveCore:
+    core = ArchiveCore("t", str(root))
+    core.recover(0, OLD)
+    core.ingest(0, *pack([_Record(i, _reading("a", T0_MS + i * 1000, {"flow": 1.0})) for i in range(3)]))
+    core.flush()
+    return core
 
 
 def test_a_marker_keeps_the_topic_id_and_one_written_before_reads_as_none():
@@ -26,6 +39,33 @@ def test_a_marker_keeps_the_topic_id_and_one_written_before_reads_as_none():
     assert PartitionState.from_json(state.to_json(), "m") == state
     older = json.dumps({"format": 1, "through": 9, "channels": [], "last_ts": {}, "pending": []}).encode()
     assert PartitionState.from_json(older, "m").topic_id is None
+
+
+_Record = namedtuple("record", "offset value")
+
+
+def test_a_restart_on_another_topic_id_stops_and_says_what_to_do(tmp_path):
+    _core_with_a_file(tmp_path)
+    again = ArchiveCore("t", str(tmp_path))
+    with pytest.raises(DataError, match=f"offsets through 2 of topic id {OLD}, but the topic now has id {NEW}"):
+        again.recover(0, NEW)
+    assert ArchiveCore("t", str(tmp_path)).recover(0, OLD) == 2   # the same topic: resumes
+    assert ArchiveCore("t", str(tmp_path)).recover(0, None) == 2  # a broker that gives no id: no check
+
+
+def test_an_id_that_changes_while_the_partitions_are_held_stops_before_more_is_archived(tmp_path):
+    """A topic deleted and created again with as many partitions causes no rebalance: the job
+    passes every new id it sees to the worker before the poll's records."""
+    core = _core_with_a_file(tmp_path)
+    core.adopt_topic_id(OLD)
+    with pytest.raises(DataError, match="deleted and created again"):
+        core.adopt_topic_id(NEW)
+    fresh = ArchiveCore("t", str(tmp_path / "other"))
+    fresh.recover(0, None)     # no id yet at assignment (metadata without one): taken when seen
+    fresh.adopt_topic_id(NEW)
+    fresh.ingest(0, *pack([_Record(0, _reading("a", T0_MS, {"flow": 1.0}))]))
+    fresh.flush()
+    assert json.loads((tmp_path / "other" / MARKER_DIR / "t" / "00000.json").read_text())["topic_id"] == NEW
 
 
 @pytest.mark.kafka

@@ -120,15 +120,27 @@ class ArchiveCore:
         means the topic was deleted and created again: its offsets start at 0 again, so resuming
         after the marker would skip its records and their files would take the old ones' names."""
         state = self.writer.recover(self.topic, partition)
-        if topic_id is not None and state.topic_id not in (None, topic_id):
-            raise DataError(
-                f"topic {self.topic!r} partition {partition}: the archive holds offsets through {state.through} of "
-                f"topic id {state.topic_id}, but the topic now has id {topic_id}: it was deleted and created again, "
-                "and its offsets started again at 0. Archiving it here would skip its first records and give its "
-                f"files the names of the old topic's. Archive it under another archive path, or move "
-                f"{self.writer.marker_dir(self.topic)} aside together with the old topic's files")
+        self._check_topic_id(partition, state.topic_id, state.through, topic_id)
         self._buffers[partition] = _Buffer(replace(state, topic_id=topic_id or state.topic_id))
         return state.through
+
+    def adopt_topic_id(self, topic_id: str) -> None:
+        """The topic's id seen now, while the partitions are held (a topic deleted and created again
+        with as many partitions causes no rebalance): raises as :meth:`recover` on another id."""
+        for partition, buf in self._buffers.items():
+            self._check_topic_id(partition, buf.topic_id, buf.last, topic_id)
+            buf.topic_id = topic_id
+
+    def _check_topic_id(self, partition: int, kept: str | None, through: int, topic_id: str | None) -> None:
+        if topic_id is None or kept in (None, topic_id):
+            return
+        raise DataError(
+            f"topic {self.topic!r} partition {partition}: the archive holds offsets through {through} of topic id "
+            f"{kept}, but the topic now has id {topic_id}: it was deleted and created again, and its offsets started "
+            "again at 0. Archiving it here would skip its first records and give its files the names of the old "
+            f"topic's. Archive it under another archive path, or move {self.writer.marker_dir(self.topic)} aside "
+            "together with the old topic's files. If the topic was moved to another cluster with its offsets kept "
+            "(a mirror that keeps them), the archive is right: remove \"topic_id\" from those markers to go on")
 
     def ingest(self, partition: int, offsets: bytes, lengths: bytes, joined: bytes) -> Outcome:
         """Archive one batch of a recovered partition, in offset order.

@@ -80,6 +80,7 @@ class Archiver:
         self.report = ArchiveReport()
         self._owned: set[int] = set()
         self._to_recover: set[int] = set()
+        self._topic_id: str | None = None   # the readings topic's id the worker last checked (None: none yet)
         self._in_flight: collections.deque[tuple[cf.Future, list | None]] = collections.deque()  # (answer, records)
         self._to_commit: dict[int, int] = {}
         self._consumer = self._producer = self._pool = self.membership = None
@@ -151,6 +152,10 @@ class Archiver:
                 raise StreamAEError(f"the archiver stopped: {self._failed}") from self._failed
             if self._to_recover:
                 seeks = self._recover(records)
+            topic_id = _topic_id(self._consumer, self.settings.kafka.readings_topic) if records else None
+            if topic_id is not None and topic_id != self._topic_id:  # recreated while running: no rebalance
+                _result(self._pool.submit(worker.call, "adopt_topic_id", topic_id))  # raises on another id
+                self._topic_id = topic_id
             for tp, batch in records.items():
                 if tp.partition in self._owned:
                     n += len(batch)
@@ -232,7 +237,7 @@ class Archiver:
         topic = self.settings.kafka.readings_topic
         parts, self._to_recover = sorted(self._to_recover), set()
         seeks = {}
-        topic_id = _topic_id(self._consumer, topic)
+        topic_id = self._topic_id = _topic_id(self._consumer, topic)
         for p in parts:
             tp = TopicPartition(topic, p)
             through = _result(self._pool.submit(worker.call, "recover", p, topic_id))   # after the polls before it
