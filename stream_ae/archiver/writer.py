@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 
 from stream_ae import durable
 from stream_ae.backfill.output import resolve_filesystem
+from stream_ae.data.archive_markers import MARKER_DIR  # the readers of the archive skip its pending files
 from stream_ae.errors import DataError
 
-MARKER_DIR = "_archiver"
 TMP_PREFIX = "_tmp-"
 _DAY_NS = 86_400 * 1_000_000_000
 _TS_TYPE = pa.timestamp("ns", tz="UTC")

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 
 from stream_ae.data.footers import (ARROW_ERRORS, NS_PER, Footer, channel_values, check_channels, check_file,
                                      is_numeric, pandas_index)
+from stream_ae.data.archive_markers import without_pending
 from stream_ae.data.layout import Layout
 from stream_ae.errors import ConfigError, DataError
 
@@ -129,16 +130,16 @@ def _discover(uri: str) -> tuple[ds.FileSystemDataset, list[str], Callable[[pa.S
     filesystem, path, is_dir = _locate(uri)
     try:
         listed = ds.dataset(path, filesystem=filesystem, format="parquet", schema=pa.schema([]))
-        keys = _hive_keys(listed.files, path) if is_dir else []
+        files = without_pending(listed.files, filesystem, path) if is_dir else listed.files  # archive_markers.py
+        keys = _hive_keys(files, path) if is_dir else []
         as_strings = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
 
         def with_schema(schema: pa.Schema) -> ds.FileSystemDataset:
             try:
-                return ds.dataset(listed.files, filesystem=filesystem, format="parquet", partitioning=as_strings,
+                return ds.dataset(files, filesystem=filesystem, format="parquet", partitioning=as_strings,
                                   partition_base_dir=path if is_dir else None, schema=schema)
             except ARROW_ERRORS as exc:
                 raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
-
         return with_schema(pa.schema([(k, pa.string()) for k in keys])), keys, with_schema
     except ARROW_ERRORS as exc:
         raise DataError(f"{uri}: cannot be read as Parquet ({exc})") from exc
@@ -151,8 +152,7 @@ class History:
     pushed down into the scan.
     """
 
-    def __init__(self, uri, dataset, layout, channels, partition_keys, n_rows, start_ns, end_ns, entities,
-                 paths=None):
+    def __init__(self, uri, dataset, layout, channels, partition_keys, n_rows, start_ns, end_ns, entities, paths=None):
         self.uri = uri
         self.layout = layout
         self.channels: tuple[str, ...] = channels
