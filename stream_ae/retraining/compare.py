@@ -40,7 +40,10 @@ class ModelMetrics:
     labelled event ("normal data"); ``alert_rate``: the fraction of those windows flagged
     by the model's own calibrated threshold, run causally as in the stream; ``events`` /
     ``detected`` / ``recall``: labelled events in the span and those overlapped by at least
-    one flagged window (None without labels).
+    one flagged window (None without labels). ``entities``, ``first_window`` and ``last_window``
+    say what of the holdout span the archive covered: the entities scored, the first window's
+    start and the last one's end (ISO UTC; None without windows). An archive that lags, or an
+    entity missing from it, shows there before it shows in the rates.
     """
 
     version: str
@@ -53,6 +56,9 @@ class ModelMetrics:
     recall: float | None = None
     threshold_median: float | None = None
     fault_detection: dict | None = None   # channel -> share of windows flagged with a synthetic fault (faults.py)
+    entities: int = 0
+    first_window: str | None = None
+    last_window: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,5 +188,15 @@ def holdout_metrics(version: str, entity: np.ndarray, start: np.ndarray, end: np
     metrics = ModelMetrics(
         version=version, windows=int(normal.sum()), median_error=median, p95_error=p95, alert_rate=rate,
         events=len(events), detected=detected, recall=detected / len(events) if events else None,
-        threshold_median=float(np.median(thr)) if thr.size else None)
+        threshold_median=float(np.median(thr)) if thr.size else None, entities=len(set(entity.tolist())),
+        first_window=_iso(start.min()) if start.size else None, last_window=_iso(end.max()) if end.size else None)
     return metrics, normal_scores
+
+
+def _iso(ns) -> str:
+    """``ns`` since the epoch as ISO UTC, to the second.
+
+    >>> _iso(86_400 * 10**9)
+    '1970-01-02T00:00:00Z'
+    """
+    return str(np.datetime_as_string(np.datetime64(int(ns), "ns"), unit="s")) + "Z"
