@@ -15,7 +15,6 @@ every channel, at least the champion's share less a tolerance.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
@@ -33,10 +32,12 @@ def robust_spread(rows: np.ndarray) -> np.ndarray:
     [1.483, nan]
     """
     x = np.asarray(rows, np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel: NaN, handled below
-        mad = 1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x, axis=0)), axis=0)
-        std = np.nanstd(x, axis=0)
+    seen = ~np.isnan(x).all(axis=0)   # a channel with no value warns in numpy's nan-functions: NaN here
+    mad, std = np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+    if seen.any():   # (no warnings.catch_warnings: it swaps the process's filters under other threads)
+        xs = x[:, seen]
+        mad[seen] = 1.4826 * np.nanmedian(np.abs(xs - np.nanmedian(xs, axis=0)), axis=0)
+        std[seen] = np.nanstd(xs, axis=0)
     out = np.where(mad > 0, mad, std)
     return np.where(np.isfinite(out) & (out > 0), out, np.nan)
 
