@@ -18,8 +18,8 @@ def test_the_metrics_name_the_entities_and_the_first_and_last_window():
     metrics, _ = holdout_metrics("v1", entity, start, end, np.array([0.1, 0.2, 0.3]), np.zeros(3, bool),
                                  np.ones(3, bool), np.full(3, 1.0))
     assert (metrics.entities, metrics.first_window, metrics.last_window) == (
-        2, "2024-10-04T00:00:00Z", "2024-10-05T00:01:00Z")
-    assert metrics.to_dict()["first_window"] == "2024-10-04T00:00:00Z"   # in the report's JSON
+        2, "2024-10-04T00:00:00+00:00", "2024-10-05T00:01:00+00:00")   # as the report's holdout_span
+    assert metrics.to_dict()["first_window"] == "2024-10-04T00:00:00+00:00"   # in the report's JSON
 
 
 def test_no_window_means_no_coverage():

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from stream_ae.retraining.faults import FAULT_SIGMA, regressions
 
@@ -189,14 +190,15 @@ def holdout_metrics(version: str, entity: np.ndarray, start: np.ndarray, end: np
         version=version, windows=int(normal.sum()), median_error=median, p95_error=p95, alert_rate=rate,
         events=len(events), detected=detected, recall=detected / len(events) if events else None,
         threshold_median=float(np.median(thr)) if thr.size else None, entities=len(set(entity.tolist())),
-        first_window=_iso(start.min()) if start.size else None, last_window=_iso(end.max()) if end.size else None)
+        first_window=iso_utc(start.min()) if start.size else None,
+        last_window=iso_utc(end.max()) if end.size else None)
     return metrics, normal_scores
 
 
-def _iso(ns) -> str:
-    """``ns`` since the epoch as ISO UTC, to the second.
+def iso_utc(ns) -> str:
+    """``ns`` since the epoch as ISO UTC, as every time in a retrain report is written.
 
-    >>> _iso(86_400 * 10**9)
-    '1970-01-02T00:00:00Z'
+    >>> iso_utc(86_400 * 10**9)
+    '1970-01-02T00:00:00+00:00'
     """
-    return str(np.datetime_as_string(np.datetime64(int(ns), "ns"), unit="s")) + "Z"
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()

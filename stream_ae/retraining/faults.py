@@ -15,7 +15,6 @@ every channel, at least the champion's share less a tolerance.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 FAULT_SIGMA = 6.0       # the level shift, in robust standard deviations of the channel

@@ -39,6 +39,7 @@ from stream_ae.registry import PromotionConflict, Registry
 from stream_ae.retraining import faults
 from stream_ae.retraining.compare import (Decision, LabelledEvent, PromotionRule, decide, holdout_metrics,
                                           swap_blocker)
+from stream_ae.retraining.compare import iso_utc as _iso
 from stream_ae.retraining.labels import load_labels  # noqa: F401 - also this module's, as before
 from stream_ae.retraining.report import RetrainReport, plot_scores, write_report
 from stream_ae.stream.logs import masked_text
@@ -62,10 +63,6 @@ def write_json(registry: Registry, relpath: str, obj: dict) -> None:
 def read_json(registry: Registry, relpath: str) -> dict | None:
     """The record at ``relpath`` under the registry root, None when absent."""
     return registry.get_record(relpath)
-
-
-def _iso(ns: int) -> str:
-    return pd.Timestamp(int(ns), tz="UTC").isoformat()
 
 
 def _wall() -> dt.datetime:
