@@ -46,6 +46,21 @@ log = logging.getLogger(__name__)
 SHAPE_STEP = 32
 
 
+def quiet_torchscript() -> None:
+    """Silence what tracing says on every model, by the warnings' text and origin alone: torch's
+    deprecation notice for each ``torch.jit`` call :func:`score_graph` makes (trace, save, load,
+    freeze: the reason it keeps TorchScript is in its docstring), and the LSTM module's
+    ``TracerWarning`` about a tensor read as a Python bool (its shape checks; the trace is checked
+    against the module anyway). Filters installed once, at import, not ``warnings.catch_warnings``
+    around the trace: that swaps the process's filter list, and a hot reload traces on another
+    thread than the poll loop's, whose filters it would drop or restore under it."""
+    warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
+
+
+quiet_torchscript()
+
+
 class WindowScores(nn.Module):
     """Rows on the device + window starts -> window errors, in one module (so in one graph).
 
@@ -159,9 +174,7 @@ def score_graph(module: WindowScores, n_channels: int, dtype: torch.dtype | None
              torch.tensor([5, 0, 3], device=device))  # other shapes than the trace's
     key = _structure(module, n_channels, dtype, structure)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad():
             with autocast:
                 graph = torch.jit.freeze(_traced(module, example, key))
                 want = module(*check)
