@@ -17,7 +17,9 @@ It flows as a record of its partition, so nothing new is needed downstream:
 
 A batch whose CRC failed is skipped only up to the next batch header of its fetch, and not under
 read_committed (it might be a transaction marker); otherwise it still raises, as before: skipping
-it would be a guess (``record_decoding``'s ``_unreadable``).
+it would be a guess (``record_decoding``'s ``_unreadable``). A batch whose magic byte (outside the
+CRC) is not 2 is unreadable too; one whose length field is shorter than a batch header raises on
+the second fetch, since where it ends is unknown.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ per-partition record reader for one that
 * where kafka-python would raise from ``poll()`` on a batch it cannot read (its CRC fails, or
   its records do not decode) and stop the service on every restart, fetches the batch once
   more and, if it is still unreadable, hands over one ``CorruptBatch`` in its place, which
-  becomes the dead letter ``corrupt_batch`` (``corrupt_batch.py``).
+  becomes the dead letter ``corrupt_batch`` (``corrupt_batch.py``); a batch whose magic byte
+  changed from 2 is one such (kafka-python read it as a v0/v1 message set, whose CRC failed).
 
 Everything else (the group, fetching, positions, commits) stays kafka-python's. When the
 consumer has key or value deserializers, a fetch holds a pre-v2 message set, or kafka-python's
@@ -34,6 +35,7 @@ import itertools
 import logging
 import operator
 import struct
+import zlib
 from typing import Any
 
 from stream_ae.stream.corrupt_batch import CorruptBatch
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CRC_FAILED = "failed its CRC check"
 _CRC_AT, _CRC_FROM = 17, 21  # a v2 batch's CRC field, and where the bytes it covers begin
+_V2_MIN_LENGTH = 49  # a v2 batch's length field: its header after the length, at least
 _OFFSET, _TIMESTAMP, _KEY, _VALUE, _HEADERS = (operator.attrgetter(a) for a in
                                                ("offset", "timestamp", "key", "value", "headers"))
 
@@ -162,12 +165,19 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
 
         def _batches(self, tp, records):
             """One list of ConsumerRecords per batch (possibly empty), kafka-python's rules per batch."""
-            batch = records.next_batch()
+            heads = iter(self._heads)
+            batch = _next_batch(records, PyBatch, heads)
             last_batch = None
             topic, partition = tp.topic, tp.partition
             while batch is not None:
-                last_batch, later = batch, records.next_batch()
+                if type(batch) is _Broken:  # a length no batch can have: where it ends is unknown
+                    self._broken(batch)  # raises on the second fetch to find it
+                    self.next_fetch_offset = max(batch.base_offset, self.fetch_offset)
+                    break
+                last_batch, later = batch, _next_batch(records, PyBatch, heads)
                 why = CRC_FAILED if self.check_crcs and not batch.validate_crc() else None
+                if why is None and batch.magic != 2:  # a byte outside the CRC changed: the span is the batch's own
+                    why = f"has magic byte {batch.magic & 0xFF} where its v2 header has 2 (its CRC passes)"
                 self.leader_epoch = batch.leader_epoch  # outside the CRC's span, as the base offset and length
                 if why is None and self.isolation_level == read_committed and batch.has_producer_id():
                     self._consume_aborted_transactions_up_to(batch.last_offset)
@@ -219,11 +229,8 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             bit-rotted length lands on header-shaped bytes, which agree with neither); and under
             read_committed it might be a transaction's marker."""
             tp, first = self.topic_partition, batch.base_offset
-            if self.unreadable.get(tp) != first:
-                self.unreadable[tp] = first
-                log.warning("partition %s: the record batch at offset %d %s; fetching it again", tp, first, why)
+            if self._first_time(first, why):
                 return None
-            del self.unreadable[tp]
             trusted = why != CRC_FAILED
             heads = self._heads
             at = next((i for i, head in enumerate(heads) if head[0] == first), len(heads))
@@ -244,6 +251,30 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             return CorruptBatch(tp.topic, tp.partition, first, end - 1, bytes(batch._buffer), why,
                                 batch.first_timestamp if trusted else None)
 
+        def _first_time(self, first: int, why: str) -> bool:
+            """True (and the batch remembered) when the batch at ``first`` is found unreadable for the first
+            time in a row: the caller fetches it again, since a fault on the way can be the cause."""
+            tp = self.topic_partition
+            if self.unreadable.get(tp) != first:
+                self.unreadable[tp] = first
+                log.warning("partition %s: the record batch at offset %d %s; fetching it again", tp, first, why)
+                return True
+            del self.unreadable[tp]
+            return False
+
+        def _broken(self, broken: "_Broken") -> None:
+            """A batch whose length field is shorter than a v2 batch header: nothing in the fetch says
+            where it ends, so it cannot be skipped; fetched again once, then kafka-python's error, with
+            what to do (before, ``struct.error`` or a bare size complaint from kafka-python's reader)."""
+            why = f"has a length field of {broken.length} bytes, shorter than a batch header ({_V2_MIN_LENGTH})"
+            if self._first_time(broken.base_offset, why):
+                return
+            raise Errors.CorruptRecordError(
+                f"Record batch for partition {self.topic_partition} at offset {broken.base_offset} {why}, on two "
+                "fetches: the length is corrupt, so where the batch ends and the next one starts cannot be known, "
+                "and it cannot be skipped safely. Stop the consumers of the group and move its offset for this "
+                "partition past the batch by hand (kafka-consumer-groups.sh --reset-offsets --to-offset)")
+
     return FastPartitionRecords
 
 
@@ -257,11 +288,52 @@ def _batch_heads(records) -> list[tuple[int, int, int]] | None:
     heads, pos, size = [], 0, len(buf)
     while pos + 17 <= size:
         base, length = struct.unpack_from(">qi", buf, pos)
-        if buf[pos + 16] != 2 or length < 0:  # a corrupt length: kafka-python's reader says what is wrong
-            return None
+        if buf[pos + 16] in (0, 1) and _legacy(buf, pos, length):
+            return None  # a pre-0.11 message set (its own CRC passes): kafka-python's reader
         heads.append((base, pos, pos + 12 + length))
+        if length < _V2_MIN_LENGTH:  # a corrupt length: the reader stops here (_next_batch)
+            break
         pos += 12 + length
     return heads
+
+
+def _legacy(buf, pos: int, length: int) -> bool:
+    """Whether the entry at ``pos`` is a whole v0/v1 message whose own CRC (CRC-32 of its bytes from
+    the magic byte on) passes: a v2 batch whose magic byte changed has its leader epoch there instead."""
+    stop = pos + 12 + length
+    if length < 6 or stop > len(buf):
+        return False
+    (crc,) = struct.unpack_from(">I", buf, pos + 12)
+    return zlib.crc32(bytes(buf[pos + 16:stop])) == crc
+
+
+class _Broken:
+    """A batch header whose length no v2 batch can have (:func:`_next_batch`)."""
+
+    __slots__ = ("base_offset", "length")
+
+    def __init__(self, base_offset: int, length: int):
+        self.base_offset, self.length = base_offset, length
+
+
+def _next_batch(records, v2_batch, heads):
+    """The fetch's next batch, always read as v2 (the fast reader only sees fetches whose batches are
+    all v2, :func:`_batch_heads`; a magic byte that changed otherwise makes kafka-python build a v0/v1
+    message set of it, which fails its CRC and stopped the consumer), or a :class:`_Broken` for a
+    length field shorter than a batch header (kafka-python raised ``struct.error`` or its size
+    complaint for it, and a negative one slices from the buffer's end). ``heads``: an iterator over
+    :func:`_batch_heads`, which walks the fetch as ``records`` does and ends at such a header. None
+    at the end, and at a batch the fetch cuts short (the next fetch starts at it)."""
+    base, start, stop = next(heads, (None, 0, 0))
+    if base is None:
+        return None
+    if stop - start - 12 < _V2_MIN_LENGTH:
+        return _Broken(base, stop - start - 12)
+    if records._next_slice is None:
+        return None
+    batch = records.next_batch()
+    return batch if isinstance(batch, v2_batch) else v2_batch(batch._buffer)
+
 
 
 def _whole_and_sound(buf, start: int, stop: int) -> bool:

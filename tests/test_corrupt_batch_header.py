@@ -1,0 +1,86 @@
+"""A batch header changed outside the CRC: its magic byte, or its length shorter than a header.
+
+The v2 CRC covers a batch from its attributes on; the base offset, the length, the leader epoch
+and the magic byte come before. Before, a magic byte that changed to 0 or 1 made kafka-python
+read the batch as a pre-0.11 message set, whose own CRC then failed, and any other value made
+the reader give the whole fetch to kafka-python's reader: either way ``poll()`` raised on every
+fetch, and the service stopped on every restart. A length shorter than a header made it raise
+``struct.error`` (or a bare size complaint), as uninformative. Now a changed magic byte is one
+more unreadable batch (fetched again, then one ``corrupt_batch`` stand-in over the offsets its
+own CRC-covered span gives), and a short length, which leaves where the batch ends unknown,
+raises kafka-python's ``CorruptRecordError`` saying so and what to do.
+"""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from kafka.errors import CorruptRecordError
+
+from stream_ae.stream.corrupt_batch import CorruptBatch
+from test_corrupt_batch import crc_broken, fetch, reader
+from test_record_decoding import batch, readings
+
+
+def _with_magic(data: bytes, magic: int) -> bytes:
+    bad = bytearray(data)
+    bad[16] = magic
+    return bytes(bad)
+
+
+def _with_length(data: bytes, length: int) -> bytes:
+    bad = bytearray(data)
+    struct.pack_into(">i", bad, 8, length)
+    return bytes(bad)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("magic", [0, 1, 3, 0x82])
+def test_a_changed_magic_byte_is_fetched_again_then_dead_lettered_over_its_own_span(magic, compiled):
+    good1, good2 = batch(0, readings(5)), batch(10, readings(4))
+    bad = _with_magic(batch(5, readings(5)), magic)
+    cls = reader(compiled)
+
+    got, next_offset = fetch(cls, good1 + bad + good2, 0)
+    assert [r.offset for r in got] == [0, 1, 2, 3, 4] and next_offset == 5
+
+    got, next_offset = fetch(cls, bad + good2, 5)
+    stand_in, rest = got[0], got[1:]
+    assert isinstance(stand_in, CorruptBatch) and (stand_in.first, stand_in.offset) == (5, 9)
+    assert f"has magic byte {magic}" in stand_in.detail and stand_in.value == bad
+    assert [r.offset for r in rest] == [10, 11, 12, 13] and next_offset == 14
+
+
+def test_a_changed_magic_byte_on_a_batch_that_also_fails_its_crc_takes_the_crc_rule():
+    """Its span is then suspect: it ends at the next header, which passes its own CRC."""
+    good2 = batch(10, readings(4))
+    bad = crc_broken(_with_magic(batch(5, readings(5)), 1))
+    cls = reader()
+    assert fetch(cls, bad + good2, 5)[0] == []
+    got, next_offset = fetch(cls, bad + good2, 5)
+    assert (got[0].first, got[0].offset) == (5, 9) and "failed its CRC check" in got[0].detail
+    assert next_offset == 14
+
+
+@pytest.mark.parametrize("length", [-40, 0, 10, 20, 48])
+def test_a_length_shorter_than_a_header_is_fetched_again_then_stops_with_what_to_do(length):
+    good1, good2 = batch(0, readings(5)), batch(10, readings(4))
+    bad = _with_length(batch(5, readings(5)), length)
+    cls = reader()
+
+    got, next_offset = fetch(cls, good1 + bad + good2, 0)  # the records before it, then fetched again from it
+    assert [r.offset for r in got] == [0, 1, 2, 3, 4] and next_offset == 5
+
+    with pytest.raises(CorruptRecordError) as err:
+        fetch(cls, bad + good2, 5)
+    text = str(err.value)
+    assert f"at offset 5 has a length field of {length} bytes" in text and "--reset-offsets" in text
+
+
+def test_a_sound_fetch_after_a_short_length_found_once_reads_as_usual():
+    """Found once (a fault on the way, say): the next fetch, sound, is read and forgotten."""
+    good = batch(5, readings(5))
+    cls = reader()
+    assert fetch(cls, _with_length(good, 20), 5) == ([], 5)
+    got, next_offset = fetch(cls, good, 5)
+    assert [r.offset for r in got] == [5, 6, 7, 8, 9] and next_offset == 10 and cls.unreadable == {}
