@@ -55,7 +55,8 @@ def quiet_torchscript() -> None:
     around the trace: that swaps the process's filter list, and a hot reload traces on another
     thread than the poll loop's, whose filters it would drop or restore under it."""
     warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
+    warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning,
+                            r"torch\.nn\.modules\.rnn")
 
 
 quiet_torchscript()

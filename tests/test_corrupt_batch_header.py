@@ -15,11 +15,23 @@ from __future__ import annotations
 import struct
 
 import pytest
+from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
+from kafka.protocol.consumer import IsolationLevel
+from kafka.record import MemoryRecords
+from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from stream_ae.stream.corrupt_batch import CorruptBatch
 from test_corrupt_batch import crc_broken, fetch, reader
-from test_record_decoding import batch, readings
+from test_record_decoding import TP, Aborted, batch, control, readings
+
+
+def _read(cls, data: bytes, fetch_offset: int, **kwargs) -> list:
+    part = cls(fetch_offset, TP, MemoryRecords(data), **{"check_crcs": True, **kwargs})
+    got = []
+    while part:
+        got += part.take(1000)
+    return got
 
 
 def _with_magic(data: bytes, magic: int) -> bytes:
@@ -54,12 +66,52 @@ def test_a_changed_magic_byte_is_fetched_again_then_dead_lettered_over_its_own_s
 def test_a_changed_magic_byte_on_a_batch_that_also_fails_its_crc_takes_the_crc_rule():
     """Its span is then suspect: it ends at the next header, which passes its own CRC."""
     good2 = batch(10, readings(4))
-    bad = crc_broken(_with_magic(batch(5, readings(5)), 1))
+    bad = crc_broken(_with_magic(batch(5, readings(5)), 3))
     cls = reader()
     assert fetch(cls, bad + good2, 5)[0] == []
     got, next_offset = fetch(cls, bad + good2, 5)
     assert (got[0].first, got[0].offset) == (5, 9) and "failed its CRC check" in got[0].detail
     assert next_offset == 14
+
+
+def test_a_magic_byte_of_0_or_1_on_what_fails_a_v2_crc_is_left_to_kafka_pythons_reader():
+    """Nothing tells it from a pre-0.11 message set whose CRC failed: that reader's error, as before."""
+    bad = crc_broken(_with_magic(batch(5, readings(5)), 1))
+    with pytest.raises(CorruptRecordError, match="failed crc check"):
+        fetch(reader(), bad + batch(10, readings(4)), 5)
+
+
+def test_a_pre_0_11_message_set_whose_crc_fails_reads_as_kafka_pythons_reader_reads_it():
+    """Small v0/v1 messages have lengths under a v2 header's: not taken for a short length."""
+    legacy = LegacyRecordBatchBuilder(magic=1, compression_type=0, batch_size=1 << 20)
+    for i in range(4):
+        legacy.append(i, timestamp=1_700_000_000_000 + i, key=b"k", value=b"v%d" % i)
+    bad = bytearray(legacy.build())
+    bad[30] ^= 0xFF  # inside the first message: its CRC fails
+    for cls in (Fetcher.PartitionRecords, reader()):  # kafka-python's reader, and the fast one
+        assert [r.offset for r in _read(cls, bytes(bad), 0, check_crcs=False)] == [0, 1, 2, 3]
+    with pytest.raises(CorruptRecordError, match="failed crc check"):
+        fetch(reader(), bytes(bad), 0)
+
+
+def test_under_read_committed_an_abort_marker_whose_magic_byte_changed_still_ends_its_transaction():
+    """The marker's fields inside the CRC hold: it is read as a marker, so the producer's next
+    transaction, committed, is read (a dead-lettered marker left the producer aborted)."""
+    def offsets(cls, marker):
+        data = (batch(0, readings(3), producer_id=42) + marker + batch(4, readings(2), producer_id=42)
+                + control(6, 42, commit=True) + batch(7, readings(2)))
+        return [r.offset for r in _read(cls, data, 0, isolation_level=IsolationLevel.READ_COMMITTED,
+                                        aborted_transactions=[Aborted(42, 0)])]
+
+    assert offsets(Fetcher.PartitionRecords, control(3, 42, commit=False)) == [4, 5, 7, 8]
+    assert offsets(reader(), _with_magic(control(3, 42, commit=False), 1)) == [4, 5, 7, 8]
+
+
+def test_a_few_bytes_left_under_a_header_still_get_kafka_pythons_complaint():
+    """12-16 bytes claiming a length of 0-4 at a fetch's end: its error, as before, not a silent stall."""
+    tail = struct.pack(">qi", 5, 4) + bytes(4)
+    with pytest.raises(CorruptRecordError, match="minimum record overhead"):
+        fetch(reader(), batch(0, readings(5)) + tail, 0)
 
 
 @pytest.mark.parametrize("length", [-40, 0, 10, 20, 48])

@@ -6,7 +6,10 @@ and put it back on exit, dropping whatever another thread had set meanwhile.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +50,13 @@ def test_tracing_says_nothing_and_other_warnings_still_show(kind):
     assert traced == []
     assert [str(w.message) for w in seen[len(traced):]] == ["a deprecation of our own",
                                                            "a tracer warning from elsewhere"]
+
+
+def test_a_user_sees_none_of_it_with_every_warning_shown():
+    """Importing the package installs the filters: a fresh interpreter with ``-W always`` builds
+    a conv and an LSTM scorer and prints no warning at all."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_window_view import _artifact; "
+            "from stream_ae.scoring import Scorer; [Scorer(_artifact(k), device='cpu') for k in ('conv', 'lstm')]")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr

@@ -35,7 +35,6 @@ import itertools
 import logging
 import operator
 import struct
-import zlib
 from typing import Any
 
 from stream_ae.stream.corrupt_batch import CorruptBatch
@@ -176,8 +175,6 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                     break
                 last_batch, later = batch, _next_batch(records, PyBatch, heads)
                 why = CRC_FAILED if self.check_crcs and not batch.validate_crc() else None
-                if why is None and batch.magic != 2:  # a byte outside the CRC changed: the span is the batch's own
-                    why = f"has magic byte {batch.magic & 0xFF} where its v2 header has 2 (its CRC passes)"
                 self.leader_epoch = batch.leader_epoch  # outside the CRC's span, as the base offset and length
                 if why is None and self.isolation_level == read_committed and batch.has_producer_id():
                     self._consume_aborted_transactions_up_to(batch.last_offset)
@@ -190,6 +187,9 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
                 if why is None and batch.is_control_batch:
                     self.next_fetch_offset, batch = batch.next_offset, later
                     continue
+                if why is None and batch.magic != 2:  # a byte outside the CRC changed; the fields inside it
+                    # (offset span, transaction markers: read above as usual) hold, so its span is its own
+                    why = f"has magic byte {batch.magic & 0xFF} where a v2 batch has 2"
                 if why is None:
                     try:
                         recs = list(CBatch(batch._buffer)) if batch.compression_type in compiled_codecs \
@@ -281,30 +281,22 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
 def _batch_heads(records) -> list[tuple[int, int, int]] | None:
     """``(base offset, start, stop)`` of every batch header in a fetched ``MemoryRecords``, a
     truncated last one's too (its stop past the buffer's end), in order: read from the headers
-    alone, outside any CRC; the reader is left where it was. None when one is not message format v2."""
+    alone, outside any CRC; the reader is left where it was; it ends at a length shorter than a v2
+    header. None when one has the magic byte of a v0/v1 message set (0 or 1) and its bytes do not
+    pass a v2 batch's CRC: a pre-0.11 message set (a v2 batch whose magic byte changed passes it)."""
     buf = getattr(records, "_buffer", None)
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         return None  # not the MemoryRecords this was written against: kafka-python's reader
     heads, pos, size = [], 0, len(buf)
     while pos + 17 <= size:
         base, length = struct.unpack_from(">qi", buf, pos)
-        if buf[pos + 16] in (0, 1) and _legacy(buf, pos, length):
-            return None  # a pre-0.11 message set (its own CRC passes): kafka-python's reader
+        if buf[pos + 16] in (0, 1) and not _whole_and_sound(buf, pos, pos + 12 + length):
+            return None  # a pre-0.11 message set, or what cannot be told from one: kafka-python's reader
         heads.append((base, pos, pos + 12 + length))
         if length < _V2_MIN_LENGTH:  # a corrupt length: the reader stops here (_next_batch)
             break
         pos += 12 + length
     return heads
-
-
-def _legacy(buf, pos: int, length: int) -> bool:
-    """Whether the entry at ``pos`` is a whole v0/v1 message whose own CRC (CRC-32 of its bytes from
-    the magic byte on) passes: a v2 batch whose magic byte changed has its leader epoch there instead."""
-    stop = pos + 12 + length
-    if length < 6 or stop > len(buf):
-        return False
-    (crc,) = struct.unpack_from(">I", buf, pos + 12)
-    return zlib.crc32(bytes(buf[pos + 16:stop])) == crc
 
 
 class _Broken:
@@ -325,11 +317,11 @@ def _next_batch(records, v2_batch, heads):
     :func:`_batch_heads`, which walks the fetch as ``records`` does and ends at such a header. None
     at the end, and at a batch the fetch cuts short (the next fetch starts at it)."""
     base, start, stop = next(heads, (None, 0, 0))
-    if base is None:
-        return None
+    if base is None:  # a few bytes left, under a header: kafka-python's own complaint if it slices them
+        return records.next_batch() if records.has_next() else None
     if stop - start - 12 < _V2_MIN_LENGTH:
         return _Broken(base, stop - start - 12)
-    if records._next_slice is None:
+    if not records.has_next():
         return None
     batch = records.next_batch()
     return batch if isinstance(batch, v2_batch) else v2_batch(batch._buffer)
