@@ -310,8 +310,8 @@ class _Broken:
 
 def _next_batch(records, v2_batch, heads):
     """The fetch's next batch, always read as v2 (the fast reader only sees fetches whose batches are
-    all v2, :func:`_batch_heads`; a magic byte that changed otherwise makes kafka-python build a v0/v1
-    message set of it, which fails its CRC and stopped the consumer), or a :class:`_Broken` for a
+    v2 or pass a v2 batch's CRC, :func:`_batch_heads`; for a magic byte that changed to 0 or 1,
+    kafka-python builds a v0/v1 message set, which fails its CRC and stopped the consumer), or a :class:`_Broken` for a
     length field shorter than a batch header (kafka-python raised ``struct.error`` or its size
     complaint for it, and a negative one slices from the buffer's end). ``heads``: an iterator over
     :func:`_batch_heads`, which walks the fetch as ``records`` does and ends at such a header. None
@@ -325,7 +325,6 @@ def _next_batch(records, v2_batch, heads):
         return None
     batch = records.next_batch()
     return batch if isinstance(batch, v2_batch) else v2_batch(batch._buffer)
-
 
 
 def _whole_and_sound(buf, start: int, stop: int) -> bool:
