@@ -22,7 +22,7 @@ from kafka.record import MemoryRecords
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from stream_ae.stream.corrupt_batch import CorruptBatch
-from test_corrupt_batch import crc_broken, fetch, reader
+from test_corrupt_batch import crc_broken, fetch, header_key_not_utf8, reader
 from test_record_decoding import TP, Aborted, batch, control, readings
 
 
@@ -136,3 +136,22 @@ def test_a_sound_fetch_after_a_short_length_found_once_reads_as_usual():
     assert fetch(cls, _with_length(good, 20), 5) == ([], 5)
     got, next_offset = fetch(cls, good, 5)
     assert [r.offset for r in got] == [5, 6, 7, 8, 9] and next_offset == 10 and cls.unreadable == {}
+
+
+def test_a_few_bytes_left_under_a_header_are_complained_of_only_after_the_batch_before_them():
+    """The reader looks one batch ahead: the complaint came before the last sound batch was handed
+    over, and an unreadable batch just before such bytes was never dead-lettered."""
+    tail = struct.pack(">qi", 10, 4) + bytes(4)
+    part = reader()(0, TP, MemoryRecords(batch(0, readings(5)) + batch(5, readings(5)) + tail), check_crcs=True)
+    assert [r.offset for r in part.take(1000)] == list(range(10))  # the complaint waits for the next take
+    with pytest.raises(CorruptRecordError, match="minimum record overhead"):
+        part.take(1000)
+
+    cls = reader()  # records that do not decode, right before the bytes: dead-lettered, then the complaint
+    bad = header_key_not_utf8(batch(5, readings(5, headers=[("zz", b"v")])))
+    assert fetch(cls, bad, 5)[0] == []  # found once: fetched again
+    part = cls(5, TP, MemoryRecords(bad + tail), check_crcs=True)
+    got = part.take(1000)
+    assert len(got) == 1 and isinstance(got[0], CorruptBatch) and (got[0].first, got[0].offset) == (5, 9)
+    with pytest.raises(CorruptRecordError, match="minimum record overhead"):
+        part.take(1000)

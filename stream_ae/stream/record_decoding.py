@@ -169,6 +169,9 @@ def _build_class(compiled_codecs: frozenset[int] | None = None):
             last_batch = None
             topic, partition = tp.topic, tp.partition
             while batch is not None:
+                if batch is _TAIL:  # the batch before it handed over first (a look-ahead would raise it early)
+                    records.next_batch()  # raises kafka-python's complaint about them
+                    break
                 if type(batch) is _Broken:  # a length no batch can have: where it ends is unknown
                     self._broken(batch)  # raises on the second fetch to find it
                     self.next_fetch_offset = max(batch.base_offset, self.fetch_offset)
@@ -299,6 +302,9 @@ def _batch_heads(records) -> list[tuple[int, int, int]] | None:
     return heads
 
 
+_TAIL = object()  # :func:`_next_batch`: bytes at the fetch's end too few for a header, which kafka-python sliced
+
+
 class _Broken:
     """A batch header whose length no v2 batch can have (:func:`_next_batch`)."""
 
@@ -317,8 +323,8 @@ def _next_batch(records, v2_batch, heads):
     :func:`_batch_heads`, which walks the fetch as ``records`` does and ends at such a header. None
     at the end, and at a batch the fetch cuts short (the next fetch starts at it)."""
     base, start, stop = next(heads, (None, 0, 0))
-    if base is None:  # a few bytes left, under a header: kafka-python's own complaint if it slices them
-        return records.next_batch() if records.has_next() else None
+    if base is None:  # a few bytes left, under a header: kafka-python's own complaint if it slices them,
+        return _TAIL if records.has_next() else None  # once the batch before them is handled
     if stop - start - 12 < _V2_MIN_LENGTH:
         return _Broken(base, stop - start - 12)
     if not records.has_next():
