@@ -17,6 +17,7 @@ import logging
 import time
 
 from stream_ae.stream import codec
+from stream_ae.stream.record_decoding import header_size
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def send_dead_letter(producer, topic: str, letter: codec.DeadLetter):
     except MessageSizeTooLargeError as exc:
         refused = exc
     if headers:
-        size = sum(len(k.encode()) + len(v) for k, v in headers)
+        size = header_size(headers)
         lighter = msgspec.structs.replace(letter, detail=(
             f"{letter.detail}; the record's headers ({len(headers)}, {size} bytes) made this letter too large "
             "to produce and were left off: replay it from the source offset for them"))

@@ -355,14 +355,16 @@ def _consumer_records(make, topic: str, partition: int, leader_epoch: int, ts_ty
                               map(_TIMESTAMP, recs), rep(ts_type, n), keys, values, headers, rep(None, n),
                               map(_size if None in keys else len, keys),
                               map(_size if None in values else len, values),
-                              map(_header_size, headers) if any(headers) else rep(-1, n))))
+                              map(header_size, headers) if any(headers) else rep(-1, n))))
 
 
 def _size(b) -> int:
     return -1 if b is None else len(b)
 
 
-def _header_size(headers) -> int:
+def header_size(headers) -> int:
+    """Bytes of a record's headers as kafka-python counts them (keys in UTF-8, a null value as none);
+    -1 for no headers."""
     if not headers:
         return -1
     return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
