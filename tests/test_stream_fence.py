@@ -34,10 +34,16 @@ def fence(offset: int, epoch: bytes, p: int = 0):
     return record(offset, fence_key(p, epoch), fence_value(), epoch)
 
 
+def position(offset: int, epoch: bytes | None, p: int = 0):
+    """The position record that ends each checkpoint of partition ``p`` (its commit: ``StateScan``)."""
+    return record(offset, f"{PARTITION_KEY}{p}".encode(), PartitionRecord(p, offset).encode(), epoch)
+
+
 def scan(records) -> StateScan:
-    s = StateScan()
+    s = StateScan(partition=0)
     for r in records:
         s.feed(r)
+    s.settle()
     return s
 
 
@@ -47,20 +53,22 @@ C = epoch_after(A, generation=7)        # ... or C, when B's fence had not lande
 
 
 def test_a_zombies_record_after_the_new_owners_fence_is_dropped_and_the_newer_value_stands():
-    s = scan([record(0, b"x", b"a1", A), record(1, b"y", b"a1", A),
-              fence(2, B), record(3, b"x", b"b1", B),
-              record(4, b"x", b"a2", A), record(5, b"y", b"a2", A)])    # A's write, landing late
-    assert s.latest == {b"x": b"b1", b"y": b"a1"} and s.dropped == 2 and s.top == B
+    s = scan([record(0, b"x", b"a1", A), record(1, b"y", b"a1", A), position(2, A),
+              fence(3, B), record(4, b"x", b"b1", B), position(5, B),
+              record(6, b"x", b"a2", A), record(7, b"y", b"a2", A), position(8, A)])  # A's write, landing late
+    assert {k: v for k, v in s.latest.items() if k != b"__partition__/0"} == {b"x": b"b1", b"y": b"a1"}
+    assert s.dropped == 3 and s.top == B and PartitionRecord.decode(s.latest[b"__partition__/0"]).next_offset == 5
 
 
 def test_records_that_landed_before_the_fence_are_kept_and_records_of_earlier_versions_too():
     """What lands between B's read and B's fence is before the fence: B reads up to its fence,
     so B restores it, and so does every later reader. Records with no epoch (written before
     fences existed) are older than any fence and count only where no fence comes before them."""
-    s = scan([record(0, b"x", b"old", None), record(1, b"p", b"old", None),
-              fence(2, A), record(3, b"x", b"a1", A), record(4, b"y", b"a1", A),  # after B read to 4
-              fence(5, B), record(6, b"p", b"late", None)])
-    assert s.latest == {b"x": b"a1", b"y": b"a1", b"p": b"old"} and s.dropped == 1
+    s = scan([record(0, b"x", b"old", None), record(1, b"p", b"old", None), position(2, None),
+              fence(3, A), record(4, b"x", b"a1", A), record(5, b"y", b"a1", A), position(6, A),  # after B read to 6
+              fence(7, B), record(8, b"p", b"late", None)])
+    assert {k: v for k, v in s.latest.items() if k != b"__partition__/0"} == \
+        {b"x": b"a1", b"y": b"a1", b"p": b"old"} and s.dropped == 1
 
 
 def test_a_zombies_own_fence_landing_after_the_new_owners_is_dropped():
@@ -68,11 +76,11 @@ def test_a_zombies_own_fence_landing_after_the_new_owners_is_dropped():
     (A's), so both took the same takeover number, C at a later generation. B's fence, landing
     after C's, must not fence out C's records."""
     assert B < C
-    s = scan([fence(0, A), record(1, b"x", b"a1", A),
-              fence(2, C), record(3, b"x", b"c1", C),
-              fence(4, B), record(5, b"x", b"b1", B),                    # the zombie B, late
-              record(6, b"x", b"c2", C)])
-    assert s.latest[b"x"] == b"c2" and s.dropped == 2 and s.fence == C
+    s = scan([fence(0, A), record(1, b"x", b"a1", A), position(2, A),
+              fence(3, C), record(4, b"x", b"c1", C), position(5, C),
+              fence(6, B), record(7, b"x", b"b1", B), position(8, B),    # the zombie B, late
+              record(9, b"x", b"c2", C), position(10, C)])
+    assert s.latest[b"x"] == b"c2" and s.dropped == 3 and s.fence == C
 
 
 def test_an_epoch_is_above_every_one_the_partition_held_even_after_the_group_started_over():

@@ -19,7 +19,8 @@ checkpoint or restore; on revoke; on shutdown), once the batches in flight are f
    bytes in each of its partitions' records); the poll loop goes on;
 2. on the checkpoint thread: flush the producer, so every alert and dead letter produced
    before the snapshot is acknowledged (if any failed, stop: no state goes out that assumes
-   it published); then write the records and flush;
+   it published); then write the records, the entities' before the position records, which
+   commit them (a restore sets aside entity records after a partition's last one), and flush;
 3. back on the poll loop, once that is done, commit the readings offsets (asynchronously but
    for the last one: a partition resumes from its state record's offset, so the group's
    commit is only a fallback for a partition that has no checkpoint yet).

@@ -5,23 +5,27 @@ The write side, and why the protocol is built as it is: ``checkpoint.py``.
 On assignment of partition ``p``: read state partition ``p`` from the beginning up to the
 fetch high-watermark (``end_offsets`` is wrong on Tansu), fence it (``StateScan``: write a
 record of a higher epoch and read up to it), keep the last value per key that no fence
-rejects, restore those entities; then read the alerts topic from the stored alerts offsets to its
-end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
+rejects and a checkpoint written whole holds, restore those entities; then read the alerts
+topic from the stored alerts offsets to its end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
 from its stored offsets, whose letters' sources (topic, partition, offset) the publisher
 does not send again. The detector replays from the checkpointed offset, skipping readings
 already in a restored state, and does not return an event that is already published. A
 crash between any two steps leaves a state at least as old as the commit, so a replay
-recomputes what is missing and nothing twice.
+recomputes what is missing and nothing twice; a crash inside a checkpoint's write leaves
+entity records the position record after them never committed, and they are set aside.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from stream_ae.errors import StreamAEError
 from stream_ae.stream.checkpoint import EPOCH_HEADER, FENCE_PREFIX, PARTITION_KEY, PartitionRecord, decode_state
+
+log = logging.getLogger(__name__)
 
 
 def read_to_end(consumer, starts: dict, timeout_s: float = 60.0, poll_ms: int = 200,
@@ -84,6 +88,7 @@ class Restored:
     published: set[str] = field(default_factory=set)  # event ids on the alerts topic since then
     alerts_end: dict[int, int] = field(default_factory=dict)  # alerts partition -> high-watermark read
     dropped: int = 0  # records a fence rejected (a zombie's)
+    set_aside: int = 0  # entity records of a checkpoint whose position record never landed (StateScan)
 
 
 def by_recency(restored) -> list[tuple[str, dict]]:
@@ -114,7 +119,8 @@ def _last_reading(snapshot: dict) -> int:
 
 
 class StateScan:
-    """One state partition read in offset order: the last value per key that no fence rejects.
+    """One state partition read in offset order: the last value per key that no fence rejects,
+    as of the last checkpoint that was written whole.
 
     A *fence* (``checkpoint.Checkpointer.fence``) is the record a consumer writes when it takes
     a partition over, with a higher epoch than any the partition held. A record whose epoch is
@@ -126,19 +132,40 @@ class StateScan:
     >>> fence = lambda o, e: R(offset=o, key=fence_key(0, e), value=b"", headers=[(EPOCH_HEADER, e)])
     >>> rec = lambda o, k, v, e: R(offset=o, key=k, value=v, headers=[(EPOCH_HEADER, e)])
     >>> a, b = epoch_after(b"", 7), epoch_after(epoch_after(b"", 7), 8)
-    >>> s = StateScan()
-    >>> for r in [rec(0, b"x", b"1", a), fence(1, b), rec(2, b"x", b"2", b), rec(3, b"x", b"old", a)]:
+    >>> marker = lambda o, e: rec(o, b"__partition__/0", b"position", e)
+    >>> s = StateScan(partition=0)
+    >>> for r in [rec(0, b"x", b"1", a), fence(1, b), rec(2, b"x", b"2", b), marker(3, b), rec(4, b"x", b"old", a)]:
     ...     s.feed(r)
     >>> s.latest[b"x"], s.dropped, s.top == b
     (b'2', 1, True)
+
+    A checkpoint writes a partition's entity records first and its position record
+    (``__partition__/<p>``) last, so the position record is the checkpoint's commit: entity
+    records after the last one are *pending*. A crash between the two leaves them behind,
+    newer than the position the replay starts from; restored, they would skip readings the
+    replay must see to move the partition's event time as the first run did (``silence.py``).
+    At a fence and at the end of the read (:meth:`settle`), a pending record whose key has a
+    committed value is set aside, and the entity resumes from that value and replays; one
+    with no committed value (an entity first written then, or whose older record compaction
+    removed) is kept, as the newest state there is.
+
+    >>> s = StateScan(partition=0)
+    >>> for r in [rec(0, b"x", b"1", a), marker(1, a), rec(2, b"x", b"2", a), rec(3, b"y", b"1", a)]:
+    ...     s.feed(r)
+    >>> s.settle(); s.latest[b"x"], s.latest[b"y"], s.set_aside
+    (b'1', b'1', 1)
     """
 
-    def __init__(self):
-        self.latest: dict[bytes, bytes | None] = {}
+    def __init__(self, partition: int | None = None):
+        self.latest: dict[bytes, bytes | None] = {}   # committed: up to the last position record
+        self.pending: dict[bytes, bytes | None] = {}  # written since then
+        # the key that commits: this partition's position record (None: any partition's)
+        self.commit_key = None if partition is None else f"{PARTITION_KEY}{partition}".encode()
         self.fence = b""   # the highest fence's epoch so far (b"": none, as records before fences)
         self.top = b""     # the highest epoch seen
         self.end = 0       # the next offset to read
         self.dropped = 0
+        self.set_aside = 0  # pending records of an unfinished checkpoint, a committed value kept instead
 
     def feed(self, r) -> None:
         epoch = next((v for k, v in (r.headers or ()) if k == EPOCH_HEADER), b"")
@@ -147,9 +174,29 @@ class StateScan:
         if epoch < self.fence:
             self.dropped += 1
         elif r.key is not None and r.key.startswith(FENCE_PREFIX):
+            self.settle()  # the previous owner is done: what it left unfinished stays so
             self.fence = epoch
-        else:
+        elif self._commits(r.key):
+            self.latest.update(self.pending)
+            self.pending.clear()
             self.latest[r.key] = r.value
+        else:
+            self.pending[r.key] = r.value
+
+    def settle(self) -> None:
+        """End an unfinished checkpoint: its records of keys with a committed value are set aside,
+        the others kept."""
+        for key, value in self.pending.items():
+            if key in self.latest:
+                self.set_aside += 1
+            else:
+                self.latest[key] = value
+        self.pending.clear()
+
+    def _commits(self, key: bytes | None) -> bool:
+        if key is None or self.commit_key is None:
+            return key is not None and key.startswith(PARTITION_KEY.encode())
+        return key == self.commit_key
 
 
 def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0,
@@ -163,7 +210,7 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
     later reader gets."""
     from kafka import TopicPartition
 
-    scans = {p: StateScan() for p in partitions}
+    scans = {p: StateScan(partition=p) for p in partitions}
     for r in read_to_end(consumer, {TopicPartition(state_topic, p): None for p in partitions}, timeout_s,
                          progress=progress):
         scans[r.partition].feed(r)
@@ -175,7 +222,12 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
             scans[r.partition].feed(r)
     out = {}
     for p, scan in scans.items():
-        restored = Restored(dropped=scan.dropped)
+        scan.settle()
+        if scan.set_aside:
+            log.warning("state partition %d: %d entity records of a checkpoint cut short (its position record "
+                        "never landed: a crash mid-write) set aside; those entities resume from the checkpoint "
+                        "before it and replay", p, scan.set_aside)
+        restored = Restored(dropped=scan.dropped, set_aside=scan.set_aside)
         for key, value in scan.latest.items():
             if value is None or key is None:
                 continue
