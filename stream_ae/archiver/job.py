@@ -17,7 +17,8 @@ deleted. Dead letters are at least once (a crash can send one twice, as in the s
 worker only writes a file, which moves the marker past its records, when this process asks,
 after it has produced every dead letter of what the worker holds and had them acknowledged.
 It asks only while it is still sure of its partitions (``membership.fresh()``), so polls
-handed over before a stall that cost them write nothing.
+handed over before a stall that cost them write nothing; and while it is unsure, with a file
+waiting, it fetches no more (the partitions are paused), so unwritten files do not pile up.
 
 The Kafka client stays in this process; decoding and Parquet writing run in one worker
 process (:class:`~stream_ae.archiver.core.ArchiveCore`), fed in poll order, so that they use
@@ -87,6 +88,7 @@ class Archiver:
         self._closing = False
         self._failed: BaseException | None = None
         self._due = False   # the worker holds a file to write (a full one, or one past max_file_age_s)
+        self._holding = False   # partitions paused by _hold_while_unconfirmed
         self._lock = threading.RLock()  # the rebalance listener runs on the client's IO thread
 
     def _core_kwargs(self) -> dict:
@@ -144,6 +146,7 @@ class Archiver:
     def step(self, age_check: bool = False) -> int:
         """One poll handed to the worker; answers applied; durable offsets committed."""
         self.membership.confirm()  # after a stall, before more files are written (membership.py)
+        self._hold_while_unconfirmed()
         records = self._consumer.poll(timeout_ms=200, max_records=self.settings.batch.max_size)
         seeks = {}
         n = 0
@@ -171,6 +174,29 @@ class Archiver:
         self._commit()
         self.report.consumed += n
         return n
+
+    def _hold_while_unconfirmed(self) -> None:
+        """While a file waits to be written and the membership is still unconfirmed after a stall
+        (a probe the coordinator does not answer), fetch nothing more for the owned partitions:
+        no file can be written then, so every ``file_rows`` readings would seal one more in memory.
+        They are resumed once the membership is confirmed (or the files are written); a lost
+        partition is forgotten, and a reassigned one starts unpaused."""
+        from kafka import TopicPartition
+
+        with self._lock:
+            hold = self._due and not self.membership.fresh()
+            owned = {TopicPartition(self.settings.kafka.readings_topic, p) for p in self._owned}
+        if not (hold or self._holding):
+            return
+        self._holding = hold
+        paused = set(self._consumer.paused())  # of the partitions assigned now
+        if hold and owned - paused:
+            self._consumer.pause(*(owned - paused))
+            log.warning("a file waits to be written but the group membership is unconfirmed since a stall: "
+                        "partitions %s are paused until it is", sorted(tp.partition for tp in owned - paused))
+        elif not hold and paused:
+            self._consumer.resume(*paused)
+            log.info("partitions %s resumed", sorted(tp.partition for tp in paused))
 
     def _pop(self) -> tuple[Outcome, list | None]:
         fut, batch = self._in_flight.popleft()
