@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,20 +46,20 @@ def test_entity_records_after_the_last_position_record_are_set_aside_for_the_com
     s = scan([record(0, b"x", b"x1", A), record(1, b"y", b"y1", A), position(2, A),
               record(3, b"x", b"x2", A), record(4, b"y", b"y2", A)])          # torn: no position record
     assert entities(s) == {b"x": b"x1", b"y": b"y1"} and next_offset(s) == 2
-    assert s.set_aside == 2 and s.dropped == 0
+    assert len(s.aside) == 2 and s.dropped == 0
 
 
 def test_only_part_of_a_torn_checkpoint_landed_and_the_entities_stay_consistent_with_its_position():
     s = scan([record(0, b"x", b"x1", A), record(1, b"y", b"y1", A), position(2, A),
               record(3, b"x", b"x2", A)])                                      # y2 and the position never sent
-    assert entities(s) == {b"x": b"x1", b"y": b"y1"} and s.set_aside == 1
+    assert entities(s) == {b"x": b"x1", b"y": b"y1"} and len(s.aside) == 1
 
 
 def test_an_entity_first_written_in_the_torn_checkpoint_is_kept():
     """No committed value to fall back on: an entity new since the checkpoint before, or one whose
     older record compaction removed. Its newest state is the only one there is."""
     s = scan([record(0, b"x", b"x1", A), position(1, A), record(2, b"x", b"x2", A), record(3, b"z", b"z1", A)])
-    assert entities(s) == {b"x": b"x1", b"z": b"z1"} and s.set_aside == 1
+    assert entities(s) == {b"x": b"x1", b"z": b"z1"} and len(s.aside) == 1
 
 
 def test_the_next_owners_fence_settles_the_torn_checkpoint_so_its_own_checkpoint_does_not_commit_it():
@@ -67,13 +68,59 @@ def test_the_next_owners_fence_settles_the_torn_checkpoint_so_its_own_checkpoint
     s = scan([record(0, b"x", b"x1", A), record(1, b"y", b"y1", A), position(2, A),
               record(3, b"x", b"x2", A), record(4, b"y", b"y2", A),            # A dies here
               fence(5, B), record(6, b"x", b"x3", B), position(7, B)])
-    assert entities(s) == {b"x": b"x3", b"y": b"y1"} and next_offset(s) == 7 and s.set_aside == 2
+    assert entities(s) == {b"x": b"x3", b"y": b"y1"} and next_offset(s) == 7
+    assert s.aside == {b"y": b"y2"}   # x2 is superseded by B's x3
 
 
 def test_a_checkpoint_written_whole_commits_every_record_as_before():
     s = scan([record(0, b"x", b"x1", A), position(1, A), record(2, b"x", b"x2", A), record(3, b"y", b"y1", A),
               position(4, A)])
-    assert entities(s) == {b"x": b"x2", b"y": b"y1"} and next_offset(s) == 4 and s.set_aside == 0
+    assert entities(s) == {b"x": b"x2", b"y": b"y1"} and next_offset(s) == 4 and len(s.aside) == 0
+
+
+def test_a_tombstone_counts_at_once_it_is_an_operators_reset_never_part_of_a_checkpoint():
+    s = scan([record(0, b"x", b"x1", A), record(1, b"y", b"y1", A), position(2, A), record(3, b"x", None, None)])
+    assert entities(s) == {b"x": None, b"y": b"y1"} and s.aside == {}
+
+
+def _read_state(monkeypatch, logs: dict[int, list]) -> dict:
+    """``read_state`` of the state partitions ``logs`` holds (partition -> records), no broker."""
+    from stream_ae.stream import recovery
+
+    def read_to_end(consumer, starts, *args, **kwargs):
+        for tp in starts:
+            for r in logs[tp.partition]:
+                yield SimpleNamespace(**vars(r), partition=tp.partition)
+
+    monkeypatch.setattr(recovery, "read_to_end", read_to_end)
+    return read_state(None, "state", sorted(logs))
+
+
+def snap(**offsets) -> bytes:
+    return encode_state({"offsets": {k[1:]: v for k, v in offsets.items()}})
+
+
+def positions(p: int, offset: int, next_offset: int, epoch: bytes = A):
+    return record(offset, f"{PARTITION_KEY}{p}".encode(), PartitionRecord(p, next_offset).encode(), epoch)
+
+
+def test_a_moved_entitys_cut_record_is_restored_when_its_old_partition_committed_past_it(monkeypatch):
+    """The topic grew and ``e`` moved from partition 0 to 1 while its backlog on 0 was still read.
+    The checkpoint cut short wrote ``e`` (to state partition 1) and partition 0's position (110),
+    not partition 1's. The committed ``e`` lacks readings 100-109 of partition 0, which resumes
+    at 110: set aside, they were lost. The newer one skips some of partition 1 instead."""
+    restored = _read_state(monkeypatch, {
+        0: [positions(0, 0, 100), positions(0, 1, 110)],
+        1: [record(0, b"e", snap(p0=100, p1=5), A), positions(1, 1, 5),
+            record(2, b"e", snap(p0=110, p1=8), A), record(3, b"f", snap(p1=9), A)]})   # torn here
+    assert restored[1].entities["e"]["offsets"] == {"0": 110, "1": 8}
+    assert restored[1].entities["f"]["offsets"] == {"1": 9} and restored[1].set_aside == 0
+
+
+def test_an_entity_of_one_partition_is_set_aside_through_read_state(monkeypatch):
+    restored = _read_state(monkeypatch, {
+        1: [record(0, b"e", snap(p1=4), A), positions(1, 1, 5), record(2, b"e", snap(p1=8), A)]})
+    assert restored[1].entities["e"]["offsets"] == {"1": 4} and restored[1].set_aside == 1
 
 
 class _Crash(Exception):

@@ -6,13 +6,14 @@ On assignment of partition ``p``: read state partition ``p`` from the beginning 
 fetch high-watermark (``end_offsets`` is wrong on Tansu), fence it (``StateScan``: write a
 record of a higher epoch and read up to it), keep the last value per key that no fence
 rejects and a checkpoint written whole holds, restore those entities; then read the alerts
-topic from the stored alerts offsets to its end and hand the ``event_id`` s found to :meth:`Detector.suppress`, and the dead-letter topic
-from its stored offsets, whose letters' sources (topic, partition, offset) the publisher
-does not send again. The detector replays from the checkpointed offset, skipping readings
-already in a restored state, and does not return an event that is already published. A
-crash between any two steps leaves a state at least as old as the commit, so a replay
-recomputes what is missing and nothing twice; a crash inside a checkpoint's write leaves
-entity records the position record after them never committed, and they are set aside.
+topic from the stored alerts offsets to its end and hand the ``event_id`` s found to
+:meth:`Detector.suppress`, and the dead-letter topic from its stored offsets, whose letters'
+sources (topic, partition, offset) the publisher does not send again. The detector replays
+from the checkpointed offset, skipping readings already in a restored state, and does not
+return an event that is already published. A crash between any two steps leaves a state at
+least as old as the commit, so a replay recomputes what is missing and nothing twice; a
+crash inside a checkpoint's write leaves entity records that the position record after them
+never committed, and they are set aside (``StateScan``).
 """
 
 from __future__ import annotations
@@ -145,27 +146,28 @@ class StateScan:
     newer than the position the replay starts from; restored, they would skip readings the
     replay must see to move the partition's event time as the first run did (``silence.py``).
     At a fence and at the end of the read (:meth:`settle`), a pending record whose key has a
-    committed value is set aside, and the entity resumes from that value and replays; one
-    with no committed value (an entity first written then, or whose older record compaction
-    removed) is kept, as the newest state there is.
+    committed value is set aside (kept in ``aside``), and the entity resumes from that value and
+    replays; one with no committed value (an entity first written then, or whose older record
+    compaction removed) is kept, as the newest state there is. A tombstone is never part of a
+    checkpoint (an operator's reset of one entity): it counts at once.
 
     >>> s = StateScan(partition=0)
     >>> for r in [rec(0, b"x", b"1", a), marker(1, a), rec(2, b"x", b"2", a), rec(3, b"y", b"1", a)]:
     ...     s.feed(r)
-    >>> s.settle(); s.latest[b"x"], s.latest[b"y"], s.set_aside
-    (b'1', b'1', 1)
+    >>> s.settle(); s.latest[b"x"], s.latest[b"y"], s.aside
+    (b'1', b'1', {b'x': b'2'})
     """
 
     def __init__(self, partition: int | None = None):
         self.latest: dict[bytes, bytes | None] = {}   # committed: up to the last position record
         self.pending: dict[bytes, bytes | None] = {}  # written since then
+        self.aside: dict[bytes, bytes] = {}  # an unfinished checkpoint's records of keys with a committed value
         # the key that commits: this partition's position record (None: any partition's)
         self.commit_key = None if partition is None else f"{PARTITION_KEY}{partition}".encode()
         self.fence = b""   # the highest fence's epoch so far (b"": none, as records before fences)
         self.top = b""     # the highest epoch seen
         self.end = 0       # the next offset to read
         self.dropped = 0
-        self.set_aside = 0  # pending records of an unfinished checkpoint, a committed value kept instead
 
     def feed(self, r) -> None:
         epoch = next((v for k, v in (r.headers or ()) if k == EPOCH_HEADER), b"")
@@ -176,10 +178,12 @@ class StateScan:
         elif r.key is not None and r.key.startswith(FENCE_PREFIX):
             self.settle()  # the previous owner is done: what it left unfinished stays so
             self.fence = epoch
-        elif self._commits(r.key):
-            self.latest.update(self.pending)
-            self.pending.clear()
-            self.latest[r.key] = r.value
+        elif self._commits(r.key) or r.value is None:
+            if r.value is not None:
+                self._commit(self.pending)
+                self.pending = {}
+            self._commit({r.key: r.value})
+            self.pending.pop(r.key, None)
         else:
             self.pending[r.key] = r.value
 
@@ -188,15 +192,37 @@ class StateScan:
         the others kept."""
         for key, value in self.pending.items():
             if key in self.latest:
-                self.set_aside += 1
+                self.aside[key] = value
             else:
                 self.latest[key] = value
-        self.pending.clear()
+        self.pending = {}
+
+    def _commit(self, values: dict) -> None:
+        self.latest.update(values)
+        for key in values:
+            self.aside.pop(key, None)
 
     def _commits(self, key: bytes | None) -> bool:
         if key is None or self.commit_key is None:
             return key is not None and key.startswith(PARTITION_KEY.encode())
         return key == self.commit_key
+
+
+def _takes_back(committed: dict, aside: dict, p: int, resume: dict[int, int]) -> bool:
+    """Whether the set-aside snapshot of an entity in state partition ``p`` must be restored after
+    all: it holds readings from another partition that the committed one lacks and that partition's
+    committed resume point may be past, so no replay would deliver them again. Only an entity that
+    moved partitions when the topic grew meets this; on ``p`` itself, ``p``'s position record
+    committed every reading before it with the committed snapshot.
+
+    >>> _takes_back({"offsets": {"0": 100, "1": 5}}, {"offsets": {"0": 110, "1": 8}}, 1, {0: 110, 1: 5})
+    True
+    >>> _takes_back({"offsets": {"1": 5}}, {"offsets": {"1": 8}}, 1, {1: 6})
+    False
+    """
+    have = {int(q): int(o) for q, o in (committed.get("offsets") or {}).items()}
+    return any(int(q) != p and int(o) > have.get(int(q), 0) and have.get(int(q), 0) < resume.get(int(q), 1 << 62)
+               for q, o in (aside.get("offsets") or {}).items())
 
 
 def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: float = 60.0,
@@ -223,11 +249,7 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
     out = {}
     for p, scan in scans.items():
         scan.settle()
-        if scan.set_aside:
-            log.warning("state partition %d: %d entity records of a checkpoint cut short (its position record "
-                        "never landed: a crash mid-write) set aside; those entities resume from the checkpoint "
-                        "before it and replay", p, scan.set_aside)
-        restored = Restored(dropped=scan.dropped, set_aside=scan.set_aside)
+        restored = Restored(dropped=scan.dropped)
         for key, value in scan.latest.items():
             if value is None or key is None:
                 continue
@@ -238,6 +260,18 @@ def read_state(consumer, state_topic: str, partitions: list[int], timeout_s: flo
             else:
                 restored.entities[key.decode()] = decode_state(value)
         out[p] = restored
+    resume = {p: r.positions.next_offset for p, r in out.items() if r.positions is not None}
+    for p, scan in scans.items():
+        for key, value in scan.aside.items():
+            entity, aside = key.decode(), decode_state(value)
+            if entity in out[p].entities and _takes_back(out[p].entities[entity], aside, p, resume):
+                out[p].entities[entity] = aside
+            else:
+                out[p].set_aside += 1
+        if out[p].set_aside:
+            log.warning("state partition %d: %d entity records of a checkpoint cut short (its position record "
+                        "never landed: a crash mid-write) set aside; those entities resume from the checkpoint "
+                        "before it and replay", p, out[p].set_aside)
     return out
 
 
