@@ -40,7 +40,7 @@ from stream_ae.archiver.core import Outcome
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.corrupt_batch import first_offset
-from stream_ae.stream.broker import rebalance_listener
+from stream_ae.stream.rebalance import rebalance_listener
 from stream_ae.stream.membership import GroupMembership
 from stream_ae.stream.publisher import send_dead_letter
 
@@ -89,7 +89,7 @@ class Archiver:
         self._failed: BaseException | None = None
         self._due = False   # the worker holds a file to write (a full one, or one past max_file_age_s)
         self._holding = False   # partitions paused by _hold_while_unconfirmed
-        self._lock = threading.RLock()  # the rebalance listener runs on the client's IO thread
+        self._lock = threading.RLock()  # the rebalance listener runs on threads of its own (rebalance.py)
 
     def _core_kwargs(self) -> dict:
         s, a = self.settings, self.settings.archive
@@ -289,7 +289,7 @@ class Archiver:
         self.membership.assigned([tp.partition for tp in seeks], resume)
 
     def on_revoked(self, revoked) -> None:
-        """Listener (IO thread): archive what the revoked partitions hold; the marker is the position."""
+        """Listener (off the client's event loop): archive what the revoked partitions hold (the marker: position)."""
         with self._lock:
             parts = [tp.partition for tp in revoked if tp.partition in self._owned]
             if self._closing or not parts:
@@ -301,7 +301,7 @@ class Archiver:
             self._forget(parts)
 
     def on_lost(self, lost) -> None:
-        """Listener (IO thread): the group evicted this member after a stall. What the lost
+        """Listener (off the client's event loop): the group evicted this member after a stall. What the lost
         partitions hold is dropped, not archived, and nothing is committed for them: the next
         owner resumes at the archive's end and reads it again."""
         with self._lock:

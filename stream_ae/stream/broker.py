@@ -270,23 +270,3 @@ def wait_for_assignment(consumer, timeout: float = 30.0) -> set:
             if batch:
                 consumer.seek(tp, batch[0].offset)
     return set(consumer.assignment())
-
-
-def rebalance_listener(owner):
-    """A kafka-python ConsumerRebalanceListener that calls ``owner.on_revoked(partitions)``,
-    ``owner.on_assigned(partitions)`` and ``owner.on_lost(partitions)`` (the group evicted the
-    member: see ``membership.py``); the stream runner and the archiver both subscribe so."""
-    from kafka import ConsumerRebalanceListener
-
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked):
-            owner.on_revoked(revoked)
-
-        def on_partitions_assigned(self, assigned):
-            owner.on_assigned(assigned)
-
-        def on_partitions_lost(self, lost):  # evicted: the partitions may be another member's already
-            owner.on_lost(lost)
-
-    return Listener()
-

@@ -111,7 +111,7 @@ class GroupMembership:
         if not positions:
             return
         offsets = {TopicPartition(self.topic, p): OffsetAndMetadata(o, None, -1) for p, o in positions.items()}
-        if not blocking:  # in a rebalance listener (the client's IO thread) a blocking commit would deadlock
+        if not blocking:  # in a rebalance listener, with a rebalance under way: the state topic says where to resume
             self.consumer.commit_async(offsets, callback=self._committed)
             return
         try:

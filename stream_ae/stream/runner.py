@@ -30,7 +30,7 @@ from stream_ae.drift import artifact_reference
 from stream_ae.errors import StreamAEError
 from stream_ae.stream import codec, record_decoding
 from stream_ae.stream.batcher import InFlight, MicroBatcher
-from stream_ae.stream.broker import rebalance_listener
+from stream_ae.stream.rebalance import rebalance_listener
 from stream_ae.stream.checkpoint import Checkpointer
 from stream_ae.stream.corrupt_batch import first_offset
 from stream_ae.stream.detector import build_detector
@@ -85,7 +85,7 @@ class StreamRunner:
         self._assigned, self._to_restore = set(), set()  # partitions: restored / to restore
         self._failed = self._closing = False
         self._revoke_error: BaseException | None = None  # kafka-python logs a listener's error and goes on
-        self._lock = threading.RLock()  # a rebalance listener runs on kafka-python's IO thread: one at a time
+        self._lock = threading.RLock()  # the rebalance listener runs on a thread of its own (rebalance.py)
         self._inflight: deque[InFlight] = deque()  # prepared batches, oldest first
         self._writing: tuple[Future, dict[int, int]] | None = None  # a checkpoint being written, its positions
         self.scoring_threads, self.max_in_flight = settings.batch.scoring_threads, settings.batch.scoring_threads + 1
@@ -298,7 +298,7 @@ class StreamRunner:
         return {p: o for p, o in positions.items() if p in self._assigned}
 
     def on_revoked(self, revoked) -> None:
-        """Listener (client IO thread): finish the batch, checkpoint, forget the partitions."""
+        """Listener (off the client's event loop: rebalance.py): finish the batch, checkpoint, forget the partitions."""
         parts = {tp.partition for tp in revoked}
         with self._lock:
             if self._closing or not parts:
@@ -315,7 +315,7 @@ class StreamRunner:
                 self._forget(parts)  # revoked either way: nothing more is written for them
 
     def on_lost(self, lost) -> None:
-        """Listener (client IO thread): the group evicted this member after a stall, and the
+        """Listener (off the client's event loop): the group evicted this member after a stall, and the
         partitions may already be another member's, restored from the last checkpoint. Nothing
         more is published, checkpointed or committed for them: the readings held and the batches
         in flight are dropped with the partitions' entities, and the next owner replays them."""
