@@ -47,6 +47,9 @@ class _Consumer:
     def paused(self):
         return set(self._paused)
 
+    def assignment(self):
+        return {TP}
+
     def committed(self, tp):
         return None
 

@@ -83,6 +83,11 @@ def test_a_tombstone_counts_at_once_it_is_an_operators_reset_never_part_of_a_che
     assert entities(s) == {b"x": None, b"y": b"y1"} and s.aside == {}
 
 
+def test_an_entity_reset_by_a_tombstone_keeps_the_state_a_cut_checkpoint_wrote_after_it():
+    s = scan([record(0, b"x", b"x1", A), position(1, A), record(2, b"x", None, None), record(3, b"x", b"x2", A)])
+    assert entities(s) == {b"x": b"x2"} and s.aside == {}
+
+
 def _read_state(monkeypatch, logs: dict[int, list]) -> dict:
     """``read_state`` of the state partitions ``logs`` holds (partition -> records), no broker."""
     from stream_ae.stream import recovery

@@ -189,6 +189,7 @@ class Archiver:
         if not (hold or self._holding):
             return
         self._holding = hold
+        owned &= set(self._consumer.assignment())  # pause() refuses a partition no longer assigned
         paused = set(self._consumer.paused())  # of the partitions assigned now
         if hold and owned - paused:
             self._consumer.pause(*(owned - paused))

@@ -125,7 +125,7 @@ class GroupMembership:
         if isinstance(response, BaseException):
             log.warning("commit of %s failed (%r); the next owner resumes from this consumer's own "
                         "record (the state topic, the archive)", offsets, response)
-        else:  # on kafka-python's IO thread; a partition forgotten meanwhile stays forgotten
+        else:  # on whichever thread polled or committed; a partition forgotten meanwhile stays forgotten
             self.positions.update({tp.partition: om.offset for tp, om in offsets.items()
                                    if tp.partition in self._owned})
 

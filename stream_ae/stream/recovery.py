@@ -191,7 +191,7 @@ class StateScan:
         """End an unfinished checkpoint: its records of keys with a committed value are set aside,
         the others kept."""
         for key, value in self.pending.items():
-            if key in self.latest:
+            if self.latest.get(key) is not None:  # a tombstone is no committed value
                 self.aside[key] = value
             else:
                 self.latest[key] = value

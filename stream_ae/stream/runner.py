@@ -191,7 +191,7 @@ class StreamRunner:
     # -- one micro-batch --------------------------------------------------------------------
     def _submit_batch(self, reload: bool = True) -> None:
         """Decode and window the batcher's records; their scoring starts on the model's thread. ``reload``: swap in
-        a model waiting first (not in a listener, where a checkpoint would block the client's IO thread)."""
+        a model waiting first (not in a listener, where a checkpoint would hold the rebalance up)."""
         records, ends = self.batcher.take()
         if not records:
             return
